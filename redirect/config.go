@@ -1,0 +1,271 @@
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the user's capture settings, as given. Every field has one key,
+// shared by the config file, the CNI plugin's JSON and the agent; the flag is
+// the key in kebab-case and the environment variable SHUNT_ plus the key in
+// upper snake case. Values are kept as text until Plan validates them, so an
+// error can quote what the user wrote.
+type Config struct {
+	values map[string]string
+	// origin records where each value came from, for error messages.
+	origin map[string]string
+}
+
+// Option describes one configuration key.
+type Option struct {
+	Key     string // camelCase, as in the config file
+	Flag    string // kebab-case
+	Env     string // SHUNT_...
+	Bool    bool
+	Default string
+	Help    string
+}
+
+// Options lists every key of the capture configuration, in the order help
+// text shows them.
+func Options() []Option {
+	opts := []Option{
+		{Key: "engine", Default: "iptables", Help: "capture engine: iptables, ebpf or auto"},
+		{Key: "iptablesBackend", Default: "auto", Help: "iptables variant: auto (the one holding rules, else nft), legacy or nft"},
+		{Key: "proxyUID", Default: fmt.Sprint(DefaultProxyUID), Help: "user id or name the proxy runs as; never captured"},
+		{Key: "proxyGID", Help: "group id or name whose traffic is never captured (optional)"},
+		{Key: "inboundPort", Default: fmt.Sprint(DefaultInboundPort), Help: "port the proxy's inbound listener uses"},
+		{Key: "outboundPort", Default: fmt.Sprint(DefaultOutboundPort), Help: "port the proxy's outbound listener uses"},
+		{Key: "dnsPort", Default: fmt.Sprint(DefaultDNSPort), Help: "port the DNS interceptor listens on"},
+		{Key: "noInbound", Bool: true, Help: "do not capture inbound traffic"},
+		{Key: "redirectDNS", Bool: true, Help: "capture DNS to the nameservers of the workload's resolv.conf (default)"},
+		{Key: "redirectAllDNS", Bool: true, Help: "capture DNS to any port-53 destination"},
+		{Key: "noDNS", Bool: true, Help: "do not capture DNS"},
+		{Key: "excludeInboundPorts", Help: "inbound ports (or ranges a-b) not captured, comma-separated"},
+		{Key: "excludeOutboundPorts", Help: "outbound ports (or ranges a-b) not captured, comma-separated"},
+		{Key: "excludeInboundCidrs", Help: "source CIDRs whose inbound traffic is not captured, comma-separated"},
+		{Key: "excludeOutboundCidrs", Help: "destination CIDRs not captured, comma-separated"},
+		{Key: "excludeOutboundPortsForUids", Help: "proto:ports:uids entries (e.g. tcp:22,8000-8010:1000-1005); ';'-separated for several"},
+		{Key: "excludeInterfaces", Help: "interfaces whose traffic is not captured, comma-separated"},
+		{Key: "bypassMark", Default: fmt.Sprintf("%#x", DefaultBypassMark), Help: "socket mark whose packets are never captured (0 disables)"},
+		{Key: "ipFamily", Default: string(FamilyDual), Help: "dual (IPv4, and IPv6 where the namespace has it) or ipv4"},
+		{Key: "meshCidrs", Help: "pod and service CIDRs reachable with passthrough disabled, comma-separated"},
+		{Key: "netns", Help: "network namespace to act on (a path such as /run/netns/NAME); default: the current one"},
+		{Key: "cgroup", Help: "cgroup-v2 directory whose processes the eBPF engine captures"},
+		{Key: "resolvConf", Default: DefaultResolvConf, Help: "the workload's resolv.conf (with --netns NAME, /etc/netns/NAME/resolv.conf wins when it exists)"},
+		{Key: "stateDir", Default: DefaultStateDir, Help: "where shunt records what it installed"},
+	}
+	for i := range opts {
+		opts[i].Flag = kebab(opts[i].Key)
+		opts[i].Env = "SHUNT_" + strings.ToUpper(strings.ReplaceAll(opts[i].Flag, "-", "_"))
+	}
+	return opts
+}
+
+func optionByKey(key string) (Option, bool) {
+	for _, o := range Options() {
+		if o.Key == key {
+			return o, true
+		}
+	}
+	return Option{}, false
+}
+
+// kebab turns proxyUID into proxy-uid and excludeOutboundCidrs into
+// exclude-outbound-cidrs: a run of capitals is one word.
+func kebab(key string) string {
+	var b strings.Builder
+	rs := []rune(key)
+	for i, r := range rs {
+		upper := r >= 'A' && r <= 'Z'
+		if upper {
+			prevLower := i > 0 && !(rs[i-1] >= 'A' && rs[i-1] <= 'Z')
+			nextLower := i+1 < len(rs) && rs[i+1] >= 'a' && rs[i+1] <= 'z'
+			if i > 0 && (prevLower || nextLower) {
+				b.WriteByte('-')
+			}
+			r += 'a' - 'A'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// NewConfig returns a configuration holding only the defaults.
+func NewConfig() *Config {
+	c := &Config{values: map[string]string{}, origin: map[string]string{}}
+	for _, o := range Options() {
+		if o.Default != "" {
+			c.values[o.Key] = o.Default
+			c.origin[o.Key] = "default"
+		}
+	}
+	return c
+}
+
+// Set assigns a key from a source (named in errors: "flag", "environment",
+// a file name...). Unknown keys are refused.
+func (c *Config) Set(key, value, source string) error {
+	o, ok := optionByKey(key)
+	if !ok {
+		return fmt.Errorf("%s: unknown key %q%s", source, key, suggest(key))
+	}
+	if o.Bool {
+		v, err := parseBool(value)
+		if err != nil {
+			return fmt.Errorf("%s: %s: invalid value %q: want true or false", source, key, value)
+		}
+		value = fmt.Sprint(v)
+	}
+	c.values[key] = value
+	c.origin[key] = source
+	return nil
+}
+
+// Get returns the text value of a key ("" when unset).
+func (c *Config) Get(key string) string { return c.values[key] }
+
+// Bool returns a boolean key.
+func (c *Config) Bool(key string) bool { return c.values[key] == "true" }
+
+// IsSet reports whether a key was given by any source other than defaults.
+func (c *Config) IsSet(key string) bool {
+	o, ok := c.origin[key]
+	return ok && o != "default"
+}
+
+// Values returns the keys and values that differ from nothing, sorted, for
+// recording and display.
+func (c *Config) Values() map[string]string {
+	out := make(map[string]string, len(c.values))
+	for k, v := range c.values {
+		out[k] = v
+	}
+	return out
+}
+
+func suggest(key string) string {
+	lk := strings.ToLower(key)
+	for _, o := range Options() {
+		if strings.ToLower(o.Key) == lk || o.Flag == lk {
+			return fmt.Sprintf(" (did you mean %q?)", o.Key)
+		}
+	}
+	return ""
+}
+
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "true", "1", "yes", "on":
+		return true, nil
+	case "false", "0", "no", "off", "":
+		return false, nil
+	}
+	return false, errors.New("not a boolean")
+}
+
+// LoadFile merges a YAML (or JSON) document of keys into the configuration.
+// A list may be written as a YAML sequence or as one comma-separated string.
+func (c *Config) LoadFile(name string, data []byte) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("parse config %s: %w", name, err)
+	}
+	if len(doc.Content) == 0 {
+		return nil // an empty file sets nothing
+	}
+	return c.LoadNode(name, doc.Content[0])
+}
+
+// LoadNode merges a mapping node; other surfaces (the CNI plugin's JSON)
+// embed the same keys in a larger document and pass the node here.
+func (c *Config) LoadNode(source string, m *yaml.Node) error {
+	if m.Kind != yaml.MappingNode {
+		return fmt.Errorf("%s: want a mapping of keys to values, got %s", source, nodeKind(m))
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		val, err := scalarText(v)
+		if err != nil {
+			return fmt.Errorf("%s: line %d: %s: %w", source, v.Line, k.Value, err)
+		}
+		if err := c.Set(k.Value, val, fmt.Sprintf("%s: line %d", source, k.Line)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func scalarText(n *yaml.Node) (string, error) {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		return n.Value, nil
+	case yaml.SequenceNode:
+		parts := make([]string, 0, len(n.Content))
+		for _, e := range n.Content {
+			if e.Kind != yaml.ScalarNode {
+				return "", fmt.Errorf("list items must be plain values, got %s", nodeKind(e))
+			}
+			parts = append(parts, e.Value)
+		}
+		return strings.Join(parts, ","), nil
+	}
+	return "", fmt.Errorf("want a value or a list, got %s", nodeKind(n))
+}
+
+func nodeKind(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	return "a value"
+}
+
+// LoadEnv merges SHUNT_* variables from environ (as os.Environ returns it).
+// SHUNT_ variables that name no key are refused, so a typo is not silently
+// ignored; the few that configure something else are listed in ignore.
+func (c *Config) LoadEnv(environ []string, ignore ...string) error {
+	byEnv := map[string]Option{}
+	for _, o := range Options() {
+		byEnv[o.Env] = o
+	}
+	var unknown []string
+	for _, kv := range environ {
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, "SHUNT_") {
+			continue
+		}
+		o, known := byEnv[name]
+		if !known {
+			if !contains(ignore, name) {
+				unknown = append(unknown, name)
+			}
+			continue
+		}
+		if err := c.Set(o.Key, value, "environment "+name); err != nil {
+			return err
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return fmt.Errorf("environment: unknown variable %s", strings.Join(unknown, ", "))
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,207 @@
+package redirect
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Defaults a Kuma user knows.
+const (
+	DefaultInboundPort  = 15006
+	DefaultOutboundPort = 15001
+	DefaultDNSPort      = 15053
+	DefaultProxyUID     = 5678
+	// DefaultBypassMark is the socket mark (SO_MARK) that exempts a socket's
+	// packets from capture. shunt's own DNS interceptor sets it on its
+	// upstream queries, so they leave even when it does not run as the
+	// proxy's UID.
+	DefaultBypassMark = 0x5348
+	DefaultStateDir   = "/run/shunt"
+	DefaultResolvConf = "/etc/resolv.conf"
+)
+
+// InboundPassthroughV4 and V6 are the source addresses the proxy uses when it
+// forwards an inbound connection to the local application; such packets are
+// returned to the application, never recaptured.
+var (
+	InboundPassthroughV4 = netip.MustParseAddr("127.0.0.6")
+	InboundPassthroughV6 = netip.MustParseAddr("::6")
+)
+
+// DNSMode says which port-53 traffic goes to the DNS interceptor.
+type DNSMode string
+
+const (
+	// DNSResolvers captures DNS sent to the nameservers of the workload's
+	// resolv.conf only, so a workload that queries some other server on
+	// purpose keeps doing so.
+	DNSResolvers DNSMode = "resolvers"
+	// DNSAll captures every port-53 destination.
+	DNSAll DNSMode = "all"
+	// DNSNone leaves DNS alone.
+	DNSNone DNSMode = "none"
+)
+
+// IPFamily selects the families shunt captures.
+type IPFamily string
+
+const (
+	// FamilyDual captures IPv4 and, when the namespace has IPv6, IPv6.
+	FamilyDual IPFamily = "dual"
+	// FamilyIPv4 captures IPv4 only.
+	FamilyIPv4 IPFamily = "ipv4"
+)
+
+// PortRange is an inclusive range of ports; a single port has First == Last.
+type PortRange struct {
+	First uint16 `json:"first"`
+	Last  uint16 `json:"last"`
+}
+
+func (r PortRange) String() string {
+	if r.First == r.Last {
+		return fmt.Sprint(r.First)
+	}
+	return fmt.Sprintf("%d-%d", r.First, r.Last)
+}
+
+// Contains reports whether p is in the range.
+func (r PortRange) Contains(p uint16) bool { return p >= r.First && p <= r.Last }
+
+// IDRange is an inclusive range of user ids.
+type IDRange struct {
+	First uint32 `json:"first"`
+	Last  uint32 `json:"last"`
+}
+
+func (r IDRange) String() string {
+	if r.First == r.Last {
+		return fmt.Sprint(r.First)
+	}
+	return fmt.Sprintf("%d-%d", r.First, r.Last)
+}
+
+// Contains reports whether id is in the range.
+func (r IDRange) Contains(id uint32) bool { return id >= r.First && id <= r.Last }
+
+// UIDPortExclusion lets the given users reach the given ports directly,
+// as Kuma's --exclude-outbound-ports-for-uids does.
+type UIDPortExclusion struct {
+	// Protocol is "tcp", "udp" or "all".
+	Protocol string      `json:"protocol"`
+	Ports    []PortRange `json:"ports"`
+	UIDs     []IDRange   `json:"uids"`
+}
+
+func (e UIDPortExclusion) String() string {
+	return fmt.Sprintf("%s:%s:%s", e.Protocol, joinStrings(e.Ports), joinStrings(e.UIDs))
+}
+
+func joinStrings[T fmt.Stringer](v []T) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = x.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// Egress restricts where captured workloads may connect when the mesh
+// disables passthrough. Anything outside Allowed is refused at once (TCP
+// reset, ICMP unreachable), for the application and the proxy alike.
+type Egress struct {
+	Allowed []netip.Prefix `json:"allowed"`
+}
+
+// Plan is a validated, engine-neutral description of the capture.
+type Plan struct {
+	ProxyUID    uint32  `json:"proxyUID"`
+	ProxyGID    *uint32 `json:"proxyGID,omitempty"`
+	BypassMark  uint32  `json:"bypassMark"`
+	InboundPort uint16  `json:"inboundPort"`
+	// CaptureInbound is false when inbound capture is disabled.
+	CaptureInbound bool    `json:"captureInbound"`
+	OutboundPort   uint16  `json:"outboundPort"`
+	DNSPort        uint16  `json:"dnsPort"`
+	DNSMode        DNSMode `json:"dnsMode"`
+	// DNSServers are the workload's nameservers, read from ResolvConf.
+	DNSServers []netip.Addr `json:"dnsServers,omitempty"`
+	// ResolvConf is the file the nameservers came from.
+	ResolvConf string `json:"resolvConf,omitempty"`
+
+	ExcludeInboundPorts         []PortRange        `json:"excludeInboundPorts,omitempty"`
+	ExcludeOutboundPorts        []PortRange        `json:"excludeOutboundPorts,omitempty"`
+	ExcludeInboundCIDRs         []netip.Prefix     `json:"excludeInboundCidrs,omitempty"`
+	ExcludeOutboundCIDRs        []netip.Prefix     `json:"excludeOutboundCidrs,omitempty"`
+	ExcludeOutboundPortsForUIDs []UIDPortExclusion `json:"excludeOutboundPortsForUids,omitempty"`
+	ExcludeInterfaces           []string           `json:"excludeInterfaces,omitempty"`
+
+	IPFamily IPFamily `json:"ipFamily"`
+	// MeshCIDRs are the pod and service ranges; with Egress set they stay
+	// reachable.
+	MeshCIDRs []netip.Prefix `json:"meshCidrs,omitempty"`
+	// Egress, when set, locks egress down to the allowed destinations.
+	Egress *Egress `json:"egress,omitempty"`
+}
+
+// DNSServersOf returns the nameservers of one family (v6 false: IPv4).
+func (p *Plan) DNSServersOf(v6 bool) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range p.DNSServers {
+		if a.Unmap().Is6() == v6 {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// PrefixesOf filters prefixes to one family.
+func PrefixesOf(all []netip.Prefix, v6 bool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range all {
+		if p.Addr().Is6() == v6 {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Equal reports whether two plans describe the same capture.
+func (p *Plan) Equal(q *Plan) bool {
+	if p == nil || q == nil {
+		return p == q
+	}
+	a, b := mustJSON(p), mustJSON(q)
+	return a == b
+}
+
+// Clone returns a deep copy.
+func (p *Plan) Clone() *Plan {
+	c := *p
+	if p.ProxyGID != nil {
+		g := *p.ProxyGID
+		c.ProxyGID = &g
+	}
+	c.DNSServers = slices.Clone(p.DNSServers)
+	c.ExcludeInboundPorts = slices.Clone(p.ExcludeInboundPorts)
+	c.ExcludeOutboundPorts = slices.Clone(p.ExcludeOutboundPorts)
+	c.ExcludeInboundCIDRs = slices.Clone(p.ExcludeInboundCIDRs)
+	c.ExcludeOutboundCIDRs = slices.Clone(p.ExcludeOutboundCIDRs)
+	c.ExcludeOutboundPortsForUIDs = slices.Clone(p.ExcludeOutboundPortsForUIDs)
+	c.ExcludeInterfaces = slices.Clone(p.ExcludeInterfaces)
+	c.MeshCIDRs = slices.Clone(p.MeshCIDRs)
+	if p.Egress != nil {
+		c.Egress = &Egress{Allowed: slices.Clone(p.Egress.Allowed)}
+	}
+	return &c
+}
+
+func mustJSON(p *Plan) string {
+	b, err := json.Marshal(p)
+	if err != nil {
+		panic(fmt.Sprintf("marshal plan: %v", err)) // a Plan holds only marshalable fields
+	}
+	return string(b)
+}

@@ -1,0 +1,447 @@
+package redirect
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Host gives validation what it needs from the machine: files and the user
+// database. Tests pass a fake; commands pass OSHost.
+type Host interface {
+	ReadFile(path string) ([]byte, error)
+	LookupUser(name string) (uint32, error)
+	LookupGroup(name string) (uint32, error)
+}
+
+// OSHost reads the real machine.
+type OSHost struct{}
+
+// ReadFile implements Host.
+func (OSHost) ReadFile(path string) ([]byte, error) { return os.ReadFile(path) }
+
+// LookupUser implements Host.
+func (OSHost) LookupUser(name string) (uint32, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, err
+	}
+	id, err := strconv.ParseUint(u.Uid, 10, 32)
+	return uint32(id), err
+}
+
+// LookupGroup implements Host.
+func (OSHost) LookupGroup(name string) (uint32, error) {
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, err
+	}
+	id, err := strconv.ParseUint(g.Gid, 10, 32)
+	return uint32(id), err
+}
+
+// FieldError names the configuration key and the value that was refused.
+type FieldError struct {
+	Key   string
+	Value string
+	Msg   string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("%s: invalid value %q: %s", e.Key, e.Value, e.Msg)
+}
+
+// ValidationError gathers every problem found, so a user fixes them in one go.
+type ValidationError struct{ Errs []error }
+
+func (e *ValidationError) Error() string {
+	msgs := make([]string, len(e.Errs))
+	for i, err := range e.Errs {
+		msgs[i] = err.Error()
+	}
+	return "invalid configuration: " + strings.Join(msgs, "; ")
+}
+
+// Unwrap lets errors.As find each FieldError.
+func (e *ValidationError) Unwrap() []error { return e.Errs }
+
+// ResolvConfPath returns the resolv.conf that describes the workload's
+// resolvers: with a named network namespace, ip-netns's
+// /etc/netns/NAME/resolv.conf wins when it exists, as it is what programs
+// started with `ip netns exec NAME` see.
+func (c *Config) ResolvConfPath(h Host) string {
+	if ns := c.Get("netns"); ns != "" && !c.IsSet("resolvConf") {
+		p := filepath.Join("/etc/netns", filepath.Base(ns), "resolv.conf")
+		if _, err := h.ReadFile(p); err == nil {
+			return p
+		}
+	}
+	return c.Get("resolvConf")
+}
+
+// Plan validates the configuration and returns the capture plan. Nothing is
+// touched: every check happens here, before an engine runs.
+func (c *Config) Plan(h Host) (*Plan, error) {
+	v := &validator{c: c}
+	p := &Plan{}
+
+	switch e := c.Get("engine"); e {
+	case "iptables", "ebpf", "auto":
+	default:
+		v.fail("engine", e, "want iptables, ebpf or auto")
+	}
+	switch b := c.Get("iptablesBackend"); b {
+	case "auto", "legacy", "nft":
+	default:
+		v.fail("iptablesBackend", b, "want auto, legacy or nft")
+	}
+
+	p.ProxyUID = v.id("proxyUID", h.LookupUser, "user")
+	if c.Get("proxyGID") != "" {
+		g := v.id("proxyGID", h.LookupGroup, "group")
+		p.ProxyGID = &g
+	}
+	p.InboundPort = v.port("inboundPort")
+	p.OutboundPort = v.port("outboundPort")
+	p.DNSPort = v.port("dnsPort")
+	p.CaptureInbound = !c.Bool("noInbound")
+	p.BypassMark = v.uint32("bypassMark")
+
+	ports := map[uint16]string{}
+	for _, k := range []string{"outboundPort", "inboundPort", "dnsPort"} {
+		port := map[string]uint16{"inboundPort": p.InboundPort, "outboundPort": p.OutboundPort, "dnsPort": p.DNSPort}[k]
+		if port == 0 {
+			continue
+		}
+		if other, dup := ports[port]; dup {
+			v.fail(k, c.Get(k), "the same port as "+other)
+		}
+		ports[port] = k
+	}
+
+	var modes []string
+	for _, k := range []string{"redirectDNS", "redirectAllDNS", "noDNS"} {
+		if c.Bool(k) {
+			modes = append(modes, k)
+		}
+	}
+	switch {
+	case len(modes) > 1:
+		v.errs = append(v.errs, fmt.Errorf("conflicting DNS modes: %s; choose one", strings.Join(modes, " and ")))
+	case len(modes) == 1 && modes[0] == "redirectAllDNS":
+		p.DNSMode = DNSAll
+	case len(modes) == 1 && modes[0] == "noDNS":
+		p.DNSMode = DNSNone
+	default:
+		p.DNSMode = DNSResolvers
+	}
+
+	p.ExcludeInboundPorts = v.portList("excludeInboundPorts")
+	p.ExcludeOutboundPorts = v.portList("excludeOutboundPorts")
+	p.ExcludeInboundCIDRs = v.cidrList("excludeInboundCidrs")
+	p.ExcludeOutboundCIDRs = v.cidrList("excludeOutboundCidrs")
+	p.ExcludeOutboundPortsForUIDs = v.uidPorts("excludeOutboundPortsForUids", h)
+	p.ExcludeInterfaces = v.interfaces("excludeInterfaces")
+	p.MeshCIDRs = v.cidrList("meshCidrs")
+
+	for _, k := range []string{"inboundPort"} {
+		for _, r := range p.ExcludeInboundPorts {
+			if p.CaptureInbound && r.Contains(p.InboundPort) {
+				v.fail("excludeInboundPorts", c.Get("excludeInboundPorts"), "excludes "+k+" "+strconv.Itoa(int(p.InboundPort))+" itself")
+			}
+		}
+	}
+
+	switch f := IPFamily(c.Get("ipFamily")); f {
+	case FamilyDual, FamilyIPv4:
+		p.IPFamily = f
+	default:
+		v.fail("ipFamily", string(f), "want dual or ipv4")
+	}
+
+	if p.DNSMode == DNSResolvers {
+		path := c.ResolvConfPath(h)
+		p.ResolvConf = path
+		data, err := h.ReadFile(path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			v.fail("resolvConf", path, "file does not exist; give the workload's resolv.conf, or use redirectAllDNS or noDNS")
+		case err != nil:
+			v.fail("resolvConf", path, err.Error())
+		default:
+			servers, err := Nameservers(data)
+			if err != nil {
+				v.fail("resolvConf", path, err.Error())
+			} else if len(servers) == 0 {
+				v.fail("resolvConf", path, "no nameserver lines; use redirectAllDNS or noDNS")
+			}
+			p.DNSServers = servers
+		}
+	}
+
+	if len(v.errs) > 0 {
+		return nil, &ValidationError{Errs: v.errs}
+	}
+	return p, nil
+}
+
+// Nameservers parses the nameserver lines of a resolv.conf. A zone suffix
+// (fe80::1%eth0) is dropped, as the kernel rules match addresses only.
+func Nameservers(data []byte) ([]netip.Addr, error) {
+	var out []netip.Addr
+	s := bufio.NewScanner(bytes.NewReader(data))
+	for line := 1; s.Scan(); line++ {
+		f := strings.Fields(s.Text())
+		if len(f) < 2 || f[0] != "nameserver" {
+			continue
+		}
+		a, err := netip.ParseAddr(f[1])
+		if err != nil {
+			return nil, fmt.Errorf("line %d: nameserver %q is not an IP address", line, f[1])
+		}
+		a = a.WithZone("").Unmap()
+		if !containsAddr(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out, s.Err()
+}
+
+func containsAddr(l []netip.Addr, a netip.Addr) bool {
+	for _, x := range l {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+type validator struct {
+	c    *Config
+	errs []error
+}
+
+func (v *validator) fail(key, value, msg string) {
+	v.errs = append(v.errs, &FieldError{Key: key, Value: value, Msg: msg})
+}
+
+func (v *validator) port(key string) uint16 {
+	s := strings.TrimSpace(v.c.Get(key))
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || n < 1 || n > 65535 {
+		v.fail(key, s, "want a port number from 1 to 65535")
+		return 0
+	}
+	return uint16(n)
+}
+
+func (v *validator) uint32(key string) uint32 {
+	s := strings.TrimSpace(v.c.Get(key))
+	n, err := strconv.ParseUint(s, 0, 32)
+	if err != nil {
+		v.fail(key, s, "want a number from 0 to 4294967295 (decimal or 0x hex)")
+		return 0
+	}
+	return uint32(n)
+}
+
+func (v *validator) id(key string, lookup func(string) (uint32, error), what string) uint32 {
+	s := strings.TrimSpace(v.c.Get(key))
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return uint32(n)
+	}
+	if s == "" {
+		v.fail(key, s, "want a numeric id or a "+what+" name")
+		return 0
+	}
+	id, err := lookup(s)
+	if err != nil {
+		v.fail(key, s, "unknown "+what)
+		return 0
+	}
+	return id
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' }) {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func parsePortRange(s string) (PortRange, error) {
+	lo, hi, isRange := strings.Cut(s, "-")
+	a, err := strconv.ParseUint(lo, 10, 32)
+	if err != nil || a < 1 || a > 65535 {
+		return PortRange{}, fmt.Errorf("%q is not a port from 1 to 65535", s)
+	}
+	if !isRange {
+		return PortRange{uint16(a), uint16(a)}, nil
+	}
+	b, err := strconv.ParseUint(hi, 10, 32)
+	if err != nil || b < 1 || b > 65535 || b < a {
+		return PortRange{}, fmt.Errorf("%q is not a port range low-high within 1-65535", s)
+	}
+	return PortRange{uint16(a), uint16(b)}, nil
+}
+
+func (v *validator) portList(key string) []PortRange {
+	raw := v.c.Get(key)
+	var out []PortRange
+	seen := map[PortRange]bool{}
+	for _, f := range splitList(raw) {
+		r, err := parsePortRange(f)
+		if err != nil {
+			v.fail(key, f, err.Error())
+			continue
+		}
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].First < out[j].First })
+	return out
+}
+
+func (v *validator) cidrList(key string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, f := range splitList(v.c.Get(key)) {
+		p, err := ParsePrefix(f)
+		if err != nil {
+			v.fail(key, f, "not a CIDR or IP address")
+			continue
+		}
+		if !containsPrefix(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ParsePrefix accepts a CIDR or a bare address (a /32 or /128) and returns
+// the masked prefix.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if p.Addr().Is4In6() {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
+}
+
+func containsPrefix(l []netip.Prefix, p netip.Prefix) bool {
+	for _, x := range l {
+		if x == p {
+			return true
+		}
+	}
+	return false
+}
+
+func (v *validator) uidPorts(key string, h Host) []UIDPortExclusion {
+	var out []UIDPortExclusion
+	for _, entry := range strings.FieldsFunc(v.c.Get(key), func(r rune) bool { return r == ';' || r == '\n' }) {
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		parts := strings.Split(entry, ":")
+		if len(parts) != 3 {
+			v.fail(key, entry, "want proto:ports:uids, e.g. tcp:22,80:1000-1005")
+			continue
+		}
+		e := UIDPortExclusion{Protocol: strings.ToLower(parts[0])}
+		switch e.Protocol {
+		case "tcp", "udp", "all":
+		case "*", "":
+			e.Protocol = "all"
+		default:
+			v.fail(key, entry, fmt.Sprintf("protocol %q: want tcp, udp or all", parts[0]))
+			continue
+		}
+		ok := true
+		for _, f := range strings.Split(parts[1], ",") {
+			if f = strings.TrimSpace(f); f == "*" {
+				e.Ports = append(e.Ports, PortRange{1, 65535})
+				continue
+			}
+			r, err := parsePortRange(f)
+			if err != nil {
+				v.fail(key, entry, err.Error())
+				ok = false
+				break
+			}
+			e.Ports = append(e.Ports, r)
+		}
+		for _, f := range strings.Split(parts[2], ",") {
+			f = strings.TrimSpace(f)
+			r, err := parseIDRange(f, h)
+			if err != nil {
+				v.fail(key, entry, err.Error())
+				ok = false
+				break
+			}
+			e.UIDs = append(e.UIDs, r)
+		}
+		if ok {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func parseIDRange(s string, h Host) (IDRange, error) {
+	if lo, hi, isRange := strings.Cut(s, "-"); isRange {
+		a, err1 := strconv.ParseUint(lo, 10, 32)
+		b, err2 := strconv.ParseUint(hi, 10, 32)
+		if err1 != nil || err2 != nil || b < a {
+			return IDRange{}, fmt.Errorf("%q is not a uid range low-high", s)
+		}
+		return IDRange{uint32(a), uint32(b)}, nil
+	}
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return IDRange{uint32(n), uint32(n)}, nil
+	}
+	id, err := h.LookupUser(s)
+	if err != nil {
+		return IDRange{}, fmt.Errorf("unknown user %q", s)
+	}
+	return IDRange{id, id}, nil
+}
+
+func (v *validator) interfaces(key string) []string {
+	var out []string
+	for _, f := range splitList(v.c.Get(key)) {
+		if len(f) > 15 || strings.ContainsAny(f, "/ \t:") {
+			v.fail(key, f, "not an interface name (at most 15 characters, no '/', ':' or spaces)")
+			continue
+		}
+		if !contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
