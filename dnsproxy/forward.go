@@ -1,0 +1,217 @@
+package dnsproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// ErrAllUpstreamsFailed is returned when no upstream gave a usable answer.
+var ErrAllUpstreamsFailed = errors.New("every upstream failed")
+
+// upstream is one resolver and what shunt has learnt about its health.
+type upstream struct {
+	addr      netip.AddrPort
+	m         *upstreamMetrics
+	fails     atomic.Int32 // consecutive failures
+	downUntil atomic.Int64 // unix nanos; skipped to the back of the order until then
+}
+
+const (
+	downAfter   = 3               // consecutive failures before an upstream is put last
+	downBackoff = 5 * time.Second // how long it stays last before it is tried first again
+)
+
+func (u *upstream) healthy(now time.Time) bool {
+	return u.downUntil.Load() <= now.UnixNano()
+}
+
+func (u *upstream) record(d time.Duration, err error, now time.Time) {
+	u.m.observe(d, err != nil)
+	if err == nil {
+		u.fails.Store(0)
+		u.downUntil.Store(0)
+		return
+	}
+	if u.fails.Add(1) >= downAfter {
+		u.downUntil.Store(now.Add(downBackoff).UnixNano())
+	}
+}
+
+// forwarder sends queries to upstreams: healthy ones first in the order
+// given, the next one also asked when the current one is silent for the
+// hedge delay, each attempt on a fresh socket with a fresh random ID.
+type forwarder struct {
+	ups     atomic.Pointer[[]*upstream]
+	dialer  net.Dialer
+	hedge   time.Duration
+	timeout time.Duration
+	bufSize uint16
+}
+
+func (f *forwarder) order(now time.Time) []*upstream {
+	ups := *f.ups.Load()
+	out := make([]*upstream, 0, len(ups))
+	for _, u := range ups {
+		if u.healthy(now) {
+			out = append(out, u)
+		}
+	}
+	for _, u := range ups {
+		if !u.healthy(now) {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+type attemptResult struct {
+	m   *dns.Msg
+	err error
+}
+
+// exchange resolves req (a client's query, not modified) and returns the
+// first usable answer: NOERROR or NXDOMAIN. When every upstream failed it
+// returns ErrAllUpstreamsFailed.
+func (f *forwarder) exchange(ctx context.Context, req *dns.Msg, tcp bool) (*dns.Msg, error) {
+	ups := f.order(time.Now())
+	if len(ups) == 0 {
+		return nil, fmt.Errorf("%w: no upstreams configured", ErrAllUpstreamsFailed)
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel() // also stops the attempts still running
+	ch := make(chan attemptResult, len(ups))
+	next := 0
+	launch := func() {
+		u := ups[next]
+		next++
+		go func() {
+			m, err := f.attempt(ctx, u, req, tcp)
+			ch <- attemptResult{m, err}
+		}()
+	}
+	launch()
+	pending := 1
+	hedge := time.NewTimer(f.hedge)
+	defer hedge.Stop()
+	var errs []error
+	for {
+		select {
+		case r := <-ch:
+			pending--
+			if r.err == nil {
+				return r.m, nil
+			}
+			errs = append(errs, r.err)
+			if next < len(ups) {
+				launch()
+				pending++
+				hedge.Reset(f.hedge)
+			} else if pending == 0 {
+				return nil, fmt.Errorf("%w: %w", ErrAllUpstreamsFailed, errors.Join(errs...))
+			}
+		case <-hedge.C:
+			if next < len(ups) {
+				launch()
+				pending++
+				hedge.Reset(f.hedge)
+			}
+		case <-ctx.Done():
+			errs = append(errs, ctx.Err())
+			return nil, fmt.Errorf("%w: %w", ErrAllUpstreamsFailed, errors.Join(errs...))
+		}
+	}
+}
+
+// attempt asks one upstream. The query gets a fresh random ID and, through
+// a new socket, a fresh random source port; a reply counts only if its ID
+// and question match, which is what makes spoofing a reply hard.
+func (f *forwarder) attempt(ctx context.Context, u *upstream, req *dns.Msg, tcp bool) (*dns.Msg, error) {
+	start := time.Now()
+	m, err := f.ask(ctx, u, req, tcp)
+	if err == nil && m.Truncated && !tcp {
+		// The upstream could not fit the answer in UDP: ask again over TCP.
+		m, err = f.ask(ctx, u, req, true)
+	}
+	if err == nil && m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError {
+		err = fmt.Errorf("upstream %s answered %s", u.addr, dns.RcodeToString[m.Rcode])
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		// Another upstream answered first; this one is neither better nor worse.
+		return nil, fmt.Errorf("upstream %s: %w", u.addr, context.Canceled)
+	}
+	u.record(time.Since(start), err, time.Now())
+	return m, err
+}
+
+func (f *forwarder) ask(ctx context.Context, u *upstream, req *dns.Msg, tcp bool) (*dns.Msg, error) {
+	q := req.Copy()
+	q.Id = dns.Id()
+	if opt := q.IsEdns0(); opt != nil {
+		// Ask for as much as shunt can take; the client's own limit is
+		// applied when the answer is sent back to it.
+		opt.SetUDPSize(f.bufSize)
+	}
+	network := "udp"
+	if tcp {
+		network = "tcp"
+	}
+	conn, err := f.dialer.DialContext(ctx, network, u.addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: dial %s: %w", u.addr, network, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	defer stop()
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(d)
+	}
+	co := &dns.Conn{Conn: conn, UDPSize: 65535}
+	if err := co.WriteMsg(q); err != nil {
+		return nil, fmt.Errorf("upstream %s: send over %s: %w", u.addr, network, err)
+	}
+	for {
+		r, err := co.ReadMsg()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("upstream %s over %s: %w", u.addr, network, ctx.Err())
+			}
+			if tcp || !isUnpackError(err) {
+				return nil, fmt.Errorf("upstream %s: read over %s: %w", u.addr, network, err)
+			}
+			continue // garbage on UDP: keep waiting for the real reply
+		}
+		if r.Id != q.Id || !r.Response || !sameQuestion(r, q) {
+			if tcp {
+				return nil, fmt.Errorf("upstream %s: reply does not match the query", u.addr)
+			}
+			continue // not ours, or forged: ignore
+		}
+		return r, nil
+	}
+}
+
+func isUnpackError(err error) bool {
+	var ne net.Error
+	return !errors.As(err, &ne) && !errors.Is(err, net.ErrClosed)
+}
+
+func sameQuestion(a, b *dns.Msg) bool {
+	if len(a.Question) != len(b.Question) {
+		return false
+	}
+	for i := range a.Question {
+		qa, qb := a.Question[i], b.Question[i]
+		if qa.Qtype != qb.Qtype || qa.Qclass != qb.Qclass || !strings.EqualFold(qa.Name, qb.Name) {
+			return false
+		}
+	}
+	return true
+}

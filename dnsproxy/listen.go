@@ -1,0 +1,252 @@
+package dnsproxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// serveUDP reads queries from one socket. Table answers are written from
+// this goroutine without allocating; everything else is handed to a
+// goroutine, bounded by MaxInFlight, so that a slow upstream never holds up
+// table answers.
+func (s *Server) serveUDP(stop, work context.Context, pc net.PacketConn, handlers *sync.WaitGroup) {
+	uc, _ := pc.(*net.UDPConn)
+	buf := make([]byte, s.cfg.MaxMessageSize+1)
+	out := make([]byte, 0, 2048)
+	var nb [256]byte
+	var q query
+	for {
+		var n int
+		var from netip.AddrPort
+		var addr net.Addr
+		var err error
+		if uc != nil {
+			n, from, err = uc.ReadFromUDPAddrPort(buf)
+		} else {
+			n, addr, err = pc.ReadFrom(buf)
+		}
+		if err != nil {
+			if stop.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		if n > s.cfg.MaxMessageSize || n < 12 {
+			s.metrics.query(0, OutcomeDropped)
+			continue
+		}
+		req := buf[:n]
+		write := func(b []byte) {
+			if uc != nil {
+				_, _ = uc.WriteToUDPAddrPort(b, from)
+			} else {
+				_, _ = pc.WriteTo(b, addr)
+			}
+		}
+		if resp, ok := s.fast(req, out[:0], &nb, &q, true); ok {
+			write(resp)
+			continue
+		}
+		select {
+		case s.inflight <- struct{}{}:
+		default:
+			// Overloaded: dropping lets the client retry, possibly elsewhere.
+			s.metrics.query(0, OutcomeDropped)
+			continue
+		}
+		cp := append([]byte(nil), req...)
+		handlers.Add(1)
+		go func() {
+			defer handlers.Done()
+			defer func() { <-s.inflight }()
+			if resp := s.handle(work, cp, false); resp != nil {
+				write(resp)
+			}
+		}()
+	}
+}
+
+// fast answers A and AAAA queries for table names straight from the wire.
+func (s *Server) fast(req, out []byte, nb *[256]byte, q *query, udp bool) (resp []byte, ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.metrics.panics.Add(1)
+			s.log.Error("panic answering from the table", "panic", r)
+			resp, ok = nil, false
+		}
+	}()
+	if !parseQuery(req, nb, q) || (q.qtype != dns.TypeA && q.qtype != dns.TypeAAAA) {
+		return nil, false
+	}
+	e := s.table.Load().lookupWire(q.qname)
+	if e == nil {
+		return nil, false
+	}
+	out, _ = appendTableAnswer(out, req, q, e)
+	if udp && len(out) > clientLimit(q.edns, q.udpSize) {
+		return nil, false // the slow path truncates properly
+	}
+	s.metrics.query(q.qtype, OutcomeTable)
+	return out, true
+}
+
+// connSet tracks TCP connections so that shutdown can close the idle ones
+// at once and the busy ones when they finish.
+type connSet struct {
+	mu      sync.Mutex
+	conns   map[net.Conn]bool // value: idle (waiting for a query)
+	closing bool
+}
+
+func newConnSet() *connSet { return &connSet{conns: map[net.Conn]bool{}} }
+
+func (cs *connSet) add(c net.Conn) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.closing {
+		return false
+	}
+	cs.conns[c] = false
+	return true
+}
+
+func (cs *connSet) remove(c net.Conn) {
+	cs.mu.Lock()
+	delete(cs.conns, c)
+	cs.mu.Unlock()
+}
+
+// setIdle marks c idle or busy; it reports false when c should close.
+func (cs *connSet) setIdle(c net.Conn, idle bool) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.closing && idle {
+		return false
+	}
+	cs.conns[c] = idle
+	return true
+}
+
+func (cs *connSet) closeIdle() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.closing = true
+	for c, idle := range cs.conns {
+		if idle {
+			c.Close()
+		}
+	}
+}
+
+func (cs *connSet) closeAll() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.closing = true
+	for c := range cs.conns {
+		c.Close()
+	}
+}
+
+func (s *Server) serveTCP(stop, work context.Context, ln net.Listener, conns *connSet, handlers *sync.WaitGroup) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if stop.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and friends: back off instead of spinning.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		select {
+		case s.tcpSlots <- struct{}{}:
+		default:
+			s.log.Debug("too many TCP connections, closing a new one", "limit", s.cfg.MaxTCPConns, "remote", c.RemoteAddr())
+			c.Close()
+			continue
+		}
+		if !conns.add(c) {
+			<-s.tcpSlots
+			c.Close()
+			continue
+		}
+		handlers.Add(1)
+		go func() {
+			defer handlers.Done()
+			defer func() { <-s.tcpSlots }()
+			defer conns.remove(c)
+			defer c.Close()
+			s.serveConn(stop, work, c, conns)
+		}()
+	}
+}
+
+// serveConn answers the queries of one TCP connection; several may be in
+// flight at once (RFC 7766 pipelining) and answers go out as they are ready.
+func (s *Server) serveConn(stop, work context.Context, c net.Conn, conns *connSet) {
+	s.metrics.tcpConns.Add(1)
+	defer s.metrics.tcpConns.Add(-1)
+	var wmu sync.Mutex
+	var queries sync.WaitGroup
+	defer queries.Wait()
+	write := func(b []byte) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_ = c.SetWriteDeadline(time.Now().Add(s.cfg.TCPIdleTimeout))
+		var l [2]byte
+		binary.BigEndian.PutUint16(l[:], uint16(len(b)))
+		_, _ = (&net.Buffers{l[:], b}).WriteTo(c)
+	}
+	r := bufio.NewReaderSize(c, 4096)
+	var nb [256]byte
+	var q query
+	out := make([]byte, 0, 2048)
+	for {
+		if !conns.setIdle(c, true) {
+			return
+		}
+		_ = c.SetReadDeadline(time.Now().Add(s.cfg.TCPIdleTimeout))
+		var l [2]byte
+		if _, err := io.ReadFull(r, l[:]); err != nil {
+			return
+		}
+		if !conns.setIdle(c, false) && stop.Err() != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint16(l[:]))
+		if n < 12 || n > s.cfg.MaxMessageSize {
+			s.metrics.query(0, OutcomeDropped)
+			return
+		}
+		req := make([]byte, n)
+		if _, err := io.ReadFull(r, req); err != nil {
+			return
+		}
+		if resp, ok := s.fast(req, out[:0], &nb, &q, false); ok {
+			write(resp)
+			continue
+		}
+		select {
+		case s.inflight <- struct{}{}:
+		case <-work.Done():
+			return
+		}
+		queries.Add(1)
+		go func() {
+			defer queries.Done()
+			defer func() { <-s.inflight }()
+			if resp := s.handle(work, req, true); resp != nil {
+				write(resp)
+			}
+		}()
+	}
+}

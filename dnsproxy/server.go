@@ -1,0 +1,367 @@
+package dnsproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// UnknownPolicy says what to do with a name that is not in the table.
+type UnknownPolicy int
+
+const (
+	UnknownForward  UnknownPolicy = iota // ask the upstreams (default)
+	UnknownNXDomain                      // answer NXDOMAIN
+	UnknownRefused                       // answer REFUSED
+)
+
+// ParseUnknownPolicy parses "forward", "nxdomain" or "refused".
+func ParseUnknownPolicy(s string) (UnknownPolicy, error) {
+	switch strings.ToLower(s) {
+	case "forward":
+		return UnknownForward, nil
+	case "nxdomain":
+		return UnknownNXDomain, nil
+	case "refused":
+		return UnknownRefused, nil
+	}
+	return 0, fmt.Errorf("unknown-names policy %q: want forward, nxdomain or refused", s)
+}
+
+func (p UnknownPolicy) String() string {
+	return [...]string{"forward", "nxdomain", "refused"}[p]
+}
+
+// Config configures a Server. The zero value of every field but Table has a
+// sensible default.
+type Config struct {
+	// Listen addresses, UDP and TCP each. Default 127.0.0.1:15053 and
+	// [::1]:15053. Non-loopback addresses need AllowNonLoopback.
+	Listen           []netip.AddrPort
+	AllowNonLoopback bool
+	// UDPSockets per listen address, sharing it with SO_REUSEPORT.
+	// Default: the number of CPUs.
+	UDPSockets int
+
+	Table *Table // nil: an empty table
+
+	Upstreams []netip.AddrPort // usually ResolvConf.Nameservers
+	// Search domains of the workload (ResolvConf.Search), enabling the
+	// search-domain shortcut.
+	Search []string
+	// LocalZones are answered only from the table: an unknown name under
+	// them is NXDOMAIN, never forwarded. Default ["mesh."].
+	LocalZones   []string
+	UnknownNames UnknownPolicy
+
+	Cache CacheOptions // Size 0 disables the cache
+
+	HedgeDelay   time.Duration // default 150ms
+	QueryTimeout time.Duration // per forwarded query, all upstreams; default 3s
+	// UpstreamMark is set as SO_MARK on every upstream socket so that the
+	// capture rules let it through; 0 sets none (then shunt must run as the
+	// exempted UID). The CLI defaults to DefaultUpstreamMark.
+	UpstreamMark uint32
+
+	MaxTCPConns    int           // default 256
+	TCPIdleTimeout time.Duration // default 10s
+	MaxMessageSize int           // largest query accepted; default 4096
+	MaxInFlight    int           // forwarded queries at once; default 2048
+	DrainTimeout   time.Duration // how long Run waits for in-flight queries; default 3s
+
+	Logger *slog.Logger // default slog.Default()
+}
+
+func (c *Config) setDefaults() {
+	if len(c.Listen) == 0 {
+		c.Listen = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:15053"), netip.MustParseAddrPort("[::1]:15053")}
+	}
+	if c.UDPSockets <= 0 {
+		c.UDPSockets = runtime.NumCPU()
+	}
+	if c.LocalZones == nil {
+		c.LocalZones = []string{"mesh."}
+	}
+	if c.HedgeDelay <= 0 {
+		c.HedgeDelay = 150 * time.Millisecond
+	}
+	if c.QueryTimeout <= 0 {
+		c.QueryTimeout = 3 * time.Second
+	}
+	if c.MaxTCPConns <= 0 {
+		c.MaxTCPConns = 256
+	}
+	if c.TCPIdleTimeout <= 0 {
+		c.TCPIdleTimeout = 10 * time.Second
+	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = 4096
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 2048
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 3 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Server is the DNS interceptor. Create it with New, run it with Run (or
+// Serve, with sockets made elsewhere), and feed it tables and upstreams while
+// it runs.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	table   atomic.Pointer[Table]
+	search  []string // wire-format, lower case
+	zones   []string
+	fwd     *forwarder
+	cache   *cache
+	metrics *Metrics
+
+	inflight chan struct{}
+	tcpSlots chan struct{}
+	running  atomic.Bool
+	ready    chan struct{}
+	addrsMu  sync.Mutex
+	addrs    []net.Addr
+}
+
+// New checks cfg and builds a Server. It fails when a listen address is not
+// loopback without AllowNonLoopback, when an upstream is one of shunt's own
+// listen addresses (a loop), and when UpstreamMark is set but this process
+// may not set socket marks.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	for _, ap := range cfg.Listen {
+		if !ap.IsValid() {
+			return nil, fmt.Errorf("listen address %q is not valid", ap.String())
+		}
+		if !ap.Addr().IsLoopback() && !cfg.AllowNonLoopback {
+			return nil, fmt.Errorf("listen address %s is not a loopback address: shunt would answer DNS for the whole network; allow it explicitly (AllowNonLoopback, --allow-non-loopback)", ap)
+		}
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		metrics:  newMetrics(),
+		cache:    newCache(cfg.Cache),
+		inflight: make(chan struct{}, cfg.MaxInFlight),
+		tcpSlots: make(chan struct{}, cfg.MaxTCPConns),
+		ready:    make(chan struct{}),
+	}
+	for _, z := range cfg.LocalZones {
+		s.zones = append(s.zones, strings.ToLower(dns.Fqdn(z)))
+	}
+	for _, d := range cfg.Search {
+		if _, ok := dns.IsDomainName(d); !ok {
+			return nil, fmt.Errorf("search domain %q is not a domain name", d)
+		}
+		s.search = append(s.search, strings.ToLower(dns.Fqdn(d)))
+	}
+	if cfg.UpstreamMark != 0 {
+		if err := checkMark(cfg.UpstreamMark); err != nil {
+			return nil, err
+		}
+	}
+	s.fwd = &forwarder{hedge: cfg.HedgeDelay, timeout: cfg.QueryTimeout, bufSize: ednsBufSize}
+	if cfg.UpstreamMark != 0 {
+		s.fwd.dialer.Control = markControl(cfg.UpstreamMark)
+	}
+	if err := s.SetUpstreams(cfg.Upstreams...); err != nil {
+		return nil, err
+	}
+	if cfg.Table != nil {
+		s.table.Store(cfg.Table)
+	} else {
+		s.table.Store(&Table{exact: map[string]*entry{}, wild: map[string]*entry{}, ttl: uint32(DefaultTTL / time.Second)})
+	}
+	return s, nil
+}
+
+// SetTable replaces the name table; queries already being answered finish
+// with the old one, every later query sees the new one whole.
+func (s *Server) SetTable(t *Table) {
+	if t == nil {
+		t = &Table{exact: map[string]*entry{}, wild: map[string]*entry{}, ttl: uint32(DefaultTTL / time.Second)}
+	}
+	s.table.Store(t)
+}
+
+// Table returns the table in force.
+func (s *Server) Table() *Table { return s.table.Load() }
+
+// SetUpstreams replaces the upstream resolvers (port 53 if zero). Health
+// history is kept for upstreams that stay.
+func (s *Server) SetUpstreams(addrs ...netip.AddrPort) error {
+	old := map[netip.AddrPort]*upstream{}
+	if p := s.fwd.ups.Load(); p != nil {
+		for _, u := range *p {
+			old[u.addr] = u
+		}
+	}
+	ups := make([]*upstream, 0, len(addrs))
+	seen := map[netip.AddrPort]bool{}
+	for _, ap := range addrs {
+		if !ap.Addr().IsValid() {
+			return fmt.Errorf("upstream %q is not an IP address", ap.String())
+		}
+		if ap.Port() == 0 {
+			ap = netip.AddrPortFrom(ap.Addr(), 53)
+		}
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		for _, l := range s.cfg.Listen {
+			if l == ap {
+				return fmt.Errorf("upstream %s is shunt's own listen address: queries would loop", ap)
+			}
+		}
+		if seen[ap] {
+			continue
+		}
+		seen[ap] = true
+		u := old[ap]
+		if u == nil {
+			u = &upstream{addr: ap, m: s.metrics.upstream(ap)}
+		}
+		ups = append(ups, u)
+	}
+	s.fwd.ups.Store(&ups)
+	return nil
+}
+
+// Upstreams returns the upstreams in their configured order.
+func (s *Server) Upstreams() []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, u := range *s.fwd.ups.Load() {
+		out = append(out, u.addr)
+	}
+	return out
+}
+
+// Metrics returns the server's counters.
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// Ready is closed once the server is listening.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addrs returns the bound addresses (UDP and TCP) once Ready is closed;
+// useful with port 0.
+func (s *Server) Addrs() []net.Addr {
+	s.addrsMu.Lock()
+	defer s.addrsMu.Unlock()
+	return append([]net.Addr(nil), s.addrs...)
+}
+
+// Run listens on every Config.Listen address, UDP and TCP, and serves until
+// ctx is cancelled; then it stops accepting, lets in-flight queries finish
+// (up to DrainTimeout) and returns nil.
+func (s *Server) Run(ctx context.Context) error {
+	var pcs []net.PacketConn
+	var lns []net.Listener
+	closeAll := func() {
+		for _, pc := range pcs {
+			pc.Close()
+		}
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	lc := net.ListenConfig{Control: reusePort}
+	for _, ap := range s.cfg.Listen {
+		// With port 0 the first socket picks the port the others share.
+		addr := ap
+		for i := 0; i < s.cfg.UDPSockets; i++ {
+			pc, err := lc.ListenPacket(ctx, "udp", addr.String())
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("listen udp %s: %w", addr, err)
+			}
+			pcs = append(pcs, pc)
+			addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
+			addr = netip.AddrPortFrom(ap.Addr(), addr.Port())
+		}
+		ln, err := net.Listen("tcp", addr.String())
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listen tcp %s: %w", addr, err)
+		}
+		lns = append(lns, ln)
+	}
+	return s.Serve(ctx, pcs, lns)
+}
+
+// Serve answers on sockets the caller opened (for example inside another
+// network namespace) and closes them when ctx is cancelled and in-flight
+// queries are done.
+func (s *Server) Serve(ctx context.Context, pcs []net.PacketConn, lns []net.Listener) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("dns server is already running")
+	}
+	// Handlers run under work, which outlives ctx by the drain timeout so
+	// that queries in flight at shutdown still get their answers.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	var wg, handlers sync.WaitGroup
+	s.addrsMu.Lock()
+	for _, pc := range pcs {
+		s.addrs = append(s.addrs, pc.LocalAddr())
+	}
+	for _, ln := range lns {
+		s.addrs = append(s.addrs, ln.Addr())
+	}
+	s.addrsMu.Unlock()
+	for _, pc := range pcs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveUDP(ctx, work, pc, &handlers)
+		}()
+	}
+	conns := newConnSet()
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveTCP(ctx, work, ln, conns, &handlers)
+		}()
+	}
+	s.log.Info("dns interceptor listening", "addrs", s.Addrs(), "upstreams", s.Upstreams(), "names", s.Table().Len())
+	close(s.ready)
+
+	<-ctx.Done()
+	s.log.Info("dns interceptor draining")
+	for _, ln := range lns {
+		ln.Close()
+	}
+	for _, pc := range pcs {
+		// Wake the readers; the socket stays open for answers in flight.
+		_ = pc.SetReadDeadline(time.Now())
+	}
+	conns.closeIdle()
+	done := make(chan struct{})
+	go func() { wg.Wait(); handlers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(s.cfg.DrainTimeout):
+		cancelWork()
+		conns.closeAll()
+		<-done
+	}
+	for _, pc := range pcs {
+		pc.Close()
+	}
+	conns.closeAll()
+	return nil
+}
