@@ -1,0 +1,272 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/redirect/iptables"
+)
+
+// newEngine returns the engine the configuration asks for.
+func newEngine(cfg *redirect.Config) (redirect.Engine, error) {
+	switch e := cfg.Get("engine"); e {
+	case "iptables", "auto":
+		return iptables.New(iptables.Options{
+			NetnsPath: cfg.Get("netns"),
+			StateDir:  cfg.Get("stateDir"),
+			Backend:   cfg.Get("iptablesBackend"),
+			Logger:    slog.Default(),
+		}), nil
+	default:
+		return nil, fmt.Errorf("engine: invalid value %q: want iptables, ebpf or auto", e)
+	}
+}
+
+func newInstallCommand() *cobra.Command {
+	var dryRun bool
+	var output string
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Install traffic capture in a network namespace",
+		Long: `Install the kernel rules that send the workload's inbound and outbound TCP to
+the proxy and its DNS to shunt's interceptor. Installing again with the same
+configuration changes nothing; with a changed one, shunt's rules are replaced
+atomically. On failure the rules are left as they were.`,
+		Example: `  shunt install
+  shunt install --netns /run/netns/pod1 --exclude-outbound-ports 22 --redirect-all-dns
+  SHUNT_PROXY_UID=envoy shunt install --config /etc/shunt/capture.yaml --dry-run`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return usageErrorf("-o: invalid value %q: want text or json", output)
+			}
+			cfg, err := loadCaptureConfig(cmd)
+			if err != nil {
+				return err
+			}
+			plan, err := cfg.Plan(redirect.OSHost{})
+			if err != nil {
+				return err
+			}
+			eng, err := newEngine(cfg)
+			if err != nil {
+				return err
+			}
+			if dryRun {
+				return printDryRun(cmd.Context(), cmd.OutOrStdout(), eng, plan, output)
+			}
+			if err := eng.Install(cmd.Context(), plan); err != nil {
+				return err
+			}
+			slog.Info("capture installed", "engine", eng.Name(), "netns", cfg.Get("netns"), "stateDir", cfg.Get("stateDir"))
+			if output == "json" {
+				return writeJSON(cmd.OutOrStdout(), map[string]any{"installed": true, "engine": eng.Name(), "plan": plan})
+			}
+			return nil
+		},
+	}
+	captureFlags(cmd)
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be applied (the iptables-restore input of each family) and change nothing")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+func printDryRun(ctx context.Context, w io.Writer, eng redirect.Engine, plan *redirect.Plan, output string) error {
+	out, err := eng.Render(ctx, plan)
+	if err != nil {
+		return err
+	}
+	if output == "json" {
+		return writeJSON(w, map[string]any{"engine": eng.Name(), "plan": plan, "render": out})
+	}
+	printSections(w, out)
+	return nil
+}
+
+func printSections(w io.Writer, out map[string]string) {
+	keys := make([]string, 0, len(out))
+	for k := range out {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "# %s\n%s", k, out[k])
+	}
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newUninstallCommand() *cobra.Command {
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Remove the traffic capture shunt installed",
+		Long: `Remove exactly what install added: shunt's chains and its marked rules in the
+built-in chains. Rules shunt did not create are left alone.`,
+		Example: `  shunt uninstall
+  shunt uninstall --netns /run/netns/pod1`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadCaptureConfig(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := redirect.LoadState(cfg.Get("stateDir"))
+			if err != nil {
+				return err
+			}
+			if st != nil && st.Engine != "" {
+				_ = cfg.Set("engine", st.Engine, "state")
+			}
+			eng, err := newEngine(cfg)
+			if err != nil {
+				return err
+			}
+			if dryRun {
+				r, ok := eng.(interface {
+					RenderUninstall(context.Context) (map[string]string, error)
+				})
+				if !ok {
+					return fmt.Errorf("uninstall --dry-run is not supported by the %s engine", eng.Name())
+				}
+				out, err := r.RenderUninstall(cmd.Context())
+				if err != nil {
+					return err
+				}
+				printSections(cmd.OutOrStdout(), out)
+				return nil
+			}
+			err = eng.Uninstall(cmd.Context())
+			if errors.Is(err, redirect.ErrNotInstalled) {
+				slog.Info("nothing to uninstall", "stateDir", cfg.Get("stateDir"))
+				return nil
+			}
+			if err == nil {
+				slog.Info("capture removed", "engine", eng.Name())
+			}
+			return err
+		},
+	}
+	captureFlags(cmd, "netns", "stateDir", "engine", "iptablesBackend", "cgroup")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be removed and change nothing")
+	return cmd
+}
+
+func newStatusCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the installed capture and whether its rules drifted",
+		Long: `Show the engine, backend, plan and shunt's rules with their counters.
+Exit status: 0 installed and matching, 3 drifted (a rule was changed or removed
+by someone else), 4 not installed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return usageErrorf("-o: invalid value %q: want text or json", output)
+			}
+			cfg, err := loadCaptureConfig(cmd)
+			if err != nil {
+				return err
+			}
+			if st, err := redirect.LoadState(cfg.Get("stateDir")); err == nil && st != nil {
+				_ = cfg.Set("engine", st.Engine, "state")
+			}
+			eng, err := newEngine(cfg)
+			if err != nil {
+				return err
+			}
+			s, err := eng.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				if err := writeJSON(cmd.OutOrStdout(), s); err != nil {
+					return err
+				}
+			} else {
+				printStatus(cmd.OutOrStdout(), s)
+			}
+			switch {
+			case !s.Installed && len(s.Drift) == 0:
+				return &exitError{code: 4}
+			case len(s.Drift) > 0:
+				return &exitError{code: 3}
+			}
+			return nil
+		},
+	}
+	captureFlags(cmd, "netns", "stateDir", "engine", "cgroup")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+func printStatus(w io.Writer, s *redirect.Status) {
+	if !s.Installed {
+		fmt.Fprintln(w, "capture: not installed")
+	} else {
+		fmt.Fprintf(w, "capture: installed\nengine:  %s\n", s.Engine)
+		if s.Backend != "" {
+			fmt.Fprintf(w, "backend: %s\n", s.Backend)
+		}
+	}
+	if p := s.Plan; p != nil {
+		fmt.Fprintf(w, "plan:\n  proxy uid %d", p.ProxyUID)
+		if p.ProxyGID != nil {
+			fmt.Fprintf(w, ", gid %d", *p.ProxyGID)
+		}
+		fmt.Fprintf(w, "\n  outbound tcp -> :%d\n", p.OutboundPort)
+		if p.CaptureInbound {
+			fmt.Fprintf(w, "  inbound tcp -> :%d\n", p.InboundPort)
+		} else {
+			fmt.Fprintln(w, "  inbound: not captured")
+		}
+		switch p.DNSMode {
+		case redirect.DNSNone:
+			fmt.Fprintln(w, "  dns: not captured")
+		case redirect.DNSAll:
+			fmt.Fprintf(w, "  dns (all port 53) -> :%d\n", p.DNSPort)
+		default:
+			fmt.Fprintf(w, "  dns to %s -> :%d (from %s)\n", joinAddrs(p.DNSServers), p.DNSPort, p.ResolvConf)
+		}
+		if p.Egress != nil {
+			fmt.Fprintf(w, "  egress: locked down to %d allowed prefixes and %d mesh CIDRs\n", len(p.Egress.Allowed), len(p.MeshCIDRs))
+		}
+	}
+	for _, n := range s.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+	if len(s.Drift) > 0 {
+		fmt.Fprintln(w, "DRIFT: the live rules differ from what was installed:")
+		for _, d := range s.Drift {
+			fmt.Fprintf(w, "  %s\n", d)
+		}
+	}
+	for _, sec := range s.Sections {
+		fmt.Fprintf(w, "%s:\n", sec.Name)
+		for _, l := range sec.Lines {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
+	}
+}
+
+func joinAddrs[T fmt.Stringer](l []T) string {
+	s := make([]string, len(l))
+	for i, a := range l {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,337 @@
+// Package iptables implements shunt's capture with iptables: one
+// iptables-restore --noflush batch per family, in chains shunt owns, with
+// jumps from the built-in chains marked by a comment.
+package iptables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/shunt-dev/shunt/redirect"
+)
+
+// Options configure an Engine.
+type Options struct {
+	// NetnsPath is the network namespace to act on ("" = the current one).
+	NetnsPath string
+	// StateDir is where the installation is recorded.
+	StateDir string
+	// Backend is "auto", "legacy" or "nft".
+	Backend string
+	// LockWait bounds the wait for the xtables lock.
+	LockWait time.Duration
+	// Retries bounds how often a transient failure is retried.
+	Retries int
+	Logger  *slog.Logger
+	// CommandsFor overrides the programs used (tests inject failures).
+	CommandsFor func(b Backend, v6 bool) Commands
+}
+
+// Engine is the iptables capture engine.
+type Engine struct {
+	opts Options
+	log  *slog.Logger
+	run  runner
+}
+
+// New returns an engine; nothing is touched until Install.
+func New(opts Options) *Engine {
+	if opts.StateDir == "" {
+		opts.StateDir = redirect.DefaultStateDir
+	}
+	if opts.Backend == "" {
+		opts.Backend = "auto"
+	}
+	if opts.LockWait == 0 {
+		opts.LockWait = 10 * time.Second
+	}
+	if opts.Retries == 0 {
+		opts.Retries = 4
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Engine{opts: opts, log: opts.Logger, run: runner{lockWait: opts.LockWait}}
+}
+
+// Name implements redirect.Engine.
+func (e *Engine) Name() string { return "iptables" }
+
+func (e *Engine) commands(b Backend, f family) Commands {
+	if e.opts.CommandsFor != nil {
+		return e.opts.CommandsFor(b, f.v6())
+	}
+	return defaultCommands(b, f)
+}
+
+// inNetns runs f on a thread in the target namespace; the iptables programs
+// it starts inherit that namespace.
+func (e *Engine) inNetns(f func() error) error {
+	if e.opts.NetnsPath == "" {
+		return f()
+	}
+	err := ns.WithNetNSPath(e.opts.NetnsPath, func(ns.NetNS) error { return f() })
+	var nsErr ns.NSPathNotExistErr
+	if errors.As(err, &nsErr) {
+		return fmt.Errorf("netns %s: %w", e.opts.NetnsPath, err)
+	}
+	return err
+}
+
+// Render implements redirect.Engine: the iptables-restore input of each
+// family, as an install into a namespace without shunt rules would apply it.
+func (e *Engine) Render(_ context.Context, p *redirect.Plan) (map[string]string, error) {
+	out := map[string]string{"ipv4": RestoreInput(newRuleset(), Render(p, false))}
+	if p.IPFamily == redirect.FamilyDual {
+		out["ipv6"] = RestoreInput(newRuleset(), Render(p, true))
+	}
+	return out, nil
+}
+
+// familyInfo is what install learned about one family.
+type familyInfo struct {
+	f       family
+	cmds    Commands
+	before  *Dump // as found, for rollback
+	applied string
+}
+
+// Install implements redirect.Engine.
+func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
+	unlock, err := redirect.LockState(e.opts.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	prev, err := redirect.LoadState(e.opts.StateDir)
+	if err != nil {
+		return err
+	}
+	if prev != nil && prev.Engine != e.Name() {
+		return fmt.Errorf("install: the %s engine holds this namespace's capture; uninstall it first", prev.Engine)
+	}
+	var st *redirect.State
+	err = e.inNetns(func() error {
+		var err error
+		st, err = e.install(ctx, p, prev)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	st.Netns = e.opts.NetnsPath
+	if err := redirect.SaveState(e.opts.StateDir, st); err != nil {
+		return fmt.Errorf("install: rules are in place but %w", err)
+	}
+	return nil
+}
+
+func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.State) (*redirect.State, error) {
+	// Dumps read while choosing the backend are reused: each exec of an
+	// iptables program costs milliseconds.
+	seen := map[Commands]*Dump{}
+	backend, why, err := e.chooseBackend(ctx, prev, seen)
+	if err != nil {
+		return nil, err
+	}
+	e.log.Debug("iptables backend chosen", "backend", backend, "reason", why)
+
+	st := &redirect.State{Engine: e.Name(), Backend: string(backend), Plan: p.Clone(), Applied: map[string]string{}, InstalledAt: time.Now().UTC()}
+	want := map[family]bool{ipv4: true}
+	if p.IPFamily == redirect.FamilyDual {
+		if reason := e.ipv6Unavailable(backend); reason != "" {
+			e.log.Info("IPv6 capture skipped", "reason", reason)
+			st.Skipped = append(st.Skipped, "ipv6: "+reason)
+		} else {
+			want[ipv6] = true
+		}
+	}
+	// A family installed before but not wanted now is emptied.
+	todo := []family{ipv4}
+	if want[ipv6] || (prev != nil && contains(prev.Families, string(ipv6))) {
+		todo = append(todo, ipv6)
+	}
+
+	var done []*familyInfo
+	rollback := func(cause error) error {
+		for i := len(done) - 1; i >= 0; i-- {
+			fi := done[i]
+			if rerr := e.applyFamily(ctx, fi.cmds, fi.before.Shunt, nil); rerr != nil {
+				return fmt.Errorf("%w; rolling back %s also failed: %v", cause, fi.f, rerr)
+			}
+		}
+		return cause
+	}
+	for _, f := range todo {
+		cmds := e.commands(backend, f)
+		before, ok := seen[cmds]
+		if !ok {
+			if before, err = e.dump(ctx, cmds); err != nil {
+				return nil, rollback(fmt.Errorf("install %s rules: %w", f, err))
+			}
+		}
+		fi := &familyInfo{f: f, cmds: cmds, before: before}
+		desired := newRuleset()
+		if want[f] {
+			desired = Render(p, f.v6())
+		}
+		if err := e.applyFamily(ctx, cmds, desired, before); err != nil {
+			// The family that failed may be half-applied on backends
+			// that commit table by table: put it back too.
+			done = append(done, fi)
+			return nil, rollback(fmt.Errorf("install %s rules: %w", f, err))
+		}
+		done = append(done, fi)
+		if want[f] {
+			// Rules are rendered exactly as iptables-save prints them
+			// (the tests hold both backends to that), so what was
+			// applied needs no read-back to serve as the reference.
+			st.Families = append(st.Families, string(f))
+			st.Applied[string(f)] = desired.String()
+		}
+	}
+	if prev != nil && prev.Backend != "" && prev.Backend != string(backend) {
+		// The backend changed (forced by --iptables-backend): the old
+		// variant's rules would otherwise keep capturing too.
+		for _, f := range []family{ipv4, ipv6} {
+			cmds := e.commands(Backend(prev.Backend), f)
+			if !available(cmds) {
+				continue
+			}
+			if err := e.applyFamily(ctx, cmds, newRuleset(), nil); err != nil {
+				e.log.Warn("could not remove rules of the previous backend", "backend", prev.Backend, "family", f, "err", err)
+			}
+		}
+	}
+	return st, nil
+}
+
+// applyFamily makes shunt's rules of one family equal desired, retrying
+// when the xtables lock is busy or another writer raced us.
+// cur, when given, is a fresh dump that saves reading the rules again on the
+// first attempt.
+func (e *Engine) applyFamily(ctx context.Context, cmds Commands, desired *Ruleset, cur *Dump) error {
+	var last error
+	for attempt := 0; attempt <= e.opts.Retries; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(attempt*attempt) * 20 * time.Millisecond):
+			}
+		}
+		if cur == nil || attempt > 0 {
+			var err error
+			if cur, err = e.dump(ctx, cmds); err != nil {
+				return err
+			}
+		}
+		input := RestoreInput(cur.Shunt, desired)
+		if input == "" {
+			return nil
+		}
+		err := e.run.restore(ctx, cmds, input)
+		if err == nil {
+			return nil
+		}
+		last = err
+		var ce *CommandError
+		if !errors.As(err, &ce) || !ce.transient() {
+			return fmt.Errorf("apply rules with %s: %w", cmds.Restore, err)
+		}
+		e.log.Debug("transient iptables-restore failure, retrying", "attempt", attempt+1, "err", err)
+	}
+	return fmt.Errorf("apply rules with %s after %d attempts: %w", cmds.Restore, e.opts.Retries+1, last)
+}
+
+func (e *Engine) dump(ctx context.Context, cmds Commands) (*Dump, error) {
+	out, err := e.run.save(ctx, cmds)
+	if err != nil {
+		return nil, fmt.Errorf("read rules with %s: %w", cmds.Save, err)
+	}
+	return ParseSave(out)
+}
+
+// chooseBackend follows the rule: an explicit choice wins; then the backend
+// of the previous install; then the variant that already holds rules in
+// this namespace; otherwise nft.
+func (e *Engine) chooseBackend(ctx context.Context, prev *redirect.State, seen map[Commands]*Dump) (Backend, string, error) {
+	switch e.opts.Backend {
+	case "legacy", "nft":
+		b := Backend(e.opts.Backend)
+		if !available(e.commands(b, ipv4)) {
+			return "", "", fmt.Errorf("iptablesBackend %s: %s not found", b, e.commands(b, ipv4).Restore)
+		}
+		return b, "chosen with iptablesBackend", nil
+	case "auto":
+	default:
+		return "", "", fmt.Errorf("iptablesBackend: invalid value %q: want auto, legacy or nft", e.opts.Backend)
+	}
+	if prev != nil && prev.Backend != "" && available(e.commands(Backend(prev.Backend), ipv4)) {
+		return Backend(prev.Backend), "used by the previous install", nil
+	}
+	rules := map[Backend]int{}
+	for _, b := range []Backend{Legacy, NFT} {
+		for _, f := range []family{ipv4, ipv6} {
+			cmds := e.commands(b, f)
+			if !available(cmds) {
+				continue
+			}
+			d, err := e.dump(ctx, cmds)
+			if err != nil {
+				continue
+			}
+			seen[cmds] = d
+			rules[b] += d.ForeignLen
+			if !d.Shunt.Empty() {
+				rules[b]++
+			}
+		}
+	}
+	switch {
+	case rules[Legacy] > 0 && rules[NFT] == 0:
+		return Legacy, "legacy holds rules in this namespace", nil
+	case rules[NFT] > 0 && rules[Legacy] == 0:
+		return NFT, "nft holds rules in this namespace", nil
+	case rules[Legacy] > rules[NFT]:
+		return Legacy, "legacy holds more rules in this namespace", nil
+	}
+	if available(e.commands(NFT, ipv4)) {
+		return NFT, "default", nil
+	}
+	if available(e.commands(Legacy, ipv4)) {
+		return Legacy, "nft variant not installed", nil
+	}
+	return "", "", errors.New("no iptables programs found (install the iptables package)")
+}
+
+// ipv6Unavailable returns why IPv6 cannot be captured here, or "".
+func (e *Engine) ipv6Unavailable(b Backend) string {
+	data, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+	if err != nil {
+		return "the kernel has no IPv6 in this namespace"
+	}
+	if strings.TrimSpace(string(data)) == "1" {
+		return "IPv6 is disabled in this namespace (net.ipv6.conf.all.disable_ipv6=1)"
+	}
+	if c := e.commands(b, ipv6); !available(c) {
+		return c.Restore + " not found"
+	}
+	return ""
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

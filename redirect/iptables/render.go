@@ -1,0 +1,257 @@
+package iptables
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/shunt-dev/shunt/redirect"
+)
+
+// Chains shunt owns. Names are fixed so that an upgrade finds the chains
+// of the previous version.
+const (
+	chainInbound         = "SHUNT_INBOUND"
+	chainInboundRedirect = "SHUNT_INBOUND_REDIRECT"
+	chainOutput          = "SHUNT_OUTPUT"
+	chainOutRedirect     = "SHUNT_OUTBOUND_REDIRECT"
+	chainDNSZoneOut      = "SHUNT_DNS_ZONE_OUT"
+	chainDNSZoneIn       = "SHUNT_DNS_ZONE_IN"
+	chainEgress          = "SHUNT_EGRESS"
+)
+
+// DNS conntrack zones. The application's queries to a nameserver are
+// redirected to the interceptor, and the interceptor queries the same
+// nameserver from the same namespace: were both tracked in one zone, an
+// upstream reply could match the application's NAT entry and be un-NATed to
+// the wrong socket. Separate zones keep the two flows apart.
+const (
+	zoneUpstream = 1
+	zoneWorkload = 2
+)
+
+// multiportMax is how many ports one multiport match takes (a range counts
+// as two).
+const multiportMax = 15
+
+// Render returns shunt's rules for one family.
+func Render(p *redirect.Plan, v6 bool) *Ruleset {
+	r := &renderer{p: p, v6: v6, rs: newRuleset()}
+	r.nat()
+	if p.DNSMode != redirect.DNSNone {
+		r.dnsZones()
+	}
+	if p.Egress != nil {
+		r.egress()
+	}
+	return r.rs
+}
+
+type renderer struct {
+	p  *redirect.Plan
+	v6 bool
+	rs *Ruleset
+}
+
+func (r *renderer) jump(table, chain, match, target string) {
+	t := r.rs.table(table)
+	spec := chain
+	if match != "" {
+		spec += " " + match
+	}
+	t.Jumps = append(t.Jumps, spec+" -m comment --comment "+Marker+" -j "+target)
+	if _, ok := t.Chains[target]; !ok {
+		t.Chains[target] = nil
+	}
+}
+
+func (r *renderer) rule(table, chain string, parts ...string) {
+	t := r.rs.table(table)
+	var nonEmpty []string
+	for _, p := range parts {
+		if p != "" {
+			nonEmpty = append(nonEmpty, p)
+		}
+	}
+	t.Chains[chain] = append(t.Chains[chain], strings.Join(nonEmpty, " "))
+}
+
+func (r *renderer) host(a netip.Addr) string {
+	if r.v6 {
+		return a.String() + "/128"
+	}
+	return a.String() + "/32"
+}
+
+func (r *renderer) localhost() string {
+	if r.v6 {
+		return "::1/128"
+	}
+	return "127.0.0.1/32"
+}
+
+func (r *renderer) passthroughSource() string {
+	if r.v6 {
+		return r.host(redirect.InboundPassthroughV6)
+	}
+	return r.host(redirect.InboundPassthroughV4)
+}
+
+func (r *renderer) nat() {
+	p := r.p
+	if p.CaptureInbound {
+		r.jump("nat", "PREROUTING", "-p tcp", chainInbound)
+		r.rule("nat", chainInboundRedirect, "-p tcp -j REDIRECT --to-ports", fmt.Sprint(p.InboundPort))
+		r.rule("nat", chainInbound, "-i lo -j RETURN")
+		for _, ifc := range p.ExcludeInterfaces {
+			r.rule("nat", chainInbound, "-i "+ifc+" -j RETURN")
+		}
+		for _, c := range redirect.PrefixesOf(p.ExcludeInboundCIDRs, r.v6) {
+			r.rule("nat", chainInbound, "-s "+c.String()+" -j RETURN")
+		}
+		for _, ports := range multiport(p.ExcludeInboundPorts) {
+			r.rule("nat", chainInbound, "-p tcp -m multiport --dports "+ports+" -j RETURN")
+		}
+		r.rule("nat", chainInbound, "-p tcp -j "+chainInboundRedirect)
+	}
+
+	r.jump("nat", "OUTPUT", "", chainOutput)
+	r.rule("nat", chainOutRedirect, "-p tcp -j REDIRECT --to-ports", fmt.Sprint(p.OutboundPort))
+	out := func(parts ...string) { r.rule("nat", chainOutput, parts...) }
+	for _, ifc := range p.ExcludeInterfaces {
+		out("-o " + ifc + " -j RETURN")
+	}
+	if p.BypassMark != 0 {
+		out(fmt.Sprintf("-m mark --mark %#x -j RETURN", p.BypassMark))
+	}
+	out("-s " + r.passthroughSource() + " -o lo -j RETURN")
+	uid := fmt.Sprint(p.ProxyUID)
+	if p.CaptureInbound {
+		out("! -d "+r.localhost()+" -o lo -p tcp -m owner --uid-owner", uid, "-j", chainInboundRedirect)
+	}
+	out("-m owner --uid-owner", uid, "-j RETURN")
+	if p.ProxyGID != nil {
+		out("-m owner --gid-owner", fmt.Sprint(*p.ProxyGID), "-j RETURN")
+	}
+	for _, e := range p.ExcludeOutboundPortsForUIDs {
+		for _, proto := range protocols(e.Protocol) {
+			for _, ports := range multiport(e.Ports) {
+				for _, u := range e.UIDs {
+					out("-p "+proto+" -m multiport --dports "+ports+" -m owner --uid-owner "+u.String(), "-j RETURN")
+				}
+			}
+		}
+	}
+	dnsTo := fmt.Sprintf("-j REDIRECT --to-ports %d", p.DNSPort)
+	switch p.DNSMode {
+	case redirect.DNSAll:
+		out("-p udp -m udp --dport 53", dnsTo)
+		out("-p tcp -m tcp --dport 53", dnsTo)
+	case redirect.DNSResolvers:
+		for _, ns := range p.DNSServersOf(r.v6) {
+			out("-d "+r.host(ns)+" -p udp -m udp --dport 53", dnsTo)
+			out("-d "+r.host(ns)+" -p tcp -m tcp --dport 53", dnsTo)
+		}
+	}
+	out("-o lo -j RETURN")
+	for _, c := range redirect.PrefixesOf(p.ExcludeOutboundCIDRs, r.v6) {
+		out("-d " + c.String() + " -j RETURN")
+	}
+	for _, ports := range multiport(p.ExcludeOutboundPorts) {
+		out("-p tcp -m multiport --dports " + ports + " -j RETURN")
+	}
+	out("-p tcp -j " + chainOutRedirect)
+}
+
+func (r *renderer) dnsZones() {
+	p := r.p
+	var servers []string
+	if p.DNSMode == redirect.DNSResolvers {
+		for _, ns := range p.DNSServersOf(r.v6) {
+			servers = append(servers, r.host(ns))
+		}
+		if len(servers) == 0 {
+			return
+		}
+	} else {
+		servers = []string{""}
+	}
+	r.jump("raw", "OUTPUT", "-p udp", chainDNSZoneOut)
+	r.jump("raw", "PREROUTING", "-p udp", chainDNSZoneIn)
+	uid := fmt.Sprint(p.ProxyUID)
+	// The interceptor's replies to the workload belong with the
+	// workload's redirected queries.
+	r.rule("raw", chainDNSZoneOut, fmt.Sprintf("-p udp -m udp --sport %d -j CT --zone %d", p.DNSPort, zoneWorkload))
+	for _, s := range servers {
+		dst, src := "", ""
+		if s != "" {
+			dst, src = "-d "+s+" ", "-s "+s+" "
+		}
+		// Upstream queries of the proxy and of shunt itself.
+		r.rule("raw", chainDNSZoneOut, fmt.Sprintf("%s-p udp -m udp --dport 53 -m owner --uid-owner %s -j CT --zone %d", dst, uid, zoneUpstream))
+		if p.BypassMark != 0 {
+			r.rule("raw", chainDNSZoneOut, fmt.Sprintf("%s-p udp -m udp --dport 53 -m mark --mark %#x -j CT --zone %d", dst, p.BypassMark, zoneUpstream))
+			r.rule("raw", chainDNSZoneOut, fmt.Sprintf("%s-p udp -m udp --dport 53 -m owner ! --uid-owner %s -m mark ! --mark %#x -j CT --zone %d", dst, uid, p.BypassMark, zoneWorkload))
+		} else {
+			r.rule("raw", chainDNSZoneOut, fmt.Sprintf("%s-p udp -m udp --dport 53 -m owner ! --uid-owner %s -j CT --zone %d", dst, uid, zoneWorkload))
+		}
+		r.rule("raw", chainDNSZoneIn, fmt.Sprintf("%s-p udp -m udp --sport 53 -j CT --zone %d", src, zoneUpstream))
+	}
+}
+
+func (r *renderer) egress() {
+	p := r.p
+	r.jump("filter", "OUTPUT", "", chainEgress)
+	e := func(parts ...string) { r.rule("filter", chainEgress, parts...) }
+	e("-o lo -j RETURN")
+	// Connections that were allowed when they started keep going across a
+	// plan change.
+	e("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
+	for _, c := range redirect.PrefixesOf(p.MeshCIDRs, r.v6) {
+		e("-d " + c.String() + " -j RETURN")
+	}
+	for _, c := range redirect.PrefixesOf(p.Egress.Allowed, r.v6) {
+		e("-d " + c.String() + " -j RETURN")
+	}
+	for _, ns := range p.DNSServersOf(r.v6) {
+		e("-d " + r.host(ns) + " -p udp -m udp --dport 53 -j RETURN")
+		e("-d " + r.host(ns) + " -p tcp -m tcp --dport 53 -j RETURN")
+	}
+	e("-p tcp -j REJECT --reject-with tcp-reset")
+	if r.v6 {
+		e("-j REJECT --reject-with icmp6-port-unreachable")
+	} else {
+		e("-j REJECT --reject-with icmp-port-unreachable")
+	}
+}
+
+func protocols(p string) []string {
+	if p == "all" {
+		return []string{"tcp", "udp"}
+	}
+	return []string{p}
+}
+
+// multiport splits port ranges into groups that fit one multiport match,
+// written as iptables-save writes them (ranges with a colon).
+func multiport(ranges []redirect.PortRange) []string {
+	var groups []string
+	var cur []string
+	n := 0
+	for _, pr := range ranges {
+		w, s := 1, fmt.Sprint(pr.First)
+		if pr.Last != pr.First {
+			w, s = 2, fmt.Sprintf("%d:%d", pr.First, pr.Last)
+		}
+		if n+w > multiportMax {
+			groups = append(groups, strings.Join(cur, ","))
+			cur, n = nil, 0
+		}
+		cur = append(cur, s)
+		n += w
+	}
+	if len(cur) > 0 {
+		groups = append(groups, strings.Join(cur, ","))
+	}
+	return groups
+}

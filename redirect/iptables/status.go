@@ -1,0 +1,224 @@
+package iptables
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	goipt "github.com/coreos/go-iptables/iptables"
+
+	"github.com/shunt-dev/shunt/redirect"
+)
+
+// Uninstall implements redirect.Engine. It removes shunt's chains and its
+// marked jumps, and nothing else. Without a recorded state (the state
+// directory was wiped) it still finds shunt's rules by their names and
+// markers, in whichever backend holds them.
+func (e *Engine) Uninstall(ctx context.Context) error {
+	unlock, err := redirect.LockState(e.opts.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	prev, err := redirect.LoadState(e.opts.StateDir)
+	if err != nil {
+		return err
+	}
+	if prev != nil && prev.Engine != e.Name() {
+		return fmt.Errorf("uninstall: the capture here was installed by the %s engine", prev.Engine)
+	}
+	found := false
+	err = e.inNetns(func() error {
+		for _, b := range []Backend{Legacy, NFT} {
+			for _, f := range []family{ipv4, ipv6} {
+				cmds := e.commands(b, f)
+				if !available(cmds) {
+					continue
+				}
+				d, err := e.dump(ctx, cmds)
+				if err != nil {
+					return err
+				}
+				if d.Shunt.Empty() {
+					continue
+				}
+				found = true
+				if err := e.applyFamily(ctx, cmds, newRuleset(), d); err != nil {
+					return fmt.Errorf("uninstall %s %s rules: %w", b, f, err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := redirect.RemoveState(e.opts.StateDir); err != nil {
+		return err
+	}
+	if !found && prev == nil {
+		return redirect.ErrNotInstalled
+	}
+	return nil
+}
+
+// Status implements redirect.Engine.
+func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
+	st, err := redirect.LoadState(e.opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	s := &redirect.Status{Engine: e.Name()}
+	if st == nil {
+		// Rules may exist without a record; report them as drift.
+		err := e.inNetns(func() error {
+			for _, b := range []Backend{Legacy, NFT} {
+				for _, f := range []family{ipv4, ipv6} {
+					cmds := e.commands(b, f)
+					if !available(cmds) {
+						continue
+					}
+					d, err := e.dump(ctx, cmds)
+					if err == nil && !d.Shunt.Empty() {
+						s.Drift = append(s.Drift, fmt.Sprintf("%s %s: shunt rules present but no installation is recorded in %s", b, f, e.opts.StateDir))
+					}
+				}
+			}
+			return nil
+		})
+		return s, err
+	}
+	if st.Engine != e.Name() {
+		return nil, fmt.Errorf("status: the capture here was installed by the %s engine", st.Engine)
+	}
+	s.Installed = true
+	s.Backend = st.Backend
+	s.Plan = st.Plan
+	s.Notes = append(s.Notes, st.Skipped...)
+	if st.Plan != nil && st.Plan.ResolvConf != "" {
+		s.Notes = append(s.Notes, "nameservers read from "+st.Plan.ResolvConf)
+	}
+	err = e.inNetns(func() error {
+		for _, fs := range st.Families {
+			f := family(fs)
+			cmds := e.commands(Backend(st.Backend), f)
+			d, err := e.dump(ctx, cmds)
+			if err != nil {
+				return err
+			}
+			s.Drift = append(s.Drift, diffLines(string(f), st.Applied[fs], d.Shunt.String())...)
+			s.Sections = append(s.Sections, e.counters(f, cmds, d.Shunt)...)
+		}
+		return nil
+	})
+	return s, err
+}
+
+// counters lists each shunt chain with its rules and packet counters, read
+// through go-iptables.
+func (e *Engine) counters(f family, cmds Commands, rs *Ruleset) []redirect.Section {
+	ipt, err := goipt.New(goipt.IPFamily(protocolOf(f)), goipt.Path(cmds.Iptables), goipt.Timeout(int(e.opts.LockWait.Seconds())))
+	if err != nil {
+		return []redirect.Section{{Name: string(f), Lines: []string{"counters unavailable: " + err.Error()}}}
+	}
+	var out []redirect.Section
+	for _, table := range sortedTables(rs.Tables) {
+		t := rs.Tables[table]
+		for _, chain := range sortedKeys(t.Chains) {
+			lines, err := ipt.ListWithCounters(table, chain)
+			if err != nil {
+				lines = []string{"error: " + err.Error()}
+			}
+			var rules []string
+			for _, l := range lines {
+				if strings.HasPrefix(l, "-A ") {
+					rules = append(rules, withCounters(l))
+				}
+			}
+			out = append(out, redirect.Section{Name: fmt.Sprintf("%s %s/%s", f, table, chain), Lines: rules})
+		}
+	}
+	return out
+}
+
+// diffLines reports rules missing from, or added to, the live set compared
+// with what install applied.
+func diffLines(label, applied, live string) []string {
+	if applied == live {
+		return nil
+	}
+	count := func(s string) map[string]int {
+		m := map[string]int{}
+		for _, l := range strings.Split(s, "\n") {
+			if l != "" {
+				m[l]++
+			}
+		}
+		return m
+	}
+	a, l := count(applied), count(live)
+	var out []string
+	for _, line := range strings.Split(applied, "\n") {
+		if line != "" && l[line] < a[line] {
+			out = append(out, fmt.Sprintf("%s: missing: %s", label, line))
+			l[line]++
+		}
+	}
+	a2 := count(applied)
+	for _, line := range strings.Split(live, "\n") {
+		if line != "" && a2[line] == 0 {
+			out = append(out, fmt.Sprintf("%s: unexpected: %s", label, line))
+		} else if line != "" {
+			a2[line]--
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, label+": rules are reordered")
+	}
+	return out
+}
+
+// RenderUninstall returns the iptables-restore input that uninstall would
+// apply, per backend and family holding shunt rules.
+func (e *Engine) RenderUninstall(ctx context.Context) (map[string]string, error) {
+	out := map[string]string{}
+	err := e.inNetns(func() error {
+		for _, b := range []Backend{Legacy, NFT} {
+			for _, f := range []family{ipv4, ipv6} {
+				cmds := e.commands(b, f)
+				if !available(cmds) {
+					continue
+				}
+				d, err := e.dump(ctx, cmds)
+				if err != nil {
+					return err
+				}
+				if !d.Shunt.Empty() {
+					out[fmt.Sprintf("%s %s", b, f)] = RestoreInput(d.Shunt, newRuleset())
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func protocolOf(f family) goipt.Protocol {
+	if f == ipv6 {
+		return goipt.ProtocolIPv6
+	}
+	return goipt.ProtocolIPv4
+}
+
+// withCounters moves the "-c PKTS BYTES" that iptables -v -S prints inside a
+// rule to the front, where a reader looks for it.
+func withCounters(rule string) string {
+	f := strings.Fields(rule)
+	for i := 0; i+2 < len(f); i++ {
+		if f[i] == "-c" {
+			rest := append(append([]string{}, f[:i]...), f[i+3:]...)
+			return fmt.Sprintf("[%s pkts %s bytes] %s", f[i+1], f[i+2], strings.Join(rest, " "))
+		}
+	}
+	return rule
+}
