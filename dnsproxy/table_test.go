@@ -127,3 +127,36 @@ options ndots:5 timeout:2
 		t.Errorf("default ndots = %d, want 1", rc.Ndots)
 	}
 }
+
+func TestParseTableFile(t *testing.T) {
+	good := []string{
+		"httpbin.mesh: [240.0.0.1, \"fd00::1\"]\n\"*.example.com\": 240.0.0.2\n",
+		`{"httpbin.mesh": ["240.0.0.1", "fd00::1"], "*.example.com": ["240.0.0.2"]}`,
+	}
+	for _, g := range good {
+		m, err := ParseTableFile([]byte(g))
+		if err != nil {
+			t.Fatalf("%s: %v", g, err)
+		}
+		tb, err := NewTable(m, TableOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v4, v6, _ := tb.Lookup("httpbin.mesh"); join(v4) != "240.0.0.1" || join(v6) != "fd00::1" {
+			t.Errorf("%s: httpbin.mesh = %v %v", g, v4, v6)
+		}
+		if v4, _, _ := tb.Lookup("a.example.com"); join(v4) != "240.0.0.2" {
+			t.Errorf("%s: a.example.com = %v", g, v4)
+		}
+	}
+	for _, bad := range []struct{ in, want string }{
+		{"httpbin.mesh: [240.0.0.999]\n", `"240.0.0.999"`},
+		{"httpbin.mesh: {a: b}\n", `"httpbin.mesh"`},
+		{"[1, 2]\n", "parse"},
+	} {
+		_, err := ParseTableFile([]byte(bad.in))
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("ParseTableFile(%q) = %v, want an error mentioning %s", bad.in, err, bad.want)
+		}
+	}
+}
