@@ -1,0 +1,616 @@
+package ebpf
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/shunt-dev/shunt/redirect"
+)
+
+// Options says where the engine acts.
+type Options struct {
+	// NetnsPath is the workload's network namespace (/run/netns/NAME,
+	// /proc/PID/ns/net); "" is the caller's own.
+	NetnsPath string
+	// CgroupPath is the cgroup-v2 directory whose processes are captured.
+	// Required.
+	CgroupPath string
+	// StateDir is where the applied plan is recorded; default
+	// redirect.DefaultStateDir.
+	StateDir string
+	// PinDir is where programs' links and maps are pinned; default
+	// /sys/fs/bpf/shunt/<the cgroup's path, sanitised>. It must be on a
+	// bpffs mount.
+	PinDir string
+	Logger *slog.Logger
+}
+
+// Engine implements redirect.Engine with eBPF.
+type Engine struct {
+	netns  string
+	cgroup string
+	state  string // state file
+	pinDir string
+	log    *slog.Logger
+}
+
+var _ redirect.Engine = (*Engine)(nil)
+
+// New checks the options and returns an engine; it touches nothing.
+func New(opts Options) (*Engine, error) {
+	if opts.CgroupPath == "" {
+		return nil, errors.New("ebpf engine: a cgroup-v2 directory is required (--cgroup)")
+	}
+	cg, err := filepath.Abs(opts.CgroupPath)
+	if err != nil {
+		return nil, fmt.Errorf("ebpf engine: cgroup path: %w", err)
+	}
+	id, err := cgroupID(cg)
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{netns: opts.NetnsPath, cgroup: cg, pinDir: opts.PinDir, log: opts.Logger}
+	if e.pinDir == "" {
+		e.pinDir = filepath.Join("/sys/fs/bpf/shunt", id)
+	}
+	dir := opts.StateDir
+	if dir == "" {
+		dir = redirect.DefaultStateDir
+	}
+	e.state = filepath.Join(dir, "ebpf-"+id+".json")
+	if e.log == nil {
+		e.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return e, nil
+}
+
+// Name implements redirect.Engine.
+func (e *Engine) Name() string { return "ebpf" }
+
+// PinDir is where the engine pins its links and maps.
+func (e *Engine) PinDir() string { return e.pinDir }
+
+// attachment is one program and where it is attached.
+type attachment struct {
+	prog   string // name in the collection
+	attach ebpf.AttachType
+	netns  bool // attached to the network namespace, not the cgroup
+}
+
+var attachments = []attachment{
+	{prog: "connect4", attach: ebpf.AttachCGroupInet4Connect},
+	{prog: "connect6", attach: ebpf.AttachCGroupInet6Connect},
+	{prog: "sendmsg4", attach: ebpf.AttachCGroupUDP4Sendmsg},
+	{prog: "sendmsg6", attach: ebpf.AttachCGroupUDP6Sendmsg},
+	{prog: "recvmsg4", attach: ebpf.AttachCGroupUDP4Recvmsg},
+	{prog: "recvmsg6", attach: ebpf.AttachCGroupUDP6Recvmsg},
+	{prog: "sock_ops", attach: ebpf.AttachCGroupSockOps},
+	{prog: "get_sockopt", attach: ebpf.AttachCGroupGetsockopt},
+	{prog: "inbound_lookup", attach: ebpf.AttachSkLookup, netns: true},
+}
+
+func (e *Engine) linkPin(prog string) string { return filepath.Join(e.pinDir, "link_"+prog) }
+func (e *Engine) mapPin(name string) string  { return filepath.Join(e.pinDir, "map_"+name) }
+
+type record struct {
+	Plan   *redirect.Plan `json:"plan"`
+	Cgroup string         `json:"cgroup"`
+	Netns  string         `json:"netns,omitempty"`
+	PinDir string         `json:"pinDir"`
+}
+
+// Render implements redirect.Engine: the programs and the maps' contents
+// Install would write.
+func (e *Engine) Render(ctx context.Context, p *redirect.Plan) (map[string]string, error) {
+	local, err := localAddrs(ctx, e.netns)
+	if err != nil {
+		e.log.Warn("cannot list the namespace's addresses; rendering without them", "err", err)
+	}
+	want, err := desired(p, local)
+	if err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# pinned under %s\n", e.pinDir)
+	for _, a := range attachments {
+		target := "cgroup " + e.cgroup
+		if a.netns {
+			target = "netns " + orDefault(e.netns, "(current)")
+		}
+		fmt.Fprintf(&b, "program %-15s attach %-28s %s\n", a.prog, a.attach, target)
+	}
+	out := map[string]string{"programs": b.String()}
+	for _, c := range want {
+		out["map "+c.name] = strings.Join(c.lines(), "\n") + "\n"
+	}
+	return out, nil
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// Install implements redirect.Engine. On a fresh namespace it loads the
+// programs, fills the maps, attaches and pins; when shunt is already pinned
+// there it reuses the pinned maps (so connections in flight keep their
+// original destinations), writes only the entries that change and swaps
+// the programs in place with link update. Everything this call created is
+// removed, and every map entry it changed restored, if it fails.
+func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
+	if err := supported(p); err != nil {
+		return err
+	}
+	if err := checkBPFFS(e.pinDir); err != nil {
+		return err
+	}
+	local, err := localAddrs(ctx, e.netns)
+	if err != nil {
+		return err
+	}
+	want, err := desired(p, local)
+	if err != nil {
+		return err
+	}
+
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+
+	if _, statErr := os.Stat(e.pinDir); errors.Is(statErr, os.ErrNotExist) {
+		if err := os.MkdirAll(e.pinDir, 0o700); err != nil {
+			return fmt.Errorf("create pin directory: %w", err)
+		}
+		undo = append(undo, func() { _ = os.Remove(e.pinDir) })
+	}
+
+	spec, err := loadCapture()
+	if err != nil {
+		return fmt.Errorf("load capture programs' spec: %w", err)
+	}
+	pinned := map[string]*ebpf.Map{}
+	defer func() {
+		for _, m := range pinned {
+			m.Close()
+		}
+	}()
+	for name, ms := range spec.Maps {
+		m, lerr := ebpf.LoadPinnedMap(e.mapPin(name), nil)
+		if errors.Is(lerr, os.ErrNotExist) {
+			continue
+		}
+		if lerr != nil {
+			return fmt.Errorf("open pinned map %s: %w", name, lerr)
+		}
+		if cerr := ms.Compatible(m); cerr != nil {
+			m.Close()
+			return fmt.Errorf("pinned map %s does not match this version of shunt (%v); run `shunt uninstall` first", name, cerr)
+		}
+		pinned[name] = m
+	}
+
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
+	if err != nil {
+		return fmt.Errorf("load capture programs: %w", err)
+	}
+	defer coll.Close()
+
+	// Map contents first: programs attached below must never run on an
+	// empty configuration.
+	for _, c := range want {
+		changes, derr := diff(coll.Maps[c.name], c)
+		if derr != nil {
+			return derr
+		}
+		for _, ch := range changes {
+			if aerr := ch.apply(false); aerr != nil {
+				return fmt.Errorf("write map %s: %w", c.name, aerr)
+			}
+			undo = append(undo, func() {
+				if uerr := ch.apply(true); uerr != nil {
+					e.log.Error("restore map entry", "map", c.name, "err", uerr)
+				}
+			})
+		}
+	}
+
+	cgFD, err := unix.Open(e.cgroup, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open cgroup %s: %w", e.cgroup, err)
+	}
+	defer unix.Close(cgFD)
+	nsFD, err := openNetns(e.netns)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(nsFD)
+
+	var toPin []func() error
+	for _, a := range attachments {
+		prog := coll.Programs[a.prog]
+		pin := e.linkPin(a.prog)
+		old, lerr := link.LoadPinnedLink(pin, nil)
+		if lerr == nil {
+			info, ierr := old.Info()
+			uerr := old.Update(prog)
+			if ierr == nil && uerr == nil && attachedTo(info, a, cgFD, nsFD) {
+				oldProg := info.Program
+				undo = append(undo, func() {
+					if p, perr := ebpf.NewProgramFromID(oldProg); perr == nil {
+						_ = old.Update(p)
+						p.Close()
+					}
+					old.Close()
+				})
+				defer func() {
+					if err == nil {
+						old.Close()
+					}
+				}()
+				continue
+			}
+			// A detached or broken link: attach afresh and replace the pin.
+			e.log.Warn("pinned link is detached; attaching again", "program", a.prog)
+			old.Close()
+		} else if !errors.Is(lerr, os.ErrNotExist) {
+			return fmt.Errorf("open pinned link %s: %w", a.prog, lerr)
+		}
+
+		target := cgFD
+		if a.netns {
+			target = nsFD
+		}
+		l, aerr := link.AttachRawLink(link.RawLinkOptions{Target: target, Program: prog, Attach: a.attach})
+		if aerr != nil {
+			return fmt.Errorf("attach %s (%s): %w", a.prog, a.attach, aerr)
+		}
+		undo = append(undo, func() { _ = l.Close() })
+		toPin = append(toPin, func() error {
+			_ = os.Remove(pin) // the detached link this one replaces
+			if perr := l.Pin(pin); perr != nil {
+				return fmt.Errorf("pin %s: %w", a.prog, perr)
+			}
+			undo = append(undo, func() { _ = l.Unpin() })
+			return nil
+		})
+		defer func() { l.Close() }()
+	}
+
+	for name, m := range coll.Maps {
+		if _, ok := pinned[name]; ok {
+			continue
+		}
+		path := e.mapPin(name)
+		if perr := m.Pin(path); perr != nil {
+			return fmt.Errorf("pin map %s: %w", name, perr)
+		}
+		undo = append(undo, func() { _ = m.Unpin() })
+	}
+	for _, f := range toPin {
+		if err := f(); err != nil {
+			return err
+		}
+	}
+
+	if err := e.writeState(p); err != nil {
+		return err
+	}
+
+	if p.CaptureInbound {
+		if _, lerr := e.registerListener(ctx, coll.Maps["inbound_listener"], p.InboundPort); lerr != nil {
+			// The proxy may start after capture is installed (an init
+			// container runs first); the agent registers it later.
+			e.log.Warn("inbound listener not registered yet", "port", p.InboundPort, "err", lerr)
+		}
+	}
+	e.log.Info("ebpf capture installed", "cgroup", e.cgroup, "pinDir", e.pinDir)
+	return nil
+}
+
+// attachedTo reports whether a pinned link is still attached where it should be.
+func attachedTo(info *link.Info, a attachment, cgFD, nsFD int) bool {
+	if a.netns {
+		ni := info.NetNs()
+		var st unix.Stat_t
+		return ni != nil && unix.Fstat(nsFD, &st) == nil && uint64(ni.NetnsInode) == st.Ino
+	}
+	ci := info.Cgroup()
+	var st unix.Stat_t
+	return ci != nil && unix.Fstat(cgFD, &st) == nil && ci.CgroupId == st.Ino
+}
+
+func (e *Engine) writeState(p *redirect.Plan) error {
+	b, err := json.MarshalIndent(record{Plan: p, Cgroup: e.cgroup, Netns: e.netns, PinDir: e.pinDir}, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(e.state), 0o755); err != nil {
+		return fmt.Errorf("record plan: %w", err)
+	}
+	tmp := e.state + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("record plan: %w", err)
+	}
+	if err := os.Rename(tmp, e.state); err != nil {
+		return fmt.Errorf("record plan: %w", err)
+	}
+	return nil
+}
+
+func (e *Engine) readState() (*record, error) {
+	b, err := os.ReadFile(e.state)
+	if err != nil {
+		return nil, err
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("read %s: %w", e.state, err)
+	}
+	return &r, nil
+}
+
+// Uninstall implements redirect.Engine: it detaches every program, removes
+// every pin and the recorded plan.
+func (e *Engine) Uninstall(ctx context.Context) error {
+	found := false
+	var errs []error
+	for _, a := range attachments {
+		pin := e.linkPin(a.prog)
+		l, err := link.LoadPinnedLink(pin, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		found = true
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open pinned link %s: %w", a.prog, err))
+			_ = os.Remove(pin)
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", a.prog, err))
+		}
+		// Detach explicitly: another holder of the link (a bpftool
+		// session) must not keep capture alive.
+		if rl, ok := l.(interface{ Detach() error }); ok {
+			if err := rl.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) && !errors.Is(err, os.ErrNotExist) {
+				e.log.Warn("detach link", "program", a.prog, "err", err)
+			}
+		}
+		l.Close()
+	}
+	entries, err := os.ReadDir(e.pinDir)
+	if err == nil {
+		for _, ent := range entries {
+			if strings.HasPrefix(ent.Name(), "map_") {
+				found = true
+				if err := os.Remove(filepath.Join(e.pinDir, ent.Name())); err != nil {
+					errs = append(errs, fmt.Errorf("unpin map: %w", err))
+				}
+			}
+		}
+		if err := os.Remove(e.pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove pin directory: %w", err))
+		}
+	}
+	if err := os.Remove(e.state); err == nil {
+		found = true
+	} else if !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if !found {
+		return redirect.ErrNotInstalled
+	}
+	e.log.Info("ebpf capture uninstalled", "cgroup", e.cgroup)
+	return nil
+}
+
+// Status implements redirect.Engine: it reads the pinned links and maps and
+// reports what differs from the recorded plan.
+func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
+	st := &redirect.Status{Engine: "ebpf"}
+	rec, err := e.readState()
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(e.linkPin(attachments[0].prog)); serr != nil {
+			return nil, redirect.ErrNotInstalled
+		}
+		st.Drift = append(st.Drift, "programs are pinned but the applied plan ("+e.state+") is missing")
+	} else if err != nil {
+		return nil, err
+	}
+	st.Installed = true
+	if rec != nil {
+		st.Plan = rec.Plan
+	}
+
+	cgFD, err := unix.Open(e.cgroup, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open cgroup %s: %w", e.cgroup, err)
+	}
+	defer unix.Close(cgFD)
+	nsFD, err := openNetns(e.netns)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(nsFD)
+
+	progs := redirect.Section{Name: "programs"}
+	for _, a := range attachments {
+		l, err := link.LoadPinnedLink(e.linkPin(a.prog), nil)
+		if err != nil {
+			st.Drift = append(st.Drift, fmt.Sprintf("program %s: link is not pinned (%v)", a.prog, err))
+			continue
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			st.Drift = append(st.Drift, fmt.Sprintf("program %s: %v", a.prog, err))
+			continue
+		}
+		state := "attached"
+		if !attachedTo(info, a, cgFD, nsFD) {
+			state = "DETACHED"
+			st.Drift = append(st.Drift, fmt.Sprintf("program %s: link %d is detached", a.prog, info.ID))
+		}
+		progs.Lines = append(progs.Lines, fmt.Sprintf("%-15s %-28s link %d prog %d %s", a.prog, a.attach, info.ID, info.Program, state))
+	}
+	st.Sections = append(st.Sections, progs)
+
+	if rec != nil && rec.Plan != nil {
+		local, err := localAddrs(ctx, e.netns)
+		if err != nil {
+			st.Notes = append(st.Notes, "cannot list the namespace's addresses: "+err.Error())
+		}
+		want, err := desired(rec.Plan, local)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range want {
+			m, err := ebpf.LoadPinnedMap(e.mapPin(c.name), nil)
+			if err != nil {
+				st.Drift = append(st.Drift, fmt.Sprintf("map %s is not pinned", c.name))
+				continue
+			}
+			changes, err := diff(m, c)
+			m.Close()
+			if err != nil {
+				return nil, err
+			}
+			for _, ch := range changes {
+				st.Drift = append(st.Drift, describeChange(c.name, c, ch))
+			}
+			st.Sections = append(st.Sections, redirect.Section{Name: "map " + c.name, Lines: c.lines()})
+		}
+		if rec.Plan.CaptureInbound {
+			if n := e.listenerCount(); n == 0 {
+				st.Drift = append(st.Drift, fmt.Sprintf("inbound listener: no socket listening on port %d is registered; inbound connections are not captured", rec.Plan.InboundPort))
+			}
+		}
+	}
+	if s, err := e.stats(); err == nil {
+		st.Sections = append(st.Sections, s)
+	}
+	sort.Strings(st.Drift)
+	return st, nil
+}
+
+func (e *Engine) listenerCount() int {
+	m, err := ebpf.LoadPinnedMap(e.mapPin("inbound_listener"), nil)
+	if err != nil {
+		return 0
+	}
+	defer m.Close()
+	n := 0
+	for k := uint32(0); k < 2; k++ {
+		var v uint64
+		if m.Lookup(k, &v) == nil {
+			n++
+		}
+	}
+	return n
+}
+
+func (e *Engine) stats() (redirect.Section, error) {
+	s := redirect.Section{Name: "counters"}
+	sums, err := e.Stats()
+	if err != nil {
+		return s, err
+	}
+	for _, name := range statNames {
+		s.Lines = append(s.Lines, fmt.Sprintf("%-32s %d", name, sums[name]))
+	}
+	return s, nil
+}
+
+// Stats returns the programs' counters by name, summed over CPUs.
+func (e *Engine) Stats() (map[string]uint64, error) {
+	m, err := ebpf.LoadPinnedMap(e.mapPin("stats"), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open counters: %w", err)
+	}
+	defer m.Close()
+	out := map[string]uint64{}
+	for i, name := range statNames {
+		var per []uint64
+		if err := m.Lookup(uint32(i), &per); err != nil {
+			return nil, fmt.Errorf("read counter %s: %w", name, err)
+		}
+		for _, v := range per {
+			out[name] += v
+		}
+	}
+	return out, nil
+}
+
+// SyncListener registers the proxy's inbound listener with the sk_lookup
+// program. The agent calls it when the proxy (re)starts; the kernel drops a
+// closed socket from the map by itself.
+func (e *Engine) SyncListener(ctx context.Context) (int, error) {
+	rec, err := e.readState()
+	if err != nil {
+		return 0, fmt.Errorf("read applied plan: %w", err)
+	}
+	m, err := ebpf.LoadPinnedMap(e.mapPin("inbound_listener"), nil)
+	if err != nil {
+		return 0, fmt.Errorf("open inbound listener map: %w", err)
+	}
+	defer m.Close()
+	return e.registerListener(ctx, m, rec.Plan.InboundPort)
+}
+
+// UpdateLocalAddrs refreshes the workload's own addresses after they change.
+func (e *Engine) UpdateLocalAddrs(ctx context.Context) error {
+	rec, err := e.readState()
+	if err != nil {
+		return fmt.Errorf("read applied plan: %w", err)
+	}
+	local, err := localAddrs(ctx, e.netns)
+	if err != nil {
+		return err
+	}
+	want, err := desired(rec.Plan, local)
+	if err != nil {
+		return err
+	}
+	for _, c := range want {
+		if c.name != "local_addrs" {
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(e.mapPin(c.name), nil)
+		if err != nil {
+			return fmt.Errorf("open map %s: %w", c.name, err)
+		}
+		defer m.Close()
+		changes, err := diff(m, c)
+		if err != nil {
+			return err
+		}
+		for _, ch := range changes {
+			if err := ch.apply(false); err != nil {
+				return fmt.Errorf("write map %s: %w", c.name, err)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,167 @@
+package ebpf
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// The sk_lookup program needs the proxy's inbound listening socket in a
+// SOCKMAP. shunt does not own that socket, so it borrows it: it finds, among
+// the processes in the workload's network namespace, the one holding a TCP
+// socket listening on the inbound port (its inode is in that namespace's
+// /proc/PID/net/tcp{,6}), duplicates the descriptor with pidfd_getfd(2), puts
+// it in the map and closes the duplicate. The map holds a reference of its
+// own; when the proxy closes the socket the kernel removes the entry, and the
+// agent registers the new one (SyncListener).
+
+// registerListener returns how many listening sockets (IPv4, IPv6) it put
+// in the map.
+func (e *Engine) registerListener(ctx context.Context, m *ebpf.Map, port uint16) (int, error) {
+	nsPath := e.netns
+	if nsPath == "" {
+		nsPath = "/proc/self/ns/net"
+	}
+	var nsStat unix.Stat_t
+	if err := unix.Stat(nsPath, &nsStat); err != nil {
+		return 0, fmt.Errorf("network namespace %s: %w", nsPath, err)
+	}
+	pids, err := pidsInNetns(nsStat)
+	if err != nil {
+		return 0, err
+	}
+	if len(pids) == 0 {
+		return 0, errors.New("no process runs in the network namespace")
+	}
+	// Every process of the namespace sees the same tables.
+	inodes := map[uint64]uint32{} // socket inode → map key (0 IPv4, 1 IPv6)
+	for key, table := range []string{"tcp", "tcp6"} {
+		ino, err := listeningInodes(filepath.Join("/proc", strconv.Itoa(pids[0]), "net", table), port)
+		if err != nil {
+			return 0, err
+		}
+		for _, i := range ino {
+			inodes[i] = uint32(key)
+		}
+	}
+	if len(inodes) == 0 {
+		return 0, fmt.Errorf("no socket listens on TCP port %d", port)
+	}
+	done := map[uint32]bool{}
+	for _, pid := range pids {
+		if err := ctx.Err(); err != nil {
+			return len(done), err
+		}
+		fdDir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+		ents, err := os.ReadDir(fdDir)
+		if err != nil {
+			continue // the process exited
+		}
+		for _, ent := range ents {
+			target, err := os.Readlink(filepath.Join(fdDir, ent.Name()))
+			if err != nil || !strings.HasPrefix(target, "socket:[") {
+				continue
+			}
+			ino, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]"), 10, 64)
+			if err != nil {
+				continue
+			}
+			key, ok := inodes[ino]
+			if !ok || done[key] {
+				continue
+			}
+			fd, err := strconv.Atoi(ent.Name())
+			if err != nil {
+				continue
+			}
+			if err := putSocket(m, key, pid, fd); err != nil {
+				return len(done), err
+			}
+			done[key] = true
+			e.log.Info("inbound listener registered", "pid", pid, "fd", fd, "port", port, "ipv6", key == 1)
+		}
+	}
+	if len(done) == 0 {
+		return 0, fmt.Errorf("the socket listening on port %d belongs to no process visible here", port)
+	}
+	return len(done), nil
+}
+
+func putSocket(m *ebpf.Map, key uint32, pid, fd int) error {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(pidfd)
+	dup, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_getfd %d/%d: %w", pid, fd, err)
+	}
+	defer unix.Close(dup)
+	if err := m.Update(key, uint64(dup), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("register listener of pid %d: %w", pid, err)
+	}
+	return nil
+}
+
+func pidsInNetns(ns unix.Stat_t) ([]int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat(filepath.Join("/proc", ent.Name(), "ns", "net"), &st) != nil {
+			continue
+		}
+		if st.Ino == ns.Ino && st.Dev == ns.Dev {
+			out = append(out, pid)
+		}
+	}
+	return out, nil
+}
+
+// listeningInodes reads /proc/net/tcp{,6}: sockets in state 0A (LISTEN)
+// whose local port is port.
+func listeningInodes(path string, port uint16) ([]uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []uint64
+	s := bufio.NewScanner(f)
+	s.Scan() // header
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) < 10 || fields[3] != "0A" {
+			continue
+		}
+		_, hexPort, ok := strings.Cut(fields[1], ":")
+		if !ok {
+			continue
+		}
+		p, err := strconv.ParseUint(hexPort, 16, 16)
+		if err != nil || uint16(p) != port {
+			continue
+		}
+		ino, err := strconv.ParseUint(fields[9], 10, 64)
+		if err == nil && ino != 0 {
+			out = append(out, ino)
+		}
+	}
+	return out, s.Err()
+}
