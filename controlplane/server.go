@@ -1,0 +1,398 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/shunt-dev/shunt/mesh"
+)
+
+// DefaultListenAddress is where `shunt controlplane` serves ADS unless told
+// otherwise: loopback, so that nothing outside the node reaches it by
+// accident, on a port next to Kuma's 5678 that no common mesh component uses.
+const DefaultListenAddress = "127.0.0.1:15680"
+
+// DefaultPollInterval is how often the resource directory is checked; a
+// change reaches connected nodes within about this long plus translation.
+const DefaultPollInterval = 250 * time.Millisecond
+
+// Options configure a Server. Zero values take the documented defaults.
+type Options struct {
+	// ResourcesDir holds the resource files (*.yaml, *.yml, recursively).
+	ResourcesDir string
+	// StateDir keeps the VIP assignment across restarts; empty keeps it in
+	// memory only.
+	StateDir string
+	// VIPv4CIDR defaults to mesh.DefaultVIPv4CIDR.
+	VIPv4CIDR string
+	// VIPv6CIDR defaults to mesh.DefaultVIPv6CIDR; set DisableIPv6 to give
+	// names no IPv6 VIP.
+	VIPv6CIDR   string
+	DisableIPv6 bool
+	// PollInterval defaults to DefaultPollInterval.
+	PollInterval time.Duration
+	// Translate defaults to DefaultTranslateOptions().
+	Translate *TranslateOptions
+	Logger    *slog.Logger
+}
+
+// Server serves the resources of a directory over ADS, one snapshot per
+// node: the node's mesh and zone decide what it sees.
+type Server struct {
+	opts  Options
+	tr    TranslateOptions
+	log   *slog.Logger
+	alloc mesh.VIPAllocator
+	cache cache.SnapshotCache
+	xds   serverv3.Server
+
+	// reloadMu serialises reloads; mu guards the fields below and is never
+	// held while reading files.
+	reloadMu sync.Mutex
+	statFP   string
+	mu       sync.Mutex
+	gen      *generation
+	// contentFP is the hash of the last files read, good or bad, so that a
+	// broken file is reported once rather than on every poll.
+	contentFP string
+	nodes     map[string]*nodeState
+	streams   map[streamKey]string
+}
+
+type generation struct {
+	version   string
+	res       *mesh.Resources
+	vips      mesh.VIPs
+	snapshots map[nodeKey]*cache.Snapshot
+}
+
+// New reads the state and the resources once. Invalid resources at start are
+// an error: there is no last good snapshot to fall back on.
+func New(opts Options) (*Server, error) {
+	if opts.ResourcesDir == "" {
+		return nil, errors.New("controlplane: no resources directory")
+	}
+	if opts.VIPv4CIDR == "" {
+		opts.VIPv4CIDR = mesh.DefaultVIPv4CIDR
+	}
+	if opts.VIPv6CIDR == "" && !opts.DisableIPv6 {
+		opts.VIPv6CIDR = mesh.DefaultVIPv6CIDR
+	}
+	if opts.DisableIPv6 {
+		opts.VIPv6CIDR = ""
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = DefaultPollInterval
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	tr := DefaultTranslateOptions()
+	if opts.Translate != nil {
+		tr = *opts.Translate
+	}
+	alloc, err := mesh.NewVIPAllocator(opts.VIPv4CIDR, opts.VIPv6CIDR)
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	s := &Server{
+		opts:    opts,
+		tr:      tr,
+		log:     opts.Logger,
+		alloc:   alloc,
+		nodes:   map[string]*nodeState{},
+		streams: map[streamKey]string{},
+	}
+	prev, err := loadVIPs(opts.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	s.gen = &generation{vips: prev}
+	// Node ids are the cache keys: snapshots are per node, built once per
+	// (mesh, zone) and shared by every node that has the same pair.
+	s.cache = cache.NewSnapshotCache(true, cache.IDHash{}, slogAdapter{s.log})
+	s.xds = serverv3.NewServer(context.Background(), s.cache, &callbacks{s: s})
+	if err := s.reload(true); err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	return s, nil
+}
+
+// Register adds the ADS service (and, for clients that do not aggregate,
+// LDS and CDS) to g, for embedding in an existing gRPC server. Watch must
+// run for changes to be picked up.
+func (s *Server) Register(g *grpc.Server) {
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+	listenerservice.RegisterListenerDiscoveryServiceServer(g, s.xds)
+	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
+}
+
+// Run serves xDS on lis and watches the resources until ctx ends. It returns
+// nil after a cancellation and the serving error otherwise.
+func (s *Server) Run(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
+	opts = append([]grpc.ServerOption{
+		// Proxies keep one stream for hours; keepalives find dead peers,
+		// and the policy lets well-behaved clients ping us.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxConcurrentStreams(1 << 16),
+	}, opts...)
+	g := grpc.NewServer(opts...)
+	s.Register(g)
+	s.log.Info("control plane serving", "address", lis.Addr().String(), "resources", s.opts.ResourcesDir, "version", s.Version())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- g.Serve(lis) }()
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		_ = s.Watch(ctx)
+	}()
+
+	var err error
+	select {
+	case err = <-serveErr:
+		cancel()
+	case <-ctx.Done():
+		stopped := make(chan struct{})
+		go func() {
+			g.GracefulStop()
+			close(stopped)
+		}()
+		// Streams never end on their own; give in-flight responses a
+		// moment, then cut them.
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			g.Stop()
+			<-stopped
+		}
+		<-serveErr
+	}
+	<-watchDone
+	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("serve xDS on %s: %w", lis.Addr(), err)
+	}
+	return nil
+}
+
+// Watch polls the resource directory until ctx ends; a change is translated
+// and pushed to every connected node.
+func (s *Server) Watch(ctx context.Context) error {
+	t := time.NewTicker(s.opts.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := s.reload(false); err != nil {
+				s.log.Error("resources not applied; last good version stays", "version", s.Version(), "error", err)
+			}
+		}
+	}
+}
+
+// Reload re-reads the resources now, as a tick of Watch would. It returns
+// the error that kept the last good version in force, if any.
+func (s *Server) Reload() error { return s.reload(true) }
+
+// Version is the version of the last good resources: a hash of their
+// contents and VIPs, so that a restarted control plane with the same inputs
+// does not make proxies reload.
+func (s *Server) Version() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen.version
+}
+
+// VIPs returns the current assignment of names to VIPs.
+func (s *Server) VIPs() mesh.VIPs {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen.vips
+}
+
+func (s *Server) reload(force bool) error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	fp, err := statFingerprint(s.opts.ResourcesDir)
+	if err != nil {
+		return err
+	}
+	if fp == s.statFP && !force {
+		return nil
+	}
+	s.statFP = fp
+	files, contentFP, err := readResources(s.opts.ResourcesDir)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	same := contentFP == s.contentFP
+	prevVIPs := s.gen.vips
+	s.mu.Unlock()
+	if same && !force {
+		return nil
+	}
+	start := time.Now()
+	err = s.apply(files, contentFP, prevVIPs)
+	s.mu.Lock()
+	s.contentFP = contentFP
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.log.Info("resources applied", "version", s.Version(), "files", len(files), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func (s *Server) apply(files []mesh.File, contentFP string, prevVIPs mesh.VIPs) error {
+	res, warns, err := mesh.Load(files)
+	if err != nil {
+		return fmt.Errorf("invalid resources: %w", err)
+	}
+	for _, w := range warns {
+		s.log.Warn("resource warning", "where", w.Origin.String(), "field", w.Field, "warning", w.Message)
+	}
+	vips, err := s.alloc.Allocate(mesh.Hostnames(res), prevVIPs)
+	if err != nil {
+		return fmt.Errorf("allocate VIPs: %w", err)
+	}
+	vj, err := json.Marshal(vips)
+	if err != nil {
+		return fmt.Errorf("encode VIPs: %w", err)
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%+v\x00", contentFP, vj, s.tr)
+	gen := &generation{version: hex.EncodeToString(h.Sum(nil))[:16], res: res, vips: vips, snapshots: map[nodeKey]*cache.Snapshot{}}
+
+	s.mu.Lock()
+	// Translate for the default node and every connected one before
+	// switching, so that an error keeps the old generation whole.
+	keys := []nodeKey{{mesh: mesh.DefaultMesh}}
+	for _, n := range s.nodes {
+		keys = append(keys, n.key)
+	}
+	for _, k := range keys {
+		if _, err := s.snapshotLocked(gen, k); err != nil {
+			s.mu.Unlock()
+			return err
+		}
+	}
+	// Persist before publishing, so that a VIP a proxy has seen survives a
+	// restart.
+	if err := saveVIPs(s.opts.StateDir, vips); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	s.gen = gen
+	push := make(map[string]*cache.Snapshot, len(s.nodes))
+	for id, n := range s.nodes {
+		push[id], _ = s.snapshotLocked(gen, n.key)
+	}
+	s.mu.Unlock()
+	// Outside the lock: the cache answers open watches synchronously, and
+	// stream callbacks take the lock too.
+	for id, snap := range push {
+		if err := s.cache.SetSnapshot(context.Background(), id, snap); err != nil {
+			s.log.Error("push snapshot", "node", id, "error", err)
+		}
+	}
+	return nil
+}
+
+// snapshotLocked builds, once per generation, the snapshot of a mesh and
+// zone. Callers hold s.mu.
+func (s *Server) snapshotLocked(gen *generation, k nodeKey) (*cache.Snapshot, error) {
+	if snap, ok := gen.snapshots[k]; ok {
+		return snap, nil
+	}
+	view := gen.res.View(k.mesh, k.zone)
+	for _, w := range view.Warnings {
+		s.log.Warn("resource conflict", "mesh", k.mesh, "zone", k.zone, "where", w.Origin.String(), "warning", w.Message)
+	}
+	out, err := Translate(view, gen.vips, s.tr)
+	if err != nil {
+		return nil, fmt.Errorf("translate for mesh %q zone %q: %w", k.mesh, k.zone, err)
+	}
+	snap, err := cache.NewSnapshot(gen.version, map[resource.Type][]types.Resource{
+		resource.ListenerType: out.Listeners,
+		resource.ClusterType:  out.Clusters,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("snapshot for mesh %q zone %q: %w", k.mesh, k.zone, err)
+	}
+	gen.snapshots[k] = snap
+	return snap, nil
+}
+
+// NodeStatus is what the control plane knows of a connected node.
+type NodeStatus struct {
+	ID      string
+	Mesh    string
+	Zone    string
+	Streams int
+	// Acked maps a type URL to the last version the node accepted.
+	Acked map[string]string
+	// Nacked maps a type URL to the error of the last version the node
+	// rejected, cleared when it accepts one.
+	Nacked map[string]string
+}
+
+// Nodes lists the connected nodes, sorted by id.
+func (s *Server) Nodes() []NodeStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]NodeStatus, 0, len(s.nodes))
+	for id, n := range s.nodes {
+		st := NodeStatus{ID: id, Mesh: n.key.mesh, Zone: n.key.zone, Streams: n.streams, Acked: map[string]string{}, Nacked: map[string]string{}}
+		for k, v := range n.acked {
+			st.Acked[k] = v
+		}
+		for k, v := range n.nacked {
+			st.Nacked[k] = v
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b NodeStatus) int {
+		if a.ID < b.ID {
+			return -1
+		}
+		if a.ID > b.ID {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// slogAdapter routes go-control-plane's logs into slog. The library's Info
+// messages are per-request chatter, so they become Debug.
+type slogAdapter struct{ l *slog.Logger }
+
+func (a slogAdapter) Debugf(f string, args ...any) { a.l.Debug(fmt.Sprintf(f, args...)) }
+func (a slogAdapter) Infof(f string, args ...any)  { a.l.Debug(fmt.Sprintf(f, args...)) }
+func (a slogAdapter) Warnf(f string, args ...any)  { a.l.Warn(fmt.Sprintf(f, args...)) }
+func (a slogAdapter) Errorf(f string, args ...any) { a.l.Error(fmt.Sprintf(f, args...)) }
