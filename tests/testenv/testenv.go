@@ -52,3 +52,19 @@ func UniqueName(prefix string) string {
 	}
 	return prefix + hex.EncodeToString(b[:])
 }
+
+// ReadableTempDir is a temporary directory that processes running under
+// other users (a proxy under its own UID) can read. t.TempDir's parent is
+// private to root.
+func ReadableTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "shunt-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
