@@ -17,6 +17,10 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+/* A volatile load stays where it is written; the verifier refuses context
+ * loads the compiler sinks into a branch behind an offset pointer. */
+#define READ(x) (*(volatile typeof(x) *)&(x))
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -514,18 +518,25 @@ int recvmsg6(struct bpf_sock_addr *ctx)
 	return recvmsg_common(ctx, 1);
 }
 
+/* Both families' fields are read unconditionally: the verifier refuses a
+ * context pointer the compiler would otherwise offset in a shared branch. */
 static __always_inline void local_key(struct bpf_sock_ops *skops, struct peer_key *k)
 {
-	if (skops->family == AF_INET) {
+	__u32 family = READ(skops->family);
+	__u32 ip4 = READ(skops->local_ip4);
+	__u32 ip6_0 = READ(skops->local_ip6[0]), ip6_1 = READ(skops->local_ip6[1]);
+	__u32 ip6_2 = READ(skops->local_ip6[2]), ip6_3 = READ(skops->local_ip6[3]);
+
+	if (family == AF_INET) {
 		k->ip[0] = 0;
 		k->ip[1] = 0;
 		k->ip[2] = bpf_htonl(0x0000ffff);
-		k->ip[3] = skops->local_ip4;
+		k->ip[3] = ip4;
 	} else {
-		k->ip[0] = skops->local_ip6[0];
-		k->ip[1] = skops->local_ip6[1];
-		k->ip[2] = skops->local_ip6[2];
-		k->ip[3] = skops->local_ip6[3];
+		k->ip[0] = ip6_0;
+		k->ip[1] = ip6_1;
+		k->ip[2] = ip6_2;
+		k->ip[3] = ip6_3;
 	}
 	k->port = skops->local_port;
 }
@@ -575,16 +586,22 @@ int get_sockopt(struct bpf_sockopt *ctx)
 	if (!sk)
 		return 1;
 
-	if (sk->family == AF_INET) {
+	__u32 family = READ(sk->family);
+	__u32 ip4 = READ(sk->dst_ip4);
+	__u32 ip6_0 = READ(sk->dst_ip6[0]), ip6_1 = READ(sk->dst_ip6[1]);
+	__u32 ip6_2 = READ(sk->dst_ip6[2]), ip6_3 = READ(sk->dst_ip6[3]);
+	__u16 port = READ(sk->dst_port);
+
+	if (family == AF_INET) {
 		k.ip[2] = bpf_htonl(0x0000ffff);
-		k.ip[3] = sk->dst_ip4;
+		k.ip[3] = ip4;
 	} else {
-		k.ip[0] = sk->dst_ip6[0];
-		k.ip[1] = sk->dst_ip6[1];
-		k.ip[2] = sk->dst_ip6[2];
-		k.ip[3] = sk->dst_ip6[3];
+		k.ip[0] = ip6_0;
+		k.ip[1] = ip6_1;
+		k.ip[2] = ip6_2;
+		k.ip[3] = ip6_3;
 	}
-	k.port = bpf_ntohs(sk->dst_port);
+	k.port = bpf_ntohs(port);
 
 	struct orig_dst *o = bpf_map_lookup_elem(&peer_orig, &k);
 	if (!o) {
