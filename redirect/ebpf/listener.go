@@ -107,6 +107,10 @@ func putSocket(m *ebpf.Map, key uint32, pid, fd int) error {
 	}
 	defer unix.Close(dup)
 	if err := m.Update(key, uint64(dup), ebpf.UpdateAny); err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			// Go, for one, listens with MPTCP by default.
+			return fmt.Errorf("register listener of pid %d: the socket cannot be steered to (not plain TCP: MPTCP?): %w", pid, err)
+		}
 		return fmt.Errorf("register listener of pid %d: %w", pid, err)
 	}
 	return nil

@@ -2,6 +2,7 @@ package ebpftest
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -50,7 +51,11 @@ func runHelper(cmd string, args []string) error {
 		return serve(args, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 	case "dial": // ADDR MSG: connect, send a line, print the reply
 		start := time.Now()
-		c, err := net.DialTimeout("tcp", args[0], 5*time.Second)
+		d := net.Dialer{Timeout: 5 * time.Second}
+		if len(args) > 2 { // a source address to bind
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(args[2])}
+		}
+		c, err := d.Dial("tcp", args[0])
 		if err != nil {
 			return fmt.Errorf("dial after %s: %w", time.Since(start).Round(time.Millisecond), err)
 		}
@@ -99,7 +104,11 @@ func serve(addrs []string, handle func(net.Conn)) error {
 		if strings.HasPrefix(a, "[") {
 			network = "tcp6"
 		}
-		ln, err := net.Listen(network, a)
+		// Go listens with MPTCP by default where the kernel has it; an MPTCP
+		// socket cannot go in a SOCKMAP, and proxies listen with plain TCP.
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(false)
+		ln, err := lc.Listen(context.Background(), network, a)
 		if err != nil {
 			return err
 		}
