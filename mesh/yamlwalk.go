@@ -100,8 +100,6 @@ func (f fields) has(key string) bool {
 	return ok && !isNull(f.m[key])
 }
 
-func (f fields) line() *yaml.Node { return f.node }
-
 // str returns a scalar as text. Numbers are accepted as text because YAML
 // users write `version: 2` for tags and mean the string.
 func (f fields) str(key string) (string, *yaml.Node, bool) {
