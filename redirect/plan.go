@@ -20,6 +20,9 @@ const (
 	// proxy's UID.
 	DefaultBypassMark = 0x5348
 	DefaultStateDir   = "/run/shunt"
+	// DefaultLockDir holds one lock per network namespace, shared by every
+	// shunt process on the machine whatever its state directory.
+	DefaultLockDir = "/run/shunt/locks"
 	DefaultResolvConf = "/etc/resolv.conf"
 )
 

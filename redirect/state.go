@@ -86,20 +86,39 @@ func RemoveState(dir string) error {
 	return nil
 }
 
+// LockNetns takes an exclusive lock on one network namespace (the file
+// /proc/self/ns/net or /run/netns/NAME names), so that shunt processes with
+// different state directories still change its rules one after another:
+// reading the rules and writing the new batch must not interleave.
+func LockNetns(lockDir, netnsPath string) (func(), error) {
+	if netnsPath == "" {
+		netnsPath = "/proc/self/ns/net"
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(netnsPath, &st); err != nil {
+		return nil, fmt.Errorf("netns %s: %w", netnsPath, err)
+	}
+	return lockFile(lockDir, fmt.Sprintf("netns-%d-%d.lock", st.Dev, st.Ino))
+}
+
 // LockState takes an exclusive lock on the state directory, so that two
 // shunt processes changing one namespace's capture run one after the other.
 // The returned function releases it.
 func LockState(dir string) (func(), error) {
+	return lockFile(dir, ".lock")
+}
+
+func lockFile(dir, name string) (func(), error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create state dir: %w", err)
+		return nil, fmt.Errorf("create lock dir: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open state lock: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("lock state dir %s: %w", dir, err)
+		return nil, fmt.Errorf("lock %s: %w", filepath.Join(dir, name), err)
 	}
 	return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
 }

@@ -23,6 +23,8 @@ type Options struct {
 	NetnsPath string
 	// StateDir is where the installation is recorded.
 	StateDir string
+	// LockDir holds the per-namespace locks (default /run/shunt/locks).
+	LockDir string
 	// Backend is "auto", "legacy" or "nft".
 	Backend string
 	// LockWait bounds the wait for the xtables lock.
@@ -45,6 +47,9 @@ type Engine struct {
 func New(opts Options) *Engine {
 	if opts.StateDir == "" {
 		opts.StateDir = redirect.DefaultStateDir
+	}
+	if opts.LockDir == "" {
+		opts.LockDir = redirect.DefaultLockDir
 	}
 	if opts.Backend == "" {
 		opts.Backend = "auto"
@@ -103,9 +108,23 @@ type familyInfo struct {
 	applied string
 }
 
+// lock serialises changes to the namespace and to the state directory.
+func (e *Engine) lock() (func(), error) {
+	unlockNS, err := redirect.LockNetns(e.opts.LockDir, e.opts.NetnsPath)
+	if err != nil {
+		return nil, err
+	}
+	unlockState, err := redirect.LockState(e.opts.StateDir)
+	if err != nil {
+		unlockNS()
+		return nil, err
+	}
+	return func() { unlockState(); unlockNS() }, nil
+}
+
 // Install implements redirect.Engine.
 func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
-	unlock, err := redirect.LockState(e.opts.StateDir)
+	unlock, err := e.lock()
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,7 @@ import (
 // directory was wiped) it still finds shunt's rules by their names and
 // markers, in whichever backend holds them.
 func (e *Engine) Uninstall(ctx context.Context) error {
-	unlock, err := redirect.LockState(e.opts.StateDir)
+	unlock, err := e.lock()
 	if err != nil {
 		return err
 	}
