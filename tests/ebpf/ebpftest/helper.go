@@ -68,6 +68,22 @@ func runHelper(cmd string, args []string) error {
 		}
 		fmt.Print("OK ", line)
 		return nil
+	case "dial-stdin": // ADDR: one connection; send each stdin line, print each reply
+		c, err := net.DialTimeout("tcp", args[0], 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		in, r := bufio.NewScanner(os.Stdin), bufio.NewReader(c)
+		for in.Scan() {
+			fmt.Fprintln(c, in.Text())
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return err
+			}
+			fmt.Print(line)
+		}
+		return nil
 	case "origdst-proxy": // ADDR...: accept, read the original destination, forward
 		return serve(args, origDstProxy)
 	case "dns-server": // ADDR...: UDP and TCP; A answers 192.0.2.<n>, TXT names where it was asked
