@@ -22,7 +22,7 @@ const (
 	DefaultStateDir   = "/run/shunt"
 	// DefaultLockDir holds one lock per network namespace, shared by every
 	// shunt process on the machine whatever its state directory.
-	DefaultLockDir = "/run/shunt/locks"
+	DefaultLockDir    = "/run/shunt/locks"
 	DefaultResolvConf = "/etc/resolv.conf"
 )
 
