@@ -126,3 +126,5 @@ func digIn(ns *testenv.Netns, args ...string) (string, error) {
 func loopbackAddr() netip.AddrPort {
 	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(20000+rand.IntN(12000)))
 }
+
+func netipAP(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
