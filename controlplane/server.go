@@ -202,13 +202,21 @@ func (s *Server) Run(ctx context.Context, lis net.Listener, opts ...grpc.ServerO
 func (s *Server) Watch(ctx context.Context) error {
 	t := time.NewTicker(s.opts.PollInterval)
 	defer t.Stop()
+	// A missing directory fails every tick; say so once, not four times a
+	// second. (A broken file fails once: its contents are remembered.)
+	var lastErr string
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if err := s.reload(false); err != nil {
+			err := s.reload(false)
+			switch {
+			case err != nil && err.Error() != lastErr:
 				s.log.Error("resources not applied; last good version stays", "version", s.Version(), "error", err)
+				lastErr = err.Error()
+			case err == nil:
+				lastErr = ""
 			}
 		}
 	}
