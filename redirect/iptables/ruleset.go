@@ -217,11 +217,17 @@ func RestoreInput(current, desired *Ruleset) string {
 				stale = append(stale, c)
 			}
 		}
+		// Jumps that stay are left where they are, so their position
+		// among other tools' rules does not change on every update.
 		for _, j := range cur.Jumps {
-			fmt.Fprintf(&b, "-D %s\n", j)
+			if !slices.Contains(want.Jumps, j) {
+				fmt.Fprintf(&b, "-D %s\n", j)
+			}
 		}
 		for _, j := range want.Jumps {
-			fmt.Fprintf(&b, "-A %s\n", j)
+			if !slices.Contains(cur.Jumps, j) {
+				fmt.Fprintf(&b, "-A %s\n", j)
+			}
 		}
 		for _, c := range sortedKeys(want.Chains) {
 			for _, r := range want.Chains[c] {
