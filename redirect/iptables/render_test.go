@@ -44,7 +44,7 @@ func scenarios(t *testing.T) map[string]*redirect.Plan {
 			"excludeOutboundPortsForUids": "tcp:22:1000-1002;all:5432:1003",
 			"excludeInterfaces":           "eth9",
 		}, nil),
-		"all-dns-no-inbound": mk(map[string]string{"redirectAllDNS": "true", "noInbound": "true", "bypassMark": "0"}, nil),
+		"all-dns-no-inbound":  mk(map[string]string{"redirectAllDNS": "true", "noInbound": "true", "bypassMark": "0"}, nil),
 		"no-dns-custom-ports": mk(map[string]string{"noDNS": "true", "inboundPort": "16006", "outboundPort": "16001", "dnsPort": "16053", "proxyUID": "1337"}, nil),
 		"ipv4-only":           mk(map[string]string{"ipFamily": "ipv4"}, nil),
 		"lockdown": mk(map[string]string{"meshCidrs": "10.244.0.0/16,10.96.0.0/12,fd00:244::/56"}, func(p *redirect.Plan) {
