@@ -33,6 +33,9 @@ func newRootCommand() *cobra.Command {
 		newVersionCommand(),
 		newDNSCommand(),
 		newControlPlaneCommand(),
+		newRunCommand(),
+		newCNICommand(),
+		newNodeCommand(),
 	)
 	return root
 }
