@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,7 +77,6 @@ func NewTable(entries map[string][]netip.Addr, opts TableOptions) (*Table, error
 			continue
 		}
 		e := &entry{name: fq}
-		seen := make(map[netip.Addr]bool, len(addrs))
 		bad := false
 		for _, a := range addrs {
 			if !a.IsValid() || a.IsUnspecified() {
@@ -85,10 +85,10 @@ func NewTable(entries map[string][]netip.Addr, opts TableOptions) (*Table, error
 				continue
 			}
 			a = a.Unmap().WithZone("")
-			if seen[a] {
+			// Lists are short: a linear scan beats a map per name.
+			if slices.Contains(e.v4, a) || slices.Contains(e.v6, a) {
 				continue
 			}
-			seen[a] = true
 			if a.Is4() {
 				e.v4 = append(e.v4, a)
 			} else {

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Compare `shunt dns` with Unbound and dnsmasq under dnsperf, on this
+# machine, in one run:
+#   1. table answers: 10,000 names answered locally (shunt's table, Unbound
+#      local-data with 2 threads and so-reuseport, dnsmasq addn-hosts);
+#   2. forwarded names with a warm cache: 10,000 names of a bind9 zone,
+#      through shunt and through Unbound forwarding to the same bind9.
+# Every server listens on 127.0.0.1 only; everything started here is
+# stopped by PID on exit. Needs: dnsperf, unbound, dnsmasq, bind9 (named), go.
+#
+# Knobs: DUR (seconds per measured run, default 10), CLIENTS (dnsperf -c,
+# default 16), THREADS (dnsperf -T, default 2), OUTSTANDING (dnsperf -q,
+# default 500), RATE (queries/s offered for the latency run, default 20000).
+set -euo pipefail
+
+DUR=${DUR:-10}
+CLIENTS=${CLIENTS:-16}
+THREADS=${THREADS:-2}
+OUTSTANDING=${OUTSTANDING:-500}
+RATE=${RATE:-20000}
+N=10000
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=$(mktemp -d /tmp/shunt-dnsbench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+BASE=$((20000 + RANDOM % 10000))
+SHUNT=$BASE UNBOUND=$((BASE + 1)) DNSMASQ=$((BASE + 2)) NAMED=$((BASE + 3))
+
+echo "building shunt..."
+(cd "$ROOT" && go build -o "$WORK/shunt" ./cmd/shunt)
+
+# Names: table names svc-I.bench.mesh -> 240.0.X.Y, forwarded names
+# host-I.fwd.test -> 198.18.X.Y.
+awk -v n=$N -v w="$WORK" 'BEGIN {
+	for (i = 0; i < n; i++) {
+		a = "240.0." int(i / 256) "." (i % 256)
+		b = "198.18." int(i / 256) "." (i % 256)
+		printf "svc-%d.bench.mesh: [%s]\n", i, a > (w "/table.yaml")
+		printf "  local-data: \"svc-%d.bench.mesh. 30 IN A %s\"\n", i, a > (w "/unbound-local.conf")
+		printf "%s svc-%d.bench.mesh\n", a, i > (w "/hosts")
+		printf "svc-%d.bench.mesh A\n", i > (w "/q-table.txt")
+		printf "host-%d IN A %s\n", i, b > (w "/fwd-records")
+		printf "host-%d.fwd.test A\n", i > (w "/q-fwd.txt")
+	}
+}'
+
+cat > "$WORK/fwd.test.zone" <<ZONE
+\$TTL 3600
+@ IN SOA ns.fwd.test. hostmaster.fwd.test. 1 3600 600 86400 60
+@ IN NS ns
+ns IN A 127.0.0.1
+ZONE
+cat "$WORK/fwd-records" >> "$WORK/fwd.test.zone"
+cat > "$WORK/named.conf" <<CONF
+options {
+	directory "$WORK";
+	pid-file none;
+	listen-on port $NAMED { 127.0.0.1; };
+	listen-on-v6 { none; };
+	recursion no;
+	dnssec-validation no;
+	session-keyfile "$WORK/session.key";
+	managed-keys-directory "$WORK";
+};
+controls { };
+zone "fwd.test" { type primary; file "$WORK/fwd.test.zone"; };
+CONF
+
+cat > "$WORK/unbound.conf" <<CONF
+server:
+  interface: 127.0.0.1@$UNBOUND
+  port: $UNBOUND
+  num-threads: 2
+  so-reuseport: yes
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "$WORK"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 0
+  do-ip6: no
+  do-not-query-localhost: no
+  access-control: 127.0.0.0/8 allow
+  module-config: "iterator"
+  msg-cache-size: 64m
+  rrset-cache-size: 128m
+  local-zone: "bench.mesh." static
+  include: "$WORK/unbound-local.conf"
+forward-zone:
+  name: "fwd.test."
+  forward-addr: 127.0.0.1@$NAMED
+CONF
+
+start() { # name, command...
+	local name=$1
+	shift
+	"$@" >"$WORK/$name.log" 2>&1 &
+	PIDS+=($!)
+}
+
+start named /usr/sbin/named -g -n 1 -c "$WORK/named.conf"
+start unbound unbound -d -c "$WORK/unbound.conf"
+start dnsmasq dnsmasq -k --port=$DNSMASQ --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts \
+	--addn-hosts="$WORK/hosts" --pid-file= --cache-size=10000 --local-ttl=30 --user=root
+start shunt "$WORK/shunt" dns --listen 127.0.0.1:$SHUNT --table "$WORK/table.yaml" --upstream 127.0.0.1:$NAMED \
+	--resolv-conf "" --cache-size 20000 --upstream-mark 0 --log-level warn
+
+wait_for() { # port name want
+	for _ in $(seq 100); do
+		if dig +short +time=1 +tries=1 -p "$1" @127.0.0.1 "$2" 2>/dev/null | grep -q "$3"; then return 0; fi
+		sleep 0.1
+	done
+	echo "server on port $1 did not answer $2; logs in $WORK" >&2
+	tail -5 "$WORK"/*.log >&2
+	exit 1
+}
+wait_for $NAMED host-1.fwd.test 198.18.0.1
+wait_for $SHUNT svc-1.bench.mesh 240.0.0.1
+wait_for $UNBOUND svc-1.bench.mesh 240.0.0.1
+wait_for $DNSMASQ svc-1.bench.mesh 240.0.0.1
+
+# measure NAME PORT QUERYFILE: prints "QPS P99_MS LOST%": QPS flat out, then
+# p99 latency at the same offered rate (RATE) for every server.
+measure() {
+	local out="$WORK/perf-$1.txt" lat="$WORK/lat-$1.txt"
+	dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l "$DUR" -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" >"$out" 2>&1 || true
+	dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l 5 -c "$CLIENTS" -T "$THREADS" -Q "$RATE" -v >"$lat" 2>&1 || true
+	local qps lost p99
+	qps=$(awk '/Queries per second/ {printf "%.0f", $4}' "$out")
+	lost=$(awk '/Queries lost/ {gsub(/[()%]/, "", $4); print $4}' "$out")
+	p99=$(awk '/^> / {print $NF}' "$lat" | sort -g | awk '{a[NR] = $1} END {if (NR) printf "%.3f", a[int(NR * 0.99)] * 1000; else print "n/a"}')
+	echo "$qps $p99 $lost"
+}
+
+row() { printf "%-28s %12s %10s %8s\n" "$@"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+echo
+echo "cores: $(nproc); dnsperf -c $CLIENTS -T $THREADS -q $OUTSTANDING -l $DUR; latency at $RATE q/s"
+row "scenario / server" "QPS" "p99 ms" "lost %"
+
+read -r s_q s_p s_l < <(measure shunt-table $SHUNT "$WORK/q-table.txt")
+read -r u_q u_p u_l < <(measure unbound-table $UNBOUND "$WORK/q-table.txt")
+read -r d_q d_p d_l < <(measure dnsmasq-table $DNSMASQ "$WORK/q-table.txt")
+row "table: shunt" "$s_q" "$s_p" "$s_l"
+row "table: unbound local-data" "$u_q" "$u_p" "$u_l"
+row "table: dnsmasq" "$d_q" "$d_p" "$d_l"
+
+# Warm both caches with every forwarded name before measuring.
+for port in $SHUNT $UNBOUND; do
+	dnsperf -s 127.0.0.1 -p $port -d "$WORK/q-fwd.txt" -n 1 -c 4 -q 100 >/dev/null 2>&1 || true
+done
+read -r sf_q sf_p sf_l < <(measure shunt-fwd $SHUNT "$WORK/q-fwd.txt")
+read -r uf_q uf_p uf_l < <(measure unbound-fwd $UNBOUND "$WORK/q-fwd.txt")
+row "forwarded (warm): shunt" "$sf_q" "$sf_p" "$sf_l"
+row "forwarded (warm): unbound" "$uf_q" "$uf_p" "$uf_l"
+
+echo
+echo "ratios (QPS): table shunt/unbound $(ratio "$s_q" "$u_q"), shunt/dnsmasq $(ratio "$s_q" "$d_q"); forwarded shunt/unbound $(ratio "$sf_q" "$uf_q")"
+echo "ratios (p99, lower is better): table shunt/unbound $(ratio "$s_p" "$u_p"); forwarded shunt/unbound $(ratio "$sf_p" "$uf_p")"
+
+echo
+echo "table of 100,000 names (go test -bench):"
+(cd "$ROOT" && go test -run '^$' -bench 'TableLoad100k|TableAnswer' -benchtime 5x ./dnsproxy | grep Benchmark)
