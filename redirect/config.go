@@ -56,6 +56,7 @@ func Options() []Option {
 		{Key: "meshCidrs", Help: "pod and service CIDRs reachable with passthrough disabled, comma-separated"},
 		{Key: "netns", Help: "network namespace to act on (a path such as /run/netns/NAME); default: the current one"},
 		{Key: "cgroup", Help: "cgroup-v2 directory whose processes the eBPF engine captures"},
+		{Key: "bpfPinDir", Help: "where the eBPF engine pins its programs and maps (default /sys/fs/bpf/shunt/<cgroup>)"},
 		{Key: "resolvConf", Default: DefaultResolvConf, Help: "the workload's resolv.conf (with --netns NAME, /etc/netns/NAME/resolv.conf wins when it exists)"},
 		{Key: "stateDir", Default: DefaultStateDir, Help: "where shunt records what it installed"},
 	}

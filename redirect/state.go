@@ -20,7 +20,10 @@ type State struct {
 	Engine  string `json:"engine"`
 	Backend string `json:"backend,omitempty"`
 	Netns   string `json:"netns,omitempty"`
-	Plan    *Plan  `json:"plan"`
+	// Cgroup and PinDir locate an eBPF installation.
+	Cgroup string `json:"cgroup,omitempty"`
+	PinDir string `json:"pinDir,omitempty"`
+	Plan   *Plan  `json:"plan"`
 	// Families that were installed ("ipv4", "ipv6") and, for the record,
 	// why one was skipped.
 	Families []string `json:"families"`

@@ -66,7 +66,7 @@ func newExplainCommand() *cobra.Command {
 			var plan *redirect.Plan
 			if st != nil {
 				plan = st.Plan
-				_ = cfg.Set("engine", st.Engine, "state")
+				adoptState(cfg, st)
 				if eng, err := newEngine(cfg); err == nil {
 					if s, err := eng.Status(cmd.Context()); err == nil && len(s.Drift) > 0 {
 						fmt.Fprintf(w, "WARNING: the live rules have drifted from the installed plan (%d differences; see `shunt status`): the kernel may not do what follows.\n", len(s.Drift))

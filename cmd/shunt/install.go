@@ -9,23 +9,58 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/redirect/ebpf"
 	"github.com/shunt-dev/shunt/redirect/iptables"
 )
 
-// newEngine returns the engine the configuration asks for.
+// newEngine returns the engine the configuration asks for. With auto, eBPF
+// is chosen where the kernel and the cgroup allow it, iptables otherwise,
+// and the log says which and why.
 func newEngine(cfg *redirect.Config) (redirect.Engine, error) {
-	switch e := cfg.Get("engine"); e {
-	case "iptables", "auto":
+	ipt := func() redirect.Engine {
 		return iptables.New(iptables.Options{
 			NetnsPath: cfg.Get("netns"),
 			StateDir:  cfg.Get("stateDir"),
 			Backend:   cfg.Get("iptablesBackend"),
 			Logger:    slog.Default(),
-		}), nil
+		})
+	}
+	bpf := func() (redirect.Engine, error) {
+		return ebpf.New(ebpf.Options{
+			NetnsPath:  cfg.Get("netns"),
+			CgroupPath: cfg.Get("cgroup"),
+			StateDir:   cfg.Get("stateDir"),
+			PinDir:     cfg.Get("bpfPinDir"),
+			Logger:     slog.Default(),
+		})
+	}
+	switch e := cfg.Get("engine"); e {
+	case "iptables":
+		return ipt(), nil
+	case "ebpf":
+		if cfg.Get("cgroup") == "" {
+			return nil, errors.New("cgroup: required with engine ebpf: the cgroup-v2 directory of the workload")
+		}
+		if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
+			return nil, fmt.Errorf("engine ebpf: %w", err)
+		}
+		return bpf()
+	case "auto":
+		if cfg.Get("cgroup") == "" {
+			slog.Info("engine auto: chose iptables", "reason", "no cgroup given for eBPF")
+			return ipt(), nil
+		}
+		if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
+			slog.Info("engine auto: chose iptables", "reason", err.Error())
+			return ipt(), nil
+		}
+		slog.Info("engine auto: chose ebpf", "cgroup", cfg.Get("cgroup"))
+		return bpf()
 	default:
 		return nil, fmt.Errorf("engine: invalid value %q: want iptables, ebpf or auto", e)
 	}
@@ -67,6 +102,9 @@ atomically. On failure the rules are left as they were.`,
 			if err := eng.Install(cmd.Context(), plan); err != nil {
 				return err
 			}
+			if err := recordEngine(cfg, eng, plan); err != nil {
+				return err
+			}
 			slog.Info("capture installed", "engine", eng.Name(), "netns", cfg.Get("netns"), "stateDir", cfg.Get("stateDir"))
 			if output == "json" {
 				return writeJSON(cmd.OutOrStdout(), map[string]any{"installed": true, "engine": eng.Name(), "plan": plan})
@@ -78,6 +116,37 @@ atomically. On failure the rules are left as they were.`,
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be applied (the iptables-restore input of each family) and change nothing")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
+}
+
+// recordEngine notes an eBPF installation in the state directory's common
+// record, so that status, explain and uninstall find the engine, cgroup and
+// pins without being told again. (The iptables engine keeps that record
+// itself.)
+func recordEngine(cfg *redirect.Config, eng redirect.Engine, plan *redirect.Plan) error {
+	b, ok := eng.(*ebpf.Engine)
+	if !ok {
+		return nil
+	}
+	return redirect.SaveState(cfg.Get("stateDir"), &redirect.State{
+		Engine: b.Name(), Netns: cfg.Get("netns"), Cgroup: cfg.Get("cgroup"), PinDir: b.PinDir(),
+		Plan: plan, InstalledAt: time.Now().UTC(),
+	})
+}
+
+// adoptState takes the engine and its location from what install recorded.
+func adoptState(cfg *redirect.Config, st *redirect.State) {
+	if st == nil {
+		return
+	}
+	if st.Engine != "" {
+		_ = cfg.Set("engine", st.Engine, "state")
+	}
+	if st.Cgroup != "" && !cfg.IsSet("cgroup") {
+		_ = cfg.Set("cgroup", st.Cgroup, "state")
+	}
+	if st.PinDir != "" && !cfg.IsSet("bpfPinDir") {
+		_ = cfg.Set("bpfPinDir", st.PinDir, "state")
+	}
 }
 
 func printDryRun(ctx context.Context, w io.Writer, eng redirect.Engine, plan *redirect.Plan, output string) error {
@@ -128,9 +197,7 @@ built-in chains. Rules shunt did not create are left alone.`,
 			if err != nil {
 				return err
 			}
-			if st != nil && st.Engine != "" {
-				_ = cfg.Set("engine", st.Engine, "state")
-			}
+			adoptState(cfg, st)
 			eng, err := newEngine(cfg)
 			if err != nil {
 				return err
@@ -150,6 +217,9 @@ built-in chains. Rules shunt did not create are left alone.`,
 				return nil
 			}
 			err = eng.Uninstall(cmd.Context())
+			if err == nil && eng.Name() == "ebpf" {
+				err = redirect.RemoveState(cfg.Get("stateDir"))
+			}
 			if errors.Is(err, redirect.ErrNotInstalled) {
 				slog.Info("nothing to uninstall", "stateDir", cfg.Get("stateDir"))
 				return nil
@@ -160,7 +230,7 @@ built-in chains. Rules shunt did not create are left alone.`,
 			return err
 		},
 	}
-	captureFlags(cmd, "netns", "stateDir", "engine", "iptablesBackend", "cgroup")
+	captureFlags(cmd, "netns", "stateDir", "engine", "iptablesBackend", "cgroup", "bpfPinDir")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be removed and change nothing")
 	return cmd
 }
@@ -182,8 +252,8 @@ by someone else), 4 not installed.`,
 			if err != nil {
 				return err
 			}
-			if st, err := redirect.LoadState(cfg.Get("stateDir")); err == nil && st != nil {
-				_ = cfg.Set("engine", st.Engine, "state")
+			if st, err := redirect.LoadState(cfg.Get("stateDir")); err == nil {
+				adoptState(cfg, st)
 			}
 			eng, err := newEngine(cfg)
 			if err != nil {
@@ -209,7 +279,7 @@ by someone else), 4 not installed.`,
 			return nil
 		},
 	}
-	captureFlags(cmd, "netns", "stateDir", "engine", "cgroup")
+	captureFlags(cmd, "netns", "stateDir", "engine", "cgroup", "bpfPinDir")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
 }
