@@ -199,4 +199,3 @@ func (c *longConn) roundTrip(t *testing.T, msg string) {
 		t.Fatalf("long-lived connection: %q %v", line, err)
 	}
 }
-

@@ -284,3 +284,40 @@ func Addr(a netip.Addr, port int) string {
 
 // Itoa is strconv.Itoa, for building argv.
 func Itoa(n int) string { return strconv.Itoa(n) }
+
+// HAProxyDirect starts HAProxy with, besides the capturing outbound
+// listener, one listener per entry of direct that forwards to a fixed
+// server: the proxy reached without capture, for comparisons.
+func (p *Pod) HAProxyDirect(port uint16, direct map[uint16]string) *testenv.Process {
+	p.t.Helper()
+	bin := testenv.RequireBinary(p.t, "haproxy")
+	cfg := filepath.Join(Dir(p.t), "haproxy.cfg")
+	var b strings.Builder
+	fmt.Fprintf(&b, `global
+  maxconn 8000
+defaults
+  mode tcp
+  timeout connect 3s
+  timeout client 60s
+  timeout server 60s
+frontend outbound
+  bind 0.0.0.0:%d
+  default_backend original
+backend original
+  server s 0.0.0.0:0
+`, port)
+	for lport, server := range direct {
+		fmt.Fprintf(&b, "listen direct%d\n  bind 127.0.0.1:%d\n  server s %s\n", lport, lport, server)
+	}
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+	proc := p.StartInPod(ProxyUID, ProxyUID, bin, "-db", "-f", cfg)
+	if !p.listening(port) {
+		p.t.Fatalf("HAProxy does not listen on port %d:\n%s", port, proc.Output())
+	}
+	for lport := range direct {
+		p.WaitListening(lport)
+	}
+	return proc
+}
