@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"strconv"
 	"sync"
 	"time"
@@ -49,6 +50,8 @@ type Status struct {
 	// LastNACK is the error detail of the last NACK sent, cleared when a
 	// later response of the same type is ACKed.
 	LastNACK string
+	// LastNACKType is the type URL LastNACK rejected.
+	LastNACKType string
 	// LastNACKAt is when it was sent.
 	LastNACKAt time.Time
 	// Reconnects counts streams opened after the first.
@@ -142,8 +145,101 @@ func (c *Client) Status() Status {
 }
 
 // Run connects, subscribes and reconnects with backoff until ctx ends; it
-// returns nil then.
+// returns nil then. The current snapshot stays in force while disconnected.
 func (c *Client) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return nil
+	c.mu.Lock()
+	if c.running {
+		c.mu.Unlock()
+		return errors.New("xdsclient: Run is already running")
+	}
+	c.running = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.running = false
+		c.status.Connected = false
+		c.mu.Unlock()
+	}()
+
+	failures := 0
+	for first := true; ; first = false {
+		if !first {
+			c.mu.Lock()
+			c.status.Reconnects++
+			c.mu.Unlock()
+		}
+		answered, err := c.session(ctx)
+		c.mu.Lock()
+		c.status.Connected = false
+		if err != nil && ctx.Err() == nil {
+			c.status.LastError = err.Error()
+		}
+		c.mu.Unlock()
+		if ctx.Err() != nil {
+			return nil
+		}
+		// A stream that got answers was a working connection: start the
+		// schedule over rather than punishing the next outage.
+		if answered {
+			failures = 0
+		}
+		wait := c.cfg.Backoff.delay(failures)
+		failures++
+		c.log.Warn("xDS stream ended; reconnecting", "server", c.cfg.Server, "error", err, "retry_in", wait.Round(time.Millisecond))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// accept makes snap the current snapshot unless it says nothing new,
+// persists it and offers it on Updates.
+func (c *Client) accept(snap *mesh.AgentSnapshot) {
+	c.mu.Lock()
+	prev := c.current
+	if prev != nil && prev.Version == snap.Version && sameContent(prev, snap) {
+		c.mu.Unlock()
+		return
+	}
+	c.current = snap
+	c.status.SnapshotVersion = snap.Version
+	c.mu.Unlock()
+
+	c.log.Info("new snapshot", "version", snap.Version, "names", len(snap.Names), "passthrough", snap.Passthrough, "allowed_egress", len(snap.AllowedEgress), "dns_hosts", len(snap.DNSHosts))
+	if c.cfg.StateDir != "" {
+		if err := persist(c.cfg.StateDir, snap); err != nil {
+			c.log.Error("persist snapshot", "dir", c.cfg.StateDir, "error", err)
+		}
+	}
+	// Only this goroutine sends, so after the drain there is room.
+	select {
+	case <-c.updates:
+	default:
+	}
+	c.updates <- snap
+}
+
+func sameContent(a, b *mesh.AgentSnapshot) bool {
+	x, y := *a, *b
+	x.ReceivedAt, y.ReceivedAt = time.Time{}, time.Time{}
+	return reflect.DeepEqual(normalise(x), normalise(y))
+}
+
+// normalise makes empty and nil lists compare equal (a persisted snapshot
+// comes back from JSON with nil ones).
+func normalise(s mesh.AgentSnapshot) mesh.AgentSnapshot {
+	if len(s.AllowedEgress) == 0 {
+		s.AllowedEgress = nil
+	}
+	if len(s.DNSHosts) == 0 {
+		s.DNSHosts = nil
+	}
+	if len(s.Names) == 0 {
+		s.Names = nil
+	}
+	return s
 }

@@ -1,15 +1,218 @@
 package xdsclient
 
 import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	dnstablev3 "github.com/envoyproxy/go-control-plane/envoy/data/dns/v3"
+	dnsfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/shunt-dev/shunt/mesh"
 )
 
+// DNSFilterName is the UDP listener filter whose DnsTable holds the names
+// the mesh answers.
+const DNSFilterName = "envoy.filters.udp.dns_filter"
+
+// dnsFilterTypeURL identifies the filter by its config type, for servers
+// that give it another name.
+const dnsFilterTypeURL = "type.googleapis.com/envoy.extensions.filters.udp.dns_filter.v3.DnsFilterConfig"
+
 // Translate distils listeners, clusters and the load assignments of EDS
-// clusters into an agent snapshot.
+// clusters into an agent snapshot. Every resource is checked with its
+// proto's validation rules first; an error names the resource and what is
+// wrong with it. Version and ReceivedAt are left for the caller.
 func Translate(listeners []*listenerv3.Listener, clusters []*clusterv3.Cluster, endpoints []*endpointv3.ClusterLoadAssignment) (*mesh.AgentSnapshot, error) {
-	return &mesh.AgentSnapshot{}, nil
+	snap := &mesh.AgentSnapshot{Names: map[string][]netip.Addr{}}
+	for _, l := range listeners {
+		if err := l.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("listener %s: %w", l.GetName(), err)
+		}
+		if err := addDNSTables(snap.Names, l); err != nil {
+			return nil, fmt.Errorf("listener %s: %w", l.GetName(), err)
+		}
+	}
+
+	cla := make(map[string]*endpointv3.ClusterLoadAssignment, len(endpoints))
+	for _, e := range endpoints {
+		if err := e.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("endpoints %s: %w", e.GetClusterName(), err)
+		}
+		cla[e.GetClusterName()] = e
+	}
+
+	egress := map[netip.Prefix]struct{}{}
+	hosts := map[mesh.DNSHost]struct{}{}
+	for _, c := range clusters {
+		if err := c.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.GetName(), err)
+		}
+		var err error
+		switch c.GetType() {
+		case clusterv3.Cluster_ORIGINAL_DST:
+			// A custom cluster_type also reads as ORIGINAL_DST (the zero
+			// value) through GetType; only a real one means passthrough.
+			if _, ok := c.GetClusterDiscoveryType().(*clusterv3.Cluster_Type); ok {
+				snap.Passthrough = true
+			}
+		case clusterv3.Cluster_STATIC:
+			err = addEndpoints(egress, nil, c.GetLoadAssignment(), false)
+		case clusterv3.Cluster_EDS:
+			svc := c.GetEdsClusterConfig().GetServiceName()
+			if svc == "" {
+				svc = c.GetName()
+			}
+			// A missing assignment is a cluster with no endpoints yet,
+			// as Envoy treats it.
+			if a := cla[svc]; a != nil {
+				err = addEndpoints(egress, nil, a, false)
+				if err != nil {
+					err = fmt.Errorf("EDS service %s: %w", svc, err)
+				}
+			}
+		case clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
+			err = addEndpoints(egress, hosts, c.GetLoadAssignment(), true)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.GetName(), err)
+		}
+	}
+
+	for p := range egress {
+		snap.AllowedEgress = append(snap.AllowedEgress, p)
+	}
+	slices.SortFunc(snap.AllowedEgress, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	for h := range hosts {
+		snap.DNSHosts = append(snap.DNSHosts, h)
+	}
+	slices.SortFunc(snap.DNSHosts, func(a, b mesh.DNSHost) int {
+		return cmp.Or(cmp.Compare(a.Host, b.Host), cmp.Compare(a.Port, b.Port))
+	})
+	return snap, nil
+}
+
+func addDNSTables(names map[string][]netip.Addr, l *listenerv3.Listener) error {
+	for _, f := range l.GetListenerFilters() {
+		tc := f.GetTypedConfig()
+		if f.GetName() != DNSFilterName && tc.GetTypeUrl() != dnsFilterTypeURL {
+			continue
+		}
+		if tc == nil {
+			return fmt.Errorf("dns_filter config: missing typed_config")
+		}
+		var cfg dnsfilterv3.DnsFilterConfig
+		if err := tc.UnmarshalTo(&cfg); err != nil {
+			return fmt.Errorf("dns_filter config: %w", err)
+		}
+		if err := cfg.ValidateAll(); err != nil {
+			return fmt.Errorf("dns_filter config: %w", err)
+		}
+		table, err := dnsTable(cfg.GetServerConfig())
+		if err != nil {
+			return fmt.Errorf("dns_filter config: %w", err)
+		}
+		if err := addTable(names, table); err != nil {
+			return fmt.Errorf("dns_filter config: %w", err)
+		}
+	}
+	return nil
+}
+
+func dnsTable(sc *dnsfilterv3.DnsFilterConfig_ServerContextConfig) (*dnstablev3.DnsTable, error) {
+	if t := sc.GetInlineDnsTable(); t != nil {
+		return t, nil
+	}
+	ext := sc.GetExternalDnsTable()
+	if ext == nil {
+		return nil, nil
+	}
+	var raw []byte
+	switch {
+	case ext.GetInlineString() != "":
+		raw = []byte(ext.GetInlineString())
+	case len(ext.GetInlineBytes()) > 0:
+		raw = ext.GetInlineBytes()
+	default:
+		// The file is on the proxy's host, not necessarily ours; reading
+		// some other file of the same name would be worse than refusing.
+		return nil, fmt.Errorf("external_dns_table %q: only inline tables are supported", ext.String())
+	}
+	var t dnstablev3.DnsTable
+	if err := protojson.Unmarshal(raw, &t); err != nil {
+		return nil, fmt.Errorf("external_dns_table: %w", err)
+	}
+	if err := t.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("external_dns_table: %w", err)
+	}
+	return &t, nil
+}
+
+func addTable(names map[string][]netip.Addr, t *dnstablev3.DnsTable) error {
+	for _, d := range t.GetVirtualDomains() {
+		name := strings.TrimSuffix(strings.ToLower(d.GetName()), ".")
+		if name == "" || strings.Contains(name, "..") {
+			return fmt.Errorf("invalid name %q", d.GetName())
+		}
+		// Names served through a cluster or SRV records have no VIP of
+		// their own to answer with.
+		for _, s := range d.GetEndpoint().GetAddressList().GetAddress() {
+			a, err := netip.ParseAddr(s)
+			if err != nil || a.Zone() != "" {
+				return fmt.Errorf("invalid address %q for name %s", s, name)
+			}
+			a = a.Unmap()
+			if !slices.Contains(names[name], a) {
+				names[name] = append(names[name], a)
+			}
+		}
+	}
+	return nil
+}
+
+// addEndpoints adds the IP endpoints of a load assignment to egress and,
+// when dnsOK, its hostnames to hosts. Without dnsOK (STATIC, EDS) a hostname
+// is an error: Envoy would refuse it too.
+func addEndpoints(egress map[netip.Prefix]struct{}, hosts map[mesh.DNSHost]struct{}, cla *endpointv3.ClusterLoadAssignment, dnsOK bool) error {
+	for _, loc := range cla.GetEndpoints() {
+		for _, lb := range loc.GetLbEndpoints() {
+			ep := lb.GetEndpoint()
+			addrs := []*corev3.Address{ep.GetAddress()}
+			for _, a := range ep.GetAdditionalAddresses() {
+				addrs = append(addrs, a.GetAddress())
+			}
+			for _, a := range addrs {
+				sa := a.GetSocketAddress()
+				if sa == nil {
+					// Pipes and internal addresses never leave the host.
+					continue
+				}
+				if ip, err := netip.ParseAddr(sa.GetAddress()); err == nil && ip.Zone() == "" {
+					ip = ip.Unmap()
+					egress[netip.PrefixFrom(ip, ip.BitLen())] = struct{}{}
+					continue
+				}
+				if !dnsOK {
+					return fmt.Errorf("endpoint address %q is not an IP address", sa.GetAddress())
+				}
+				host := strings.TrimSuffix(strings.ToLower(sa.GetAddress()), ".")
+				if host == "" {
+					return fmt.Errorf("endpoint address %q is not a hostname", sa.GetAddress())
+				}
+				port := sa.GetPortValue()
+				if port == 0 || port > 65535 {
+					return fmt.Errorf("endpoint %s: port %d is not usable", host, port)
+				}
+				hosts[mesh.DNSHost{Host: host, Port: uint16(port)}] = struct{}{}
+			}
+		}
+	}
+	return nil
 }

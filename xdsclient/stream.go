@@ -1,0 +1,393 @@
+package xdsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Type URLs of the resources the client subscribes to.
+const (
+	ListenerType = resourcev3.ListenerType
+	ClusterType  = resourcev3.ClusterType
+	EndpointType = resourcev3.EndpointType
+)
+
+// Node metadata key carrying the mesh.
+const MetadataMesh = "kuma.io/mesh"
+
+// session is one ADS stream: subscribe, then answer every response until
+// the stream or ctx ends. answered reports whether the server responded at
+// all, which tells a working connection that broke from one that never
+// worked.
+func (c *Client) session(ctx context.Context) (answered bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var creds credentials.TransportCredentials = insecure.NewCredentials()
+	if c.cfg.TLS != nil {
+		creds = credentials.NewTLS(c.cfg.TLS.Clone())
+	}
+	if c.cfg.TokenFile != "" {
+		tok, err := readToken(c.cfg.TokenFile)
+		if err != nil {
+			return false, err
+		}
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
+	conn, err := grpc.NewClient(c.cfg.Server,
+		grpc.WithTransportCredentials(creds),
+		// Matches the server's enforcement policy (10 s minimum), and
+		// finds a dead server behind a silent network within a minute.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	if err != nil {
+		return false, fmt.Errorf("dial %s: %w", c.cfg.Server, err)
+	}
+	defer conn.Close()
+
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		return false, fmt.Errorf("open ADS stream to %s: %w", c.cfg.Server, err)
+	}
+	s := &session{c: c, stream: stream, node: c.node()}
+	if err := s.subscribe(); err != nil {
+		return false, err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("server closed the stream")
+			}
+			return s.answered, fmt.Errorf("receive from %s: %w", c.cfg.Server, err)
+		}
+		if !s.answered {
+			s.answered = true
+			c.mu.Lock()
+			c.status.Connected = true
+			c.mu.Unlock()
+			c.log.Info("connected to xDS server", "server", c.cfg.Server, "node", c.cfg.NodeID)
+		}
+		if err := s.handle(resp); err != nil {
+			return true, err
+		}
+	}
+}
+
+func readToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	return tok, nil
+}
+
+func (c *Client) node() *corev3.Node {
+	fields := map[string]*structpb.Value{}
+	for k, v := range c.cfg.Metadata {
+		fields[k] = structpb.NewStringValue(v)
+	}
+	fields[MetadataMesh] = structpb.NewStringValue(c.cfg.Mesh)
+	n := &corev3.Node{
+		Id:            c.cfg.NodeID,
+		Cluster:       c.cfg.Cluster,
+		Metadata:      &structpb.Struct{Fields: fields},
+		UserAgentName: "shunt",
+		// Servers that key on client features look for this one before
+		// sending more than one resource type per stream.
+		ClientFeatures: []string{"envoy.lb.does_not_support_overprovisioning"},
+	}
+	if c.cfg.Zone != "" {
+		n.Locality = &corev3.Locality{Zone: c.cfg.Zone}
+	}
+	return n
+}
+
+// session is the state of one stream: what was accepted on it, per type.
+// A new stream starts empty, so nothing is published until it has the
+// whole configuration again.
+type session struct {
+	c        *Client
+	stream   discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	node     *corev3.Node
+	nodeSent bool
+	answered bool
+
+	listeners []*listenerv3.Listener
+	clusters  []*clusterv3.Cluster
+	endpoints map[string]*endpointv3.ClusterLoadAssignment
+	// versions holds the last accepted version per type URL.
+	versions map[string]string
+	// edsNames is the EDS subscription last sent; edsNonce the nonce of
+	// the last EDS response; edsPending says a changed subscription has
+	// not been answered yet.
+	edsNames   []string
+	edsNonce   string
+	edsPending bool
+}
+
+func (s *session) subscribe() error {
+	s.versions = map[string]string{}
+	s.endpoints = map[string]*endpointv3.ClusterLoadAssignment{}
+	// An empty list is a wildcard subscription for listeners and clusters.
+	if err := s.send(&discoveryv3.DiscoveryRequest{TypeUrl: ListenerType}); err != nil {
+		return err
+	}
+	return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: ClusterType})
+}
+
+func (s *session) send(req *discoveryv3.DiscoveryRequest) error {
+	// The node goes on the first request only, as Envoy's
+	// set_node_on_first_message_only does; servers remember it.
+	if !s.nodeSent {
+		req.Node = s.node
+		s.nodeSent = true
+	}
+	if err := s.stream.Send(req); err != nil {
+		return fmt.Errorf("send %s request: %w", shortType(req.TypeUrl), err)
+	}
+	return nil
+}
+
+func (s *session) handle(resp *discoveryv3.DiscoveryResponse) error {
+	typ := resp.GetTypeUrl()
+	if typ != ListenerType && typ != ClusterType && typ != EndpointType {
+		s.c.log.Warn("ignoring response of a type not subscribed to", "type", typ)
+		return nil
+	}
+	// Build the candidate state; the current one stays until it is good.
+	listeners, clusters, endpoints := s.listeners, s.clusters, s.endpoints
+	err := func() error {
+		var err error
+		switch typ {
+		case ListenerType:
+			listeners, err = decodeAll[*listenerv3.Listener](resp, func() *listenerv3.Listener { return &listenerv3.Listener{} })
+		case ClusterType:
+			clusters, err = decodeAll[*clusterv3.Cluster](resp, func() *clusterv3.Cluster { return &clusterv3.Cluster{} })
+		case EndpointType:
+			var list []*endpointv3.ClusterLoadAssignment
+			list, err = decodeAll[*endpointv3.ClusterLoadAssignment](resp, func() *endpointv3.ClusterLoadAssignment { return &endpointv3.ClusterLoadAssignment{} })
+			endpoints = make(map[string]*endpointv3.ClusterLoadAssignment, len(s.endpoints)+len(list))
+			for k, v := range s.endpoints {
+				endpoints[k] = v
+			}
+			for _, e := range list {
+				endpoints[e.GetClusterName()] = e
+			}
+		}
+		if err != nil {
+			return err
+		}
+		_, err = Translate(listeners, clusters, subscribed(endpoints, edsServices(clusters)))
+		return err
+	}()
+	if err != nil {
+		return s.nack(resp, err)
+	}
+
+	s.listeners, s.clusters, s.endpoints = listeners, clusters, endpoints
+	s.versions[typ] = resp.GetVersionInfo()
+	if typ == EndpointType {
+		s.edsNonce = resp.GetNonce()
+		s.edsPending = false
+	}
+	if err := s.ack(resp); err != nil {
+		return err
+	}
+	if typ == ClusterType {
+		if err := s.resubscribeEDS(); err != nil {
+			return err
+		}
+	}
+	s.publish()
+	return nil
+}
+
+func decodeAll[T proto.Message](resp *discoveryv3.DiscoveryResponse, newT func() T) ([]T, error) {
+	out := make([]T, 0, len(resp.GetResources()))
+	for i, a := range resp.GetResources() {
+		if a.GetTypeUrl() != resp.GetTypeUrl() {
+			return nil, fmt.Errorf("resource %d has type %s in a %s response", i, a.GetTypeUrl(), shortType(resp.GetTypeUrl()))
+		}
+		m := newT()
+		if err := a.UnmarshalTo(m); err != nil {
+			return nil, fmt.Errorf("decode %s resource %d: %w", shortType(resp.GetTypeUrl()), i, err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// edsServices lists the EDS service names the clusters need, sorted.
+func edsServices(clusters []*clusterv3.Cluster) []string {
+	var names []string
+	for _, c := range clusters {
+		if c.GetType() != clusterv3.Cluster_EDS {
+			continue
+		}
+		n := c.GetEdsClusterConfig().GetServiceName()
+		if n == "" {
+			n = c.GetName()
+		}
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// subscribed keeps the assignments of names, dropping those of clusters
+// that are gone.
+func subscribed(all map[string]*endpointv3.ClusterLoadAssignment, names []string) []*endpointv3.ClusterLoadAssignment {
+	var out []*endpointv3.ClusterLoadAssignment
+	for _, n := range names {
+		if e, ok := all[n]; ok {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// resubscribeEDS follows the clusters: EDS is not a wildcard type, so the
+// client names what it wants.
+func (s *session) resubscribeEDS() error {
+	want := edsServices(s.clusters)
+	if slices.Equal(want, s.edsNames) {
+		return nil
+	}
+	for n := range s.endpoints {
+		if !slices.Contains(want, n) {
+			delete(s.endpoints, n)
+		}
+	}
+	if len(want) == 0 {
+		// An empty list would read as a wildcard to many servers; the old
+		// subscription is harmless, its answers are simply not used.
+		s.edsPending = false
+		return nil
+	}
+	s.edsNames = want
+	s.edsPending = true
+	return s.send(&discoveryv3.DiscoveryRequest{
+		TypeUrl:       EndpointType,
+		VersionInfo:   s.versions[EndpointType],
+		ResponseNonce: s.edsNonce,
+		ResourceNames: want,
+	})
+}
+
+func (s *session) ack(resp *discoveryv3.DiscoveryResponse) error {
+	req := &discoveryv3.DiscoveryRequest{
+		TypeUrl:       resp.GetTypeUrl(),
+		VersionInfo:   resp.GetVersionInfo(),
+		ResponseNonce: resp.GetNonce(),
+	}
+	if resp.GetTypeUrl() == EndpointType {
+		req.ResourceNames = s.edsNames
+	}
+	if err := s.send(req); err != nil {
+		return err
+	}
+	s.c.mu.Lock()
+	s.c.status.Acked[resp.GetTypeUrl()] = resp.GetVersionInfo()
+	if s.c.status.LastNACKType == resp.GetTypeUrl() {
+		s.c.status.LastNACK, s.c.status.LastNACKType = "", ""
+	}
+	s.c.mu.Unlock()
+	s.c.log.Debug("ACK", "type", shortType(resp.GetTypeUrl()), "version", resp.GetVersionInfo(), "resources", len(resp.GetResources()))
+	return nil
+}
+
+// nack rejects a response: the version stays the last accepted one, the
+// error detail says what is wrong, and nothing of the response is used.
+func (s *session) nack(resp *discoveryv3.DiscoveryResponse, cause error) error {
+	msg := cause.Error()
+	req := &discoveryv3.DiscoveryRequest{
+		TypeUrl:       resp.GetTypeUrl(),
+		VersionInfo:   s.versions[resp.GetTypeUrl()],
+		ResponseNonce: resp.GetNonce(),
+		ErrorDetail:   &status.Status{Code: int32(codes.InvalidArgument), Message: msg},
+	}
+	if resp.GetTypeUrl() == EndpointType {
+		req.ResourceNames = s.edsNames
+		s.edsNonce = resp.GetNonce()
+		// The server answered; a rejected answer still ends the wait,
+		// or one bad assignment would hold back every other change.
+		s.edsPending = false
+	}
+	s.c.log.Warn("rejected configuration (NACK); last good snapshot stays", "type", shortType(resp.GetTypeUrl()), "rejected_version", resp.GetVersionInfo(), "kept_version", s.versions[resp.GetTypeUrl()], "error", msg)
+	s.c.mu.Lock()
+	s.c.status.LastNACK = msg
+	s.c.status.LastNACKType = resp.GetTypeUrl()
+	s.c.status.LastNACKAt = time.Now()
+	s.c.mu.Unlock()
+	if err := s.send(req); err != nil {
+		return err
+	}
+	if resp.GetTypeUrl() == EndpointType {
+		s.publish()
+	}
+	return nil
+}
+
+// publish hands the stream's state to the client once it is whole: both
+// listeners and clusters received, and endpoints for a changed EDS
+// subscription answered.
+func (s *session) publish() {
+	_, haveL := s.versions[ListenerType]
+	_, haveC := s.versions[ClusterType]
+	if !haveL || !haveC || s.edsPending {
+		return
+	}
+	eds := edsServices(s.clusters)
+	snap, err := Translate(s.listeners, s.clusters, subscribed(s.endpoints, eds))
+	if err != nil {
+		// Each part was checked against the others when accepted.
+		s.c.log.Error("translate accepted configuration", "error", err)
+		return
+	}
+	v := s.versions[ListenerType] + "/" + s.versions[ClusterType]
+	if len(eds) > 0 {
+		v += "/" + s.versions[EndpointType]
+	}
+	snap.Version = v
+	snap.ReceivedAt = time.Now()
+	s.c.accept(snap)
+}
+
+func shortType(url string) string {
+	switch url {
+	case ListenerType:
+		return "LDS"
+	case ClusterType:
+		return "CDS"
+	case EndpointType:
+		return "EDS"
+	}
+	return url
+}
