@@ -100,6 +100,14 @@ struct {
 	__type(value, struct dns_state);
 } dns_sk SEC(".maps");
 
+/* The resolver of each redirected query in flight, by socket and DNS id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct dns_key);
+	__type(value, struct orig_dst);
+} dns_queries SEC(".maps");
+
 /* The proxy's inbound listener: 0 for IPv4, 1 for IPv6. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
@@ -355,6 +363,7 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, int v6)
 			__builtin_memcpy(st->connected.ip, dst.ip, sizeof(dst.ip));
 			st->connected.port = (__u16)ctx->user_port;
 			st->connected.family = family;
+			st->last = st->connected;
 		}
 	}
 
@@ -421,15 +430,9 @@ static __always_inline int sendmsg_common(struct bpf_sock_addr *ctx, int v6)
 	struct dns_state *st = dns_state(sk, 1);
 	if (!st)
 		return 1; /* cannot restore the reply's source: leave it alone */
-	__u32 slot = st->tail & (DNS_RING - 1);
-	struct orig_dst *o = &st->pending[slot];
-	__builtin_memcpy(o->ip, dst.ip, sizeof(dst.ip));
-	o->port = (__u16)ctx->user_port;
-	o->family = v6 && !is_v4mapped(&dst) ? AF_INET6 : AF_INET;
-	st->tail++;
-	/* A full ring forgets the oldest query, whose reply is overdue. */
-	if (st->tail - st->head > DNS_RING)
-		st->head = st->tail - DNS_RING;
+	__builtin_memcpy(st->last.ip, dst.ip, sizeof(dst.ip));
+	st->last.port = (__u16)ctx->user_port;
+	st->last.family = v6 && !is_v4mapped(&dst) ? AF_INET6 : AF_INET;
 
 	if (v6) {
 		if (is_v4mapped(&dst)) {
@@ -483,16 +486,16 @@ static __always_inline int recvmsg_common(struct bpf_sock_addr *ctx, int v6)
 	struct dns_state *st = dns_state(sk, 0);
 	if (!st)
 		return 1;
-	struct orig_dst o;
+	struct orig_dst o = {};
 	if (st->head != st->tail) {
 		__u32 slot = st->head & (DNS_RING - 1);
-		o = st->pending[slot];
+		o = st->replies[slot];
 		st->head++;
-	} else if (st->connected.port) {
-		o = st->connected;
-	} else {
-		return 1;
 	}
+	if (!o.port)
+		o = st->connected;
+	if (!o.port)
+		return 1;
 	count(STAT_DNS_REPLY);
 	if (v6) {
 		ctx->user_ip6[0] = o.ip[0];
@@ -520,6 +523,126 @@ int recvmsg6(struct bpf_sock_addr *ctx)
 
 /* Both families' fields are read unconditionally: the verifier refuses a
  * context pointer the compiler would otherwise offset in a shared branch. */
+/* dns_packet reads a UDP datagram to (egress) or from (ingress) the DNS
+ * interceptor on loopback, and its DNS id. */
+static __always_inline int dns_packet(struct __sk_buff *skb, int egress, __u16 dns_port, __u32 *id)
+{
+	__u32 off;
+
+	if (skb->protocol == bpf_htons(0x0800)) {
+		struct {
+			__u8 vihl;
+			__u8 tos;
+			__u16 len;
+			__u16 ident;
+			__u16 frag;
+			__u8 ttl;
+			__u8 proto;
+			__u16 csum;
+			__u32 saddr;
+			__u32 daddr;
+		} ip;
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return 0;
+		if (ip.proto != IPPROTO_UDP)
+			return 0;
+		if ((bpf_ntohl(egress ? ip.daddr : ip.saddr) >> 24) != 127)
+			return 0;
+		off = (ip.vihl & 0xf) * 4;
+	} else if (skb->protocol == bpf_htons(0x86dd)) {
+		struct {
+			__u32 vtcfl;
+			__u16 plen;
+			__u8 next;
+			__u8 hops;
+			__u32 saddr[4];
+			__u32 daddr[4];
+		} ip6;
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return 0;
+		if (ip6.next != IPPROTO_UDP)
+			return 0;
+		__u32 *a = egress ? ip6.daddr : ip6.saddr;
+		if (a[0] || a[1] || a[2] || a[3] != bpf_htonl(1))
+			return 0;
+		off = sizeof(ip6);
+	} else {
+		return 0;
+	}
+	struct {
+		__u16 sport;
+		__u16 dport;
+		__u16 len;
+		__u16 csum;
+		__u16 id;
+	} udp;
+	if (bpf_skb_load_bytes(skb, off, &udp, sizeof(udp)))
+		return 0;
+	if (bpf_ntohs(egress ? udp.dport : udp.sport) != dns_port)
+		return 0;
+	*id = udp.id;
+	return 1;
+}
+
+static __always_inline struct bpf_sock *udp_sock(struct __sk_buff *skb, struct config *cfg)
+{
+	if (!cfg || !(cfg->flags & (CFG_DNS_ALL | CFG_DNS_RESOLVERS)))
+		return NULL;
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return NULL;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != IPPROTO_UDP)
+		return NULL;
+	return sk;
+}
+
+SEC("cgroup_skb/egress")
+int dns_egress(struct __sk_buff *skb)
+{
+	struct config *cfg = get_config();
+	struct bpf_sock *sk = udp_sock(skb, cfg);
+	struct dns_key k = {};
+
+	if (!sk || !dns_packet(skb, 1, cfg->dns_port, &k.id))
+		return 1;
+	struct dns_state *st = bpf_sk_storage_get(&dns_sk, sk, 0, 0);
+	if (!st || !st->last.port)
+		return 1;
+	k.cookie = bpf_get_socket_cookie(skb);
+	bpf_map_update_elem(&dns_queries, &k, &st->last, BPF_ANY);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int dns_ingress(struct __sk_buff *skb)
+{
+	struct config *cfg = get_config();
+	struct bpf_sock *sk = udp_sock(skb, cfg);
+	struct dns_key k = {};
+
+	if (!sk || !dns_packet(skb, 0, cfg->dns_port, &k.id))
+		return 1;
+	struct dns_state *st = bpf_sk_storage_get(&dns_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 1;
+	k.cookie = bpf_get_socket_cookie(skb);
+	__u32 slot = st->tail & (DNS_RING - 1);
+	struct orig_dst *o = bpf_map_lookup_elem(&dns_queries, &k);
+	if (o) {
+		st->replies[slot] = *o;
+		bpf_map_delete_elem(&dns_queries, &k);
+	} else {
+		__builtin_memset(&st->replies[slot], 0, sizeof(st->replies[slot]));
+	}
+	st->tail++;
+	/* A reply dropped after this point (a full receive buffer) would leave
+	 * its entry behind; never let the queue grow past the ring. */
+	if (st->tail - st->head > DNS_RING)
+		st->head = st->tail - DNS_RING;
+	return 1;
+}
+
 static __always_inline void local_key(struct bpf_sock_ops *skops, struct peer_key *k)
 {
 	__u32 family = READ(skops->family);

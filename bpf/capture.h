@@ -37,7 +37,7 @@
 #define RULE_UDP (1 << 1)
 
 #define MAX_UID_RULES 64
-#define DNS_RING 8
+#define DNS_RING 16
 
 struct config {
 	__u32 flags;
@@ -84,13 +84,26 @@ struct uid_rule {
 	__u32 proto; /* RULE_TCP | RULE_UDP */
 };
 
-/* Per-socket DNS state: the resolver of a connected socket, and for an
- * unconnected one the resolvers of its outstanding queries, oldest first. */
+/* Per-socket DNS state. recvmsg sees only a reply's source, which is the
+ * interceptor's for every reply; what tells replies apart is the DNS id, which
+ * only packet programs can read. So: sendmsg (or connect) notes the resolver
+ * of the query being sent in last; the egress program files it under
+ * (socket cookie, DNS id) in dns_queries; the ingress program, which runs as
+ * a reply is queued on the socket, looks the reply's id up and appends the
+ * resolver to replies, in the order of the socket's receive queue; recvmsg
+ * takes them in that order. */
 struct dns_state {
-	struct orig_dst connected;
+	struct orig_dst connected; /* a connected socket's resolver */
+	struct orig_dst last;      /* the resolver of the query being sent */
 	__u32 head;
 	__u32 tail;
-	struct orig_dst pending[DNS_RING];
+	struct orig_dst replies[DNS_RING]; /* port 0: not a redirected query */
+};
+
+struct dns_key {
+	__u64 cookie;
+	__u32 id; /* DNS message id, network byte order */
+	__u32 pad;
 };
 
 enum stat {

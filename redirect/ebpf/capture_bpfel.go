@@ -30,12 +30,20 @@ type captureConfig struct {
 	UidRules     uint16
 }
 
+type captureDnsKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Id     uint32
+	Pad    uint32
+}
+
 type captureDnsState struct {
 	_         structs.HostLayout
 	Connected captureOrigDst
+	Last      captureOrigDst
 	Head      uint32
 	Tail      uint32
-	Pending   [8]captureOrigDst
+	Replies   [16]captureOrigDst
 }
 
 type captureLpmKey struct {
@@ -72,6 +80,7 @@ type captureUidRule struct {
 const (
 	captureMapConfigMap       = "config_map"
 	captureMapCookieOrig      = "cookie_orig"
+	captureMapDnsQueries      = "dns_queries"
 	captureMapDnsServers      = "dns_servers"
 	captureMapDnsSk           = "dns_sk"
 	captureMapEgressAllowed   = "egress_allowed"
@@ -85,6 +94,8 @@ const (
 	captureMapUidRules        = "uid_rules"
 	captureProgConnect4       = "connect4"
 	captureProgConnect6       = "connect6"
+	captureProgDnsEgress      = "dns_egress"
+	captureProgDnsIngress     = "dns_ingress"
 	captureProgGetSockopt     = "get_sockopt"
 	captureProgInboundLookup  = "inbound_lookup"
 	captureProgRecvmsg4       = "recvmsg4"
@@ -138,6 +149,8 @@ type captureSpecs struct {
 type captureProgramSpecs struct {
 	Connect4      *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6      *ebpf.ProgramSpec `ebpf:"connect6"`
+	DnsEgress     *ebpf.ProgramSpec `ebpf:"dns_egress"`
+	DnsIngress    *ebpf.ProgramSpec `ebpf:"dns_ingress"`
 	GetSockopt    *ebpf.ProgramSpec `ebpf:"get_sockopt"`
 	InboundLookup *ebpf.ProgramSpec `ebpf:"inbound_lookup"`
 	Recvmsg4      *ebpf.ProgramSpec `ebpf:"recvmsg4"`
@@ -153,6 +166,7 @@ type captureProgramSpecs struct {
 type captureMapSpecs struct {
 	ConfigMap       *ebpf.MapSpec `ebpf:"config_map"`
 	CookieOrig      *ebpf.MapSpec `ebpf:"cookie_orig"`
+	DnsQueries      *ebpf.MapSpec `ebpf:"dns_queries"`
 	DnsServers      *ebpf.MapSpec `ebpf:"dns_servers"`
 	DnsSk           *ebpf.MapSpec `ebpf:"dns_sk"`
 	EgressAllowed   *ebpf.MapSpec `ebpf:"egress_allowed"`
@@ -194,6 +208,7 @@ func (o *captureObjects) Close() error {
 type captureMaps struct {
 	ConfigMap       *ebpf.Map `ebpf:"config_map"`
 	CookieOrig      *ebpf.Map `ebpf:"cookie_orig"`
+	DnsQueries      *ebpf.Map `ebpf:"dns_queries"`
 	DnsServers      *ebpf.Map `ebpf:"dns_servers"`
 	DnsSk           *ebpf.Map `ebpf:"dns_sk"`
 	EgressAllowed   *ebpf.Map `ebpf:"egress_allowed"`
@@ -211,6 +226,7 @@ func (m *captureMaps) Close() error {
 	return _CaptureClose(
 		m.ConfigMap,
 		m.CookieOrig,
+		m.DnsQueries,
 		m.DnsServers,
 		m.DnsSk,
 		m.EgressAllowed,
@@ -237,6 +253,8 @@ type captureVariables struct {
 type capturePrograms struct {
 	Connect4      *ebpf.Program `ebpf:"connect4"`
 	Connect6      *ebpf.Program `ebpf:"connect6"`
+	DnsEgress     *ebpf.Program `ebpf:"dns_egress"`
+	DnsIngress    *ebpf.Program `ebpf:"dns_ingress"`
 	GetSockopt    *ebpf.Program `ebpf:"get_sockopt"`
 	InboundLookup *ebpf.Program `ebpf:"inbound_lookup"`
 	Recvmsg4      *ebpf.Program `ebpf:"recvmsg4"`
@@ -250,6 +268,8 @@ func (p *capturePrograms) Close() error {
 	return _CaptureClose(
 		p.Connect4,
 		p.Connect6,
+		p.DnsEgress,
+		p.DnsIngress,
 		p.GetSockopt,
 		p.InboundLookup,
 		p.Recvmsg4,

@@ -98,6 +98,8 @@ var attachments = []attachment{
 	{prog: "recvmsg6", attach: ebpf.AttachCGroupUDP6Recvmsg},
 	{prog: "sock_ops", attach: ebpf.AttachCGroupSockOps},
 	{prog: "get_sockopt", attach: ebpf.AttachCGroupGetsockopt},
+	{prog: "dns_egress", attach: ebpf.AttachCGroupInetEgress},
+	{prog: "dns_ingress", attach: ebpf.AttachCGroupInetIngress},
 	{prog: "inbound_lookup", attach: ebpf.AttachSkLookup, netns: true},
 }
 

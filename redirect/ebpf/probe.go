@@ -21,7 +21,7 @@ func Probe(cgroupPath string) error {
 	if _, err := cgroupID(cgroupPath); err != nil {
 		missing = append(missing, err.Error())
 	}
-	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.CGroupSockopt, ebpf.SkLookup} {
+	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.CGroupSockopt, ebpf.SkLookup, ebpf.CGroupSKB} {
 		if err := features.HaveProgramType(pt); err != nil {
 			missing = append(missing, fmt.Sprintf("program type %s: %v", pt, err))
 		}
