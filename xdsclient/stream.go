@@ -75,26 +75,77 @@ func (c *Client) session(ctx context.Context) (answered bool, err error) {
 	if err := s.subscribe(); err != nil {
 		return false, err
 	}
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = errors.New("server closed the stream")
+
+	// Recv blocks; a goroutine feeds the loop so that it can also wait
+	// for the configuration to settle.
+	type received struct {
+		resp *discoveryv3.DiscoveryResponse
+		err  error
+	}
+	recv := make(chan received)
+	go func() {
+		for {
+			resp, err := stream.Recv()
+			select {
+			case recv <- received{resp, err}:
+			case <-ctx.Done():
+				return
 			}
-			return s.answered, fmt.Errorf("receive from %s: %w", c.cfg.Server, err)
+			if err != nil {
+				return
+			}
 		}
-		if !s.answered {
-			s.answered = true
-			c.mu.Lock()
-			c.status.Connected = true
-			c.mu.Unlock()
-			c.log.Info("connected to xDS server", "server", c.cfg.Server, "node", c.cfg.NodeID)
-		}
-		if err := s.handle(resp); err != nil {
-			return true, err
+	}()
+
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return s.answered, ctx.Err()
+		case <-settle.C:
+			s.publish()
+		case r := <-recv:
+			if r.err != nil {
+				err := r.err
+				if errors.Is(err, io.EOF) {
+					err = errors.New("server closed the stream")
+				}
+				return s.answered, fmt.Errorf("receive from %s: %w", c.cfg.Server, err)
+			}
+			if !s.answered {
+				s.answered = true
+				c.mu.Lock()
+				c.status.Connected = true
+				c.mu.Unlock()
+				c.log.Info("connected to xDS server", "server", c.cfg.Server, "node", c.cfg.NodeID)
+			}
+			accepted, err := s.handle(r.resp)
+			if err != nil {
+				return true, err
+			}
+			if !accepted {
+				continue
+			}
+			// A change usually comes as several responses (clusters,
+			// then listeners). Publish at once when every type has the
+			// same version, as servers that version the whole snapshot
+			// send; otherwise when no further response came for
+			// SettleDelay, so that a half-applied change is not seen.
+			if s.consistent() {
+				settle.Stop()
+				s.publish()
+			} else {
+				settle.Reset(SettleDelay)
+			}
 		}
 	}
 }
+
+// SettleDelay is how long the client waits for the rest of a change whose
+// parts carry different versions before publishing what it has.
+const SettleDelay = 100 * time.Millisecond
 
 func readToken(path string) (string, error) {
 	b, err := os.ReadFile(path)
@@ -175,15 +226,17 @@ func (s *session) send(req *discoveryv3.DiscoveryRequest) error {
 	return nil
 }
 
-func (s *session) handle(resp *discoveryv3.DiscoveryResponse) error {
+// handle answers a response with an ACK or a NACK. accepted says the
+// stream's state changed and may be published.
+func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, err error) {
 	typ := resp.GetTypeUrl()
 	if typ != ListenerType && typ != ClusterType && typ != EndpointType {
 		s.c.log.Warn("ignoring response of a type not subscribed to", "type", typ)
-		return nil
+		return false, nil
 	}
 	// Build the candidate state; the current one stays until it is good.
 	listeners, clusters, endpoints := s.listeners, s.clusters, s.endpoints
-	err := func() error {
+	err = func() error {
 		var err error
 		switch typ {
 		case ListenerType:
@@ -208,7 +261,8 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) error {
 		return err
 	}()
 	if err != nil {
-		return s.nack(resp, err)
+		// A rejected EDS answer still ends the wait for endpoints.
+		return typ == EndpointType, s.nack(resp, err)
 	}
 
 	s.listeners, s.clusters, s.endpoints = listeners, clusters, endpoints
@@ -218,15 +272,28 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) error {
 		s.edsPending = false
 	}
 	if err := s.ack(resp); err != nil {
-		return err
+		return false, err
 	}
 	if typ == ClusterType {
 		if err := s.resubscribeEDS(); err != nil {
-			return err
+			return false, err
 		}
 	}
-	s.publish()
-	return nil
+	return true, nil
+}
+
+// consistent reports whether every type received carries one version.
+func (s *session) consistent() bool {
+	v, ok := s.versions[ListenerType]
+	if !ok || s.versions[ClusterType] != v {
+		return false
+	}
+	if len(edsServices(s.clusters)) > 0 {
+		if ev, ok := s.versions[EndpointType]; ok && ev != v {
+			return false
+		}
+	}
+	return true
 }
 
 func decodeAll[T proto.Message](resp *discoveryv3.DiscoveryResponse, newT func() T) ([]T, error) {
@@ -346,13 +413,7 @@ func (s *session) nack(resp *discoveryv3.DiscoveryResponse, cause error) error {
 	s.c.status.LastNACKType = resp.GetTypeUrl()
 	s.c.status.LastNACKAt = time.Now()
 	s.c.mu.Unlock()
-	if err := s.send(req); err != nil {
-		return err
-	}
-	if resp.GetTypeUrl() == EndpointType {
-		s.publish()
-	}
-	return nil
+	return s.send(req)
 }
 
 // publish hands the stream's state to the client once it is whole: both
