@@ -58,7 +58,8 @@ type Status struct {
 	Reconnects int
 	// LastError is why the last stream ended, if it failed.
 	LastError string
-	// SnapshotVersion is the version of Current(), "" if none.
+	// SnapshotVersion is the version of Current(), "" if none. It stays
+	// put when a new version brings the same content.
 	SnapshotVersion string
 }
 
@@ -196,12 +197,14 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
-// accept makes snap the current snapshot unless it says nothing new,
-// persists it and offers it on Updates.
+// accept makes snap the current snapshot, persists it and offers it on
+// Updates, unless its content equals the current one's: a new version of
+// the same names and addresses (a restarted server, a change elsewhere in
+// the xDS) would only make DNS and the rules reload for nothing.
 func (c *Client) accept(snap *mesh.AgentSnapshot) {
 	c.mu.Lock()
 	prev := c.current
-	if prev != nil && prev.Version == snap.Version && sameContent(prev, snap) {
+	if prev != nil && sameContent(prev, snap) {
 		c.mu.Unlock()
 		return
 	}
@@ -226,6 +229,7 @@ func (c *Client) accept(snap *mesh.AgentSnapshot) {
 func sameContent(a, b *mesh.AgentSnapshot) bool {
 	x, y := *a, *b
 	x.ReceivedAt, y.ReceivedAt = time.Time{}, time.Time{}
+	x.Version, y.Version = "", ""
 	return reflect.DeepEqual(normalise(x), normalise(y))
 }
 
