@@ -9,10 +9,17 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 )
 
 func main() {
+	// Installed as a CNI plugin, the binary is called by the runtime with
+	// CNI_* variables and no arguments: there is no command line to parse.
+	if filepath.Base(os.Args[0]) == cniBinaryName {
+		runCNIPlugin()
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCommand().ExecuteContext(ctx)
 	stop()
