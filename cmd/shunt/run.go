@@ -1,15 +1,392 @@
 package main
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/shunt-dev/shunt/agent"
+	"github.com/shunt-dev/shunt/controlplane"
+	"github.com/shunt-dev/shunt/dnsproxy"
+	"github.com/shunt-dev/shunt/mesh"
+	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/xdsclient"
 )
 
+type runFlags struct {
+	xds           string
+	xdsCA         string
+	xdsCert       string
+	xdsKey        string
+	xdsServerName string
+	xdsToken      string
+	resources     string
+	xdsListen     string
+	nodeID        string
+	zone          string
+	meshName      string
+	admin         string
+	cleanupOnExit bool
+	noCapture     bool
+	vipCIDR       string
+	vip6CIDR      string
+	dnsTTL        time.Duration
+	cacheSize     int
+	reconcile     time.Duration
+}
+
 func newRunCommand() *cobra.Command {
-	return &cobra.Command{
+	var f runFlags
+	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the node agent: capture, DNS and egress control driven by xDS",
-		RunE:  func(*cobra.Command, []string) error { return errors.New("run: not implemented yet") },
+		Long: `Run the node agent in the workload's network namespace: install the capture,
+answer DNS with the mesh's VIPs, lock egress down when the mesh disables
+passthrough, and follow the control plane's changes live.
+
+The configuration comes either from a remote control plane (--xds) or, by
+default, from resource files (--resources) served by an in-process control
+plane that the agent consumes over the same xDS client. The last good
+snapshot is kept in the state directory, so a restarted agent answers DNS and
+applies its rules before the control plane is reachable.
+
+SIGTERM/SIGINT: stop (rules stay unless --cleanup-on-exit). SIGHUP: re-read
+the config file and apply it. See docs/agent.md.`,
+		Example: `  shunt run --resources /etc/shunt/resources
+  shunt run --xds cp.example:15680 --xds-ca /etc/shunt/ca.pem --node-id vm-1 --zone zone-1 --cleanup-on-exit
+  ip netns exec pod1 shunt run --resources ./res --state-dir /run/shunt/pod1 --xds-listen 127.0.0.1:15680`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, f) },
+	}
+	captureFlags(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&f.xds, "xds", "", "ADS server HOST:PORT of a remote control plane (instead of --resources)")
+	fl.StringVar(&f.xdsCA, "xds-ca", "", "PEM CA verifying the ADS server (enables TLS; empty with --xds-cert: the system roots)")
+	fl.StringVar(&f.xdsCert, "xds-cert", "", "PEM client certificate for mutual TLS to the ADS server (needs --xds-key)")
+	fl.StringVar(&f.xdsKey, "xds-key", "", "PEM private key of --xds-cert")
+	fl.StringVar(&f.xdsServerName, "xds-server-name", "", "name expected in the ADS server's certificate (default: the host of --xds)")
+	fl.StringVar(&f.xdsToken, "xds-token-file", "", "file holding a bearer token sent to the ADS server, re-read on each connect")
+	fl.StringVar(&f.resources, "resources", "", "directory of resource files served by the embedded control plane (instead of --xds)")
+	fl.StringVar(&f.xdsListen, "xds-listen", "", "with --resources: also serve the embedded control plane here, for the local proxy")
+	fl.StringVar(&f.nodeID, "node-id", "", "node id sent to the control plane (default: the host name); the local proxy should use the same")
+	fl.StringVar(&f.zone, "zone", "", "zone of this node (sent as its locality)")
+	fl.StringVar(&f.meshName, "mesh", mesh.DefaultMesh, "mesh this node belongs to")
+	fl.StringVar(&f.admin, "admin", "127.0.0.1:15090", `admin endpoint (/healthz, /readyz, /metrics, /snapshot); "off" disables`)
+	fl.BoolVar(&f.cleanupOnExit, "cleanup-on-exit", false, "remove the capture rules when stopping (VMs); by default they stay, so traffic never bypasses the proxy")
+	fl.BoolVar(&f.noCapture, "no-capture", false, "do not install or manage capture rules (another component does); serve DNS only")
+	fl.StringVar(&f.vipCIDR, "vip-cidr", mesh.DefaultVIPv4CIDR, "IPv4 VIP range: allocated from by the embedded control plane, allowed under egress lockdown")
+	fl.StringVar(&f.vip6CIDR, "vip6-cidr", mesh.DefaultVIPv6CIDR, `IPv6 VIP range ("none": IPv4 VIPs only)`)
+	fl.DurationVar(&f.dnsTTL, "dns-ttl", dnsproxy.DefaultTTL, "TTL of DNS answers for mesh names")
+	fl.IntVar(&f.cacheSize, "dns-cache-size", 10000, "forwarded answers cached by the DNS interceptor (0 disables)")
+	fl.DurationVar(&f.reconcile, "reconcile-interval", 2*time.Second, "how often the live rules are checked for drift")
+	return cmd
+}
+
+func runAgent(cmd *cobra.Command, f runFlags) error {
+	if (f.xds == "") == (f.resources == "") {
+		return usageErrorf("run: give either --xds (a remote control plane) or --resources (the embedded one)")
+	}
+	if f.xdsListen != "" && f.resources == "" {
+		return usageErrorf("run: --xds-listen serves the embedded control plane: it needs --resources")
+	}
+	if f.xds == "" && (f.xdsCA != "" || f.xdsCert != "" || f.xdsKey != "" || f.xdsToken != "") {
+		return usageErrorf("run: --xds-ca, --xds-cert, --xds-key and --xds-token-file need --xds")
+	}
+	if f.dnsTTL < time.Second {
+		return usageErrorf("run: --dns-ttl %v: must be at least 1s", f.dnsTTL)
+	}
+	if f.reconcile <= 0 {
+		return usageErrorf("run: --reconcile-interval %v: must be positive", f.reconcile)
+	}
+	log := slog.Default()
+	ctx := cmd.Context()
+
+	cfg, err := loadCaptureConfig(cmd)
+	if err != nil {
+		return err
+	}
+	if err := requireCurrentNetns(cfg.Get("netns")); err != nil {
+		return err
+	}
+	plan, err := cfg.Plan(redirect.OSHost{})
+	if err != nil {
+		return err
+	}
+	rc, err := readResolvConf(plan.ResolvConf)
+	if err != nil {
+		return err
+	}
+	stateDir := cfg.Get("stateDir")
+	if f.nodeID == "" {
+		if f.nodeID, err = os.Hostname(); err != nil {
+			return fmt.Errorf("run: --node-id not given and no host name: %w", err)
+		}
+	}
+	vipRanges, err := runVIPRanges(f)
+	if err != nil {
+		return err
+	}
+
+	server := f.xds
+	var tlsCfg *tls.Config
+	if f.xds != "" && (f.xdsCA != "" || f.xdsCert != "") {
+		if tlsCfg, err = xdsclient.TLSConfig(f.xdsCA, f.xdsCert, f.xdsKey, f.xdsServerName); err != nil {
+			return err
+		}
+	}
+	if f.resources != "" {
+		addr, err := startEmbeddedControlPlane(ctx, f, filepath.Join(stateDir, "controlplane"), log)
+		if err != nil {
+			return err
+		}
+		server = addr
+	}
+	xcfg := xdsclient.Config{
+		Server:    server,
+		NodeID:    f.nodeID,
+		Zone:      f.zone,
+		Mesh:      f.meshName,
+		TokenFile: f.xdsToken,
+		StateDir:  filepath.Join(stateDir, "agent"),
+		TLS:       tlsCfg,
+		Logger:    log.With("component", "xds"),
+	}
+	client, err := xdsclient.New(xcfg)
+	if err != nil {
+		return err
+	}
+
+	mark := plan.BypassMark
+	opts := agent.Options{
+		Source:       client,
+		SourceStatus: func() agent.SourceStatus { return sourceStatus(client.Status()) },
+		DNS: dnsproxy.Config{
+			Listen:       dnsListen(plan.DNSPort),
+			Upstreams:    rc.Nameservers,
+			Search:       rc.Search,
+			Cache:        dnsproxy.CacheOptions{Size: f.cacheSize, ServeStale: true},
+			UpstreamMark: mark,
+		},
+		DNSTTL:            f.dnsTTL,
+		VIPRanges:         vipRanges,
+		ReconcileInterval: f.reconcile,
+		CleanupOnExit:     f.cleanupOnExit,
+		Logger:            log,
+	}
+	if !f.noCapture {
+		eng, err := newEngine(cfg)
+		if err != nil {
+			return err
+		}
+		opts.Engine, opts.Plan = eng, plan
+	} else {
+		opts.Plan = plan
+	}
+	a, err := agent.New(opts)
+	if err != nil {
+		return err
+	}
+
+	if f.admin != "off" && f.admin != "" {
+		stop, err := serveAdmin(f.admin, a.Handler(), log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				reloadAgent(cmd, a, f.noCapture, log)
+			}
+		}
+	}()
+	log.Info("agent starting", "node", f.nodeID, "zone", f.zone, "mesh", f.meshName, "xds", server,
+		"embedded", f.resources != "", "capture", !f.noCapture, "stateDir", stateDir, "dns", opts.DNS.Listen)
+	return a.Run(ctx)
+}
+
+// reloadAgent re-reads the capture configuration (file, environment and
+// the original flags) and the resolv.conf it names; on any error the
+// running configuration stays.
+func reloadAgent(cmd *cobra.Command, a *agent.Agent, noCapture bool, log *slog.Logger) {
+	log.Info("SIGHUP: reloading the configuration")
+	cfg, err := loadCaptureConfig(cmd)
+	if err == nil {
+		var plan *redirect.Plan
+		plan, err = cfg.Plan(redirect.OSHost{})
+		if err == nil {
+			var rc dnsproxy.ResolvConf
+			rc, err = readResolvConf(plan.ResolvConf)
+			if err == nil {
+				if noCapture {
+					plan = nil
+				}
+				a.Reload(plan, rc.Nameservers)
+				return
+			}
+		}
+	}
+	log.Error("configuration not reloaded; the running one stays", "err", err)
+}
+
+func readResolvConf(path string) (dnsproxy.ResolvConf, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return dnsproxy.ResolvConf{}, fmt.Errorf("run: read the workload's resolvers: %w", err)
+	}
+	rc, err := dnsproxy.ParseResolvConf(b)
+	if err != nil {
+		return rc, fmt.Errorf("run: %s: %w", path, err)
+	}
+	return rc, nil
+}
+
+// requireCurrentNetns refuses a --netns other than the namespace shunt runs
+// in: the DNS interceptor must listen, and query upstreams, inside the
+// workload's namespace, which a process cannot do from another one.
+func requireCurrentNetns(path string) error {
+	if path == "" {
+		return nil
+	}
+	var want, self syscall.Stat_t
+	if err := syscall.Stat(path, &want); err != nil {
+		return fmt.Errorf("run: --netns %s: %w", path, err)
+	}
+	if err := syscall.Stat("/proc/self/ns/net", &self); err != nil {
+		return fmt.Errorf("run: read own network namespace: %w", err)
+	}
+	if want.Dev != self.Dev || want.Ino != self.Ino {
+		return usageErrorf("run: --netns %s is not the namespace shunt runs in; the DNS interceptor must run inside it: start the agent there (ip netns exec %s shunt run ...)", path, filepath.Base(path))
+	}
+	return nil
+}
+
+// dnsListen is loopback of both families when the namespace has IPv6
+// loopback, IPv4 only otherwise.
+func dnsListen(port uint16) []netip.AddrPort {
+	out := []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)}
+	if ln, err := net.Listen("tcp", "[::1]:0"); err == nil {
+		_ = ln.Close()
+		out = append(out, netip.AddrPortFrom(netip.IPv6Loopback(), port))
+	}
+	return out
+}
+
+func runVIPRanges(f runFlags) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range []string{f.vipCIDR, f.vip6CIDR} {
+		if s == "" || s == "none" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, usageErrorf("run: VIP range %q: %v", s, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// startEmbeddedControlPlane serves the resources on a loopback port of its
+// own (and on --xds-listen) and returns the address the agent subscribes
+// to: the embedded default takes the same xDS path as a remote one.
+func startEmbeddedControlPlane(ctx context.Context, f runFlags, stateDir string, log *slog.Logger) (string, error) {
+	cp, err := controlplane.New(controlplane.Options{
+		ResourcesDir: f.resources,
+		StateDir:     stateDir,
+		VIPv4CIDR:    f.vipCIDR,
+		VIPv6CIDR:    f.vip6CIDR,
+		DisableIPv6:  f.vip6CIDR == "none" || f.vip6CIDR == "",
+		Logger:       log.With("component", "controlplane"),
+	})
+	if err != nil {
+		return "", fmt.Errorf("run: embedded control plane: %w", err)
+	}
+	lns := []net.Listener{}
+	own, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("run: embedded control plane: listen on loopback: %w", err)
+	}
+	lns = append(lns, own)
+	if f.xdsListen != "" {
+		ln, err := net.Listen("tcp", f.xdsListen)
+		if err != nil {
+			_ = own.Close()
+			return "", fmt.Errorf("run: --xds-listen %s: %w", f.xdsListen, err)
+		}
+		lns = append(lns, ln)
+	}
+	g := grpc.NewServer(grpc.Creds(insecure.NewCredentials()))
+	cp.Register(g)
+	for _, ln := range lns {
+		go func() {
+			if err := g.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				log.Error("embedded control plane stopped serving", "addr", ln.Addr(), "err", err)
+			}
+		}()
+	}
+	go func() {
+		if err := cp.Watch(ctx); err != nil && ctx.Err() == nil {
+			log.Error("embedded control plane stopped watching resources", "err", err)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		g.Stop()
+	}()
+	return own.Addr().String(), nil
+}
+
+func serveAdmin(addr string, h http.Handler, log *slog.Logger) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("run: --admin %s: %w", addr, err)
+	}
+	if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil && !ap.Addr().IsLoopback() {
+		log.Warn("admin endpoint is not on loopback: anyone who reaches it sees the snapshot", "addr", ln.Addr())
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin endpoint stopped", "err", err)
+		}
+	}()
+	log.Info("admin endpoint listening", "addr", ln.Addr())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
+}
+
+func sourceStatus(s xdsclient.Status) agent.SourceStatus {
+	return agent.SourceStatus{
+		Connected:       s.Connected,
+		Reconnects:      s.Reconnects,
+		LastError:       s.LastError,
+		LastNACK:        s.LastNACK,
+		SnapshotVersion: s.SnapshotVersion,
 	}
 }

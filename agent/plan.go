@@ -1,0 +1,69 @@
+package agent
+
+import (
+	"net/netip"
+	"slices"
+	"sort"
+
+	"github.com/shunt-dev/shunt/mesh"
+	"github.com/shunt-dev/shunt/redirect"
+)
+
+// desiredPlan is the capture the agent wants in force: the user's plan,
+// locked down to the snapshot's destinations when the mesh disables
+// passthrough. Without a snapshot nothing is known about passthrough, and
+// the user's plan applies as given (Kuma's default is passthrough on).
+func desiredPlan(base *redirect.Plan, snap *mesh.AgentSnapshot, resolved map[string][]netip.Addr, vipRanges []netip.Prefix) *redirect.Plan {
+	p := base.Clone()
+	if snap == nil || snap.Passthrough {
+		p.Egress = nil
+		return p
+	}
+	p.Egress = &redirect.Egress{Allowed: allowedEgress(snap, resolved, vipRanges)}
+	return p
+}
+
+// allowedEgress is the snapshot's cluster endpoints, what its DNS-resolved
+// clusters resolve to now, and the VIP ranges, sorted and without
+// duplicates so that an unchanged set gives an identical plan.
+func allowedEgress(snap *mesh.AgentSnapshot, resolved map[string][]netip.Addr, vipRanges []netip.Prefix) []netip.Prefix {
+	set := map[netip.Prefix]bool{}
+	for _, p := range snap.AllowedEgress {
+		set[p.Masked()] = true
+	}
+	for _, h := range snap.DNSHosts {
+		for _, a := range resolved[h.Host] {
+			a = a.Unmap()
+			set[netip.PrefixFrom(a, a.BitLen())] = true
+		}
+	}
+	for _, p := range vipRanges {
+		set[p.Masked()] = true
+	}
+	out := make([]netip.Prefix, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if c := out[i].Addr().Compare(out[j].Addr()); c != 0 {
+			return c < 0
+		}
+		return out[i].Bits() < out[j].Bits()
+	})
+	return out
+}
+
+// hostsOf lists the distinct hostnames a snapshot asks the agent to resolve.
+func hostsOf(snap *mesh.AgentSnapshot) []string {
+	if snap == nil || snap.Passthrough {
+		return nil
+	}
+	var hosts []string
+	for _, h := range snap.DNSHosts {
+		if !slices.Contains(hosts, h.Host) {
+			hosts = append(hosts, h.Host)
+		}
+	}
+	sort.Strings(hosts)
+	return hosts
+}
