@@ -136,6 +136,7 @@ func TestValidationNamesFieldAndValue(t *testing.T) {
 		{"family", map[string]string{"ipFamily": "ipv6"}, []string{"ipFamily", `"ipv6"`}},
 		{"missing resolv.conf", map[string]string{"resolvConf": "/nope"}, []string{"resolvConf", `"/nope"`, "does not exist"}},
 		{"bypass mark", map[string]string{"bypassMark": "-1"}, []string{"bypassMark", `"-1"`}},
+		{"interfaces with ebpf", map[string]string{"engine": "ebpf", "excludeInterfaces": "eth1"}, []string{"excludeInterfaces", "ebpf"}},
 		{"excluding the inbound port", map[string]string{"excludeInboundPorts": "15000-15010"}, []string{"excludeInboundPorts", "15006"}},
 	}
 	for _, c := range cases {

@@ -94,7 +94,7 @@ func (p *Plan) explainOutbound(pkt Packet) Verdict {
 	}
 	isDNS := pkt.Dst.Port() == 53
 	if p.BypassMark != 0 && pkt.Mark == p.BypassMark {
-		return Verdict{Action: Pass, Reason: fmt.Sprintf("socket carries the bypass mark %#x (bypassMark)", p.BypassMark)}
+		return p.lockdown(pkt, Verdict{Action: Pass, Reason: fmt.Sprintf("socket carries the bypass mark %#x (bypassMark)", p.BypassMark)})
 	}
 	if pkt.Iface == "lo" && (pkt.Src == InboundPassthroughV4 || pkt.Src == InboundPassthroughV6) {
 		return Verdict{Action: Pass, Reason: "the proxy's inbound passthrough (source " + pkt.Src.String() + ") returns to the application"}
@@ -103,11 +103,13 @@ func (p *Plan) explainOutbound(pkt Packet) Verdict {
 	if pkt.Proto == "tcp" && p.CaptureInbound && pkt.Iface == "lo" && pkt.UID == p.ProxyUID && !isLocalhost(dst) {
 		return Verdict{Action: Redirect, Port: p.InboundPort, Reason: "the proxy connecting to the workload's own address goes to the inbound listener"}
 	}
+	// Lockdown holds for the proxy too: a misconfigured proxy cannot reach
+	// what the mesh does not allow.
 	if pkt.UID == p.ProxyUID {
-		return Verdict{Action: Pass, Reason: fmt.Sprintf("UID %d is the proxy's (proxyUID)", p.ProxyUID)}
+		return p.lockdown(pkt, Verdict{Action: Pass, Reason: fmt.Sprintf("UID %d is the proxy's (proxyUID)", p.ProxyUID)})
 	}
 	if p.ProxyGID != nil && pkt.GID != nil && *pkt.GID == *p.ProxyGID {
-		return Verdict{Action: Pass, Reason: fmt.Sprintf("GID %d is the proxy's (proxyGID)", *p.ProxyGID)}
+		return p.lockdown(pkt, Verdict{Action: Pass, Reason: fmt.Sprintf("GID %d is the proxy's (proxyGID)", *p.ProxyGID)})
 	}
 	for _, e := range p.ExcludeOutboundPortsForUIDs {
 		if (e.Protocol == "all" || e.Protocol == pkt.Proto) && anyPort(e.Ports, pkt.Dst.Port()) && anyID(e.UIDs, pkt.UID) {
@@ -145,7 +147,13 @@ func (p *Plan) lockdown(pkt Packet, v Verdict) Verdict {
 		return v
 	}
 	dst := pkt.Dst.Addr().Unmap()
-	if dst.IsLoopback() {
+	// Loopback and the workload's own addresses (routed over lo) stay
+	// reachable: the proxy forwards to the local application that way.
+	if dst.IsLoopback() || pkt.Iface == "lo" {
+		return v
+	}
+	if (pkt.Dst.Port() == 53) && slices.Contains(p.DNSServersOf(dst.Is6()), dst) {
+		v.Reason += fmt.Sprintf("; egress to the upstream DNS server %s is allowed", dst)
 		return v
 	}
 	if pfx, ok := matchPrefix(p.Egress.Allowed, dst); ok {

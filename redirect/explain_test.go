@@ -74,4 +74,18 @@ func TestExplain(t *testing.T) {
 	if v := locked.Explain(out("203.0.113.5:22")); v.Action != Pass {
 		t.Errorf("lockdown: allowed destination = %+v, want pass", v)
 	}
+	proxy := out("198.51.100.1:443")
+	proxy.UID = 5678
+	if v := locked.Explain(proxy); v.Action != Reject {
+		t.Errorf("lockdown: the proxy to a non-mesh address = %+v, want reject", v)
+	}
+	proxy.Dst = netip.MustParseAddrPort("203.0.113.5:443")
+	if v := locked.Explain(proxy); v.Action != Pass {
+		t.Errorf("lockdown: the proxy to an allowed endpoint = %+v, want pass", v)
+	}
+	dnsUp := out("10.96.0.10:53")
+	dnsUp.Proto, dnsUp.Mark = "udp", DefaultBypassMark
+	if v := locked.Explain(dnsUp); v.Action != Pass {
+		t.Errorf("lockdown: the interceptor's upstream query = %+v, want pass", v)
+	}
 }

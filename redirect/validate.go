@@ -152,6 +152,10 @@ func (c *Config) Plan(h Host) (*Plan, error) {
 	p.ExcludeOutboundPortsForUIDs = v.uidPorts("excludeOutboundPortsForUids", h)
 	p.ExcludeInterfaces = v.interfaces("excludeInterfaces")
 	p.MeshCIDRs = v.cidrList("meshCidrs")
+	if c.Get("engine") == "ebpf" && len(p.ExcludeInterfaces) > 0 {
+		// Socket hooks run before routing picks an interface.
+		v.fail("excludeInterfaces", c.Get("excludeInterfaces"), "not supported by the ebpf engine (its hooks run before an interface is chosen); use the iptables engine")
+	}
 
 	for _, k := range []string{"inboundPort"} {
 		for _, r := range p.ExcludeInboundPorts {

@@ -55,6 +55,10 @@ func newEngine(cfg *redirect.Config) (redirect.Engine, error) {
 			slog.Info("engine auto: chose iptables", "reason", "no cgroup given for eBPF")
 			return ipt(), nil
 		}
+		if cfg.Get("excludeInterfaces") != "" {
+			slog.Info("engine auto: chose iptables", "reason", "excludeInterfaces needs it")
+			return ipt(), nil
+		}
 		if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
 			slog.Info("engine auto: chose iptables", "reason", err.Error())
 			return ipt(), nil

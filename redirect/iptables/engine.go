@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -136,12 +137,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	if prev != nil && prev.Engine != e.Name() {
 		return fmt.Errorf("install: the %s engine holds this namespace's capture; uninstall it first", prev.Engine)
 	}
-	var st *redirect.State
-	err = e.inNetns(func() error {
-		var err error
-		st, err = e.install(ctx, p, prev)
-		return err
-	})
+	st, err := e.install(ctx, p, prev)
 	if err != nil {
 		return err
 	}
@@ -152,6 +148,9 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	return nil
 }
 
+// install applies the plan family by family. The families are independent
+// (separate tables), so their batches run in parallel: the kernel's commit
+// of an nftables transaction is the slow part of an install.
 func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.State) (*redirect.State, error) {
 	// Dumps read while choosing the backend are reused: each exec of an
 	// iptables program costs milliseconds.
@@ -165,7 +164,11 @@ func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.S
 	st := &redirect.State{Engine: e.Name(), Backend: string(backend), Plan: p.Clone(), Applied: map[string]string{}, InstalledAt: time.Now().UTC()}
 	want := map[family]bool{ipv4: true}
 	if p.IPFamily == redirect.FamilyDual {
-		if reason := e.ipv6Unavailable(backend); reason != "" {
+		var reason string
+		if err := e.inNetns(func() error { reason = e.ipv6Unavailable(backend); return nil }); err != nil {
+			return nil, err
+		}
+		if reason != "" {
 			e.log.Info("IPv6 capture skipped", "reason", reason)
 			st.Skipped = append(st.Skipped, "ipv6: "+reason)
 		} else {
@@ -178,58 +181,89 @@ func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.S
 		todo = append(todo, ipv6)
 	}
 
-	var done []*familyInfo
-	rollback := func(cause error) error {
-		for i := len(done) - 1; i >= 0; i-- {
-			fi := done[i]
-			if rerr := e.applyFamily(ctx, fi.cmds, fi.before.Shunt, nil); rerr != nil {
-				return fmt.Errorf("%w; rolling back %s also failed: %v", cause, fi.f, rerr)
-			}
-		}
-		return cause
+	infos := make([]*familyInfo, len(todo))
+	for i, f := range todo {
+		infos[i] = &familyInfo{f: f, cmds: e.commands(backend, f), before: seen[e.commands(backend, f)]}
 	}
-	for _, f := range todo {
-		cmds := e.commands(backend, f)
-		before, ok := seen[cmds]
-		if !ok {
-			if before, err = e.dump(ctx, cmds); err != nil {
-				return nil, rollback(fmt.Errorf("install %s rules: %w", f, err))
+	errs := e.parallel(len(infos), func(i int) error {
+		fi := infos[i]
+		if fi.before == nil {
+			d, err := e.dump(ctx, fi.cmds)
+			if err != nil {
+				return err
+			}
+			fi.before = d
+		}
+		desired := newRuleset()
+		if want[fi.f] {
+			desired = Render(p, fi.f.v6())
+		}
+		fi.applied = desired.String()
+		return e.applyFamily(ctx, fi.cmds, desired, fi.before)
+	})
+	var failed error
+	for i, err := range errs {
+		if err != nil {
+			failed = errors.Join(failed, fmt.Errorf("install %s rules: %w", infos[i].f, err))
+		}
+	}
+	if failed != nil {
+		// Every family goes back to what it was, the failed one too: a
+		// backend that commits table by table may have applied part of it.
+		rerrs := e.parallel(len(infos), func(i int) error {
+			if infos[i].before == nil {
+				return nil
+			}
+			return e.applyFamily(ctx, infos[i].cmds, infos[i].before.Shunt, nil)
+		})
+		for i, rerr := range rerrs {
+			if rerr != nil {
+				failed = fmt.Errorf("%w; rolling back %s also failed: %v", failed, infos[i].f, rerr)
 			}
 		}
-		fi := &familyInfo{f: f, cmds: cmds, before: before}
-		desired := newRuleset()
-		if want[f] {
-			desired = Render(p, f.v6())
-		}
-		if err := e.applyFamily(ctx, cmds, desired, before); err != nil {
-			// The family that failed may be half-applied on backends
-			// that commit table by table: put it back too.
-			done = append(done, fi)
-			return nil, rollback(fmt.Errorf("install %s rules: %w", f, err))
-		}
-		done = append(done, fi)
-		if want[f] {
+		return nil, failed
+	}
+	for _, fi := range infos {
+		if want[fi.f] {
 			// Rules are rendered exactly as iptables-save prints them
 			// (the tests hold both backends to that), so what was
 			// applied needs no read-back to serve as the reference.
-			st.Families = append(st.Families, string(f))
-			st.Applied[string(f)] = desired.String()
+			st.Families = append(st.Families, string(fi.f))
+			st.Applied[string(fi.f)] = fi.applied
 		}
 	}
 	if prev != nil && prev.Backend != "" && prev.Backend != string(backend) {
 		// The backend changed (forced by --iptables-backend): the old
 		// variant's rules would otherwise keep capturing too.
-		for _, f := range []family{ipv4, ipv6} {
-			cmds := e.commands(Backend(prev.Backend), f)
+		fams := []family{ipv4, ipv6}
+		e.parallel(len(fams), func(i int) error {
+			cmds := e.commands(Backend(prev.Backend), fams[i])
 			if !available(cmds) {
-				continue
+				return nil
 			}
 			if err := e.applyFamily(ctx, cmds, newRuleset(), nil); err != nil {
-				e.log.Warn("could not remove rules of the previous backend", "backend", prev.Backend, "family", f, "err", err)
+				e.log.Warn("could not remove rules of the previous backend", "backend", prev.Backend, "family", fams[i], "err", err)
 			}
-		}
+			return nil
+		})
 	}
 	return st, nil
+}
+
+// parallel runs fn(0..n-1) concurrently, each on its own thread in the
+// target namespace, and returns their errors by index.
+func (e *Engine) parallel(n int, fn func(i int) error) []error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs[i] = e.inNetns(func() error { return fn(i) })
+		}(i)
+	}
+	wg.Wait()
+	return errs
 }
 
 // applyFamily makes shunt's rules of one family equal desired, retrying
@@ -296,22 +330,32 @@ func (e *Engine) chooseBackend(ctx context.Context, prev *redirect.State, seen m
 	if prev != nil && prev.Backend != "" && available(e.commands(Backend(prev.Backend), ipv4)) {
 		return Backend(prev.Backend), "used by the previous install", nil
 	}
-	rules := map[Backend]int{}
+	var cands []Commands
+	var owners []Backend
 	for _, b := range []Backend{Legacy, NFT} {
 		for _, f := range []family{ipv4, ipv6} {
-			cmds := e.commands(b, f)
-			if !available(cmds) {
-				continue
+			if cmds := e.commands(b, f); available(cmds) {
+				cands, owners = append(cands, cmds), append(owners, b)
 			}
-			d, err := e.dump(ctx, cmds)
-			if err != nil {
-				continue
-			}
-			seen[cmds] = d
-			rules[b] += d.ForeignLen
-			if !d.Shunt.Empty() {
-				rules[b]++
-			}
+		}
+	}
+	dumps := make([]*Dump, len(cands))
+	e.parallel(len(cands), func(i int) error {
+		d, err := e.dump(ctx, cands[i])
+		if err == nil {
+			dumps[i] = d
+		}
+		return nil
+	})
+	rules := map[Backend]int{}
+	for i, d := range dumps {
+		if d == nil {
+			continue
+		}
+		seen[cands[i]] = d
+		rules[owners[i]] += d.ForeignLen
+		if !d.Shunt.Empty() {
+			rules[owners[i]]++
 		}
 	}
 	switch {

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -27,36 +28,42 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 	if prev != nil && prev.Engine != e.Name() {
 		return fmt.Errorf("uninstall: the capture here was installed by the %s engine", prev.Engine)
 	}
-	found := false
-	err = e.inNetns(func() error {
-		for _, b := range []Backend{Legacy, NFT} {
-			for _, f := range []family{ipv4, ipv6} {
-				cmds := e.commands(b, f)
-				if !available(cmds) {
-					continue
-				}
-				d, err := e.dump(ctx, cmds)
-				if err != nil {
-					return err
-				}
-				if d.Shunt.Empty() {
-					continue
-				}
-				found = true
-				if err := e.applyFamily(ctx, cmds, newRuleset(), d); err != nil {
-					return fmt.Errorf("uninstall %s %s rules: %w", b, f, err)
-				}
+	var cands []Commands
+	var labels []string
+	for _, b := range []Backend{Legacy, NFT} {
+		for _, f := range []family{ipv4, ipv6} {
+			if cmds := e.commands(b, f); available(cmds) {
+				cands, labels = append(cands, cmds), append(labels, fmt.Sprintf("%s %s", b, f))
 			}
 		}
-		return nil
+	}
+	found := make([]bool, len(cands))
+	errs := e.parallel(len(cands), func(i int) error {
+		d, err := e.dump(ctx, cands[i])
+		if err != nil {
+			return err
+		}
+		if d.Shunt.Empty() {
+			return nil
+		}
+		found[i] = true
+		return e.applyFamily(ctx, cands[i], newRuleset(), d)
 	})
-	if err != nil {
-		return err
+	var err2 error
+	anyFound := false
+	for i, err := range errs {
+		if err != nil {
+			err2 = errors.Join(err2, fmt.Errorf("uninstall %s rules: %w", labels[i], err))
+		}
+		anyFound = anyFound || found[i]
+	}
+	if err2 != nil {
+		return err2
 	}
 	if err := redirect.RemoveState(e.opts.StateDir); err != nil {
 		return err
 	}
-	if !found && prev == nil {
+	if !anyFound && prev == nil {
 		return redirect.ErrNotInstalled
 	}
 	return nil
