@@ -1,0 +1,359 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/shunt-dev/shunt/dnsproxy"
+	"github.com/shunt-dev/shunt/mesh"
+	"github.com/shunt-dev/shunt/redirect"
+)
+
+// fakeSource hands out snapshots pushed by the test.
+type fakeSource struct {
+	current *mesh.AgentSnapshot
+	updates chan *mesh.AgentSnapshot
+}
+
+func newFakeSource(persisted *mesh.AgentSnapshot) *fakeSource {
+	return &fakeSource{current: persisted, updates: make(chan *mesh.AgentSnapshot, 1)}
+}
+func (s *fakeSource) Run(ctx context.Context) error               { <-ctx.Done(); return nil }
+func (s *fakeSource) Current() *mesh.AgentSnapshot                { return s.current }
+func (s *fakeSource) Updates() <-chan *mesh.AgentSnapshot         { return s.updates }
+func (s *fakeSource) push(t *testing.T, snap *mesh.AgentSnapshot) { t.Helper(); s.updates <- snap }
+
+// fakeEngine records installs and reports drift when told to.
+type fakeEngine struct {
+	mu          sync.Mutex
+	installed   *redirect.Plan
+	installs    int
+	drift       []string
+	uninstalled bool
+}
+
+func (e *fakeEngine) Name() string { return "fake" }
+func (e *fakeEngine) Render(context.Context, *redirect.Plan) (map[string]string, error) {
+	return nil, nil
+}
+func (e *fakeEngine) Install(_ context.Context, p *redirect.Plan) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.installed, e.drift = p.Clone(), nil
+	e.installs++
+	return nil
+}
+func (e *fakeEngine) Uninstall(context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.installed, e.uninstalled = nil, true
+	return nil
+}
+func (e *fakeEngine) Status(context.Context) (*redirect.Status, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return &redirect.Status{Engine: "fake", Installed: e.installed != nil, Plan: e.installed, Drift: e.drift}, nil
+}
+func (e *fakeEngine) state() (*redirect.Plan, int, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.installed, e.installs, e.uninstalled
+}
+
+type fakeResolver map[string][]netip.Addr
+
+func (r fakeResolver) Resolve(_ context.Context, host string) ([]netip.Addr, time.Duration, error) {
+	return r[host], time.Minute, nil
+}
+
+func basePlan(t *testing.T) *redirect.Plan {
+	t.Helper()
+	cfg := redirect.NewConfig()
+	if err := cfg.Set("meshCidrs", "10.244.0.0/16", "test"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := cfg.Plan(fakeHost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+type fakeHost struct{}
+
+func (fakeHost) ReadFile(string) ([]byte, error)    { return []byte("nameserver 10.96.0.10\n"), nil }
+func (fakeHost) LookupUser(string) (uint32, error)  { return 5678, nil }
+func (fakeHost) LookupGroup(string) (uint32, error) { return 5678, nil }
+
+var (
+	vip1 = netip.MustParseAddr("240.0.0.1")
+	vip2 = netip.MustParseAddr("240.0.0.2")
+)
+
+func startAgent(t *testing.T, src Source, eng redirect.Engine, res HostResolver) *Agent {
+	t.Helper()
+	a, err := New(Options{
+		Source:            src,
+		Engine:            eng,
+		Plan:              basePlan(t),
+		DNS:               dnsproxy.Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, UDPSockets: 1},
+		Resolver:          res,
+		VIPRanges:         []netip.Prefix{netip.MustParsePrefix(mesh.DefaultVIPv4CIDR)},
+		ReconcileInterval: 50 * time.Millisecond,
+		CleanupOnExit:     true,
+		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	select {
+	case <-a.DNS().Ready():
+	case <-time.After(5 * time.Second):
+		t.Fatal("DNS interceptor never listened")
+	}
+	return a
+}
+
+// lookup asks the agent's DNS interceptor for name's A records.
+func lookup(t *testing.T, a *Agent, name string) []string {
+	t.Helper()
+	var addr string
+	for _, x := range a.DNS().Addrs() {
+		if x.Network() == "udp" {
+			addr = x.String()
+		}
+	}
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	in, err := dns.Exchange(m, addr)
+	if err != nil {
+		t.Fatalf("query %s: %v", name, err)
+	}
+	var out []string
+	for _, rr := range in.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			out = append(out, a.A.String())
+		}
+	}
+	return out
+}
+
+func eventually(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSnapshotsDriveNamesAndLockdown(t *testing.T) {
+	src := newFakeSource(nil)
+	eng := &fakeEngine{}
+	res := fakeResolver{"httpbin.org": {netip.MustParseAddr("203.0.113.7")}}
+	a := startAgent(t, src, eng, res)
+
+	// Before any snapshot: the user's plan, no lockdown, not ready.
+	eventually(t, "the base plan", func() bool { p, _, _ := eng.state(); return p != nil })
+	if p, _, _ := eng.state(); p.Egress != nil {
+		t.Fatalf("egress locked down before the mesh said so: %v", p.Egress)
+	}
+	if ok, why := a.Ready(); ok || !strings.Contains(why, "snapshot") {
+		t.Fatalf("ready without a snapshot (%v, %q)", ok, why)
+	}
+
+	src.push(t, &mesh.AgentSnapshot{Version: "1", Names: map[string][]netip.Addr{"httpbin.mesh": {vip1}}, Passthrough: true})
+	eventually(t, "httpbin.mesh to resolve", func() bool { return slices.Equal(lookup(t, a, "httpbin.mesh"), []string{"240.0.0.1"}) })
+	if ok, why := a.Ready(); !ok {
+		t.Fatalf("not ready after a snapshot: %s", why)
+	}
+
+	// Passthrough off: only endpoints, resolved hosts and VIPs are allowed.
+	src.push(t, &mesh.AgentSnapshot{
+		Version:       "2",
+		Names:         map[string][]netip.Addr{"httpbin.mesh": {vip1}, "httpbin.org": {vip2}},
+		AllowedEgress: []netip.Prefix{netip.MustParsePrefix("192.0.2.10/32")},
+		DNSHosts:      []mesh.DNSHost{{Host: "httpbin.org", Port: 443}},
+	})
+	eventually(t, "httpbin.org to resolve", func() bool { return slices.Equal(lookup(t, a, "httpbin.org"), []string{"240.0.0.2"}) })
+	p, _, _ := eng.state()
+	if p.Egress == nil {
+		t.Fatal("passthrough disabled but egress not locked down")
+	}
+	want := []string{"192.0.2.10/32", "203.0.113.7/32", "240.0.0.0/4"}
+	var got []string
+	for _, x := range p.Egress.Allowed {
+		got = append(got, x.String())
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("allowed egress %v, want %v", got, want)
+	}
+	if len(p.MeshCIDRs) != 1 || p.MeshCIDRs[0].String() != "10.244.0.0/16" {
+		t.Errorf("mesh CIDRs %v lost", p.MeshCIDRs)
+	}
+
+	// Passthrough back on lifts the lockdown.
+	src.push(t, &mesh.AgentSnapshot{Version: "3", Names: map[string][]netip.Addr{"httpbin.mesh": {vip1}}, Passthrough: true})
+	eventually(t, "lockdown lifted", func() bool { p, _, _ := eng.state(); return p.Egress == nil })
+	if got := lookup(t, a, "httpbin.org"); len(got) != 0 {
+		// Not a mesh name any more: forwarded, and with no upstream, no answer.
+		t.Errorf("httpbin.org still answered from the table: %v", got)
+	}
+}
+
+func TestDriftIsRepaired(t *testing.T) {
+	src := newFakeSource(&mesh.AgentSnapshot{Version: "p", Passthrough: true, Names: map[string][]netip.Addr{"httpbin.mesh": {vip1}}})
+	eng := &fakeEngine{}
+	a := startAgent(t, src, eng, fakeResolver{})
+	eventually(t, "install", func() bool { _, n, _ := eng.state(); return n == 1 })
+
+	eng.mu.Lock()
+	eng.drift = []string{"ipv4 nat: missing -A SHUNT_OUTPUT -p tcp -j SHUNT_OUTBOUND_REDIRECT"}
+	eng.mu.Unlock()
+	eventually(t, "the drift to be repaired", func() bool { _, n, _ := eng.state(); return n == 2 })
+
+	rec := httptest.NewRecorder()
+	a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if body := rec.Body.String(); !strings.Contains(body, "shunt_capture_drift_repairs_total 1") {
+		t.Errorf("drift repair not counted:\n%s", grep(body, "shunt_capture"))
+	}
+}
+
+func TestPersistedSnapshotServedAtOnce(t *testing.T) {
+	src := newFakeSource(&mesh.AgentSnapshot{Version: "persisted", Names: map[string][]netip.Addr{"httpbin.mesh": {vip1}}, Passthrough: true})
+	a := startAgent(t, src, &fakeEngine{}, fakeResolver{})
+	eventually(t, "ready", func() bool { ok, _ := a.Ready(); return ok })
+	if got := lookup(t, a, "httpbin.mesh"); !slices.Equal(got, []string{"240.0.0.1"}) {
+		t.Fatalf("persisted name answered %v", got)
+	}
+}
+
+func TestAdminEndpoints(t *testing.T) {
+	src := newFakeSource(&mesh.AgentSnapshot{Version: "v7", Names: map[string][]netip.Addr{"httpbin.mesh": {vip1}}, Passthrough: true})
+	a := startAgent(t, src, &fakeEngine{}, fakeResolver{})
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	eventually(t, "ready", func() bool { ok, _ := a.Ready(); return ok })
+	lookup(t, a, "httpbin.mesh")
+
+	get := func(path string) (int, string) {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz %d", code)
+	}
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("/readyz %d %s", code, body)
+	}
+	code, body := get("/snapshot")
+	var out struct {
+		Snapshot mesh.AgentSnapshot `json:"snapshot"`
+		Plan     *redirect.Plan     `json:"installedPlan"`
+	}
+	if err := json.Unmarshal([]byte(body), &out); err != nil || code != 200 {
+		t.Fatalf("/snapshot %d %v: %s", code, err, body)
+	}
+	if out.Snapshot.Version != "v7" || out.Snapshot.Names["httpbin.mesh"][0] != vip1 || out.Plan == nil {
+		t.Errorf("/snapshot = %s", body)
+	}
+	_, body = get("/metrics")
+	for _, want := range []string{
+		`shunt_dns_queries_total{outcome="table",qtype="A"} 1`,
+		"shunt_dns_table_names 1",
+		`shunt_agent_snapshot_info{version="v7"} 1`,
+		"shunt_agent_ready 1",
+		"shunt_capture_installed 1",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+func TestCleanupOnExit(t *testing.T) {
+	eng := &fakeEngine{}
+	a, err := New(Options{Source: newFakeSource(nil), Engine: eng, Plan: basePlan(t), CleanupOnExit: true,
+		DNS:    dnsproxy.Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, UDPSockets: 1},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	eventually(t, "install", func() bool { _, n, _ := eng.state(); return n == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, _, gone := eng.state(); !gone {
+		t.Error("rules left in place with CleanupOnExit")
+	}
+}
+
+func TestUpstreamResolverTTL(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if q.Question[0].Qtype == dns.TypeA {
+			rr1, _ := dns.NewRR(q.Question[0].Name + " 30 IN A 203.0.113.1")
+			rr2, _ := dns.NewRR(q.Question[0].Name + " 12 IN A 203.0.113.2")
+			m.Answer = append(m.Answer, rr1, rr2)
+		}
+		_ = w.WriteMsg(m)
+	})}
+	go func() { _ = srv.ActivateAndServe() }()
+	defer func() { _ = srv.Shutdown() }()
+	r := &UpstreamResolver{Upstreams: []netip.AddrPort{netip.MustParseAddrPort(pc.LocalAddr().String())}}
+	addrs, ttl, err := r.Resolve(context.Background(), "httpbin.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(addrs) != 2 || ttl != 12*time.Second {
+		t.Errorf("got %v ttl %v, want two addresses and the smallest TTL, 12s", addrs, ttl)
+	}
+}
+
+func grep(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
