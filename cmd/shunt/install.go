@@ -16,6 +16,7 @@ import (
 	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/redirect/ebpf"
 	"github.com/shunt-dev/shunt/redirect/iptables"
+	"github.com/shunt-dev/shunt/redirect/validate"
 )
 
 // newEngine returns the engine the configuration asks for. With auto, eBPF
@@ -71,7 +72,7 @@ func newEngine(cfg *redirect.Config) (redirect.Engine, error) {
 }
 
 func newInstallCommand() *cobra.Command {
-	var dryRun bool
+	var dryRun, validateCapture bool
 	var output string
 	cmd := &cobra.Command{
 		Use:   "install",
@@ -110,6 +111,13 @@ atomically. On failure the rules are left as they were.`,
 				return err
 			}
 			slog.Info("capture installed", "engine", eng.Name(), "netns", cfg.Get("netns"), "stateDir", cfg.Get("stateDir"))
+			if validateCapture {
+				res, err := validate.Outbound(cmd.Context(), plan, validate.Options{NetnsPath: cfg.Get("netns")})
+				if err != nil {
+					return fmt.Errorf("capture installed but not working: %w", err)
+				}
+				slog.Info("capture validated", "probe", res.Probe, "listener", res.Listener, "originalDst", res.OriginalDst)
+			}
 			if output == "json" {
 				return writeJSON(cmd.OutOrStdout(), map[string]any{"installed": true, "engine": eng.Name(), "plan": plan})
 			}
@@ -118,6 +126,7 @@ atomically. On failure the rules are left as they were.`,
 	}
 	captureFlags(cmd)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be applied (the iptables-restore input of each family) and change nothing")
+	cmd.Flags().BoolVar(&validateCapture, "validate", false, "after installing, prove outbound capture works with a probe connection redirected to the outbound port (run before the proxy starts; exit 1 if it is not redirected)")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
 }
