@@ -1,0 +1,47 @@
+# shunt — see README.md. Every target runs as root on Debian.
+GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BIN     := build/shunt
+export GOFLAGS ?= -buildvcs=false
+
+.PHONY: all deps build test lint bench demo generate image clean
+
+all: build
+
+## deps: install the Debian packages and the Go toolchain everything needs (idempotent)
+deps:
+	./scripts/deps.sh
+
+## build: the shunt binary, static, in build/
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/shunt
+
+## test: the whole suite, as CI runs it (needs root)
+test:
+	./scripts/test.sh
+
+## lint: gofmt, go vet, staticcheck
+lint:
+	./scripts/lint.sh
+
+## bench: benchmarks that compare shunt with its peers in the same run (needs root)
+bench: deps
+	$(GO) test -run XXX -bench . -benchtime 20x ./bench/install
+	$(GO) test -run XXX -bench . -benchmem ./dnsproxy ./controlplane
+	./bench/dns/run.sh
+	SHUNT_BENCH=1 $(GO) test -run TestCompare -v -timeout 15m ./bench/capture
+
+## demo: set everything up and run shunt on its embedded default (needs root)
+demo:
+	./scripts/demo.sh
+
+## generate: rebuild the eBPF objects from bpf/ (needs clang, libbpf-dev)
+generate:
+	$(GO) generate ./redirect/ebpf/...
+
+## image: the init-container OCI archive in build/
+image: build
+	./init-container/build.sh
+
+clean:
+	rm -rf build
