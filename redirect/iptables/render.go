@@ -204,6 +204,10 @@ func (r *renderer) egress() {
 	r.jump("filter", "OUTPUT", "", chainEgress)
 	e := func(parts ...string) { r.rule("filter", chainEgress, parts...) }
 	e("-o lo -j RETURN")
+	// What capture redirected to the proxy or to the DNS interceptor still
+	// carries the interface its first route chose (-o is fixed before the
+	// nat hook rewrites the destination): recognise it by its NAT state.
+	e("-m conntrack --ctstate DNAT -j RETURN")
 	// Connections that were allowed when they started keep going across a
 	// plan change.
 	e("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
