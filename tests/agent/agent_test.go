@@ -154,7 +154,7 @@ func TestPassthroughDisabled(t *testing.T) {
 	}
 	for _, uid := range []int{appUID, proxyUID, 0} {
 		start := time.Now()
-		got, err := w.curl(uid, "http://"+internetIP+":80/")
+		got, err := w.curl(uid, "http://"+otherIP+":80/")
 		took := time.Since(start)
 		if err == nil && strings.Contains(got, "httpbin") {
 			t.Errorf("uid %d reached the internet directly: %q", uid, got)
@@ -167,7 +167,7 @@ func TestPassthroughDisabled(t *testing.T) {
 	}
 	// Measured without process start-up: a connection from the pod, as
 	// the proxy's user (not captured, so only the lockdown refuses it).
-	took := dialTime(t, w, proxyUID, internetIP+":80")
+	took := dialTime(t, w, proxyUID, otherIP+":80")
 	if took > 100*time.Millisecond {
 		t.Errorf("non-mesh connection failed after %v, want under 100ms", took)
 	}

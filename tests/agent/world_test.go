@@ -22,6 +22,7 @@ const (
 	// internetIP is the internet's address on the pod's link; every
 	// external name resolves to it.
 	internetIP = "10.1.0.2"
+	otherIP    = "10.1.0.3"
 	egressIP   = "10.2.0.2"
 	egressPort = 10002
 	xdsAddr    = "127.0.0.1:15680"
@@ -64,6 +65,8 @@ func newWorld(t *testing.T) *world {
 	testenv.Link(t, w.pod, w.egress, 2)
 	testenv.Link(t, w.egress, w.internet, 3)
 	testenv.AddDefaultRoute(t, podI, inetP)
+	// An internet address no ExternalService resolves to.
+	w.internet.MustRun("ip", "addr", "add", otherIP+"/24", "dev", inetP.Dev)
 	// The egress reaches the internet's pod-side address through its own
 	// link, so that what it forwards never crosses the pod.
 	w.egress.MustRun("ip", "route", "add", "10.1.0.0/24", "via", "10.3.0.2")
