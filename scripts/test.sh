@@ -17,9 +17,15 @@ echo "== lint"
 
 # Packages whose goroutines share state run under the race detector.
 race=(./dnsproxy/... ./xdsclient/... ./controlplane/... ./agent/... ./redirect/...)
+status=0
 echo "== go test -race ${race[*]}"
-go test -race -count=1 -timeout 15m "${race[@]}"
+go test -race -count=1 -timeout 15m "${race[@]}" || status=1
 
 echo "== go test (everything else)"
 mapfile -t rest < <(go list ./... | grep -v -E '/(dnsproxy|xdsclient|controlplane|agent|redirect)(/|$)')
-go test -count=1 -p 2 -timeout 20m "${rest[@]}"
+go test -count=1 -p 2 -timeout 20m "${rest[@]}" || status=1
+
+if [ "$status" -ne 0 ]; then
+  echo "== FAILED: see the FAIL lines above" >&2
+fi
+exit "$status"
