@@ -100,6 +100,23 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	if err := p.install(ctx, conf, args); err != nil {
+		return err
+	}
+	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// Install does what ADD does, without a result to print: the node agent
+// uses it to capture pods that started before the plugin was chained.
+func (p *Plugin) Install(ctx context.Context, args *skel.CmdArgs) error {
+	conf, err := ParseConf(args.StdinData)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "invalid shunt configuration", err.Error())
+	}
+	return p.install(ctx, conf, args)
+}
+
+func (p *Plugin) install(ctx context.Context, conf *NetConf, args *skel.CmdArgs) error {
 	if args.Netns == "" {
 		return types.NewError(types.ErrInvalidNetNS, "no network namespace", "CNI_NETNS is empty")
 	}
@@ -119,7 +136,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		if err := writeRecord(dir, rec); err != nil {
 			return types.NewError(types.ErrIOFailure, "record container", err.Error())
 		}
-		return types.PrintResult(result, conf.CNIVersion)
+		return nil
 	}
 	plan, err := cfg.Plan(redirect.OSHost{})
 	if err != nil {
@@ -141,7 +158,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrIOFailure, "record container", err.Error())
 	}
 	log.Info("capture installed", "engine", eng.Name())
-	return types.PrintResult(result, conf.CNIVersion)
+	return nil
 }
 
 // podConfig builds the container's capture configuration; nil means the pod
@@ -416,4 +433,28 @@ func readRecord(dir string) (*record, error) {
 		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, recordFile), err)
 	}
 	return &r, nil
+}
+
+// PruneGone forgets the containers whose ID starts with prefix and whose
+// namespace no longer exists. The runtime never sends DEL for pods the node
+// agent captured itself; their namespaces vanish with the pod instead.
+func (p *Plugin) PruneGone(ctx context.Context, stateDir, prefix string) error {
+	dirs, err := filepath.Glob(filepath.Join(stateDir, prefix+"*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, dir := range dirs {
+		rec, err := readRecord(dir)
+		if err != nil || rec == nil {
+			continue
+		}
+		if _, err := os.Stat(rec.Netns); err == nil {
+			continue
+		}
+		if err := p.remove(ctx, dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

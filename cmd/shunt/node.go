@@ -1,15 +1,127 @@
 package main
 
 import (
-	"errors"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/shunt-dev/shunt/cni"
+	"github.com/shunt-dev/shunt/node"
 )
 
 func newNodeCommand() *cobra.Command {
-	return &cobra.Command{
+	var (
+		o            node.Options
+		pluginConfig string
+		kubeconfig   string
+		uninstall    bool
+	)
+	cmd := &cobra.Command{
 		Use:   "node",
 		Short: "Run the DaemonSet node agent",
-		RunE:  func(*cobra.Command, []string) error { return errors.New("node: not implemented yet") },
+		Long: `Install shunt's CNI plugin on this node (as shunt-cni in the CNI bin
+directory), chain it into the node's first .conflist, give it read access to
+pod annotations, and capture pods that started before it was chained. With
+--cleanup, the plugin is unchained and its files removed when the agent stops;
+--uninstall does that at once and exits.`,
+		Example: `  shunt node --node-name "$NODE_NAME" --plugin-config /etc/shunt/cni.json --cleanup
+  shunt node --uninstall`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.Repair != "install" && o.Repair != "report" && o.Repair != "off" {
+				return usageErrorf("--repair: invalid value %q: want install, report or off", o.Repair)
+			}
+			if uninstall {
+				if err := node.Uninstall(o); err != nil {
+					return err
+				}
+				slog.Info("plugin removed", "confDir", o.CNIConfDir, "binDir", o.CNIBinDir)
+				return nil
+			}
+			o.Plugin = map[string]any{}
+			if pluginConfig != "" {
+				b, err := os.ReadFile(pluginConfig)
+				if err != nil {
+					return fmt.Errorf("read plugin config: %w", err)
+				}
+				if err := json.Unmarshal(b, &o.Plugin); err != nil {
+					return fmt.Errorf("parse plugin config %s: %w", pluginConfig, err)
+				}
+			}
+			// Refuse now what every ADD would refuse later.
+			check := map[string]any{"cniVersion": "1.0.0", "name": "check", "type": node.PluginType}
+			for k, v := range o.Plugin {
+				check[k] = v
+			}
+			b, _ := json.Marshal(check)
+			if _, err := cni.ParseConf(b); err != nil {
+				return fmt.Errorf("plugin config %s: %w", pluginConfig, err)
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find own binary: %w", err)
+			}
+			o.Binary = exe
+			o.CNI = &cni.Plugin{NewEngine: newEngine, Logger: slog.Default()}
+			o.Logger = slog.Default()
+			rc, err := kubeRESTConfig(kubeconfig)
+			if err != nil {
+				return err
+			}
+			if rc != nil {
+				if o.Client, err = kubernetes.NewForConfig(rc); err != nil {
+					return fmt.Errorf("kubernetes client: %w", err)
+				}
+				if host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT"); host != "" && kubeconfig == "" {
+					if o.Kubeconfig, err = node.InClusterKubeconfig(host, port, "/var/run/secrets/kubernetes.io/serviceaccount"); err != nil {
+						return err
+					}
+				}
+			}
+			if o.NodeName == "" && o.Client != nil {
+				return usageErrorf("--node-name (or NODE_NAME) is required to repair pods")
+			}
+			return node.Run(cmd.Context(), o)
+		},
 	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
+	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
+	fs.StringVar(&o.BackupDir, "backup-dir", "/var/lib/shunt/cni-backup", "where the original conflist is kept until the plugin is removed")
+	fs.StringVar(&pluginConfig, "plugin-config", "", "JSON file with shunt's conflist entry: capture, excludeNamespaces, defaultCapture, stateDir...")
+	fs.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for the agent outside a cluster (default: in-cluster service account, if any)")
+	fs.StringVar(&o.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name, to list its pods (env NODE_NAME)")
+	fs.StringVar(&o.ProcRoot, "proc", "/proc", "the host's /proc, to find pods' network namespaces (needs hostPID)")
+	fs.StringVar(&o.Repair, "repair", "install", "pods running without capture: install, report or off")
+	fs.DurationVar(&o.Interval, "interval", 10*time.Second, "how often the chaining is checked and pods are scanned")
+	fs.BoolVar(&o.Cleanup, "cleanup", false, "unchain the plugin and remove its files when the agent stops (SIGTERM)")
+	fs.BoolVar(&uninstall, "uninstall", false, "unchain the plugin, restore the original conflist, remove the plugin binary, and exit")
+	return cmd
+}
+
+// kubeRESTConfig returns the agent's API credentials: the kubeconfig given,
+// else the in-cluster service account; nil outside a cluster.
+func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("load kubeconfig: %w", err)
+		}
+		return rc, nil
+	}
+	if os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return nil, nil
+	}
+	rc, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("in-cluster config: %w", err)
+	}
+	return rc, nil
 }

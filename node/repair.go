@@ -1,0 +1,168 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/shunt-dev/shunt/cni"
+)
+
+// Finding is a running pod on this node whose network namespace has no
+// capture: it started before the plugin was chained.
+type Finding struct {
+	Pod      string
+	UID      string
+	Netns    string // /proc/PID/ns/net of one of its processes, "" when not found
+	Settings *cni.PodSettings
+	Problem  string // why it could not be repaired, if it could not
+}
+
+// Repairer finds pods that escaped the plugin.
+type Repairer struct {
+	Client   kubernetes.Interface
+	NodeName string
+	// ProcRoot is the host's /proc (the agent runs with hostPID).
+	ProcRoot string
+	// StateDir is the plugin's state directory: its records name the
+	// namespaces already captured.
+	StateDir string
+	// DefaultCapture and ExcludeNamespaces mirror the plugin's settings.
+	DefaultCapture    bool
+	ExcludeNamespaces []string
+}
+
+// Scan lists this node's pods and returns those that should be captured
+// and are not.
+func (r *Repairer) Scan(ctx context.Context) ([]Finding, error) {
+	pods, err := r.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", r.NodeName).String(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list pods on node %s: %w", r.NodeName, err)
+	}
+	captured := r.capturedNetns()
+	var out []Finding
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		if pod.Spec.NodeName != r.NodeName || pod.Spec.HostNetwork || pod.Status.Phase != corev1.PodRunning {
+			continue
+		}
+		if containsString(r.ExcludeNamespaces, pod.Namespace) {
+			continue
+		}
+		s, err := PodSettings(ctx, r.Client, pod.Namespace, pod.Name)
+		if err != nil {
+			return nil, err
+		}
+		f := Finding{Pod: pod.Namespace + "/" + pod.Name, UID: string(pod.UID), Settings: s}
+		want, err := s.Captured(r.DefaultCapture)
+		if err != nil {
+			f.Problem = err.Error()
+			out = append(out, f)
+			continue
+		}
+		if !want {
+			continue
+		}
+		f.Netns = r.findNetns(containerIDs(pod))
+		if f.Netns == "" {
+			f.Problem = "no process of the pod found in " + r.ProcRoot
+			out = append(out, f)
+			continue
+		}
+		if captured[inode(f.Netns)] {
+			continue
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+func containerIDs(pod *corev1.Pod) []string {
+	var ids []string
+	for _, list := range [][]corev1.ContainerStatus{pod.Status.ContainerStatuses, pod.Status.InitContainerStatuses} {
+		for _, c := range list {
+			if _, id, ok := strings.Cut(c.ContainerID, "://"); ok && id != "" {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids
+}
+
+// findNetns finds a process whose cgroup names one of the containers and
+// returns its network namespace file.
+func (r *Repairer) findNetns(ids []string) string {
+	if len(ids) == 0 {
+		return ""
+	}
+	ents, err := os.ReadDir(r.ProcRoot)
+	if err != nil {
+		return ""
+	}
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(r.ProcRoot, e.Name(), "cgroup"))
+		if err != nil {
+			continue
+		}
+		for _, id := range ids {
+			if strings.Contains(string(b), id) {
+				return filepath.Join(r.ProcRoot, e.Name(), "ns", "net")
+			}
+		}
+	}
+	return ""
+}
+
+// capturedNetns returns the namespaces (by device and inode) that the
+// plugin's records say are captured.
+func (r *Repairer) capturedNetns() map[string]bool {
+	out := map[string]bool{}
+	recs, _ := filepath.Glob(filepath.Join(r.StateDir, "*", "cni.json"))
+	for _, p := range recs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var rec struct {
+			Netns    string `json:"netns"`
+			Captured bool   `json:"captured"`
+		}
+		if json.Unmarshal(b, &rec) == nil && rec.Captured {
+			if k := inode(rec.Netns); k != "" {
+				out[k] = true
+			}
+		}
+	}
+	return out
+}
+
+func inode(path string) string {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
+}
+
+func containsString(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
