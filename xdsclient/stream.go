@@ -61,6 +61,9 @@ func (c *Client) session(ctx context.Context) (answered bool, err error) {
 		// Matches the server's enforcement policy (10 s minimum), and
 		// finds a dead server behind a silent network within a minute.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// 10,000 ExternalServices make a 12 MB listener response; gRPC's
+		// default 4 MB limit would refuse it forever.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
 	)
 	if err != nil {
 		return false, fmt.Errorf("dial %s: %w", c.cfg.Server, err)
