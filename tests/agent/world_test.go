@@ -291,4 +291,3 @@ func (w *world) logs() string {
 	}
 	return b.String()
 }
-
