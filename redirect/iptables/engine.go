@@ -123,20 +123,64 @@ func (e *Engine) lock() (func(), error) {
 	return func() { unlockState(); unlockNS() }, nil
 }
 
+// begin locks the namespace and returns the recorded installation, refusing
+// one made by another engine.
+func (e *Engine) begin(op string) (unlock func(), prev *redirect.State, err error) {
+	unlock, err = e.lock()
+	if err != nil {
+		return nil, nil, err
+	}
+	prev, err = redirect.LoadState(e.opts.StateDir)
+	if err == nil && prev != nil && prev.Engine != e.Name() {
+		err = fmt.Errorf("%s: the capture here is held by the %s engine; use it, or uninstall it first", op, prev.Engine)
+	}
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return unlock, prev, nil
+}
+
+// variant is one backend and family whose programs exist on this machine.
+type variant struct {
+	b    Backend
+	f    family
+	cmds Commands
+}
+
+func (v variant) String() string { return fmt.Sprintf("%s %s", v.b, v.f) }
+
+func (e *Engine) variants() []variant {
+	var out []variant
+	for _, b := range []Backend{Legacy, NFT} {
+		for _, f := range []family{ipv4, ipv6} {
+			if cmds := e.commands(b, f); available(cmds) {
+				out = append(out, variant{b: b, f: f, cmds: cmds})
+			}
+		}
+	}
+	return out
+}
+
+// dumpAll reads the rules of every variant, in parallel; a variant whose
+// rules cannot be read has a nil dump and an error.
+func (e *Engine) dumpAll(ctx context.Context, vs []variant) ([]*Dump, []error) {
+	dumps := make([]*Dump, len(vs))
+	errs := e.parallel(len(vs), func(i int) error {
+		d, err := e.dump(ctx, vs[i].cmds)
+		dumps[i] = d
+		return err
+	})
+	return dumps, errs
+}
+
 // Install implements redirect.Engine.
 func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
-	unlock, err := e.lock()
+	unlock, prev, err := e.begin("install")
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	prev, err := redirect.LoadState(e.opts.StateDir)
-	if err != nil {
-		return err
-	}
-	if prev != nil && prev.Engine != e.Name() {
-		return fmt.Errorf("install: the %s engine holds this namespace's capture; uninstall it first", prev.Engine)
-	}
 	st, err := e.install(ctx, p, prev)
 	if err != nil {
 		return err
@@ -330,32 +374,17 @@ func (e *Engine) chooseBackend(ctx context.Context, prev *redirect.State, seen m
 	if prev != nil && prev.Backend != "" && available(e.commands(Backend(prev.Backend), ipv4)) {
 		return Backend(prev.Backend), "used by the previous install", nil
 	}
-	var cands []Commands
-	var owners []Backend
-	for _, b := range []Backend{Legacy, NFT} {
-		for _, f := range []family{ipv4, ipv6} {
-			if cmds := e.commands(b, f); available(cmds) {
-				cands, owners = append(cands, cmds), append(owners, b)
-			}
-		}
-	}
-	dumps := make([]*Dump, len(cands))
-	e.parallel(len(cands), func(i int) error {
-		d, err := e.dump(ctx, cands[i])
-		if err == nil {
-			dumps[i] = d
-		}
-		return nil
-	})
+	vs := e.variants()
+	dumps, _ := e.dumpAll(ctx, vs)
 	rules := map[Backend]int{}
 	for i, d := range dumps {
 		if d == nil {
 			continue
 		}
-		seen[cands[i]] = d
-		rules[owners[i]] += d.ForeignLen
+		seen[vs[i].cmds] = d
+		rules[vs[i].b] += d.ForeignLen
 		if !d.Shunt.Empty() {
-			rules[owners[i]]++
+			rules[vs[i].b]++
 		}
 	}
 	switch {

@@ -16,54 +16,40 @@ import (
 // directory was wiped) it still finds shunt's rules by their names and
 // markers, in whichever backend holds them.
 func (e *Engine) Uninstall(ctx context.Context) error {
-	unlock, err := e.lock()
+	unlock, prev, err := e.begin("uninstall")
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	prev, err := redirect.LoadState(e.opts.StateDir)
-	if err != nil {
-		return err
-	}
-	if prev != nil && prev.Engine != e.Name() {
-		return fmt.Errorf("uninstall: the capture here was installed by the %s engine", prev.Engine)
-	}
-	var cands []Commands
-	var labels []string
-	for _, b := range []Backend{Legacy, NFT} {
-		for _, f := range []family{ipv4, ipv6} {
-			if cmds := e.commands(b, f); available(cmds) {
-				cands, labels = append(cands, cmds), append(labels, fmt.Sprintf("%s %s", b, f))
-			}
+	vs := e.variants()
+	dumps, errs := e.dumpAll(ctx, vs)
+	found := false
+	for i, d := range dumps {
+		if d != nil && !d.Shunt.Empty() {
+			found = true
+		} else {
+			dumps[i] = nil // nothing to remove there
 		}
 	}
-	found := make([]bool, len(cands))
-	errs := e.parallel(len(cands), func(i int) error {
-		d, err := e.dump(ctx, cands[i])
-		if err != nil {
-			return err
-		}
-		if d.Shunt.Empty() {
+	applyErrs := e.parallel(len(vs), func(i int) error {
+		if dumps[i] == nil {
 			return nil
 		}
-		found[i] = true
-		return e.applyFamily(ctx, cands[i], newRuleset(), d)
+		return e.applyFamily(ctx, vs[i].cmds, newRuleset(), dumps[i])
 	})
-	var err2 error
-	anyFound := false
-	for i, err := range errs {
-		if err != nil {
-			err2 = errors.Join(err2, fmt.Errorf("uninstall %s rules: %w", labels[i], err))
+	var failed error
+	for i := range vs {
+		if err := errors.Join(errs[i], applyErrs[i]); err != nil {
+			failed = errors.Join(failed, fmt.Errorf("uninstall %s rules: %w", vs[i], err))
 		}
-		anyFound = anyFound || found[i]
 	}
-	if err2 != nil {
-		return err2
+	if failed != nil {
+		return failed
 	}
 	if err := redirect.RemoveState(e.opts.StateDir); err != nil {
 		return err
 	}
-	if !anyFound && prev == nil {
+	if !found && prev == nil {
 		return redirect.ErrNotInstalled
 	}
 	return nil
@@ -78,22 +64,14 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	s := &redirect.Status{Engine: e.Name()}
 	if st == nil {
 		// Rules may exist without a record; report them as drift.
-		err := e.inNetns(func() error {
-			for _, b := range []Backend{Legacy, NFT} {
-				for _, f := range []family{ipv4, ipv6} {
-					cmds := e.commands(b, f)
-					if !available(cmds) {
-						continue
-					}
-					d, err := e.dump(ctx, cmds)
-					if err == nil && !d.Shunt.Empty() {
-						s.Drift = append(s.Drift, fmt.Sprintf("%s %s: shunt rules present but no installation is recorded in %s", b, f, e.opts.StateDir))
-					}
-				}
+		vs := e.variants()
+		dumps, _ := e.dumpAll(ctx, vs)
+		for i, d := range dumps {
+			if d != nil && !d.Shunt.Empty() {
+				s.Drift = append(s.Drift, fmt.Sprintf("%s: shunt rules present but no installation is recorded in %s", vs[i], e.opts.StateDir))
 			}
-			return nil
-		})
-		return s, err
+		}
+		return s, nil
 	}
 	if st.Engine != e.Name() {
 		return nil, fmt.Errorf("status: the capture here was installed by the %s engine", st.Engine)
@@ -189,25 +167,17 @@ func diffLines(label, applied, live string) []string {
 // apply, per backend and family holding shunt rules.
 func (e *Engine) RenderUninstall(ctx context.Context) (map[string]string, error) {
 	out := map[string]string{}
-	err := e.inNetns(func() error {
-		for _, b := range []Backend{Legacy, NFT} {
-			for _, f := range []family{ipv4, ipv6} {
-				cmds := e.commands(b, f)
-				if !available(cmds) {
-					continue
-				}
-				d, err := e.dump(ctx, cmds)
-				if err != nil {
-					return err
-				}
-				if !d.Shunt.Empty() {
-					out[fmt.Sprintf("%s %s", b, f)] = RestoreInput(d.Shunt, newRuleset())
-				}
-			}
+	vs := e.variants()
+	dumps, errs := e.dumpAll(ctx, vs)
+	for i, d := range dumps {
+		if errs[i] != nil {
+			return nil, errs[i]
 		}
-		return nil
-	})
-	return out, err
+		if !d.Shunt.Empty() {
+			out[vs[i].String()] = RestoreInput(d.Shunt, newRuleset())
+		}
+	}
+	return out, nil
 }
 
 func protocolOf(f family) goipt.Protocol {
