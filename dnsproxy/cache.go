@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"hash/maphash"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,16 +21,39 @@ type CacheOptions struct {
 	StaleFor   time.Duration
 }
 
-type cacheKey struct {
-	name   string // lower case
-	qtype  uint16
-	qclass uint16
-	do, cd bool
+// cacheKey is the lower-case wire-format name followed by type, class and
+// the DO and CD bits: a string of bytes, so that the wire path can look it
+// up from a stack buffer without allocating.
+type cacheKey string
+
+// appendCacheKey appends the key of a question to dst; name is the
+// lower-case wire-format name.
+func appendCacheKey(dst, name []byte, qtype, qclass uint16, do, cd bool) []byte {
+	var flags byte
+	if do {
+		flags |= 1
+	}
+	if cd {
+		flags |= 2
+	}
+	dst = append(dst, name...)
+	return append(dst, byte(qtype>>8), byte(qtype), byte(qclass>>8), byte(qclass), flags)
+}
+
+// keyFor is the cache key of a question in presentation form.
+func keyFor(name string, qtype, qclass uint16, do, cd bool) (cacheKey, bool) {
+	var buf [256]byte
+	n, err := dns.PackDomainName(strings.ToLower(name), buf[:], 0, nil, false)
+	if err != nil {
+		return "", false
+	}
+	return cacheKey(appendCacheKey(make([]byte, 0, n+5), buf[:n], qtype, qclass, do, cd)), true
 }
 
 type cacheEntry struct {
 	key        cacheKey
 	msg        *dns.Msg // as the upstream answered; never modified
+	wire       wireAnswers
 	stored     time.Time
 	expires    time.Time
 	prev, next *cacheEntry
@@ -77,7 +101,33 @@ func newCache(o CacheOptions) *cache {
 }
 
 func (c *cache) shard(k cacheKey) *cacheShard {
-	return &c.shards[maphash.String(c.seed, k.name)%cacheShards]
+	return &c.shards[maphash.String(c.seed, string(k))%cacheShards]
+}
+
+// getWire returns the packed form of a fresh cached answer for a client
+// with or without EDNS0, and when it was stored; nil when there is none or
+// the entry has expired (expiry and serve-stale are the slow path's).
+func (c *cache) getWire(k []byte, now time.Time, edns bool) (*wireAnswer, time.Time) {
+	if c == nil {
+		return nil, time.Time{}
+	}
+	s := &c.shards[maphash.Bytes(c.seed, k)%cacheShards]
+	s.mu.Lock()
+	e, ok := s.m[cacheKey(k)]
+	if !ok || !now.Before(e.expires) {
+		s.mu.Unlock()
+		return nil, time.Time{}
+	}
+	w := e.wire.plain
+	if edns {
+		w = e.wire.edns
+	}
+	if w != nil {
+		s.moveFront(e)
+	}
+	stored := e.stored
+	s.mu.Unlock()
+	return w, stored
 }
 
 // staleTTL is the TTL of a served stale answer (RFC 8767 section 4).
@@ -136,8 +186,8 @@ func setTTLs(m *dns.Msg, f func(uint32) uint32) {
 }
 
 // put stores an upstream answer if it may be cached, for as long as its
-// records allow.
-func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time) {
+// records allow, with its packed forms for the wire path (may be empty).
+func (c *cache) put(k cacheKey, m *dns.Msg, w wireAnswers, now time.Time) {
 	if c == nil || m.Truncated {
 		return
 	}
@@ -145,7 +195,7 @@ func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time) {
 	if !ok {
 		return
 	}
-	e := &cacheEntry{key: k, msg: m, stored: now, expires: now.Add(ttl)}
+	e := &cacheEntry{key: k, msg: m, wire: w, stored: now, expires: now.Add(ttl)}
 	s := c.shard(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()

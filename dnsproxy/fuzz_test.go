@@ -1,9 +1,11 @@
 package dnsproxy
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -67,4 +69,49 @@ func checkResponse(t *testing.T, req, resp []byte) {
 			t.Fatalf("response does not unpack: %v\nreq % x\nresp % x", err, req, resp)
 		}
 	}
+}
+
+// FuzzWireCache checks that whatever the wire path answers from the cache,
+// the slow path answers with the same bytes.
+func FuzzWireCache(f *testing.F) {
+	s, err := New(Config{Cache: CacheOptions{Size: 100}, Search: []string{"svc.cluster.local"}, Logger: quiet(),
+		Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")}, QueryTimeout: 20 * time.Millisecond,
+		Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, c := range []wireCase{
+		{name: "a.fwd.test.", qtype: dns.TypeA, rd: true},
+		{name: "a.fwd.test.", qtype: dns.TypeA, edns: 1232, do: true, cd: true},
+		{name: "x.svc.cluster.local.", qtype: dns.TypeMX, edns: 512, opts: true},
+	} {
+		req := c.pack(1)
+		var m dns.Msg
+		if err := m.Unpack(req); err != nil {
+			f.Fatal(err)
+		}
+		up := new(dns.Msg)
+		up.SetReply(&m)
+		rr, _ := dns.NewRR(c.name + " 3600 IN A 192.0.2.1")
+		up.Answer = append(up.Answer, rr)
+		opt := m.IsEdns0()
+		k, _ := keyFor(c.name, c.qtype, dns.ClassINET, opt != nil && opt.Do(), m.CheckingDisabled)
+		s.cache.put(k, up, buildWire(&m, up), time.Now())
+		f.Add(c.pack(2))
+	}
+	f.Fuzz(func(t *testing.T, req []byte) {
+		var nb [256]byte
+		var q query
+		for _, udp := range []bool{true, false} {
+			fast, ok := s.fast(req, nil, &nb, &q, udp)
+			if !ok {
+				continue
+			}
+			checkResponse(t, req, fast)
+			slow := s.handle(context.Background(), req, !udp)
+			if !bytes.Equal(fast, slow) {
+				t.Fatalf("wire path and slow path differ for % x:\n% x\n% x", req, fast, slow)
+			}
+		}
+	})
 }

@@ -187,7 +187,10 @@ func (s *Server) searchShortcut(m *dns.Msg, t *Table, name string) *dns.Msg {
 func (s *Server) forward(ctx context.Context, m *dns.Msg, tcp bool) (*dns.Msg, Outcome) {
 	q := m.Question[0]
 	opt := m.IsEdns0()
-	key := cacheKey{name: strings.ToLower(q.Name), qtype: q.Qtype, qclass: q.Qclass, do: opt != nil && opt.Do(), cd: m.CheckingDisabled}
+	key, cacheable := keyFor(q.Name, q.Qtype, q.Qclass, opt != nil && opt.Do(), m.CheckingDisabled)
+	if !cacheable {
+		key = ""
+	}
 	now := time.Now()
 	if c, _ := s.cache.get(key, now, false); c != nil {
 		s.metrics.cacheHits.Add(1)
@@ -204,7 +207,9 @@ func (s *Server) forward(ctx context.Context, m *dns.Msg, tcp bool) (*dns.Msg, O
 		}
 		return reply(m, dns.RcodeServerFailure), OutcomeServFail
 	}
-	s.cache.put(key, up, now)
+	if cacheable && s.cache != nil {
+		s.cache.put(key, up, buildWire(m, up), now)
+	}
 	return fromUpstream(m, up.Copy()), OutcomeForwarded
 }
 

@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -142,20 +143,26 @@ func (s *Server) serveUDPSimple(stop, work context.Context, pc net.PacketConn, h
 	}
 }
 
-// fast answers A and AAAA queries for table names straight from the wire.
+// fast answers from the wire, without unpacking: A and AAAA queries for
+// table names, and fresh cache hits for forwarded names. Everything else,
+// and anything it is unsure of, returns false for the slow path.
 func (s *Server) fast(req, out []byte, nb *[256]byte, q *query, udp bool) (resp []byte, ok bool) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.metrics.panics.Add(1)
-			s.log.Error("panic answering from the table", "panic", r)
+			s.log.Error("panic answering from the wire", "panic", r)
 			resp, ok = nil, false
 		}
 	}()
-	if !parseQuery(req, nb, q) || (q.qtype != dns.TypeA && q.qtype != dns.TypeAAAA) {
+	if !parseQuery(req, nb, q) {
 		return nil, false
 	}
-	e := s.table.Load().lookupWire(q.qname)
+	t := s.table.Load()
+	e := t.lookupWire(q.qname)
 	if e == nil {
+		return s.fastCached(req, out, q, t, udp)
+	}
+	if q.qtype != dns.TypeA && q.qtype != dns.TypeAAAA {
 		return nil, false
 	}
 	out, _ = appendTableAnswer(out, req, q, e)
@@ -164,6 +171,69 @@ func (s *Server) fast(req, out []byte, nb *[256]byte, q *query, udp bool) (resp 
 	}
 	s.metrics.query(q.qtype, OutcomeTable)
 	return out, true
+}
+
+// fastCached answers a name that is not in the table from the cache, when
+// the slow path would have reached the cache too: forwarding is the policy
+// and no search-domain shortcut applies. (Local-zone names are never
+// cached: they are answered before the cache.)
+func (s *Server) fastCached(req, out []byte, q *query, t *Table, udp bool) ([]byte, bool) {
+	if s.cache == nil || s.cfg.UnknownNames != UnknownForward || s.shortcutMayApply(q.qname, t) {
+		return nil, false
+	}
+	var kb [256 + 5]byte
+	key := appendCacheKey(kb[:0], q.qname, q.qtype, dns.ClassINET, q.do, req[3]&0x10 != 0)
+	now := time.Now()
+	w, stored := s.cache.getWire(key, now, q.edns)
+	if w == nil {
+		return nil, false
+	}
+	limit := 0
+	if udp {
+		limit = clientLimit(q.edns, q.udpSize)
+	}
+	out, ok := appendCached(out, req, q, w, stored, now, limit)
+	if !ok {
+		return nil, false
+	}
+	s.metrics.cacheHits.Add(1)
+	s.metrics.query(q.qtype, OutcomeCache)
+	return out, true
+}
+
+// shortcutMayApply reports whether the search-domain shortcut could answer
+// name (lower-case wire form) with table t. A label holding a dot or a
+// backslash matches search domains differently in presentation form, where
+// the slow path compares them, so it is left to the slow path.
+func (s *Server) shortcutMayApply(name []byte, t *Table) bool {
+	if len(s.searchWire) == 0 {
+		return false
+	}
+	for off := 0; off < len(name) && name[off] != 0; off += int(name[off]) + 1 {
+		if bytes.ContainsAny(name[off+1:off+1+int(name[off])], `.\`) {
+			return true
+		}
+	}
+	var base [256]byte
+	for _, sd := range s.searchWire {
+		if len(name) <= len(sd) || !bytes.HasSuffix(name, sd) {
+			continue
+		}
+		// The suffix must start on a label boundary.
+		off := 0
+		for off < len(name)-len(sd) {
+			off += int(name[off]) + 1
+		}
+		if off != len(name)-len(sd) {
+			continue
+		}
+		n := copy(base[:], name[:off])
+		base[n] = 0
+		if t.lookupWire(base[:n+1]) != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // connSet tracks TCP connections so that shutdown can close the idle ones

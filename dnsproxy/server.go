@@ -122,14 +122,17 @@ func (c *Config) setDefaults() {
 // Serve, with sockets made elsewhere), and feed it tables and upstreams while
 // it runs.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	table   atomic.Pointer[Table]
-	search  []string // wire-format, lower case
-	zones   []string
-	fwd     *forwarder
-	cache   *cache
-	metrics *Metrics
+	cfg    Config
+	log    *slog.Logger
+	table  atomic.Pointer[Table]
+	search []string // presentation form, lower case, fully qualified
+	// searchWire are the search domains in lower-case wire form, for the
+	// wire path.
+	searchWire [][]byte
+	zones      []string
+	fwd        *forwarder
+	cache      *cache
+	metrics    *Metrics
 
 	inflight chan struct{}
 	tcpSlots chan struct{}
@@ -169,7 +172,14 @@ func New(cfg Config) (*Server, error) {
 		if _, ok := dns.IsDomainName(d); !ok {
 			return nil, fmt.Errorf("search domain %q is not a domain name", d)
 		}
-		s.search = append(s.search, strings.ToLower(dns.Fqdn(d)))
+		fq := strings.ToLower(dns.Fqdn(d))
+		s.search = append(s.search, fq)
+		var buf [256]byte
+		n, err := dns.PackDomainName(fq, buf[:], 0, nil, false)
+		if err != nil {
+			return nil, fmt.Errorf("search domain %q: %w", d, err)
+		}
+		s.searchWire = append(s.searchWire, append([]byte(nil), buf[:n]...))
 	}
 	if cfg.UpstreamMark != 0 {
 		if err := checkMark(cfg.UpstreamMark); err != nil {

@@ -77,9 +77,35 @@ func parseQuery(req []byte, buf *[256]byte, q *query) bool {
 		q.edns = true
 		q.udpSize = binary.BigEndian.Uint16(req[off+3:])
 		q.do = req[off+7]&0x80 != 0
-		off += 11 + int(binary.BigEndian.Uint16(req[off+9:]))
+		end := off + 11 + int(binary.BigEndian.Uint16(req[off+9:]))
+		if end != len(req) || !plainOptions(req[off+11:end]) {
+			return false
+		}
+		off = end
 	}
 	return off == len(req)
+}
+
+// plainOptions reports whether EDNS0 options are well formed and of kinds
+// whose content cannot make unpacking fail (NSID, cookie, padding): with
+// anything else the slow path decides, so that both paths answer alike.
+func plainOptions(b []byte) bool {
+	for len(b) > 0 {
+		if len(b) < 4 {
+			return false
+		}
+		code, n := binary.BigEndian.Uint16(b), int(binary.BigEndian.Uint16(b[2:]))
+		if 4+n > len(b) {
+			return false
+		}
+		switch code {
+		case dns.EDNS0NSID, dns.EDNS0COOKIE, dns.EDNS0PADDING:
+		default:
+			return false
+		}
+		b = b[4+n:]
+	}
+	return true
 }
 
 // ednsBufSize is the UDP payload size shunt advertises; 1232 avoids IP

@@ -10,7 +10,11 @@
 #
 # Knobs: DUR (seconds per measured run, default 10), CLIENTS (dnsperf -c,
 # default 16), THREADS (dnsperf -T, default 2), OUTSTANDING (dnsperf -q,
-# default 500), RATE (queries/s offered for the latency run, default 20000).
+# default 500), RATE (queries/s offered for the latency run, default 20000),
+# SERVER_CPUS (taskset list every server under test runs on, default 0) and
+# CLIENT_CPUS (dnsperf and the bind9 upstream, default 1): with the servers
+# and the load generator on separate cores, each server gets the same CPU
+# and none competes with dnsperf for it. Set both empty to not pin.
 set -euo pipefail
 
 DUR=${DUR:-10}
@@ -18,6 +22,12 @@ CLIENTS=${CLIENTS:-16}
 THREADS=${THREADS:-2}
 OUTSTANDING=${OUTSTANDING:-500}
 RATE=${RATE:-20000}
+SERVER_CPUS=${SERVER_CPUS-0}
+CLIENT_CPUS=${CLIENT_CPUS-1}
+SRV=()
+CLI=()
+if [ -n "$SERVER_CPUS" ]; then SRV=(taskset -c "$SERVER_CPUS"); fi
+if [ -n "$CLIENT_CPUS" ]; then CLI=(taskset -c "$CLIENT_CPUS"); fi
 N=10000
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -118,11 +128,11 @@ start() { # name, command...
 	PIDS+=($!)
 }
 
-start named /usr/sbin/named -g -n 1 -c "$WORK/named.conf"
-start unbound unbound -d -c "$WORK/unbound.conf"
-start dnsmasq dnsmasq -k --port=$DNSMASQ --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts \
+start named "${CLI[@]}" /usr/sbin/named -g -n 1 -c "$WORK/named.conf"
+start unbound "${SRV[@]}" unbound -d -c "$WORK/unbound.conf"
+start dnsmasq "${SRV[@]}" dnsmasq -k --port=$DNSMASQ --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts \
 	--addn-hosts="$WORK/hosts" --pid-file= --cache-size=10000 --local-ttl=30 --user=root
-start shunt "${SHUNT_CMD[@]}" --listen 127.0.0.1:$SHUNT --table "$WORK/table.yaml" --upstream 127.0.0.1:$NAMED \
+start shunt "${SRV[@]}" "${SHUNT_CMD[@]}" --listen 127.0.0.1:$SHUNT --table "$WORK/table.yaml" --upstream 127.0.0.1:$NAMED \
 	--cache-size 20000
 
 wait_for() { # port name want
@@ -143,8 +153,8 @@ wait_for $DNSMASQ svc-1.bench.mesh 240.0.0.1
 # p99 latency at the same offered rate (RATE) for every server.
 measure() {
 	local out="$WORK/perf-$1.txt" lat="$WORK/lat-$1.txt"
-	dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l "$DUR" -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" >"$out" 2>&1 || true
-	dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l 5 -c "$CLIENTS" -T "$THREADS" -Q "$RATE" -v >"$lat" 2>&1 || true
+	"${CLI[@]}" dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l "$DUR" -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" >"$out" 2>&1 || true
+	"${CLI[@]}" dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l 5 -c "$CLIENTS" -T "$THREADS" -Q "$RATE" -v >"$lat" 2>&1 || true
 	local qps lost p99
 	qps=$(awk '/Queries per second/ {printf "%.0f", $4}' "$out")
 	lost=$(awk '/Queries lost/ {gsub(/[()%]/, "", $4); print $4}' "$out")
@@ -156,6 +166,7 @@ row() { printf "%-28s %12s %10s %8s\n" "$@"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 echo
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg); servers on CPUs ${SERVER_CPUS:-any}, dnsperf on CPUs ${CLIENT_CPUS:-any}"
 echo "cores: $(nproc); dnsperf -c $CLIENTS -T $THREADS -q $OUTSTANDING -l $DUR; latency at $RATE q/s"
 row "scenario / server" "QPS" "p99 ms" "lost %"
 
@@ -168,7 +179,7 @@ row "table: dnsmasq" "$d_q" "$d_p" "$d_l"
 
 # Warm both caches with every forwarded name before measuring.
 for port in $SHUNT $UNBOUND; do
-	dnsperf -s 127.0.0.1 -p $port -d "$WORK/q-fwd.txt" -n 1 -c 4 -q 100 >/dev/null 2>&1 || true
+	"${CLI[@]}" dnsperf -s 127.0.0.1 -p $port -d "$WORK/q-fwd.txt" -n 1 -c 4 -q 100 >/dev/null 2>&1 || true
 done
 read -r sf_q sf_p sf_l < <(measure shunt-fwd $SHUNT "$WORK/q-fwd.txt")
 read -r uf_q uf_p uf_l < <(measure unbound-fwd $UNBOUND "$WORK/q-fwd.txt")
