@@ -39,9 +39,9 @@ demo:
 generate:
 	$(GO) generate ./redirect/ebpf/...
 
-## image: the init-container OCI archive in build/
-image: build
-	./init-container/build.sh
+## image: the init-container OCI archive, build/shunt-init.oci.tar (no container engine needed)
+image:
+	bash init-container/build.sh build/shunt-init.oci.tar
 
 clean:
 	rm -rf build

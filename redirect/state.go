@@ -80,11 +80,40 @@ func SaveState(dir string, s *State) error {
 	return nil
 }
 
+// ResolvConfFile is the copy of the workload's original resolv.conf kept in
+// the state directory: the DNS interceptor's upstreams, even after
+// something rewrites /etc/resolv.conf to point at the interceptor.
+const ResolvConfFile = "resolv.conf"
+
+// SaveResolvConf keeps a copy of the resolv.conf a plan read.
+func SaveResolvConf(dir string, content []byte) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, ".resolv-*.conf")
+	if err != nil {
+		return fmt.Errorf("save resolv.conf: %w", err)
+	}
+	_, werr := tmp.Write(content)
+	cerr := tmp.Close()
+	if err := errors.Join(werr, cerr, os.Chmod(tmp.Name(), 0o644)); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("save resolv.conf: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, ResolvConfFile)); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("save resolv.conf: %w", err)
+	}
+	return nil
+}
+
 // RemoveState forgets the installation.
 func RemoveState(dir string) error {
-	err := os.Remove(filepath.Join(dir, stateFile))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove state: %w", err)
+	for _, f := range []string{stateFile, ResolvConfFile} {
+		err := os.Remove(filepath.Join(dir, f))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove state: %w", err)
+		}
 	}
 	return nil
 }

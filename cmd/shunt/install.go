@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -109,6 +110,13 @@ atomically. On failure the rules are left as they were.`,
 			}
 			if err := recordEngine(cfg, eng, plan); err != nil {
 				return err
+			}
+			// The interceptor's upstreams are the original nameservers,
+			// whatever later rewrites /etc/resolv.conf.
+			if data, err := os.ReadFile(cfg.ResolvConfPath(redirect.OSHost{})); err == nil {
+				if err := redirect.SaveResolvConf(cfg.Get("stateDir"), data); err != nil {
+					return err
+				}
 			}
 			slog.Info("capture installed", "engine", eng.Name(), "netns", cfg.Get("netns"), "stateDir", cfg.Get("stateDir"))
 			if validateCapture {

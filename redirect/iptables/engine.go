@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	goipt "github.com/coreos/go-iptables/iptables"
 
 	"github.com/shunt-dev/shunt/redirect"
 )
@@ -374,8 +375,20 @@ func (e *Engine) chooseBackend(ctx context.Context, prev *redirect.State, seen m
 	if prev != nil && prev.Backend != "" && available(e.commands(Backend(prev.Backend), ipv4)) {
 		return Backend(prev.Backend), "used by the previous install", nil
 	}
+	// go-iptables vets each variant (its binary runs and reports a version
+	// in this namespace) in the same parallel pass that reads the rules.
 	vs := e.variants()
-	dumps, _ := e.dumpAll(ctx, vs)
+	dumps := make([]*Dump, len(vs))
+	e.parallel(len(vs), func(i int) error {
+		if _, err := goipt.New(goipt.IPFamily(protocolOf(vs[i].f)), goipt.Path(vs[i].cmds.Iptables)); err != nil {
+			e.log.Debug("iptables variant unusable", "variant", vs[i], "err", err)
+			return nil
+		}
+		if d, err := e.dump(ctx, vs[i].cmds); err == nil {
+			dumps[i] = d
+		}
+		return nil
+	})
 	rules := map[Backend]int{}
 	for i, d := range dumps {
 		if d == nil {

@@ -304,3 +304,38 @@ func exitCode(err error) int {
 	}
 	return 0
 }
+
+func TestIPv6IsSkippedWhereTheNamespaceHasNone(t *testing.T) {
+	w := newWorld(t, "nft")
+	w.pod.MustRun("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
+	w.install()
+	out, err := w.shunt("status")
+	if err != nil || !strings.Contains(out, "ipv6: IPv6 is disabled in this namespace") {
+		t.Errorf("status does not give the reason IPv6 was skipped: %v\n%s", err, out)
+	}
+	if save := w.save(true); strings.Contains(save, "SHUNT_") {
+		t.Errorf("IPv6 rules installed although the namespace has IPv6 disabled:\n%s", save)
+	}
+	if !strings.Contains(w.save(false), "SHUNT_OUTPUT") {
+		t.Errorf("IPv4 capture missing")
+	}
+}
+
+func TestOriginalResolvConfIsKept(t *testing.T) {
+	w := newWorld(t, "nft")
+	w.install()
+	want, err := os.ReadFile(filepath.Join("/etc/netns", w.pod.Name(), "resolv.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(w.stateDir, redirect.ResolvConfFile))
+	if err != nil || string(got) != string(want) {
+		t.Errorf("state directory's resolv.conf = %q, %v; want the workload's %q", got, err, want)
+	}
+	if out, err := w.shunt("uninstall"); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(w.stateDir, redirect.ResolvConfFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("uninstall left the saved resolv.conf: %v", err)
+	}
+}
