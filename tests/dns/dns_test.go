@@ -89,7 +89,7 @@ func answerLines(out string) (status string, rrs []string) {
 func TestForwardedAnswersAreTransparent(t *testing.T) {
 	testenv.RequireRoot(t)
 	up := startNamed(t, nil, loopbackAddr())
-	_, shunt := startShunt(t, dnsproxy.Config{Upstreams: []netip.AddrPort{up.addr}, Cache: dnsproxy.CacheOptions{Size: 1000}})
+	srv, shunt := startShunt(t, dnsproxy.Config{Upstreams: []netip.AddrPort{up.addr}, Cache: dnsproxy.CacheOptions{Size: 1000}})
 	queries := [][]string{
 		{"www.example.test", "A"}, {"www.example.test", "AAAA"}, {"alias.example.test", "A"},
 		{"example.test", "MX"}, {"txt.example.test", "TXT"}, {"_http._tcp.example.test", "SRV"},
@@ -107,6 +107,17 @@ func TestForwardedAnswersAreTransparent(t *testing.T) {
 					t.Errorf("%s %s %s (pass %d): upstream says %s %q, through shunt %s %q", q[0], q[1], transport, i, ws, wa, gs, ga)
 				}
 			}
+		}
+	}
+	if hits := srv.Metrics().Snapshot().CacheHits; hits == 0 {
+		t.Error("no answer came from the cache")
+	}
+	// A cached name asked with another spelling: the question is echoed as
+	// asked (0x20-randomising resolvers check it) and the answer is the same.
+	for _, transport := range []string{"+notcp", "+tcp"} {
+		out := dig(t, "dig", shunt, "+noall", "+question", "+answer", "+nottlid", transport, "WwW.ExAmPle.TeSt", "A")
+		if !strings.Contains(out, ";WwW.ExAmPle.TeSt.") || !strings.Contains(out, "192.0.2.10") {
+			t.Errorf("mixed-case query %s through the cache:\n%s", transport, out)
 		}
 	}
 	// kdig (Knot) as a second client implementation, over TCP and UDP with EDNS.
