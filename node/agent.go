@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,15 +24,20 @@ type Options struct {
 	// CNIBinDir and CNIConfDir are the node's (mounted from the host).
 	CNIBinDir  string
 	CNIConfDir string
+	// PluginConfDir is CNIConfDir as the plugin, run by the runtime on the
+	// host, sees it ("" = CNIConfDir). The agent's pod mounts the host's
+	// directory elsewhere, and the conflist must name the host's path.
+	PluginConfDir string
 	// BackupDir keeps the original conflist, on a host path that outlives
 	// the agent's pod.
 	BackupDir string
 	// Plugin is shunt's entry in the conflist (the "capture" object and
 	// the plugin's own keys); "type" is set by the agent.
 	Plugin map[string]any
-	// Kubeconfig is written for the plugin when the agent runs in the
-	// cluster ("" = no annotation lookups from the plugin).
-	Kubeconfig []byte
+	// Kubeconfig returns the kubeconfig written for the plugin (nil = no
+	// annotation lookups from the plugin). It is called again every
+	// Interval, so a rotated service account token reaches the plugin.
+	Kubeconfig func() ([]byte, error)
 	// Client, when set, lets the agent repair pods on NodeName.
 	Client   kubernetes.Interface
 	NodeName string
@@ -55,10 +61,33 @@ func (o *Options) pluginEntry() map[string]any {
 	for k, v := range o.Plugin {
 		entry[k] = v
 	}
-	if len(o.Kubeconfig) > 0 {
-		entry["kubeconfig"] = filepath.Join(o.CNIConfDir, KubeconfigName)
+	if o.Kubeconfig != nil {
+		dir := o.PluginConfDir
+		if dir == "" {
+			dir = o.CNIConfDir
+		}
+		entry["kubeconfig"] = filepath.Join(dir, KubeconfigName)
 	}
 	return entry
+}
+
+// writeKubeconfig writes the plugin's kubeconfig when it differs from what
+// was last written.
+func (o *Options) writeKubeconfig(last []byte) ([]byte, error) {
+	if o.Kubeconfig == nil {
+		return nil, nil
+	}
+	b, err := o.Kubeconfig()
+	if err != nil {
+		return last, fmt.Errorf("build plugin kubeconfig: %w", err)
+	}
+	if bytes.Equal(b, last) {
+		return last, nil
+	}
+	if err := writeAtomic(filepath.Join(o.CNIConfDir, KubeconfigName), b, 0o600); err != nil {
+		return last, fmt.Errorf("write plugin kubeconfig: %w", err)
+	}
+	return b, nil
 }
 
 // Run installs the plugin, keeps it chained (the primary CNI may rewrite
@@ -75,15 +104,18 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	log.Info("plugin installed", "path", filepath.Join(o.CNIBinDir, PluginType))
-	if len(o.Kubeconfig) > 0 {
-		if err := writeAtomic(filepath.Join(o.CNIConfDir, KubeconfigName), o.Kubeconfig, 0o600); err != nil {
-			return fmt.Errorf("write plugin kubeconfig: %w", err)
-		}
+	// Written before the plugin is chained: the first ADD reads it.
+	kubeconfig, err := o.writeKubeconfig(nil)
+	if err != nil {
+		return err
 	}
 	tick := time.NewTicker(o.Interval)
 	defer tick.Stop()
 	waiting := false
 	for {
+		if kubeconfig, err = o.writeKubeconfig(kubeconfig); err != nil {
+			log.Error("refresh plugin kubeconfig", "err", err)
+		}
 		path, changed, err := Chain(o.CNIConfDir, o.BackupDir, o.pluginEntry())
 		switch {
 		case errors.Is(err, ErrNoConflist):

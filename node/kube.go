@@ -3,10 +3,14 @@ package node
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/shunt-dev/shunt/cni"
 )
@@ -43,4 +47,40 @@ func PodSettings(ctx context.Context, client kubernetes.Interface, namespace, na
 		NamespaceLabels:      ns.Labels,
 		HostNetwork:          pod.Spec.HostNetwork,
 	}, nil
+}
+
+// FlattenKubeconfig returns the current context of a kubeconfig file alone,
+// with the files it names (CA, client certificate and key, token file)
+// embedded: the plugin runs on the host, where the agent's paths need not
+// exist.
+func FlattenKubeconfig(path string) ([]byte, error) {
+	cfg, err := clientcmd.LoadFromFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
+	}
+	if err := clientcmdapi.MinifyConfig(cfg); err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+	}
+	if err := clientcmdapi.FlattenConfig(cfg); err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+	}
+	for name, a := range cfg.AuthInfos {
+		if a.TokenFile == "" {
+			continue
+		}
+		tf := a.TokenFile
+		if !filepath.IsAbs(tf) {
+			tf = filepath.Join(filepath.Dir(path), tf)
+		}
+		b, err := os.ReadFile(tf)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: user %s: read token file: %w", path, name, err)
+		}
+		a.Token, a.TokenFile = strings.TrimSpace(string(b)), ""
+	}
+	b, err := clientcmd.Write(*cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+	}
+	return b, nil
 }

@@ -79,9 +79,14 @@ pod annotations, and capture pods that started before it was chained. With
 				if o.Client, err = kubernetes.NewForConfig(rc); err != nil {
 					return fmt.Errorf("kubernetes client: %w", err)
 				}
-				if host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT"); host != "" && kubeconfig == "" {
-					if o.Kubeconfig, err = node.InClusterKubeconfig(host, port, "/var/run/secrets/kubernetes.io/serviceaccount"); err != nil {
-						return err
+				// The plugin gets the agent's credentials, re-read every
+				// interval: kubelet rotates the service account token.
+				if kubeconfig != "" {
+					o.Kubeconfig = func() ([]byte, error) { return node.FlattenKubeconfig(kubeconfig) }
+				} else {
+					host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
+					o.Kubeconfig = func() ([]byte, error) {
+						return node.InClusterKubeconfig(host, port, "/var/run/secrets/kubernetes.io/serviceaccount")
 					}
 				}
 			}
@@ -94,9 +99,10 @@ pod annotations, and capture pods that started before it was chained. With
 	fs := cmd.Flags()
 	fs.StringVar(&o.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
 	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
+	fs.StringVar(&o.PluginConfDir, "host-cni-conf-dir", "", "the CNI configuration directory as the runtime on the host sees it, when the agent mounts it elsewhere (default: --cni-conf-dir)")
 	fs.StringVar(&o.BackupDir, "backup-dir", "/var/lib/shunt/cni-backup", "where the original conflist is kept until the plugin is removed")
 	fs.StringVar(&pluginConfig, "plugin-config", "", "JSON file with shunt's conflist entry: capture, excludeNamespaces, defaultCapture, stateDir...")
-	fs.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for the agent outside a cluster (default: in-cluster service account, if any)")
+	fs.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for the agent outside a cluster, also given to the plugin, flattened (default: in-cluster service account, if any)")
 	fs.StringVar(&o.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name, to list its pods (env NODE_NAME)")
 	fs.StringVar(&o.ProcRoot, "proc", "/proc", "the host's /proc, to find pods' network namespaces (needs hostPID)")
 	fs.StringVar(&o.Repair, "repair", "install", "pods running without capture: install, report or off")

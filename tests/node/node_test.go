@@ -144,8 +144,6 @@ func TestPodAddedAfterTheAgentIsCapturedWithItsAnnotations(t *testing.T) {
 	w.api.addNamespace("legacy", map[string]string{"shunt.dev/capture": "false"})
 	w.api.addPod("shop", "web", nodeName, "", map[string]string{"shunt.dev/exclude-outbound-ports": "8081"})
 	w.api.addPod("legacy", "batch", nodeName, "", nil)
-	w.serveOnNode(8080)
-	w.serveOnNode(8081)
 	agent := w.startAgent("--repair", "off")
 	w.waitChained(agent)
 
@@ -153,6 +151,9 @@ func TestPodAddedAfterTheAgentIsCapturedWithItsAnnotations(t *testing.T) {
 	if out := web.add(); !strings.Contains(out, "10.244.9.") {
 		t.Errorf("ADD result lacks the bridge's address:\n%s", out)
 	}
+	// The bridge, and its address, exist once the first pod is wired.
+	w.serveOnNode(8080)
+	w.serveOnNode(8081)
 	if r := web.rules(); !strings.Contains(r, "SHUNT_OUTPUT") {
 		t.Fatalf("no shunt rules in shop/web after ADD:\n%s", r)
 	}
@@ -242,9 +243,9 @@ func TestRepairInstallCapturesPodsStartedBefore(t *testing.T) {
 	w := newWorld(t)
 	w.api.addNamespace("shop", nil)
 	w.api.addNamespace("legacy", map[string]string{"shunt.dev/capture": "false"})
+	web := w.startedBeforeTheAgent("shop", "web", map[string]string{"shunt.dev/exclude-outbound-ports": "8081"})
 	w.serveOnNode(8080)
 	w.serveOnNode(8081)
-	web := w.startedBeforeTheAgent("shop", "web", map[string]string{"shunt.dev/exclude-outbound-ports": "8081"})
 	batch := w.startedBeforeTheAgent("legacy", "batch", nil)
 	web.startProxy()
 	if web.viaProxy(8080) {
