@@ -36,8 +36,9 @@ func FirstConflist(confDir string) (string, error) {
 
 // Chain appends the shunt plugin to the node's first conflist, or updates
 // it in place when already there, and reports whether it changed the file.
-// Before its first change to a file it keeps the original in backupDir, so
-// Unchain can give the node back exactly what it had.
+// Whenever it finds the file without its entry it keeps that file in
+// backupDir first, so Unchain can give the node back exactly what the
+// primary CNI last wrote.
 func Chain(confDir, backupDir string, plugin map[string]any) (string, bool, error) {
 	path, err := FirstConflist(confDir)
 	if err != nil {
@@ -79,7 +80,10 @@ func Chain(confDir, backupDir string, plugin map[string]any) (string, bool, erro
 		return path, false, nil
 	}
 	backup := filepath.Join(backupDir, filepath.Base(path))
-	if _, err := os.Stat(backup); errors.Is(err, fs.ErrNotExist) && !placed {
+	// A file without shunt's entry is the primary CNI's latest: it replaces
+	// any older backup, or removal would give back a configuration the
+	// primary CNI has since replaced.
+	if !placed {
 		if err := writeAtomic(backup, orig, 0o644); err != nil {
 			return path, false, fmt.Errorf("back up %s: %w", path, err)
 		}

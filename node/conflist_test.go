@@ -124,3 +124,30 @@ func mustReadDir(t *testing.T, dir string) []string {
 	}
 	return out
 }
+
+// The primary CNI rewrites its file and the agent chains into the rewrite:
+// removal gives back the rewrite, not the file the agent first saw.
+func TestUnchainAfterRechainRestoresTheRewrite(t *testing.T) {
+	conf, backup := t.TempDir(), t.TempDir()
+	path := filepath.Join(conf, "10-primary.conflist")
+	if err := os.WriteFile(path, []byte(primary), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	entry := map[string]any{"capture": map[string]any{"outboundPort": 15001}}
+	if _, _, err := Chain(conf, backup, entry); err != nil {
+		t.Fatal(err)
+	}
+	rewrite := strings.Replace(primary, `"portmap"`, `"portmap", "snat": true`, 1)
+	if err := os.WriteFile(path, []byte(rewrite), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, changed, err := Chain(conf, backup, entry); err != nil || !changed {
+		t.Fatalf("re-chain changed=%v err=%v", changed, err)
+	}
+	if err := Unchain(conf, backup); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != rewrite {
+		t.Errorf("Unchain gave back\n%s\nwant the primary CNI's rewrite\n%s", b, rewrite)
+	}
+}

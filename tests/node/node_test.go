@@ -70,12 +70,18 @@ func TestAgentInstallsAndChainsThePlugin(t *testing.T) {
 		t.Errorf("temporary files left in the conf dir: %v", globOf(t, nothing+"*"))
 	}
 
-	// The primary CNI rewrites its file (an upgrade): the agent chains
-	// itself again within its interval.
-	if err := os.WriteFile(w.conflist, w.original, 0o644); err != nil {
+	// The primary CNI rewrites its file (its upgrade, new content): the
+	// agent chains itself again within its interval, and from then on the
+	// rewrite is what removal must give back.
+	rewritten := bytes.Replace(w.original, []byte(`"ipMasq": false`), []byte(`"ipMasq": false, "hairpinMode": true`), 1)
+	if err := os.WriteFile(w.conflist, rewritten, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	w.waitChained(agent)
+	w.original = rewritten
+	conf = w.waitChained(agent)
+	if first := conf["plugins"].([]any)[0].(map[string]any); first["hairpinMode"] != true {
+		t.Errorf("re-chaining lost the primary CNI's rewrite: %v", first)
+	}
 
 	// Stopped without --cleanup (a rolling update), the agent leaves the
 	// plugin chained so no pod starts uncaptured meanwhile.
