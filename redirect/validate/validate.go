@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/redirect/origdst"
 )
 
 // Options say what to validate and where.
@@ -104,7 +105,7 @@ func outbound(ctx context.Context, p *redirect.Plan, probe netip.AddrPort) (*Res
 			return
 		}
 		defer c.Close()
-		dst, err := originalDst(c.(*net.TCPConn))
+		dst, err := origdst.Lookup(c.(*net.TCPConn))
 		got <- accepted{dst: dst, err: err}
 	}()
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shunt-dev/shunt/redirect/origdst"
 	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
@@ -28,7 +29,7 @@ func inboundListener(t *testing.T, n *testenv.Netns, addr string) {
 			}
 			go func(c *net.TCPConn) {
 				defer c.Close()
-				dst, err := testenv.OriginalDst(c)
+				dst, err := origdst.Lookup(c)
 				body := "inbound-proxy orig=" + dst.String()
 				if err != nil {
 					body = "inbound-proxy error=" + err.Error()

@@ -3,7 +3,6 @@ package ebpftest
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -11,12 +10,10 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
+	"github.com/shunt-dev/shunt/redirect/origdst"
 )
 
 const helperFlag = "-shunt-ebpftest-helper"
@@ -150,7 +147,7 @@ func serve(addrs []string, handle func(net.Conn)) error {
 // destination of IPv4 connections only): getsockopt(SO_ORIGINAL_DST) or
 // (IP6T_SO_ORIGINAL_DST), then forward.
 func origDstProxy(c net.Conn) {
-	dst, err := originalDst(c.(*net.TCPConn))
+	dst, err := origdst.Lookup(c.(*net.TCPConn))
 	if err != nil {
 		fmt.Println("proxy: original destination:", err)
 		return
@@ -164,43 +161,6 @@ func origDstProxy(c net.Conn) {
 	defer up.Close()
 	go func() { _, _ = io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
 	_, _ = io.Copy(c, up)
-}
-
-func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	var out netip.AddrPort
-	var serr error
-	v6 := netip.MustParseAddrPort(c.LocalAddr().String()).Addr().Unmap().Is6()
-	err = rc.Control(func(fd uintptr) {
-		var buf [28]byte
-		l := uint32(len(buf))
-		level, name := unix.SOL_IP, 80 // SO_ORIGINAL_DST
-		if v6 {
-			level = unix.SOL_IPV6 // IP6T_SO_ORIGINAL_DST is 80 too
-		}
-		_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, uintptr(level), uintptr(name),
-			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&l)), 0)
-		if e != 0 {
-			serr = e
-			return
-		}
-		port := binary.BigEndian.Uint16(buf[2:4])
-		switch binary.NativeEndian.Uint16(buf[0:2]) {
-		case unix.AF_INET:
-			out = netip.AddrPortFrom(netip.AddrFrom4([4]byte(buf[4:8])), port)
-		case unix.AF_INET6:
-			out = netip.AddrPortFrom(netip.AddrFrom16([16]byte(buf[8:24])).Unmap(), port)
-		default:
-			serr = fmt.Errorf("family %d", binary.NativeEndian.Uint16(buf[0:2]))
-		}
-	})
-	if err != nil {
-		return out, err
-	}
-	return out, serr
 }
 
 func dnsServer(addrs []string) error {

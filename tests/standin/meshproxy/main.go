@@ -41,11 +41,10 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/shunt-dev/shunt/redirect/origdst"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
-
-	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
 func main() {
@@ -125,7 +124,7 @@ func (p *proxy) serve(ctx context.Context, addr string, handle func(*net.TCPConn
 
 func (p *proxy) outbound(c *net.TCPConn) {
 	defer c.Close()
-	orig, err := testenv.OriginalDst(c)
+	orig, err := origdst.Lookup(c)
 	if err != nil {
 		log.Printf("conn original destination unknown: %v", err)
 		return

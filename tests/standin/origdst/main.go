@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/shunt-dev/shunt/tests/testenv"
+	"github.com/shunt-dev/shunt/redirect/origdst"
 )
 
 func main() {
@@ -53,7 +53,7 @@ func serve(ln *net.TCPListener, logf func(string, ...any)) {
 
 func handle(c *net.TCPConn, logf func(string, ...any)) {
 	defer c.Close()
-	dst, err := testenv.OriginalDst(c)
+	dst, err := origdst.Lookup(c)
 	if err != nil {
 		logf("standin %s error %v", c.RemoteAddr(), err)
 		return
