@@ -91,9 +91,10 @@ func TestPodSettingsFromAnnotations(t *testing.T) {
 func TestRepairFindsPodsThatEscapedThePlugin(t *testing.T) {
 	proc, state := t.TempDir(), t.TempDir()
 	// Fake processes: 100 belongs to "early" (never seen by the plugin),
-	// 200 to "seen" (captured by ADD), 300 to "optout".
+	// 200 to "seen" (captured by ADD), 300 to "optout", 400 to "hostview"
+	// (captured by ADD, its namespace file not visible to the agent).
 	netns := map[string]string{}
-	for pid, id := range map[string]string{"100": "aaa111", "200": "bbb222", "300": "ccc333"} {
+	for pid, id := range map[string]string{"100": "aaa111", "200": "bbb222", "300": "ccc333", "400": "ggg777"} {
 		dir := filepath.Join(proc, pid)
 		must(t, os.MkdirAll(filepath.Join(dir, "ns"), 0o755))
 		must(t, os.WriteFile(filepath.Join(dir, "cgroup"), []byte("0::/kubepods/pod/cri-containerd-"+id+".scope\n"), 0o644))
@@ -103,10 +104,17 @@ func TestRepairFindsPodsThatEscapedThePlugin(t *testing.T) {
 	must(t, os.MkdirAll(filepath.Join(state, "sandbox-b"), 0o755))
 	must(t, os.WriteFile(filepath.Join(state, "sandbox-b", "cni.json"), []byte(`{"netns": "`+netns["200"]+`", "captured": true}`), 0o644))
 
+	must(t, os.MkdirAll(filepath.Join(state, "sandbox-g"), 0o755))
+	must(t, os.WriteFile(filepath.Join(state, "sandbox-g", "cni.json"), []byte(`{"netns": "/var/run/netns/cni-not-mounted-here", "pod": "shop/hostview", "captured": true}`), 0o644))
+
+	must(t, os.MkdirAll(filepath.Join(state, "sandbox-g"), 0o755))
+	must(t, os.WriteFile(filepath.Join(state, "sandbox-g", "cni.json"), []byte(`{"netns": "/var/run/netns/cni-not-mounted-here", "pod": "shop/hostview", "captured": true}`), 0o644))
+
 	client := fake.NewSimpleClientset(
 		ns("shop", nil, nil), ns("kube-system", nil, nil),
 		pod("shop", "early", "n1", nil, "aaa111"),
 		pod("shop", "seen", "n1", nil, "bbb222"),
+		pod("shop", "hostview", "n1", nil, "ggg777"),
 		pod("shop", "optout", "n1", map[string]string{"shunt.dev/capture": "false"}, "ccc333"),
 		pod("shop", "elsewhere", "n2", nil, "ddd444"),
 		pod("shop", "gone", "n1", nil, "eee555"),
@@ -127,7 +135,7 @@ func TestRepairFindsPodsThatEscapedThePlugin(t *testing.T) {
 	if f, ok := got["shop/gone"]; !ok || f.Problem == "" {
 		t.Errorf("a pod without a process must be reported: %+v", f)
 	}
-	for _, name := range []string{"shop/seen", "shop/optout", "shop/elsewhere", "kube-system/dns"} {
+	for _, name := range []string{"shop/seen", "shop/hostview", "shop/optout", "shop/elsewhere", "kube-system/dns"} {
 		if _, ok := got[name]; ok {
 			t.Errorf("%s should not need repair", name)
 		}

@@ -50,7 +50,7 @@ func (r *Repairer) Scan(ctx context.Context) ([]Finding, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list pods on node %s: %w", r.NodeName, err)
 	}
-	captured := r.capturedNetns()
+	captured, capturedPods := r.captured()
 	var out []Finding
 	for i := range pods.Items {
 		pod := &pods.Items[i]
@@ -80,7 +80,7 @@ func (r *Repairer) Scan(ctx context.Context) ([]Finding, error) {
 			out = append(out, f)
 			continue
 		}
-		if captured[inode(f.Netns)] {
+		if captured[inode(f.Netns)] || capturedPods[f.Pod] {
 			continue
 		}
 		out = append(out, f)
@@ -127,10 +127,12 @@ func (r *Repairer) findNetns(ids []string) string {
 	return ""
 }
 
-// capturedNetns returns the namespaces (by device and inode) that the
-// plugin's records say are captured.
-func (r *Repairer) capturedNetns() map[string]bool {
-	out := map[string]bool{}
+// captured returns the namespaces (by device and inode) that the plugin's
+// records say are captured, and the pods of captured records whose
+// namespace file the agent cannot see: the runtime's /var/run/netns may not
+// be mounted into the agent's pod, and such a pod must not be captured twice.
+func (r *Repairer) captured() (map[string]bool, map[string]bool) {
+	byNetns, byPod := map[string]bool{}, map[string]bool{}
 	recs, _ := filepath.Glob(filepath.Join(r.StateDir, "*", "cni.json"))
 	for _, p := range recs {
 		b, err := os.ReadFile(p)
@@ -139,15 +141,19 @@ func (r *Repairer) capturedNetns() map[string]bool {
 		}
 		var rec struct {
 			Netns    string `json:"netns"`
+			Pod      string `json:"pod"`
 			Captured bool   `json:"captured"`
 		}
-		if json.Unmarshal(b, &rec) == nil && rec.Captured {
-			if k := inode(rec.Netns); k != "" {
-				out[k] = true
-			}
+		if json.Unmarshal(b, &rec) != nil || !rec.Captured {
+			continue
+		}
+		if k := inode(rec.Netns); k != "" {
+			byNetns[k] = true
+		} else if rec.Pod != "" {
+			byPod[rec.Pod] = true
 		}
 	}
-	return out
+	return byNetns, byPod
 }
 
 func inode(path string) string {

@@ -286,6 +286,21 @@ func TestRepairInstallCapturesPodsStartedBefore(t *testing.T) {
 	if recs := globOf(t, filepath.Join(w.stateDir, "repair-*", "cni.json")); len(recs) != 1 {
 		t.Errorf("repair records %v, want one for shop/web", recs)
 	}
+
+	// A pod the plugin captured, now running, is not captured twice.
+	w.api.addPod("shop", "api", nodeName, "", nil)
+	api := w.newPod("shop", "api")
+	api.add()
+	id := containerID(t)
+	api.startWorkload(id)
+	w.api.addPod("shop", "api", nodeName, "containerd://"+id, nil)
+	if r := api.rules(); !strings.Contains(r, "SHUNT_OUTPUT") {
+		t.Fatalf("shop/api not captured by the plugin:\n%s", r)
+	}
+	time.Sleep(time.Second)
+	if strings.Contains(agent.Output(), "shop/api") {
+		t.Errorf("the agent acted on shop/api, which the plugin captured:\n%s", agent.Output())
+	}
 }
 
 // With --repair report the agent only names such pods.
@@ -321,6 +336,7 @@ func TestUninstallRestoresTheNode(t *testing.T) {
 	if r := web.rules(); !strings.Contains(r, "SHUNT_OUTPUT") {
 		t.Errorf("uninstall removed a running pod's rules; documented to keep them:\n%s", r)
 	}
+	w.api.addPod("shop", "api", nodeName, "", nil)
 	w.api.addPod("shop", "api", nodeName, "", nil)
 	api := w.newPod("shop", "api")
 	api.add()
