@@ -4,17 +4,25 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
 // The page's first example and its tcp variant, in one pod: TLS originated
 // by the proxy (SNI, CA, client certificate), the real name through the
 // builtin DNS, and the application's own TLS passed through untouched.
 func TestExternalServicesThroughTheProxy(t *testing.T) {
-	w := newWorld(t)
+	forEachEngine(t, testExternalServicesThroughTheProxy)
+}
+
+func testExternalServicesThroughTheProxy(t *testing.T, engine string) {
+	w := newWorldWith(t, engine)
 	w.writeResource("services.yaml",
 		externalService("httpbin", "httpbin", "http", "httpbin.org:443", tlsBlock("httpbin.org", w.ca.cert, nil))+
 			externalService("httpbin-mtls", "httpbin-mtls", "http", "mtls.httpbin.org:8443", tlsBlock("mtls.httpbin.org", w.ca.cert, &w.client))+
@@ -119,7 +127,13 @@ func TestExternalServicesThroughTheProxy(t *testing.T) {
 	})
 
 	t.Run("rules flushed by someone else are restored within seconds", func(t *testing.T) {
-		if _, err := w.pod.Run("iptables", "-t", "nat", "-F", "SHUNT_OUTPUT"); err != nil {
+		if engine == "ebpf" {
+			// Someone detaches the outbound hook.
+			bpftool := testenv.RequireBinary(t, "bpftool")
+			if out, err := exec.Command(bpftool, "link", "detach", "pinned", filepath.Join(w.pinDir, "link_connect4")).CombinedOutput(); err != nil {
+				t.Fatalf("bpftool link detach: %v\n%s", err, out)
+			}
+		} else if _, err := w.pod.Run("iptables", "-t", "nat", "-F", "SHUNT_OUTPUT"); err != nil {
 			t.Skip("cannot flush with the default iptables in this namespace")
 		}
 		start := time.Now()
@@ -135,15 +149,17 @@ func TestExternalServicesThroughTheProxy(t *testing.T) {
 		}
 		_, metrics := w.admin("/metrics")
 		if !strings.Contains(metrics, "shunt_capture_drift_repairs_total 1") {
-			t.Errorf("repair not counted in /metrics")
+			t.Errorf("repair not counted once in /metrics:\n%s", grepLines(metrics, "shunt_capture"))
 		}
 	})
 }
 
 // With passthrough disabled, nothing but the mesh's destinations is
 // reachable, by any user, and refusals are immediate.
-func TestPassthroughDisabled(t *testing.T) {
-	w := newWorld(t)
+func TestPassthroughDisabled(t *testing.T) { forEachEngine(t, testPassthroughDisabled) }
+
+func testPassthroughDisabled(t *testing.T, engine string) {
+	w := newWorldWith(t, engine)
 	w.writeResource("mesh.yaml", "type: Mesh\nname: default\nnetworking:\n  outbound:\n    passthrough: false\n")
 	w.writeResource("services.yaml", externalService("httpbin", "httpbin", "http", "httpbin.org:443", tlsBlock("httpbin.org", w.ca.cert, nil)))
 	w.startAgent("")
@@ -196,8 +212,10 @@ func dialTime(t *testing.T, w *world, uid int, addr string) time.Duration {
 
 // The page's ZoneEgress example: passthrough off, zone egress on; the
 // application's own TLS to example.com leaves only through the egress.
-func TestZoneEgress(t *testing.T) {
-	w := newWorld(t)
+func TestZoneEgress(t *testing.T) { forEachEngine(t, testZoneEgress) }
+
+func testZoneEgress(t *testing.T, engine string) {
+	w := newWorldWith(t, engine)
 	w.writeResource("mesh.yaml", fmt.Sprintf(`type: Mesh
 name: default
 networking:

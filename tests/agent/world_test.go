@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/shunt-dev/shunt/redirect/ebpf"
+	"github.com/shunt-dev/shunt/tests/ebpf/ebpftest"
 	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
@@ -47,6 +50,46 @@ type world struct {
 	proxy     *testenv.Process
 	egressFwd *testenv.Process
 	cp        *testenv.Process
+	// engine is the capture engine the agent uses; with ebpf, the pod's
+	// processes run in cgroup and the programs are pinned on pinDir.
+	engine string
+	cgroup string
+	pinDir string
+}
+
+// forEachEngine runs an end-to-end test once per capture engine: the same
+// assertions hold for both.
+func forEachEngine(t *testing.T, test func(t *testing.T, engine string)) {
+	for _, engine := range []string{"iptables", "ebpf"} {
+		t.Run(engine, func(t *testing.T) { test(t, engine) })
+	}
+}
+
+// newWorldWith is newWorld with the agent using the given engine.
+func newWorldWith(t *testing.T, engine string) *world {
+	t.Helper()
+	w := newWorld(t)
+	w.engine = engine
+	if engine == "ebpf" {
+		if err := ebpf.Probe(testenvCgroupMount(t)); err != nil {
+			t.Skipf("the kernel cannot run the eBPF engine: %v", err)
+		}
+		w.cgroup = testenv.NewCgroup(t)
+		w.pinDir = filepath.Join(ebpftest.MountBPFFS(t), "shunt")
+		// The application and the proxy stand-in start inside the pod's
+		// cgroup, as a container's processes do.
+		w.pod = w.pod.InCgroup(w.cgroup)
+	}
+	return w
+}
+
+func testenvCgroupMount(t *testing.T) string {
+	t.Helper()
+	mnt, err := testenv.Cgroup2Mount()
+	if err != nil {
+		t.Skipf("cgroup v2 is not mounted: %v", err)
+	}
+	return mnt
 }
 
 func newWorld(t *testing.T) *world {
@@ -210,7 +253,17 @@ func (w *world) startAgent(xds string, extra ...string) {
 		args = append(args, "--xds", xds)
 	}
 	args = append(args, extra...)
-	w.agent = w.pod.Start(w.pod.Command(context.Background(), bins.shunt, args...))
+	if w.engine == "ebpf" {
+		// ip netns exec remounts /sys, hiding the cgroup and bpffs
+		// mounts the eBPF engine needs: enter only the network namespace,
+		// and name the pod's resolv.conf, which ip netns exec would have
+		// laid over /etc/resolv.conf.
+		args = append(args, "--engine", "ebpf", "--cgroup", w.cgroup, "--bpf-pin-dir", w.pinDir,
+			"--resolv-conf", filepath.Join("/etc/netns", w.pod.Name(), "resolv.conf"))
+		w.agent = testenv.StartProcess(w.t, exec.CommandContext(context.Background(), "nsenter", append([]string{"--net=" + w.pod.Path(), bins.shunt}, args...)...))
+	} else {
+		w.agent = w.pod.Start(w.pod.Command(context.Background(), bins.shunt, args...))
+	}
 	waitFor(w.t, "the agent to be ready", func() bool {
 		code, _ := w.admin("/readyz")
 		return code == "200"
@@ -290,4 +343,15 @@ func (w *world) logs() string {
 		}
 	}
 	return b.String()
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

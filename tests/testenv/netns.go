@@ -19,6 +19,9 @@ import (
 type Netns struct {
 	t    testing.TB
 	name string
+	// cgroup, when set, is the cgroup-v2 directory that commands started
+	// through this view join before they run (see InCgroup).
+	cgroup string
 }
 
 // NewNetns creates a namespace with its loopback up. It is deleted, with every
@@ -60,17 +63,35 @@ func (n *Netns) WriteResolvConf(content string) string {
 	return p
 }
 
+// InCgroup returns a view of the namespace whose commands also run in the
+// cgroup-v2 directory dir, from their first instruction: the eBPF engine
+// captures by cgroup, and a process moved in after it started could have
+// connected already.
+func (n *Netns) InCgroup(dir string) *Netns {
+	c := *n
+	c.cgroup = dir
+	return &c
+}
+
 // Command returns a command that runs inside the namespace.
 func (n *Netns) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.name, name}, args...)...)
+	return n.wrap(ctx, append([]string{"ip", "netns", "exec", n.name, name}, args...))
 }
 
 // CommandAs returns a command that runs inside the namespace as uid:gid, the
 // way a proxy runs under its own user.
 func (n *Netns) CommandAs(ctx context.Context, uid, gid int, name string, args ...string) *exec.Cmd {
-	full := append([]string{"netns", "exec", n.name, "setpriv",
-		fmt.Sprintf("--reuid=%d", uid), fmt.Sprintf("--regid=%d", gid), "--clear-groups", name}, args...)
-	return exec.CommandContext(ctx, "ip", full...)
+	return n.wrap(ctx, append([]string{"ip", "netns", "exec", n.name, "setpriv",
+		fmt.Sprintf("--reuid=%d", uid), fmt.Sprintf("--regid=%d", gid), "--clear-groups", name}, args...))
+}
+
+func (n *Netns) wrap(ctx context.Context, argv []string) *exec.Cmd {
+	if n.cgroup == "" {
+		return exec.CommandContext(ctx, argv[0], argv[1:]...)
+	}
+	// The shell joins the cgroup, then becomes the command: same PID.
+	script := `echo $$ > "$0/cgroup.procs" && exec "$@"`
+	return exec.CommandContext(ctx, "sh", append([]string{"-c", script, n.cgroup}, argv...)...)
 }
 
 // Run runs a command in the namespace and returns its combined output.
