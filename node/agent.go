@@ -46,6 +46,9 @@ type Options struct {
 	// (log them) or "off".
 	Repair   string
 	Interval time.Duration
+	// HealthAddr, when set, serves /healthz (the agent runs) and /readyz
+	// (the plugin is installed and chained).
+	HealthAddr string
 	// Cleanup unchains the plugin and removes its files when ctx ends.
 	Cleanup bool
 	// Plugin runs installs for repairs the way the CNI plugin does.
@@ -100,6 +103,14 @@ func Run(ctx context.Context, o Options) error {
 	if o.Interval == 0 {
 		o.Interval = 10 * time.Second
 	}
+	h := &health{reason: "plugin not installed yet"}
+	if o.HealthAddr != "" {
+		stop, err := serveHealth(ctx, o.HealthAddr, h, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if err := InstallBinary(o.Binary, o.CNIBinDir); err != nil {
 		return err
 	}
@@ -123,10 +134,13 @@ func Run(ctx context.Context, o Options) error {
 				log.Info("waiting for the primary CNI's configuration", "dir", o.CNIConfDir)
 			}
 			waiting = true
+			h.set("waiting for the primary CNI's configuration in " + o.CNIConfDir)
 		case err != nil:
 			log.Error("chain plugin", "err", err)
+			h.set("chain plugin: " + err.Error())
 		default:
 			waiting = false
+			h.set("")
 			if changed {
 				log.Info("plugin chained", "conflist", path)
 			}

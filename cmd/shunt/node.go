@@ -107,6 +107,7 @@ pod annotations, and capture pods that started before it was chained. With
 	fs.StringVar(&o.ProcRoot, "proc", "/proc", "the host's /proc, to find pods' network namespaces (needs hostPID)")
 	fs.StringVar(&o.Repair, "repair", "install", "pods running without capture: install, report or off")
 	fs.DurationVar(&o.Interval, "interval", 10*time.Second, "how often the chaining is checked and pods are scanned")
+	fs.StringVar(&o.HealthAddr, "health-addr", "", "serve /healthz and /readyz (ready once the plugin is chained) on this address (default: off)")
 	fs.BoolVar(&o.Cleanup, "cleanup", false, "unchain the plugin and remove its files when the agent stops (SIGTERM)")
 	fs.BoolVar(&uninstall, "uninstall", false, "unchain the plugin, restore the original conflist, remove the plugin binary, and exit")
 	return cmd

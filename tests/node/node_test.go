@@ -18,8 +18,21 @@ import (
 // CNI's conflist, and gives it a kubeconfig that reaches the API server.
 func TestAgentInstallsAndChainsThePlugin(t *testing.T) {
 	w := newWorld(t)
-	agent := w.startAgent("--repair", "off")
+	// The node's primary CNI has not written its configuration yet.
+	if err := os.Remove(w.conflist); err != nil {
+		t.Fatal(err)
+	}
+	agent := w.startAgent("--repair", "off", "--health-addr", "127.0.0.1:15092")
+	waitFor(t, 10*time.Second, "the health endpoint", agent, func() bool { code, _ := w.probe("/healthz"); return code == "200" })
+	time.Sleep(300 * time.Millisecond) // more than one interval
+	if code, body := w.probe("/readyz"); code != "503" || !strings.Contains(body, "primary CNI") {
+		t.Errorf("/readyz without a conflist = %s %q, want 503 naming the wait", code, body)
+	}
+	if err := os.WriteFile(w.conflist, w.original, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	conf := w.waitChained(agent)
+	waitFor(t, 5*time.Second, "/readyz 200 once chained", agent, func() bool { code, _ := w.probe("/readyz"); return code == "200" })
 
 	plugins := conf["plugins"].([]any)
 	if len(plugins) != 2 || plugins[0].(map[string]any)["type"] != "bridge" {
@@ -94,6 +107,15 @@ func TestAgentInstallsAndChainsThePlugin(t *testing.T) {
 		t.Errorf("the agent removed shunt-cni on stop without --cleanup: %v", err)
 	}
 	w.uninstall()
+}
+
+// probe GETs the agent's health endpoint from the node namespace and
+// returns the status code and body.
+func (w *world) probe(path string) (string, string) {
+	out, _ := w.node.Run("curl", "-s", "--max-time", "2", "-w", "\n%{http_code}", "http://127.0.0.1:15092"+path)
+	out = strings.TrimSpace(out)
+	i := strings.LastIndexByte(out, '\n')
+	return out[i+1:], strings.TrimSpace(out[:max(i, 0)])
 }
 
 func globOf(t *testing.T, pattern string) []string {
