@@ -492,7 +492,7 @@ func (a *Agent) store(res map[string]resolution) bool {
 func (a *Agent) forget() {
 	keep := hostsOf(a.cur)
 	for h := range a.hosts {
-		if !slices.Contains(keep, h) {
+		if _, found := slices.BinarySearch(keep, h); !found {
 			delete(a.hosts, h)
 		}
 	}

@@ -58,12 +58,12 @@ func hostsOf(snap *mesh.AgentSnapshot) []string {
 	if snap == nil || snap.Passthrough {
 		return nil
 	}
-	var hosts []string
+	// A set, not a search per host: ten thousand ExternalServices give
+	// ten thousand hosts.
+	hosts := make([]string, 0, len(snap.DNSHosts))
 	for _, h := range snap.DNSHosts {
-		if !slices.Contains(hosts, h.Host) {
-			hosts = append(hosts, h.Host)
-		}
+		hosts = append(hosts, h.Host)
 	}
 	sort.Strings(hosts)
-	return hosts
+	return slices.Compact(hosts)
 }

@@ -8,55 +8,103 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/shunt-dev/shunt/mesh"
 )
 
-// statFingerprint summarises the resource files' names, sizes and
-// modification times. Polling compares it every tick; contents are read only
-// when it changes, so an idle directory of thousands of resources costs a
-// few stat calls per tick.
-func statFingerprint(dir string) (string, error) {
-	paths, err := resourcePaths(dir)
-	if err != nil {
-		return "", err
-	}
-	h := sha256.New()
-	for _, p := range paths {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return "", fmt.Errorf("stat %s: %w", p, err)
-		}
-		fmt.Fprintf(h, "%s\x00%d\x00%d\x00", p, fi.Size(), fi.ModTime().UnixNano())
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+// fileStat is what tells a file changed without reading it: size,
+// modification and change times, and the inode, which a rename-over (the
+// atomic way to write a resource file) always changes.
+type fileStat struct {
+	size         int64
+	mtime, ctime int64
+	ino          uint64
 }
 
-// readResources reads every resource file of dir and returns them with a
-// hash of their names and contents.
-func readResources(dir string) ([]mesh.File, string, error) {
-	paths, err := resourcePaths(dir)
-	if err != nil {
-		return nil, "", err
+func statOf(fi os.FileInfo) fileStat {
+	st := fileStat{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ctime = sys.Ctim.Nano()
+		st.ino = sys.Ino
 	}
-	h := sha256.New()
-	files := make([]mesh.File, 0, len(paths))
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
+	return st
+}
+
+// cachedFile is one resource file as last read: its contents' hash and the
+// parse of those contents.
+type cachedFile struct {
+	stat   fileStat
+	sum    [sha256.Size]byte
+	parsed *mesh.ParsedFile
+}
+
+// fileCache remembers the resource files between polls so that a change to
+// one file of thousands costs the reading and parsing of that file alone.
+// It is used by one reload at a time.
+type fileCache struct {
+	files map[string]*cachedFile
+	// reads counts files read, for tests.
+	reads int
+}
+
+// scan stats the resource files of dir and tells whether any was added,
+// removed or changed since the last load; stats are returned for load.
+func (c *fileCache) scan(dir string) (paths []string, stats []fileStat, changed bool, err error) {
+	paths, err = resourcePaths(dir)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	stats = make([]fileStat, len(paths))
+	changed = len(paths) != len(c.files)
+	for i, p := range paths {
+		fi, err := os.Stat(p)
 		if err != nil {
-			return nil, "", fmt.Errorf("read resources %s: %w", p, err)
+			return nil, nil, false, fmt.Errorf("stat %s: %w", p, err)
 		}
+		stats[i] = statOf(fi)
+		if f, ok := c.files[p]; !ok || f.stat != stats[i] {
+			changed = true
+		}
+	}
+	return paths, stats, changed, nil
+}
+
+// load returns the parsed resource files of dir with a hash of their names
+// and contents. Files whose stat is unchanged are not read again, unless
+// reread is set; files whose contents are unchanged are not parsed again.
+func (c *fileCache) load(dir string, paths []string, stats []fileStat, reread bool) ([]*mesh.ParsedFile, string, error) {
+	next := make(map[string]*cachedFile, len(paths))
+	out := make([]*mesh.ParsedFile, 0, len(paths))
+	h := sha256.New()
+	for i, p := range paths {
 		rel, err := filepath.Rel(dir, p)
 		if err != nil {
 			rel = p
 		}
-		files = append(files, mesh.File{Name: filepath.Join(filepath.Base(dir), rel), Data: b})
-		h.Write([]byte(rel + "\x00" + strconv.Itoa(len(b)) + "\x00"))
-		h.Write(b)
+		f, ok := c.files[p]
+		if !ok || reread || f.stat != stats[i] {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return nil, "", fmt.Errorf("read resources %s: %w", p, err)
+			}
+			c.reads++
+			sum := sha256.Sum256(b)
+			if !ok || f.sum != sum {
+				f = &cachedFile{sum: sum, parsed: mesh.Parse(mesh.File{Name: filepath.Join(filepath.Base(dir), rel), Data: b})}
+			} else {
+				f = &cachedFile{sum: sum, parsed: f.parsed}
+			}
+			f.stat = stats[i]
+		}
+		next[p] = f
+		out = append(out, f.parsed)
+		h.Write([]byte(rel + "\x00"))
+		h.Write(f.sum[:])
 	}
-	return files, hex.EncodeToString(h.Sum(nil)), nil
+	c.files = next
+	return out, hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // resourcePaths lists *.yaml and *.yml files under dir, sorted. Hidden

@@ -68,7 +68,7 @@ type Server struct {
 	// reloadMu serialises reloads; mu guards the fields below and is never
 	// held while reading files.
 	reloadMu sync.Mutex
-	statFP   string
+	files    fileCache
 	mu       sync.Mutex
 	gen      *generation
 	// contentFP is the hash of the last files read, good or bad, so that a
@@ -76,6 +76,8 @@ type Server struct {
 	contentFP string
 	nodes     map[string]*nodeState
 	streams   map[streamKey]string
+	// tcache holds the resources of recent translations; guarded by mu.
+	tcache translateCache
 }
 
 type generation struct {
@@ -197,11 +199,19 @@ func (s *Server) Run(ctx context.Context, lis net.Listener, opts ...grpc.ServerO
 	return nil
 }
 
-// Watch polls the resource directory until ctx ends; a change is translated
-// and pushed to every connected node.
+// Watch follows the resource directory until ctx ends (file events, and a
+// poll every PollInterval); a change is translated and pushed to every
+// connected node.
 func (s *Server) Watch(ctx context.Context) error {
 	t := time.NewTicker(s.opts.PollInterval)
 	defer t.Stop()
+	var events <-chan struct{}
+	if n, err := newDirNotifier(s.opts.ResourcesDir); err != nil {
+		s.log.Debug("no file events; changes are found by polling", "error", err)
+	} else {
+		defer n.Close()
+		events = n.C
+	}
 	// A missing directory fails every tick; say so once, not four times a
 	// second. (A broken file fails once: its contents are remembered.)
 	var lastErr string
@@ -210,14 +220,26 @@ func (s *Server) Watch(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			err := s.reload(false)
-			switch {
-			case err != nil && err.Error() != lastErr:
-				s.log.Error("resources not applied; last good version stays", "version", s.Version(), "error", err)
-				lastErr = err.Error()
-			case err == nil:
-				lastErr = ""
+		case <-events:
+			// Let the burst end; what arrives meanwhile is covered by
+			// the scan that follows.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(notifyDelay):
 			}
+			select {
+			case <-events:
+			default:
+			}
+		}
+		err := s.reload(false)
+		switch {
+		case err != nil && err.Error() != lastErr:
+			s.log.Error("resources not applied; last good version stays", "version", s.Version(), "error", err)
+			lastErr = err.Error()
+		case err == nil:
+			lastErr = ""
 		}
 	}
 }
@@ -245,15 +267,16 @@ func (s *Server) VIPs() mesh.VIPs {
 func (s *Server) reload(force bool) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	fp, err := statFingerprint(s.opts.ResourcesDir)
+	paths, stats, changed, err := s.files.scan(s.opts.ResourcesDir)
 	if err != nil {
 		return err
 	}
-	if fp == s.statFP && !force {
+	if !changed && !force {
 		return nil
 	}
-	s.statFP = fp
-	files, contentFP, err := readResources(s.opts.ResourcesDir)
+	// A forced reload reads every file again: it is the way to pick up a
+	// change that left a file's size and times as they were.
+	files, contentFP, err := s.files.load(s.opts.ResourcesDir, paths, stats, force)
 	if err != nil {
 		return err
 	}
@@ -276,8 +299,8 @@ func (s *Server) reload(force bool) error {
 	return nil
 }
 
-func (s *Server) apply(files []mesh.File, contentFP string, prevVIPs mesh.VIPs) error {
-	res, warns, err := mesh.Load(files)
+func (s *Server) apply(files []*mesh.ParsedFile, contentFP string, prevVIPs mesh.VIPs) error {
+	res, warns, err := mesh.LoadParsed(files)
 	if err != nil {
 		return fmt.Errorf("invalid resources: %w", err)
 	}
@@ -297,6 +320,7 @@ func (s *Server) apply(files []mesh.File, contentFP string, prevVIPs mesh.VIPs) 
 	gen := &generation{version: hex.EncodeToString(h.Sum(nil))[:16], res: res, vips: vips, snapshots: map[nodeKey]*cache.Snapshot{}}
 
 	s.mu.Lock()
+	s.tcache.rotate()
 	// Translate for the default node and every connected one before
 	// switching, so that an error keeps the old generation whole.
 	keys := []nodeKey{{mesh: mesh.DefaultMesh}}
@@ -341,7 +365,7 @@ func (s *Server) snapshotLocked(gen *generation, k nodeKey) (*cache.Snapshot, er
 	for _, w := range view.Warnings {
 		s.log.Warn("resource conflict", "mesh", k.mesh, "zone", k.zone, "where", w.Origin.String(), "warning", w.Message)
 	}
-	out, err := Translate(view, gen.vips, s.tr)
+	out, err := translateCached(view, gen.vips, s.tr, &s.tcache)
 	if err != nil {
 		return nil, fmt.Errorf("translate for mesh %q zone %q: %w", k.mesh, k.zone, err)
 	}

@@ -95,52 +95,133 @@ func Translate(v mesh.View, vips mesh.VIPs, opts TranslateOptions) (Resources, e
 	return t.run()
 }
 
+// translateCached is Translate with resources reused from c, whose entries
+// must all come from the same opts.
+func translateCached(v mesh.View, vips mesh.VIPs, opts TranslateOptions, c *translateCache) (Resources, error) {
+	t := translator{opts: opts, vips: vips, view: v, cache: c}
+	return t.run()
+}
+
 type translator struct {
 	opts TranslateOptions
 	vips mesh.VIPs
 	view mesh.View
 	out  Resources
+	// cache, when set, supplies resources built (and validated) before
+	// from the same inputs; the options must not change between uses.
+	cache *translateCache
+	// fresh lists what was built in this run, the only resources that
+	// still need validating.
+	freshL []*listener.Listener
+	freshC []*cluster.Cluster
+	// pending are the fresh resources to cache once they are valid.
+	pending []pendingEntry
+}
+
+type pendingEntry struct {
+	key string
+	v   any
+	// at is the index of the resource in out.Listeners or out.Clusters.
+	at int
 }
 
 func (t *translator) run() (Resources, error) {
+	egKey := ""
+	if t.cache != nil && t.view.Mesh.ZoneEgress {
+		egKey = egressKey(t.view.Egresses)
+	}
+	t.out.Clusters = make([]types.Resource, 0, len(t.view.ExternalServices)+1)
 	for _, es := range t.view.ExternalServices {
+		var key string
+		if t.cache != nil {
+			key = clusterKey(es, t.view.Mesh.ZoneEgress, egKey)
+			if v, ok := t.cache.get(key); ok {
+				t.out.Clusters = append(t.out.Clusters, v.(*cluster.Cluster))
+				continue
+			}
+		}
 		c, err := t.externalCluster(es)
 		if err != nil {
 			return Resources{}, fmt.Errorf("cluster for ExternalService %s (%s): %w", es.Name, es.Origin, err)
 		}
 		t.out.Clusters = append(t.out.Clusters, c)
+		t.freshC = append(t.freshC, c)
+		if t.cache != nil {
+			t.pending = append(t.pending, pendingEntry{key: key, v: c, at: len(t.out.Clusters) - 1})
+		}
 	}
+	var last *cluster.Cluster
 	if t.view.Mesh.Passthrough {
-		t.out.Clusters = append(t.out.Clusters, passthroughCluster())
+		last = passthroughCluster()
 	} else {
-		t.out.Clusters = append(t.out.Clusters, blackholeCluster(t.opts))
+		last = blackholeCluster(t.opts)
 	}
+	t.out.Clusters = append(t.out.Clusters, last)
+	t.freshC = append(t.freshC, last)
 
-	var table []*dnstable.DnsTable_DnsVirtualDomain
+	table := make([]*dnstable.DnsTable_DnsVirtualDomain, 0, len(t.view.Routes))
+	t.out.Listeners = make([]types.Resource, 0, len(t.view.Routes)+2)
 	for i := range t.view.Routes {
 		r := &t.view.Routes[i]
+		var key string
+		if t.cache != nil {
+			key = routeKey(r, t.vips)
+			if v, ok := t.cache.get(key); ok {
+				cr := v.(cachedRoute)
+				t.out.Listeners = append(t.out.Listeners, cr.l)
+				if cr.domain != nil {
+					table = append(table, cr.domain)
+				}
+				continue
+			}
+		}
 		l, domain, err := t.routeListener(r)
 		if err != nil {
 			return Resources{}, err
 		}
-		if l != nil {
-			t.out.Listeners = append(t.out.Listeners, l)
-		}
+		t.out.Listeners = append(t.out.Listeners, l)
+		t.freshL = append(t.freshL, l)
 		if domain != nil {
 			table = append(table, domain)
 		}
+		if t.cache != nil {
+			t.pending = append(t.pending, pendingEntry{key: key, v: cachedRoute{l: l, domain: domain}, at: len(t.out.Listeners) - 1})
+		}
 	}
-	t.out.Listeners = append(t.out.Listeners, t.outboundListener(), t.dnsListener(table))
+	outbound, dns := t.outboundListener(), t.dnsListener(table)
+	t.out.Listeners = append(t.out.Listeners, outbound, dns)
+	t.freshL = append(t.freshL, outbound, dns)
 
-	for _, r := range t.out.Listeners {
-		if err := r.(*listener.Listener).ValidateAll(); err != nil {
-			return Resources{}, fmt.Errorf("listener %s: %w", r.(*listener.Listener).GetName(), err)
+	// Resources taken from the cache were validated when built.
+	for _, l := range t.freshL {
+		if err := l.ValidateAll(); err != nil {
+			return Resources{}, fmt.Errorf("listener %s: %w", l.GetName(), err)
 		}
 	}
-	for _, r := range t.out.Clusters {
-		if err := r.(*cluster.Cluster).ValidateAll(); err != nil {
-			return Resources{}, fmt.Errorf("cluster %s: %w", r.(*cluster.Cluster).GetName(), err)
+	for _, c := range t.freshC {
+		if err := c.ValidateAll(); err != nil {
+			return Resources{}, fmt.Errorf("cluster %s: %w", c.GetName(), err)
 		}
+	}
+	for _, p := range t.pending {
+		switch v := p.v.(type) {
+		case *cluster.Cluster:
+			c, err := compact(v, &cluster.Cluster{Name: v.GetName()})
+			if err != nil {
+				return Resources{}, fmt.Errorf("cluster %s: %w", v.GetName(), err)
+			}
+			t.out.Clusters[p.at] = c
+			p.v = c
+		case cachedRoute:
+			l, err := compact(v.l, &listener.Listener{Name: v.l.GetName()})
+			if err != nil {
+				return Resources{}, fmt.Errorf("listener %s: %w", v.l.GetName(), err)
+			}
+			t.out.Listeners[p.at] = l
+			v.l = l
+			p.v = v
+		}
+		t.cache.put(p.key, p.v)
 	}
 	return t.out, nil
 }

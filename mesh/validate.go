@@ -19,9 +19,38 @@ import (
 // defined in any file, and duplicates are found across files. It returns
 // every error it finds, joined, so that one run shows all the problems.
 func Load(files []File) (*Resources, []Warning, error) {
+	pf := make([]*ParsedFile, len(files))
+	for i, f := range files {
+		pf[i] = Parse(f)
+	}
+	return LoadParsed(pf)
+}
+
+// ParsedFile is one file's documents, parsed but not yet checked against
+// the other files. It depends on the file's name and contents alone and is
+// never changed, so a caller that watches a directory may keep it for as
+// long as the file stays the same and parse only the files that change.
+type ParsedFile struct{ p parsed }
+
+// Parse parses one resource file.
+func Parse(f File) *ParsedFile {
+	pf := &ParsedFile{}
+	pf.p.parseFile(f)
+	return pf
+}
+
+// LoadParsed validates parsed files as one set, exactly as Load does with
+// the files they came from.
+func LoadParsed(files []*ParsedFile) (*Resources, []Warning, error) {
 	p := &parsed{}
 	for _, f := range files {
-		p.parseFile(f)
+		// Appended, never shared: the checks below add to these lists.
+		p.externals = append(p.externals, f.p.externals...)
+		p.meshes = append(p.meshes, f.p.meshes...)
+		p.egresses = append(p.egresses, f.p.egresses...)
+		p.secrets = append(p.secrets, f.p.secrets...)
+		p.errs = append(p.errs, f.p.errs...)
+		p.warns = append(p.warns, f.p.warns...)
 	}
 	res := &Resources{Meshes: map[string]MeshConfig{}}
 

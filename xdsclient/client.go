@@ -69,6 +69,10 @@ type Client struct {
 	log     *slog.Logger
 	updates chan *mesh.AgentSnapshot
 
+	// persistQ hands snapshots to the writer Run starts; it holds one and
+	// the newest replaces an unwritten one. Only Run's goroutines use it.
+	persistQ chan *mesh.AgentSnapshot
+
 	mu      sync.Mutex
 	current *mesh.AgentSnapshot
 	status  Status
@@ -155,6 +159,18 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	c.running = true
 	c.mu.Unlock()
+	if c.cfg.StateDir != "" {
+		// Writing (and syncing) the file is off the publish path: DNS
+		// gets a new snapshot without waiting for the disk. Each write is
+		// still atomic, and the last one finishes before Run returns.
+		c.persistQ = make(chan *mesh.AgentSnapshot, 1)
+		written := make(chan struct{})
+		go c.persistLoop(c.persistQ, written)
+		defer func() {
+			close(c.persistQ)
+			<-written
+		}()
+	}
 	defer func() {
 		c.mu.Lock()
 		c.running = false
@@ -213,17 +229,31 @@ func (c *Client) accept(snap *mesh.AgentSnapshot) {
 	c.mu.Unlock()
 
 	c.log.Info("new snapshot", "version", snap.Version, "names", len(snap.Names), "passthrough", snap.Passthrough, "allowed_egress", len(snap.AllowedEgress), "dns_hosts", len(snap.DNSHosts))
-	if c.cfg.StateDir != "" {
-		if err := persist(c.cfg.StateDir, snap); err != nil {
-			c.log.Error("persist snapshot", "dir", c.cfg.StateDir, "error", err)
-		}
-	}
 	// Only this goroutine sends, so after the drain there is room.
 	select {
 	case <-c.updates:
 	default:
 	}
 	c.updates <- snap
+	if c.persistQ != nil {
+		select {
+		case <-c.persistQ:
+		default:
+		}
+		c.persistQ <- snap
+	}
+}
+
+// persistLoop writes the snapshots it is handed until q is closed; a
+// snapshot superseded before its turn is skipped, the newest is always
+// written.
+func (c *Client) persistLoop(q <-chan *mesh.AgentSnapshot, done chan<- struct{}) {
+	defer close(done)
+	for snap := range q {
+		if err := persist(c.cfg.StateDir, snap); err != nil {
+			c.log.Error("persist snapshot", "dir", c.cfg.StateDir, "error", err)
+		}
+	}
 }
 
 func sameContent(a, b *mesh.AgentSnapshot) bool {

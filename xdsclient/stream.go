@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -10,10 +11,7 @@ import (
 	"strings"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -25,6 +23,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/shunt-dev/shunt/mesh"
 )
 
 // Type URLs of the resources the client subscribes to.
@@ -193,9 +193,17 @@ type session struct {
 	nodeSent bool
 	answered bool
 
-	listeners []*listenerv3.Listener
-	clusters  []*clusterv3.Cluster
-	endpoints map[string]*endpointv3.ClusterLoadAssignment
+	// The accepted state, as the entries of each resource.
+	listeners []*listenerEntry
+	clusters  []*clusterEntry
+	endpoints map[string]*endpointEntry
+	// memo keeps, per type, the entries of the last response received by
+	// the hash of their bytes: a resource the next response repeats is not
+	// decoded or validated again.
+	memo map[string]map[resourceHash]any
+	// candidate is the snapshot of the accepted state, built when the
+	// last response was checked; publish hands it out.
+	candidate *mesh.AgentSnapshot
 	// versions holds the last accepted version per type URL.
 	versions map[string]string
 	// edsNames is the EDS subscription last sent; edsNonce the nonce of
@@ -208,7 +216,8 @@ type session struct {
 
 func (s *session) subscribe() error {
 	s.versions = map[string]string{}
-	s.endpoints = map[string]*endpointv3.ClusterLoadAssignment{}
+	s.endpoints = map[string]*endpointEntry{}
+	s.memo = map[string]map[resourceHash]any{}
 	// An empty list is a wildcard subscription for listeners and clusters.
 	if err := s.send(&discoveryv3.DiscoveryRequest{TypeUrl: ListenerType}); err != nil {
 		return err
@@ -239,28 +248,29 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, er
 	}
 	// Build the candidate state; the current one stays until it is good.
 	listeners, clusters, endpoints := s.listeners, s.clusters, s.endpoints
+	var snap *mesh.AgentSnapshot
 	err = func() error {
 		var err error
 		switch typ {
 		case ListenerType:
-			listeners, err = decodeAll[*listenerv3.Listener](resp, func() *listenerv3.Listener { return &listenerv3.Listener{} })
+			listeners, err = decodeAll(s, resp, newListenerEntry)
 		case ClusterType:
-			clusters, err = decodeAll[*clusterv3.Cluster](resp, func() *clusterv3.Cluster { return &clusterv3.Cluster{} })
+			clusters, err = decodeAll(s, resp, newClusterEntry)
 		case EndpointType:
-			var list []*endpointv3.ClusterLoadAssignment
-			list, err = decodeAll[*endpointv3.ClusterLoadAssignment](resp, func() *endpointv3.ClusterLoadAssignment { return &endpointv3.ClusterLoadAssignment{} })
-			endpoints = make(map[string]*endpointv3.ClusterLoadAssignment, len(s.endpoints)+len(list))
+			var list []*endpointEntry
+			list, err = decodeAll(s, resp, newEndpointEntry)
+			endpoints = make(map[string]*endpointEntry, len(s.endpoints)+len(list))
 			for k, v := range s.endpoints {
 				endpoints[k] = v
 			}
 			for _, e := range list {
-				endpoints[e.GetClusterName()] = e
+				endpoints[e.name] = e
 			}
 		}
 		if err != nil {
 			return err
 		}
-		_, err = Translate(listeners, clusters, subscribed(endpoints, edsServices(clusters)))
+		snap, err = compose(listeners, clusters, subscribed(endpoints, edsServices(clusters)))
 		return err
 	}()
 	if err != nil {
@@ -269,6 +279,7 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, er
 	}
 
 	s.listeners, s.clusters, s.endpoints = listeners, clusters, endpoints
+	s.candidate = snap
 	s.versions[typ] = resp.GetVersionInfo()
 	if typ == EndpointType {
 		s.edsNonce = resp.GetNonce()
@@ -299,33 +310,51 @@ func (s *session) consistent() bool {
 	return true
 }
 
-func decodeAll[T proto.Message](resp *discoveryv3.DiscoveryResponse, newT func() T) ([]T, error) {
-	out := make([]T, 0, len(resp.GetResources()))
+// resourceHash identifies a resource by its bytes.
+type resourceHash [sha256.Size]byte
+
+// decodeAll turns a response's resources into entries, reusing the entry of
+// any resource whose bytes were in the previous response of the type. Only the resources that changed are decoded and
+// validated; the result equals decoding them all.
+func decodeAll[T proto.Message, E any](s *session, resp *discoveryv3.DiscoveryResponse, build func(T) E) ([]E, error) {
+	typ := resp.GetTypeUrl()
+	prev := s.memo[typ]
+	next := make(map[resourceHash]any, len(resp.GetResources()))
+	out := make([]E, 0, len(resp.GetResources()))
 	for i, a := range resp.GetResources() {
-		if a.GetTypeUrl() != resp.GetTypeUrl() {
-			return nil, fmt.Errorf("resource %d has type %s in a %s response", i, a.GetTypeUrl(), shortType(resp.GetTypeUrl()))
+		if a.GetTypeUrl() != typ {
+			return nil, fmt.Errorf("resource %d has type %s in a %s response", i, a.GetTypeUrl(), shortType(typ))
 		}
-		m := newT()
+		h := resourceHash(sha256.Sum256(a.GetValue()))
+		if e, ok := next[h]; ok {
+			out = append(out, e.(E))
+			continue
+		}
+		if e, ok := prev[h]; ok {
+			next[h] = e
+			out = append(out, e.(E))
+			continue
+		}
+		var m T
+		m = m.ProtoReflect().Type().New().Interface().(T)
 		if err := a.UnmarshalTo(m); err != nil {
-			return nil, fmt.Errorf("decode %s resource %d: %w", shortType(resp.GetTypeUrl()), i, err)
+			return nil, fmt.Errorf("decode %s resource %d: %w", shortType(typ), i, err)
 		}
-		out = append(out, m)
+		e := build(m)
+		next[h] = e
+		out = append(out, e)
 	}
+	s.memo[typ] = next
 	return out, nil
 }
 
 // edsServices lists the EDS service names the clusters need, sorted.
-func edsServices(clusters []*clusterv3.Cluster) []string {
+func edsServices(clusters []*clusterEntry) []string {
 	var names []string
 	for _, c := range clusters {
-		if c.GetType() != clusterv3.Cluster_EDS {
-			continue
+		if c.isEDS {
+			names = append(names, c.eds)
 		}
-		n := c.GetEdsClusterConfig().GetServiceName()
-		if n == "" {
-			n = c.GetName()
-		}
-		names = append(names, n)
 	}
 	slices.Sort(names)
 	return slices.Compact(names)
@@ -333,8 +362,8 @@ func edsServices(clusters []*clusterv3.Cluster) []string {
 
 // subscribed keeps the assignments of names, dropping those of clusters
 // that are gone.
-func subscribed(all map[string]*endpointv3.ClusterLoadAssignment, names []string) []*endpointv3.ClusterLoadAssignment {
-	var out []*endpointv3.ClusterLoadAssignment
+func subscribed(all map[string]*endpointEntry, names []string) []*endpointEntry {
+	var out []*endpointEntry
 	for _, n := range names {
 		if e, ok := all[n]; ok {
 			out = append(out, e)
@@ -429,19 +458,19 @@ func (s *session) publish() {
 		return
 	}
 	eds := edsServices(s.clusters)
-	snap, err := Translate(s.listeners, s.clusters, subscribed(s.endpoints, eds))
-	if err != nil {
-		// Each part was checked against the others when accepted.
-		s.c.log.Error("translate accepted configuration", "error", err)
+	if s.candidate == nil {
 		return
 	}
+	// A copy: the published snapshot is immutable, and the candidate may
+	// be published again under another version.
+	snap := *s.candidate
 	v := s.versions[ListenerType] + "/" + s.versions[ClusterType]
 	if len(eds) > 0 {
 		v += "/" + s.versions[EndpointType]
 	}
 	snap.Version = v
 	snap.ReceivedAt = time.Now()
-	s.c.accept(snap)
+	s.c.accept(&snap)
 }
 
 func shortType(url string) string {

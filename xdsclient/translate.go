@@ -31,58 +31,206 @@ const dnsFilterTypeURL = "type.googleapis.com/envoy.extensions.filters.udp.dns_f
 // proto's validation rules first; an error names the resource and what is
 // wrong with it. Version and ReceivedAt are left for the caller.
 func Translate(listeners []*listenerv3.Listener, clusters []*clusterv3.Cluster, endpoints []*endpointv3.ClusterLoadAssignment) (*mesh.AgentSnapshot, error) {
-	snap := &mesh.AgentSnapshot{Names: map[string][]netip.Addr{}}
-	for _, l := range listeners {
-		if err := l.ValidateAll(); err != nil {
-			return nil, fmt.Errorf("listener %s: %w", l.GetName(), err)
+	ls := make([]*listenerEntry, len(listeners))
+	for i, l := range listeners {
+		ls[i] = newListenerEntry(l)
+	}
+	cs := make([]*clusterEntry, len(clusters))
+	for i, c := range clusters {
+		cs[i] = newClusterEntry(c)
+	}
+	es := make([]*endpointEntry, len(endpoints))
+	for i, e := range endpoints {
+		es[i] = newEndpointEntry(e)
+	}
+	return compose(ls, cs, es)
+}
+
+// The entries below are what one resource contributes to a snapshot, or
+// why it cannot. They depend on the resource's bytes alone, so the stream
+// keeps them by the hash of those bytes and a response that repeats most
+// of the previous one (the usual case: one service changed among
+// thousands) costs the decoding and validation of what changed only.
+
+// dnsName is one name of a listener's DNS tables with its addresses in
+// order, without duplicates.
+type dnsName struct {
+	name  string
+	addrs []netip.Addr
+}
+
+type listenerEntry struct {
+	name  string
+	names []dnsName
+	err   error
+}
+
+func newListenerEntry(l *listenerv3.Listener) *listenerEntry {
+	e := &listenerEntry{name: l.GetName()}
+	if err := l.ValidateAll(); err != nil {
+		e.err = fmt.Errorf("listener %s: %w", l.GetName(), err)
+		return e
+	}
+	names := map[string][]netip.Addr{}
+	var order []string
+	if err := addDNSTables(names, &order, l); err != nil {
+		e.err = fmt.Errorf("listener %s: %w", l.GetName(), err)
+		return e
+	}
+	if len(order) > 0 {
+		e.names = make([]dnsName, len(order))
+		for i, n := range order {
+			e.names[i] = dnsName{name: n, addrs: slices.Clip(names[n])}
 		}
-		if err := addDNSTables(snap.Names, l); err != nil {
-			return nil, fmt.Errorf("listener %s: %w", l.GetName(), err)
+	}
+	return e
+}
+
+type clusterEntry struct {
+	name        string
+	passthrough bool
+	// eds is the service name of an EDS cluster, whose endpoints come
+	// from its assignment.
+	eds    string
+	isEDS  bool
+	egress []netip.Prefix
+	hosts  []mesh.DNSHost
+	err    error
+}
+
+func newClusterEntry(c *clusterv3.Cluster) *clusterEntry {
+	e := &clusterEntry{name: c.GetName()}
+	if err := c.ValidateAll(); err != nil {
+		e.err = fmt.Errorf("cluster %s: %w", c.GetName(), err)
+		return e
+	}
+	egress := map[netip.Prefix]struct{}{}
+	hosts := map[mesh.DNSHost]struct{}{}
+	var err error
+	switch c.GetType() {
+	case clusterv3.Cluster_ORIGINAL_DST:
+		// A custom cluster_type also reads as ORIGINAL_DST (the zero
+		// value) through GetType; only a real one means passthrough.
+		if _, ok := c.GetClusterDiscoveryType().(*clusterv3.Cluster_Type); ok {
+			e.passthrough = true
+		}
+	case clusterv3.Cluster_STATIC:
+		err = addEndpoints(egress, nil, c.GetLoadAssignment(), false)
+	case clusterv3.Cluster_EDS:
+		e.isEDS = true
+		e.eds = c.GetEdsClusterConfig().GetServiceName()
+		if e.eds == "" {
+			e.eds = c.GetName()
+		}
+	case clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
+		err = addEndpoints(egress, hosts, c.GetLoadAssignment(), true)
+	}
+	if err != nil {
+		e.err = fmt.Errorf("cluster %s: %w", c.GetName(), err)
+		return e
+	}
+	for p := range egress {
+		e.egress = append(e.egress, p)
+	}
+	for h := range hosts {
+		e.hosts = append(e.hosts, h)
+	}
+	return e
+}
+
+type endpointEntry struct {
+	name string
+	// err is the assignment's own validation error; addErr is what makes
+	// its endpoints unusable for an EDS cluster.
+	err    error
+	egress []netip.Prefix
+	addErr error
+}
+
+func newEndpointEntry(a *endpointv3.ClusterLoadAssignment) *endpointEntry {
+	e := &endpointEntry{name: a.GetClusterName()}
+	if err := a.ValidateAll(); err != nil {
+		e.err = fmt.Errorf("endpoints %s: %w", a.GetClusterName(), err)
+		return e
+	}
+	egress := map[netip.Prefix]struct{}{}
+	if err := addEndpoints(egress, nil, a, false); err != nil {
+		e.addErr = err
+		return e
+	}
+	for p := range egress {
+		e.egress = append(e.egress, p)
+	}
+	return e
+}
+
+// compose merges the entries into a snapshot, reporting the first error in
+// the order a full translation meets them: listeners, assignments, clusters.
+func compose(listeners []*listenerEntry, clusters []*clusterEntry, endpoints []*endpointEntry) (*mesh.AgentSnapshot, error) {
+	size := 0
+	for _, l := range listeners {
+		if l.err != nil {
+			return nil, l.err
+		}
+		size += len(l.names)
+	}
+	snap := &mesh.AgentSnapshot{Names: make(map[string][]netip.Addr, size)}
+	for _, l := range listeners {
+		for _, n := range l.names {
+			prev, ok := snap.Names[n.name]
+			if !ok {
+				// Entries are never changed once built, so the snapshot
+				// may share their lists.
+				snap.Names[n.name] = n.addrs
+				continue
+			}
+			merged := prev
+			for _, a := range n.addrs {
+				if !slices.Contains(merged, a) {
+					if len(merged) == len(prev) {
+						merged = slices.Clone(prev)
+					}
+					merged = append(merged, a)
+				}
+			}
+			snap.Names[n.name] = slices.Clip(merged)
 		}
 	}
 
-	cla := make(map[string]*endpointv3.ClusterLoadAssignment, len(endpoints))
+	cla := make(map[string]*endpointEntry, len(endpoints))
 	for _, e := range endpoints {
-		if err := e.ValidateAll(); err != nil {
-			return nil, fmt.Errorf("endpoints %s: %w", e.GetClusterName(), err)
+		if e.err != nil {
+			return nil, e.err
 		}
-		cla[e.GetClusterName()] = e
+		cla[e.name] = e
 	}
 
 	egress := map[netip.Prefix]struct{}{}
 	hosts := map[mesh.DNSHost]struct{}{}
 	for _, c := range clusters {
-		if err := c.ValidateAll(); err != nil {
-			return nil, fmt.Errorf("cluster %s: %w", c.GetName(), err)
+		if c.err != nil {
+			return nil, c.err
 		}
-		var err error
-		switch c.GetType() {
-		case clusterv3.Cluster_ORIGINAL_DST:
-			// A custom cluster_type also reads as ORIGINAL_DST (the zero
-			// value) through GetType; only a real one means passthrough.
-			if _, ok := c.GetClusterDiscoveryType().(*clusterv3.Cluster_Type); ok {
-				snap.Passthrough = true
-			}
-		case clusterv3.Cluster_STATIC:
-			err = addEndpoints(egress, nil, c.GetLoadAssignment(), false)
-		case clusterv3.Cluster_EDS:
-			svc := c.GetEdsClusterConfig().GetServiceName()
-			if svc == "" {
-				svc = c.GetName()
-			}
+		if c.passthrough {
+			snap.Passthrough = true
+		}
+		if c.isEDS {
 			// A missing assignment is a cluster with no endpoints yet,
 			// as Envoy treats it.
-			if a := cla[svc]; a != nil {
-				err = addEndpoints(egress, nil, a, false)
-				if err != nil {
-					err = fmt.Errorf("EDS service %s: %w", svc, err)
+			if a := cla[c.eds]; a != nil {
+				if a.addErr != nil {
+					return nil, fmt.Errorf("cluster %s: EDS service %s: %w", c.name, c.eds, a.addErr)
+				}
+				for _, p := range a.egress {
+					egress[p] = struct{}{}
 				}
 			}
-		case clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
-			err = addEndpoints(egress, hosts, c.GetLoadAssignment(), true)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("cluster %s: %w", c.GetName(), err)
+		for _, p := range c.egress {
+			egress[p] = struct{}{}
+		}
+		for _, h := range c.hosts {
+			hosts[h] = struct{}{}
 		}
 	}
 
@@ -99,7 +247,7 @@ func Translate(listeners []*listenerv3.Listener, clusters []*clusterv3.Cluster, 
 	return snap, nil
 }
 
-func addDNSTables(names map[string][]netip.Addr, l *listenerv3.Listener) error {
+func addDNSTables(names map[string][]netip.Addr, order *[]string, l *listenerv3.Listener) error {
 	for _, f := range l.GetListenerFilters() {
 		tc := f.GetTypedConfig()
 		if f.GetName() != DNSFilterName && tc.GetTypeUrl() != dnsFilterTypeURL {
@@ -119,7 +267,7 @@ func addDNSTables(names map[string][]netip.Addr, l *listenerv3.Listener) error {
 		if err != nil {
 			return fmt.Errorf("dns_filter config: %w", err)
 		}
-		if err := addTable(names, table); err != nil {
+		if err := addTable(names, order, table); err != nil {
 			return fmt.Errorf("dns_filter config: %w", err)
 		}
 	}
@@ -155,7 +303,7 @@ func dnsTable(sc *dnsfilterv3.DnsFilterConfig_ServerContextConfig) (*dnstablev3.
 	return &t, nil
 }
 
-func addTable(names map[string][]netip.Addr, t *dnstablev3.DnsTable) error {
+func addTable(names map[string][]netip.Addr, order *[]string, t *dnstablev3.DnsTable) error {
 	for _, d := range t.GetVirtualDomains() {
 		name := strings.TrimSuffix(strings.ToLower(d.GetName()), ".")
 		if name == "" || strings.Contains(name, "..") {
@@ -169,6 +317,9 @@ func addTable(names map[string][]netip.Addr, t *dnstablev3.DnsTable) error {
 				return fmt.Errorf("invalid address %q for name %s", s, name)
 			}
 			a = a.Unmap()
+			if _, seen := names[name]; !seen {
+				*order = append(*order, name)
+			}
 			if !slices.Contains(names[name], a) {
 				names[name] = append(names[name], a)
 			}
