@@ -584,6 +584,32 @@ static __always_inline int dns_packet(struct __sk_buff *skb, int egress, __u16 d
 	return 1;
 }
 
+/* The packet programs run on every packet of the cgroup's sockets, and
+ * nearly all of them are TCP. Reading the protocol from the IP header in
+ * place (no helper, no map lookup) lets those leave after a few
+ * instructions. A header not in the linear area says "maybe", and the
+ * full check below decides. */
+static __always_inline int maybe_udp(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u32 proto = skb->protocol;
+
+	if (proto == bpf_htons(0x0800)) {
+		__u8 *ip = data;
+		if ((void *)(ip + 20) > end)
+			return 1;
+		return ip[9] == IPPROTO_UDP;
+	}
+	if (proto == bpf_htons(0x86dd)) {
+		__u8 *ip6 = data;
+		if ((void *)(ip6 + 40) > end)
+			return 1;
+		return ip6[6] == IPPROTO_UDP;
+	}
+	return 0;
+}
+
 static __always_inline struct bpf_sock *udp_sock(struct __sk_buff *skb, struct config *cfg)
 {
 	if (!cfg || !(cfg->flags & (CFG_DNS_ALL | CFG_DNS_RESOLVERS)))
@@ -600,6 +626,8 @@ static __always_inline struct bpf_sock *udp_sock(struct __sk_buff *skb, struct c
 SEC("cgroup_skb/egress")
 int dns_egress(struct __sk_buff *skb)
 {
+	if (!maybe_udp(skb))
+		return 1;
 	struct config *cfg = get_config();
 	struct bpf_sock *sk = udp_sock(skb, cfg);
 	struct dns_key k = {};
@@ -617,6 +645,8 @@ int dns_egress(struct __sk_buff *skb)
 SEC("cgroup_skb/ingress")
 int dns_ingress(struct __sk_buff *skb)
 {
+	if (!maybe_udp(skb))
+		return 1;
 	struct config *cfg = get_config();
 	struct bpf_sock *sk = udp_sock(skb, cfg);
 	struct dns_key k = {};

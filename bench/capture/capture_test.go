@@ -1,31 +1,39 @@
 // Package capture compares the cost of shunt's capture engines on one
-// machine in one run: request/response latency over persistent connections,
-// new connections per second and bulk throughput, all through the HAProxy
-// proxy stand-in, with no capture (the proxy dialled directly), with eBPF
-// capture and with iptables capture.
+// machine in one run: request/response latency over a persistent
+// connection, new connections per second (and the life of one connection)
+// and bulk throughput, all through the HAProxy proxy stand-in, with no
+// capture (the application dials HAProxy's own fixed-server listener), with
+// shunt's iptables engine and with shunt's eBPF engine, both applying the
+// same plan: shunt's default one (inbound captured, DNS to the resolvers of
+// resolv.conf, both families).
 //
-//	SHUNT_BENCH=1 go test -run TestCompare -v -timeout 10m ./bench/capture/
+//	SHUNT_BENCH=1 go test -run TestCompare -v -timeout 15m ./bench/capture/
 //
-// Until redirect/iptables lands, the iptables figures come from the rule
-// Kuma and Istio install for outbound TCP, added with `ip netns exec` inside
-// the benchmark's own namespace:
-//
-//	iptables -t nat -A OUTPUT -p tcp -m owner ! --uid-owner 5678 -j REDIRECT --to-ports 15001
+// Every configuration uses the same pod namespace, cgroup, HAProxy process,
+// servers and client binary; only what is installed differs. Each round runs
+// every configuration once, in an order that rotates from round to round, so
+// a change in the machine's load falls on all of them alike. The client runs
+// on CPU 0, HAProxy and the servers on CPU 1.
 package capture
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/redirect/iptables"
 	"github.com/shunt-dev/shunt/tests/ebpf/ebpftest"
 	"github.com/shunt-dev/shunt/tests/testenv"
 )
@@ -36,22 +44,37 @@ func TestMain(m *testing.M) {
 }
 
 const (
-	rrSeconds  = "4"
-	cpsSeconds = "4"
+	rounds     = 5
+	rrSeconds  = "3"
+	cpsSeconds = "3"
 	cpsWorkers = "4"
-	bulkMB     = "1000"
+	bulkMB     = "500"
+	clientCPU  = "0"
+	serverCPU  = "1"
+	manyCIDRs  = 10000
 )
 
 type figures struct {
 	rr, cps, bulk ebpftest.BenchResult
+	conntrack     int // entries the namespace's conntrack table gained
 }
 
-func measure(t *testing.T, pod *ebpftest.Pod, echo, sink string) figures {
+// config is one thing measured: what to install before, what to remove after.
+type config struct {
+	name     string
+	echo     string
+	sink     string
+	setup    func() error
+	teardown func() error
+}
+
+func measure(t *testing.T, pod *ebpftest.Pod, c config) figures {
 	t.Helper()
 	run := func(args ...string) ebpftest.BenchResult {
-		out, err := pod.RunInPod(ebpftest.AppUID, ebpftest.AppUID, pod.Helper(append([]string{"bench"}, args...)...)...)
+		argv := ebpftest.Pinned(clientCPU, pod.Helper(append([]string{"bench"}, args...)...))
+		out, err := pod.RunInPod(ebpftest.AppUID, ebpftest.AppUID, argv...)
 		if err != nil {
-			t.Fatalf("bench %v: %v\n%s", args, err, out)
+			t.Fatalf("%s: bench %v: %v\n%s", c.name, args, err, out)
 		}
 		var r ebpftest.BenchResult
 		line := out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:]
@@ -59,134 +82,281 @@ func measure(t *testing.T, pod *ebpftest.Pod, echo, sink string) figures {
 			t.Fatalf("bench output %q: %v", out, err)
 		}
 		if r.Errors > 0 {
-			t.Logf("bench %v: %d errors", args, r.Errors)
+			t.Logf("%s: bench %v: %d errors", c.name, args, r.Errors)
 		}
 		return r
 	}
-	return figures{
-		rr:   run("rr", echo, "1", rrSeconds),
-		cps:  run("cps", echo, cpsWorkers, cpsSeconds),
-		bulk: run("bulk", sink, bulkMB),
+	before := conntrackCount(pod)
+	f := figures{
+		rr:   run("rr", c.echo, "1", rrSeconds),
+		cps:  run("cps", c.echo, cpsWorkers, cpsSeconds),
+		bulk: run("bulk", c.sink, bulkMB),
 	}
+	f.conntrack = conntrackCount(pod) - before
+	return f
 }
 
-// world is one pod with its remote servers and its HAProxy. Each engine
-// gets its own, so that conntrack, which the iptables rules load into their
-// namespace, does not tax the other paths.
-type world struct {
-	pod        *ebpftest.Pod
-	echo, sink string
+// conntrackCount is the number of connections the pod namespace's conntrack
+// table holds (0 when conntrack never ran there): it shows which
+// configurations pay for connection tracking.
+func conntrackCount(pod *ebpftest.Pod) int {
+	out, err := pod.NS.Run("cat", "/proc/sys/net/netfilter/nf_conntrack_count")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(out))
+	return n
 }
 
-func newWorld(t *testing.T) world {
-	pod := ebpftest.NewPod(t)
-	remote := pod.StartRemote("echo-server", "10.1.0.2:8080")
-	sink := pod.StartRemote("sink-server", "10.1.0.2:9000")
-	ebpftest.WaitOutput(t, remote, "listening")
-	ebpftest.WaitOutput(t, sink, "listening")
-	pod.HAProxyDirect(redirect.DefaultOutboundPort, map[uint16]string{15002: "10.1.0.2:8080", 15003: "10.1.0.2:9000"})
-	return world{pod: pod, echo: "10.1.0.2:8080", sink: "10.1.0.2:9000"}
+// defaultPlan is shunt's default plan (redirect.NewConfig's defaults) with
+// the pod's resolver in a resolv.conf of its own.
+func defaultPlan(t *testing.T) *redirect.Plan {
+	t.Helper()
+	rc := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(rc, []byte("nameserver 10.1.0.53\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := redirect.NewConfig()
+	if err := c.Set("resolvConf", rc, "bench"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Plan(redirect.OSHost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ProxyUID != ebpftest.ProxyUID {
+		t.Fatalf("default proxy UID %d, HAProxy runs as %d", p.ProxyUID, ebpftest.ProxyUID)
+	}
+	return p
 }
 
-const rounds = 3
+// withCIDRs returns the plan with n excluded outbound /32s that no
+// benchmark connection matches, so every lookup walks the whole set.
+func withCIDRs(p *redirect.Plan, n int) *redirect.Plan {
+	q := p.Clone()
+	rng := rand.New(rand.NewPCG(1, 2))
+	seen := map[netip.Addr]bool{}
+	for len(q.ExcludeOutboundCIDRs) < n {
+		a := netip.AddrFrom4([4]byte{100, byte(64 + rng.IntN(64)), byte(rng.IntN(256)), byte(rng.IntN(256))})
+		if !seen[a] {
+			seen[a] = true
+			q.ExcludeOutboundCIDRs = append(q.ExcludeOutboundCIDRs, netip.PrefixFrom(a, 32))
+		}
+	}
+	return q
+}
 
 func TestCompare(t *testing.T) {
 	if os.Getenv("SHUNT_BENCH") == "" {
 		t.Skip("a benchmark of several minutes: set SHUNT_BENCH=1")
 	}
-	iptables := testenv.RequireBinary(t, "iptables")
+	testenv.RequireBinary(t, "iptables-nft-restore")
+	testenv.RequireBinary(t, "taskset")
+	nft := testenv.RequireBinary(t, "nft")
 	ctx := context.Background()
+	t.Logf("load at start: %s", loadavg())
 
-	direct := newWorld(t)
-	direct.echo, direct.sink = "127.0.0.1:15002", "127.0.0.1:15003"
+	pod := ebpftest.NewPod(t)
+	echo := pod.StartRemoteOn(serverCPU, "echo-server", "10.1.0.2:8080")
+	sink := pod.StartRemoteOn(serverCPU, "sink-server", "10.1.0.2:9000")
+	ebpftest.WaitOutput(t, echo, "listening")
+	ebpftest.WaitOutput(t, sink, "listening")
+	pod.HAProxyDirectOn(serverCPU, redirect.DefaultOutboundPort, map[uint16]string{15002: "10.1.0.2:8080", 15003: "10.1.0.2:9000"})
 
-	bpf := newWorld(t)
-	plan := ebpftest.Plan()
-	plan.CaptureInbound = false
-	e := bpf.pod.Engine()
-	if err := e.Install(ctx, plan); err != nil {
-		t.Fatal(err)
+	plan := defaultPlan(t)
+	big := withCIDRs(plan, manyCIDRs)
+	bigPlus := big.Clone()
+	bigPlus.ExcludeOutboundCIDRs = append(bigPlus.ExcludeOutboundCIDRs, netip.MustParsePrefix("198.18.0.0/15"))
+
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ipt := iptables.New(iptables.Options{NetnsPath: pod.NS.Path(), StateDir: t.TempDir(), LockDir: t.TempDir(), Backend: "nft", Logger: quiet})
+	bpf := pod.Engine()
+	t.Cleanup(func() {
+		_ = ipt.Uninstall(context.Background())
+		_ = bpf.Uninstall(context.Background())
+	})
+	// Removing shunt's chains leaves iptables-nft's base chains, and with
+	// them the namespace's conntrack and NAT hooks; the tables go too, so
+	// the next configuration does not pay for what this one installed.
+	iptOff := func() error {
+		if err := ipt.Uninstall(ctx); err != nil {
+			return err
+		}
+		_, err := pod.NS.Run(nft, "flush", "ruleset")
+		return err
 	}
-	t.Cleanup(func() { _ = e.Uninstall(context.Background()) })
+	bpfOff := func() error { return bpf.Uninstall(ctx) }
 
-	ipt := newWorld(t)
-	rule := []string{"-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-m", "owner", "!", "--uid-owner", fmt.Sprint(ebpftest.ProxyUID), "-j", "REDIRECT", "--to-ports", "15001"}
-	ipt.pod.NS.MustRun(iptables, rule...)
+	// Install and update times, per engine, one per round.
+	times := map[string][]time.Duration{}
+	timed := func(key string, f func() error) error {
+		start := time.Now()
+		err := f()
+		times[key] = append(times[key], time.Since(start))
+		return err
+	}
+	const target, sinkTarget = "10.1.0.2:8080", "10.1.0.2:9000"
+	configs := []config{
+		{name: "direct", echo: "127.0.0.1:15002", sink: "127.0.0.1:15003",
+			setup: func() error { return nil }, teardown: func() error { return nil }},
+		{name: "iptables", echo: target, sink: sinkTarget,
+			setup:    func() error { return timed("iptables install", func() error { return ipt.Install(ctx, plan) }) },
+			teardown: iptOff},
+		{name: "ebpf", echo: target, sink: sinkTarget,
+			setup:    func() error { return timed("ebpf install", func() error { return bpf.Install(ctx, plan) }) },
+			teardown: bpfOff},
+		{name: "iptables+10k", echo: target, sink: sinkTarget,
+			setup: func() error {
+				if err := timed("iptables install 10k", func() error { return ipt.Install(ctx, big) }); err != nil {
+					return err
+				}
+				return timed("iptables 10k +1", func() error { return ipt.Install(ctx, bigPlus) })
+			},
+			teardown: iptOff},
+		{name: "ebpf+10k", echo: target, sink: sinkTarget,
+			setup: func() error {
+				if err := timed("ebpf install 10k", func() error { return bpf.Install(ctx, big) }); err != nil {
+					return err
+				}
+				return timed("ebpf 10k +1", func() error { return bpf.Install(ctx, bigPlus) })
+			},
+			teardown: bpfOff},
+	}
 
 	all := map[string][]figures{}
-	worlds := map[string]world{"direct": direct, "ebpf": bpf, "iptables": ipt}
-	order := []string{"direct", "ebpf", "iptables"}
+	var loads []string
 	for r := 0; r < rounds; r++ {
-		for _, k := range order {
-			w := worlds[k]
-			all[k] = append(all[k], measure(t, w.pod, w.echo, w.sink))
+		for i := range configs {
+			c := configs[(i+r)%len(configs)]
+			if err := c.setup(); err != nil {
+				t.Fatalf("round %d: %s: %v", r, c.name, err)
+			}
+			all[c.name] = append(all[c.name], measure(t, pod, c))
+			if err := c.teardown(); err != nil {
+				t.Fatalf("round %d: %s: remove: %v", r, c.name, err)
+			}
 		}
+		loads = append(loads, loadavg())
+		t.Logf("round %d done, load %s", r+1, loads[len(loads)-1])
 	}
+	t.Log("\n" + report(configs, all, times, loads))
+}
 
-	// 10,000 excluded CIDRs: the time to apply them, and the per-connection
-	// cost with them in place.
-	big := plan.Clone()
-	rng := rand.New(rand.NewPCG(1, 2))
-	for len(big.ExcludeOutboundCIDRs) < 10000 {
-		a := netip.AddrFrom4([4]byte{100, byte(64 + rng.IntN(64)), byte(rng.IntN(256)), byte(rng.IntN(256))})
-		big.ExcludeOutboundCIDRs = append(big.ExcludeOutboundCIDRs, netip.PrefixFrom(a, 32))
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
 	}
-	start := time.Now()
-	if err := e.Install(ctx, big); err != nil {
-		t.Fatal(err)
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
 	}
-	applyBig := time.Since(start)
-	one := big.Clone()
-	one.ExcludeOutboundCIDRs = append(one.ExcludeOutboundCIDRs, netip.MustParsePrefix("198.18.0.0/15"))
-	start = time.Now()
-	if err := e.Install(ctx, one); err != nil {
-		t.Fatal(err)
-	}
-	applyOne := time.Since(start)
-	for r := 0; r < rounds; r++ {
-		all["ebpf+10k"] = append(all["ebpf+10k"], measure(t, bpf.pod, bpf.echo, bpf.sink))
-	}
+	return strings.Join(f[:3], " ")
+}
 
-	results := map[string]figures{}
-	for k, fs := range all {
-		results[k] = median(fs)
+// stat is the median of one figure over the rounds, with its range.
+type stat struct{ med, lo, hi float64 }
+
+func summarise(v []float64) stat {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return stat{med: s[len(s)/2], lo: s[0], hi: s[len(s)-1]}
+}
+
+func of(fs []figures, get func(figures) float64) stat {
+	v := make([]float64, len(fs))
+	for i, f := range fs {
+		v[i] = get(f)
 	}
+	return summarise(v)
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+func report(configs []config, all map[string][]figures, times map[string][]time.Duration, loads []string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "medians of %d rounds\n", rounds)
-	fmt.Fprintf(&b, "%-10s %10s %10s %12s %10s\n", "path", "rr p50", "rr p99", "conn/s", "MB/s")
-	for _, k := range []string{"direct", "ebpf", "ebpf+10k", "iptables"} {
-		r := results[k]
-		fmt.Fprintf(&b, "%-10s %10s %10s %12.0f %10.0f\n", k, r.rr.P50, r.rr.P99, r.cps.PerSec, r.bulk.MBPerSec)
+	fmt.Fprintf(&b, "medians of %d interleaved rounds [min–max]; client on CPU %s, HAProxy and servers on CPU %s\n", rounds, clientCPU, serverCPU)
+	fmt.Fprintf(&b, "load after each round: %s\n", strings.Join(loads, " | "))
+	fmt.Fprintf(&b, "%-13s %-22s %-22s %-22s %-22s %-22s %s\n", "path", "rr p50 µs", "rr p99 µs", "conn/s", "conn life p50 µs", "bulk MB/s", "conntrack +")
+	rr50 := func(f figures) float64 { return us(f.rr.P50) }
+	rr99 := func(f figures) float64 { return us(f.rr.P99) }
+	cps := func(f figures) float64 { return f.cps.PerSec }
+	life := func(f figures) float64 { return us(f.cps.P50) }
+	bulk := func(f figures) float64 { return f.bulk.MBPerSec }
+	cell := func(s stat) string { return fmt.Sprintf("%.0f [%.0f–%.0f]", s.med, s.lo, s.hi) }
+	for _, c := range configs {
+		fs := all[c.name]
+		ct := of(fs, func(f figures) float64 { return float64(f.conntrack) })
+		fmt.Fprintf(&b, "%-13s %-22s %-22s %-22s %-22s %-22s %.0f\n", c.name,
+			cell(of(fs, rr50)), cell(of(fs, rr99)), cell(of(fs, cps)), cell(of(fs, life)), cell(of(fs, bulk)), ct.med)
 	}
-	d, eb, ip := results["direct"], results["ebpf"], results["iptables"]
-	added := func(x, base time.Duration) time.Duration { return x - base }
-	fmt.Fprintf(&b, "added p50: ebpf %s, iptables %s (ratio %.2f)\n",
-		added(eb.rr.P50, d.rr.P50), added(ip.rr.P50, d.rr.P50), ratio(added(eb.rr.P50, d.rr.P50), added(ip.rr.P50, d.rr.P50)))
-	fmt.Fprintf(&b, "added p99: ebpf %s, iptables %s (ratio %.2f)\n",
-		added(eb.rr.P99, d.rr.P99), added(ip.rr.P99, d.rr.P99), ratio(added(eb.rr.P99, d.rr.P99), added(ip.rr.P99, d.rr.P99)))
-	fmt.Fprintf(&b, "conn/s ebpf/iptables %.2f; MB/s ebpf/iptables %.2f\n", eb.cps.PerSec/ip.cps.PerSec, eb.bulk.MBPerSec/ip.bulk.MBPerSec)
-	fmt.Fprintf(&b, "10,000 excluded CIDRs: applied in %s; one more CIDR on top in %s\n", applyBig.Round(time.Millisecond), applyOne.Round(time.Millisecond))
-	t.Log("\n" + b.String())
+
+	// Per-round figures: the rounds were interleaved, so a configuration
+	// is compared with the others of its own round, then the median taken.
+	perRound := func(get func(figures) float64, f func(d, e, i float64) float64) stat {
+		v := make([]float64, rounds)
+		for r := 0; r < rounds; r++ {
+			v[r] = f(get(all["direct"][r]), get(all["ebpf"][r]), get(all["iptables"][r]))
+		}
+		return summarise(v)
+	}
+	addedRatio := func(d, e, i float64) float64 {
+		if i-d <= 0 {
+			return 0
+		}
+		return (e - d) / (i - d)
+	}
+	added := func(name string, get func(figures) float64) stat {
+		v := make([]float64, rounds)
+		for r := 0; r < rounds; r++ {
+			v[r] = get(all[name][r]) - get(all["direct"][r])
+		}
+		return summarise(v)
+	}
+	ratio := func(d, e, i float64) float64 { return e / i }
+	f2 := func(s stat) string { return fmt.Sprintf("%.2f [%.2f–%.2f]", s.med, s.lo, s.hi) }
+	f1 := func(s stat) string { return fmt.Sprintf("%.1f [%.1f–%.1f]", s.med, s.lo, s.hi) }
+	b.WriteString("per-round comparisons (median [min–max] over rounds):\n")
+	fmt.Fprintf(&b, "  added rr p50 µs over direct: ebpf %s, iptables %s; ebpf/iptables %s (target ≤ 0.5)\n",
+		f1(added("ebpf", rr50)), f1(added("iptables", rr50)), f2(perRound(rr50, addedRatio)))
+	fmt.Fprintf(&b, "  added rr p99 µs over direct: ebpf %s, iptables %s; ebpf/iptables %s (target ≤ 0.5)\n",
+		f1(added("ebpf", rr99)), f1(added("iptables", rr99)), f2(perRound(rr99, addedRatio)))
+	fmt.Fprintf(&b, "  added conn life p50 µs over direct: ebpf %s, iptables %s; ebpf/iptables %s\n",
+		f1(added("ebpf", life)), f1(added("iptables", life)), f2(perRound(life, addedRatio)))
+	fmt.Fprintf(&b, "  conn/s ebpf/iptables %s (target ≥ 1); bulk ebpf/iptables %s\n",
+		f2(perRound(cps, ratio)), f2(perRound(bulk, ratio)))
+	fmt.Fprintf(&b, "  %d excluded CIDRs, conn life p50 µs added over the default plan: iptables %s, ebpf %s\n", manyCIDRs,
+		f1(pairDiff(all["iptables+10k"], all["iptables"], life)), f1(pairDiff(all["ebpf+10k"], all["ebpf"], life)))
+	fmt.Fprintf(&b, "  %d excluded CIDRs, conn/s relative to the default plan: iptables %s, ebpf %s\n", manyCIDRs,
+		f2(pairRatio(all["iptables+10k"], all["iptables"], cps)), f2(pairRatio(all["ebpf+10k"], all["ebpf"], cps)))
+	keys := make([]string, 0, len(times))
+	for k := range times {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	b.WriteString("apply times, ms (median [min–max]):\n")
+	for _, k := range keys {
+		v := make([]float64, len(times[k]))
+		for i, d := range times[k] {
+			v[i] = float64(d) / float64(time.Millisecond)
+		}
+		fmt.Fprintf(&b, "  %-22s %s\n", k, f1(summarise(v)))
+	}
+	return b.String()
 }
 
-// median takes each figure's median over the rounds independently.
-func median(fs []figures) figures {
-	pick := func(get func(figures) float64) figures {
-		s := append([]figures(nil), fs...)
-		sort.Slice(s, func(i, j int) bool { return get(s[i]) < get(s[j]) })
-		return s[len(s)/2]
+func pairDiff(a, base []figures, get func(figures) float64) stat {
+	v := make([]float64, len(a))
+	for i := range a {
+		v[i] = get(a[i]) - get(base[i])
 	}
-	var out figures
-	out.rr.P50 = pick(func(f figures) float64 { return float64(f.rr.P50) }).rr.P50
-	out.rr.P99 = pick(func(f figures) float64 { return float64(f.rr.P99) }).rr.P99
-	out.cps = pick(func(f figures) float64 { return f.cps.PerSec }).cps
-	out.bulk = pick(func(f figures) float64 { return f.bulk.MBPerSec }).bulk
-	return out
+	return summarise(v)
 }
 
-func ratio(a, b time.Duration) float64 {
-	if b <= 0 {
-		return 0
+func pairRatio(a, base []figures, get func(figures) float64) stat {
+	v := make([]float64, len(a))
+	for i := range a {
+		v[i] = get(a[i]) / get(base[i])
 	}
-	return float64(a) / float64(b)
+	return summarise(v)
 }

@@ -51,6 +51,7 @@ type entry struct {
 type contents struct {
 	name    string
 	array   bool
+	trie    bool             // an LPM trie: large, and diffed against the record
 	entries map[string]entry // by string(key)
 }
 
@@ -194,6 +195,7 @@ func desired(p *redirect.Plan, local []netip.Addr) ([]*contents, error) {
 
 	trie := func(name string, prefixes []netip.Prefix, why string) *contents {
 		c := newContents(name, false)
+		c.trie = true
 		for _, pfx := range prefixes {
 			c.put(lpmKey(pfx), uint8(1), pfx.String()+" "+why)
 		}
@@ -327,6 +329,42 @@ func diff(m *ebpf.Map, want *contents) ([]change, error) {
 		}
 	}
 	return out, nil
+}
+
+// diffRecorded returns the writes that turn a map holding was into one
+// holding want, without reading the map: O(entries of the two plans), one
+// syscall per changed entry.
+func diffRecorded(m *ebpf.Map, was, want *contents) []change {
+	var out []change
+	for ks, e := range want.entries {
+		o, ok := was.entries[ks]
+		switch {
+		case !ok:
+			out = append(out, change{m: m, key: e.key, value: e.value})
+		case !bytes.Equal(o.value, e.value):
+			out = append(out, change{m: m, key: e.key, old: o.value, value: e.value})
+		}
+	}
+	for ks, o := range was.entries {
+		if _, ok := want.entries[ks]; !ok {
+			out = append(out, change{m: m, key: o.key, old: o.value})
+		}
+	}
+	return out
+}
+
+// diffFresh returns the writes that fill a map this install created: it is
+// empty (arrays all zero), so nothing needs reading.
+func diffFresh(m *ebpf.Map, want *contents) []change {
+	out := make([]change, 0, len(want.entries))
+	for _, e := range want.entries {
+		var old []byte
+		if want.array {
+			old = make([]byte, len(e.value))
+		}
+		out = append(out, change{m: m, key: e.key, old: old, value: e.value})
+	}
+	return out
 }
 
 // diffPorts reads the 64 Ki-entry port table in one batch.

@@ -2,6 +2,8 @@ package ebpf
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -111,6 +113,15 @@ type record struct {
 	Cgroup string         `json:"cgroup"`
 	Netns  string         `json:"netns,omitempty"`
 	PinDir string         `json:"pinDir"`
+	// Objects is the digest of the programs' object that was loaded: an
+	// install of the same build onto attached links only writes maps.
+	Objects string `json:"objects,omitempty"`
+}
+
+// objectsDigest identifies this build's programs.
+func objectsDigest() string {
+	sum := sha256.Sum256(_CaptureBytes)
+	return hex.EncodeToString(sum[:])
 }
 
 // Render implements redirect.Engine: the programs and the maps' contents
@@ -210,18 +221,61 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 		pinned[name] = m
 	}
 
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
+	cgFD, err := unix.Open(e.cgroup, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("load capture programs: %w", err)
+		return fmt.Errorf("open cgroup %s: %w", e.cgroup, err)
 	}
-	defer coll.Close()
+	defer unix.Close(cgFD)
+	nsFD, err := openNetns(e.netns)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(nsFD)
+
+	// The record says what the pinned maps hold and which programs run.
+	// When it matches this build and every link is still attached, a plan
+	// change is map writes alone: no program is loaded or verified again.
+	prev := e.priorRecord()
+	maps := pinned
+	current := prev != nil && prev.Objects == objectsDigest() && len(pinned) == len(spec.Maps) && e.linksAttached(cgFD, nsFD)
+	var coll *ebpf.Collection
+	if !current {
+		coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
+		if err != nil {
+			return fmt.Errorf("load capture programs: %w", err)
+		}
+		defer coll.Close()
+		maps = coll.Maps
+	}
+
+	// What the tries held is known from the record, so a plan change
+	// writes only the prefixes that differ instead of reading up to 64 Ki
+	// entries back. The small maps are read back, so an install also
+	// repairs them.
+	var before map[string]*contents
+	if prev != nil && prev.Plan != nil {
+		if old, derr := desired(prev.Plan, nil); derr == nil {
+			before = map[string]*contents{}
+			for _, c := range old {
+				before[c.name] = c
+			}
+		}
+	}
 
 	// Map contents first: programs attached below must never run on an
 	// empty configuration.
 	for _, c := range want {
-		changes, derr := diff(coll.Maps[c.name], c)
-		if derr != nil {
-			return derr
+		var changes []change
+		old, known := before[c.name]
+		if _, reused := pinned[c.name]; reused && known && c.trie {
+			changes = diffRecorded(maps[c.name], old, c)
+		} else {
+			var derr error
+			if !reused {
+				changes = diffFresh(maps[c.name], c)
+			} else if changes, derr = diff(maps[c.name], c); derr != nil {
+				return derr
+			}
 		}
 		for _, ch := range changes {
 			if aerr := ch.apply(false); aerr != nil {
@@ -235,17 +289,38 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 		}
 	}
 
-	cgFD, err := unix.Open(e.cgroup, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open cgroup %s: %w", e.cgroup, err)
+	if !current {
+		var closers []func(ok bool)
+		defer func() {
+			for _, c := range closers {
+				c(err == nil)
+			}
+		}()
+		if err := e.attach(coll, cgFD, nsFD, pinned, &undo, &closers); err != nil {
+			return err
+		}
 	}
-	defer unix.Close(cgFD)
-	nsFD, err := openNetns(e.netns)
-	if err != nil {
+
+	if err := e.writeState(p); err != nil {
 		return err
 	}
-	defer unix.Close(nsFD)
 
+	if p.CaptureInbound {
+		if _, lerr := e.registerListener(ctx, maps["inbound_listener"], p.InboundPort); lerr != nil {
+			// The proxy may start after capture is installed (an init
+			// container runs first); the agent registers it later.
+			e.log.Warn("inbound listener not registered yet", "port", p.InboundPort, "err", lerr)
+		}
+	}
+	e.log.Info("ebpf capture installed", "cgroup", e.cgroup, "pinDir", e.pinDir)
+	return nil
+}
+
+// attach attaches (or, where a pinned link is attached, updates) every
+// program of coll and pins what it created. What must be undone if the
+// install fails goes on undo; closers run when the install ends, told
+// whether it succeeded.
+func (e *Engine) attach(coll *ebpf.Collection, cgFD, nsFD int, pinned map[string]*ebpf.Map, undo *[]func(), closers *[]func(ok bool)) error {
 	var toPin []func() error
 	for _, a := range attachments {
 		prog := coll.Programs[a.prog]
@@ -256,18 +331,18 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 			uerr := old.Update(prog)
 			if ierr == nil && uerr == nil && attachedTo(info, a, cgFD, nsFD) {
 				oldProg := info.Program
-				undo = append(undo, func() {
+				*undo = append(*undo, func() {
 					if p, perr := ebpf.NewProgramFromID(oldProg); perr == nil {
 						_ = old.Update(p)
 						p.Close()
 					}
 					old.Close()
 				})
-				defer func() {
-					if err == nil {
+				*closers = append(*closers, func(ok bool) {
+					if ok {
 						old.Close()
 					}
-				}()
+				})
 				continue
 			}
 			// A detached or broken link: attach afresh and replace the pin.
@@ -285,16 +360,16 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 		if aerr != nil {
 			return fmt.Errorf("attach %s (%s): %w", a.prog, a.attach, aerr)
 		}
-		undo = append(undo, func() { _ = l.Close() })
+		*undo = append(*undo, func() { _ = l.Close() })
 		toPin = append(toPin, func() error {
 			_ = os.Remove(pin) // the detached link this one replaces
 			if perr := l.Pin(pin); perr != nil {
 				return fmt.Errorf("pin %s: %w", a.prog, perr)
 			}
-			undo = append(undo, func() { _ = l.Unpin() })
+			*undo = append(*undo, func() { _ = l.Unpin() })
 			return nil
 		})
-		defer func() { l.Close() }()
+		*closers = append(*closers, func(bool) { l.Close() })
 	}
 
 	for name, m := range coll.Maps {
@@ -305,27 +380,47 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 		if perr := m.Pin(path); perr != nil {
 			return fmt.Errorf("pin map %s: %w", name, perr)
 		}
-		undo = append(undo, func() { _ = m.Unpin() })
+		*undo = append(*undo, func() { _ = m.Unpin() })
 	}
 	for _, f := range toPin {
 		if err := f(); err != nil {
 			return err
 		}
 	}
+	return nil
+}
 
-	if err := e.writeState(p); err != nil {
-		return err
-	}
-
-	if p.CaptureInbound {
-		if _, lerr := e.registerListener(ctx, coll.Maps["inbound_listener"], p.InboundPort); lerr != nil {
-			// The proxy may start after capture is installed (an init
-			// container runs first); the agent registers it later.
-			e.log.Warn("inbound listener not registered yet", "port", p.InboundPort, "err", lerr)
+// linksAttached reports whether every program's pinned link is attached
+// where it belongs.
+func (e *Engine) linksAttached(cgFD, nsFD int) bool {
+	for _, a := range attachments {
+		l, err := link.LoadPinnedLink(e.linkPin(a.prog), nil)
+		if err != nil {
+			return false
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil || !attachedTo(info, a, cgFD, nsFD) {
+			return false
 		}
 	}
-	e.log.Info("ebpf capture installed", "cgroup", e.cgroup, "pinDir", e.pinDir)
-	return nil
+	return true
+}
+
+// priorRecord is the record of the installation in this pin directory, or
+// nil when there is none this engine can trust.
+func (e *Engine) priorRecord() *record {
+	rec, err := e.readState()
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			e.log.Warn("recorded plan unreadable; reading the maps instead", "err", err)
+		}
+		return nil
+	}
+	if rec.PinDir != e.pinDir || rec.Cgroup != e.cgroup {
+		return nil
+	}
+	return rec
 }
 
 // attachedTo reports whether a pinned link is still attached where it should be.
@@ -341,7 +436,7 @@ func attachedTo(info *link.Info, a attachment, cgFD, nsFD int) bool {
 }
 
 func (e *Engine) writeState(p *redirect.Plan) error {
-	b, err := json.MarshalIndent(record{Plan: p, Cgroup: e.cgroup, Netns: e.netns, PinDir: e.pinDir}, "", "  ")
+	b, err := json.MarshalIndent(record{Plan: p, Cgroup: e.cgroup, Netns: e.netns, PinDir: e.pinDir, Objects: objectsDigest()}, "", "  ")
 	if err != nil {
 		return err
 	}

@@ -107,16 +107,28 @@ func benchRR(addr string, conns int, dur time.Duration) (BenchResult, error) {
 	return res, nil
 }
 
+// benchCPS also reports the percentiles of one connection's life (connect,
+// one exchange, close): the per-connection cost, free of the parallelism
+// that conn/s includes.
 func benchCPS(addr string, workers int, dur time.Duration) (BenchResult, error) {
 	var count, errs atomic.Int64
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var lat []time.Duration
 	deadline := time.Now().Add(dur)
 	for i := 0; i < workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, 256)
+			local := make([]time.Duration, 0, 1<<16)
+			defer func() {
+				mu.Lock()
+				lat = append(lat, local...)
+				mu.Unlock()
+			}()
 			for time.Now().Before(deadline) {
+				start := time.Now()
 				c, err := net.Dial("tcp", addr)
 				if err != nil {
 					errs.Add(1)
@@ -133,11 +145,18 @@ func benchCPS(addr string, workers int, dur time.Duration) (BenchResult, error) 
 					count.Add(1)
 				}
 				c.Close()
+				local = append(local, time.Since(start))
 			}
 		}()
 	}
 	wg.Wait()
-	return BenchResult{Mode: "cps", Count: count.Load(), Duration: dur, PerSec: float64(count.Load()) / dur.Seconds(), Errors: errs.Load()}, nil
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	res := BenchResult{Mode: "cps", Count: count.Load(), Duration: dur, PerSec: float64(count.Load()) / dur.Seconds(), Errors: errs.Load()}
+	if len(lat) > 0 {
+		res.P50 = lat[len(lat)/2]
+		res.P99 = lat[len(lat)*99/100]
+	}
+	return res, nil
 }
 
 func benchBulk(addr string, mb int) (BenchResult, error) {

@@ -199,8 +199,23 @@ func (p *Pod) RunInPod(uid, gid int, argv ...string) (string, error) {
 // StartRemote starts a helper in the remote namespace.
 func (p *Pod) StartRemote(args ...string) *testenv.Process {
 	p.t.Helper()
-	argv := p.Helper(args...)
+	return p.StartRemoteOn("", args...)
+}
+
+// StartRemoteOn starts a helper in the remote namespace on the CPUs listed
+// (taskset syntax; "" for any), so benchmarks keep client and servers apart.
+func (p *Pod) StartRemoteOn(cpus string, args ...string) *testenv.Process {
+	p.t.Helper()
+	argv := Pinned(cpus, p.Helper(args...))
 	return p.Remote.Start(p.Remote.Command(context.Background(), argv[0], argv[1:]...))
+}
+
+// Pinned prefixes argv with taskset when cpus is not empty.
+func Pinned(cpus string, argv []string) []string {
+	if cpus == "" {
+		return argv
+	}
+	return append([]string{"taskset", "-c", cpus}, argv...)
 }
 
 // WaitOutput waits until a process printed want.
@@ -290,6 +305,13 @@ func Itoa(n int) string { return strconv.Itoa(n) }
 // server: the proxy reached without capture, for comparisons.
 func (p *Pod) HAProxyDirect(port uint16, direct map[uint16]string) *testenv.Process {
 	p.t.Helper()
+	return p.HAProxyDirectOn("", port, direct)
+}
+
+// HAProxyDirectOn is HAProxyDirect with HAProxy bound to the CPUs listed
+// (taskset syntax; "" for any).
+func (p *Pod) HAProxyDirectOn(cpus string, port uint16, direct map[uint16]string) *testenv.Process {
+	p.t.Helper()
 	bin := testenv.RequireBinary(p.t, "haproxy")
 	cfg := filepath.Join(Dir(p.t), "haproxy.cfg")
 	var b strings.Builder
@@ -312,7 +334,7 @@ backend original
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
 		p.t.Fatal(err)
 	}
-	proc := p.StartInPod(ProxyUID, ProxyUID, bin, "-db", "-f", cfg)
+	proc := p.StartInPod(ProxyUID, ProxyUID, Pinned(cpus, []string{bin, "-db", "-f", cfg})...)
 	if !p.listening(port) {
 		p.t.Fatalf("HAProxy does not listen on port %d:\n%s", port, proc.Output())
 	}
