@@ -375,6 +375,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 	want := desiredPlan(a.base, a.cur, a.resolvedAddrs(), a.opts.VIPRanges)
 	a.metrics.reconciles.Inc()
 	if a.installed != nil && want.Equal(a.installed) {
+		a.syncEngine(ctx)
 		st, err := eng.Status(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -393,6 +394,23 @@ func (a *Agent) reconcile(ctx context.Context) {
 		a.log.Warn("capture rules drifted from what shunt installed; restoring them", "drift", strings.Join(drift, "; "))
 	}
 	a.install(ctx, want)
+}
+
+// listenerSyncer is an engine that must be told when the proxy's inbound
+// listener appears (the eBPF engine steers inbound connections to the
+// listener socket itself, which exists only once the proxy runs).
+type listenerSyncer interface {
+	SyncListener(ctx context.Context) (int, error)
+}
+
+// syncEngine lets an engine catch up with what changes without a new plan:
+// the proxy (re)starting and opening its inbound listener.
+func (a *Agent) syncEngine(ctx context.Context) {
+	if s, ok := a.opts.Engine.(listenerSyncer); ok && a.installed != nil && a.installed.CaptureInbound {
+		if _, err := s.SyncListener(ctx); err != nil && ctx.Err() == nil {
+			a.log.Debug("inbound listener not registered yet", "err", err)
+		}
+	}
 }
 
 func (a *Agent) install(ctx context.Context, p *redirect.Plan) {
