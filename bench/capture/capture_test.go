@@ -27,7 +27,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -56,7 +55,6 @@ const (
 
 type figures struct {
 	rr, cps, bulk ebpftest.BenchResult
-	conntrack     int // entries the namespace's conntrack table gained
 }
 
 // config is one thing measured: what to install before, what to remove after.
@@ -86,26 +84,11 @@ func measure(t *testing.T, pod *ebpftest.Pod, c config) figures {
 		}
 		return r
 	}
-	before := conntrackCount(pod)
-	f := figures{
+	return figures{
 		rr:   run("rr", c.echo, "1", rrSeconds),
 		cps:  run("cps", c.echo, cpsWorkers, cpsSeconds),
 		bulk: run("bulk", c.sink, bulkMB),
 	}
-	f.conntrack = conntrackCount(pod) - before
-	return f
-}
-
-// conntrackCount is the number of connections the pod namespace's conntrack
-// table holds (0 when conntrack never ran there): it shows which
-// configurations pay for connection tracking.
-func conntrackCount(pod *ebpftest.Pod) int {
-	out, err := pod.NS.Run("cat", "/proc/sys/net/netfilter/nf_conntrack_count")
-	if err != nil {
-		return 0
-	}
-	n, _ := strconv.Atoi(strings.TrimSpace(out))
-	return n
 }
 
 // defaultPlan is shunt's default plan (redirect.NewConfig's defaults) with
@@ -277,7 +260,7 @@ func report(configs []config, all map[string][]figures, times map[string][]time.
 	var b strings.Builder
 	fmt.Fprintf(&b, "medians of %d interleaved rounds [min–max]; client on CPU %s, HAProxy and servers on CPU %s\n", rounds, clientCPU, serverCPU)
 	fmt.Fprintf(&b, "load after each round: %s\n", strings.Join(loads, " | "))
-	fmt.Fprintf(&b, "%-13s %-22s %-22s %-22s %-22s %-22s %s\n", "path", "rr p50 µs", "rr p99 µs", "conn/s", "conn life p50 µs", "bulk MB/s", "conntrack +")
+	fmt.Fprintf(&b, "%-13s %-22s %-22s %-22s %-22s %s\n", "path", "rr p50 µs", "rr p99 µs", "conn/s", "conn life p50 µs", "bulk MB/s")
 	rr50 := func(f figures) float64 { return us(f.rr.P50) }
 	rr99 := func(f figures) float64 { return us(f.rr.P99) }
 	cps := func(f figures) float64 { return f.cps.PerSec }
@@ -286,9 +269,8 @@ func report(configs []config, all map[string][]figures, times map[string][]time.
 	cell := func(s stat) string { return fmt.Sprintf("%.0f [%.0f–%.0f]", s.med, s.lo, s.hi) }
 	for _, c := range configs {
 		fs := all[c.name]
-		ct := of(fs, func(f figures) float64 { return float64(f.conntrack) })
-		fmt.Fprintf(&b, "%-13s %-22s %-22s %-22s %-22s %-22s %.0f\n", c.name,
-			cell(of(fs, rr50)), cell(of(fs, rr99)), cell(of(fs, cps)), cell(of(fs, life)), cell(of(fs, bulk)), ct.med)
+		fmt.Fprintf(&b, "%-13s %-22s %-22s %-22s %-22s %s\n", c.name,
+			cell(of(fs, rr50)), cell(of(fs, rr99)), cell(of(fs, cps)), cell(of(fs, life)), cell(of(fs, bulk)))
 	}
 
 	// Per-round figures: the rounds were interleaved, so a configuration
