@@ -845,8 +845,12 @@ int inbound_lookup(struct bpf_sk_lookup *ctx)
 		key = 1;
 		sk = bpf_map_lookup_elem(&inbound_listener, &key);
 	}
+	/* No proxy listening yet: refuse, as a REDIRECT to a closed port does.
+	 * Passing would hand the connection to the application behind the
+	 * proxy's back. SK_DROP makes the lookup fail, and TCP answers with
+	 * a reset. */
 	if (!sk)
-		return SK_PASS;
+		return SK_DROP;
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	if (!err)

@@ -601,7 +601,10 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 		}
 		if rec.Plan.CaptureInbound {
 			if n := e.listenerCount(); n == 0 {
-				st.Drift = append(st.Drift, fmt.Sprintf("inbound listener: no socket listening on port %d is registered; inbound connections are not captured", rec.Plan.InboundPort))
+				// Not drift: the rules are as installed, the proxy
+				// is just not listening (yet). Inbound connections
+				// are refused meanwhile, as with iptables.
+				st.Notes = append(st.Notes, fmt.Sprintf("inbound listener: no socket listening on port %d is registered yet; inbound connections are refused until the proxy listens", rec.Plan.InboundPort))
 			}
 		}
 	}

@@ -204,3 +204,30 @@ func TestInbound(t *testing.T) {
 	}
 	mustContain(t, out, "local=127.0.0.1:15006")
 }
+
+// Before the proxy listens, inbound connections are refused at once, as a
+// REDIRECT to a closed port refuses them: they never reach the application
+// behind the proxy's back. Status says why without calling it drift.
+func TestInboundBeforeTheProxyListensIsRefused(t *testing.T) {
+	pod := ebpftest.NewPod(t)
+	e := pod.Install(ebpftest.Plan())
+	appSrv := pod.StartInPod(app, app, pod.Helper("echo-server", "0.0.0.0:8080")...)
+	ebpftest.WaitOutput(t, appSrv, "listening 0.0.0.0:8080")
+
+	st, err := e.Status(context.Background())
+	if err != nil || len(st.Drift) > 0 || !strings.Contains(strings.Join(st.Notes, "\n"), "inbound listener") {
+		t.Fatalf("status without a listener: err %v, drift %v, notes %v", err, st.Drift, st.Notes)
+	}
+	argv := pod.Helper("dial", "10.1.0.1:8080", "in")
+	start := time.Now()
+	out, err := pod.Remote.Run(argv[0], argv[1:]...)
+	if err == nil || strings.Contains(out, "echo in") {
+		t.Fatalf("inbound connection without a proxy listener reached the application: %v\n%s", err, out)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("refusal took %v, want it immediate (a reset, not a timeout)", took)
+	}
+	if !strings.Contains(out, "refused") {
+		t.Errorf("want connection refused, got:\n%s", out)
+	}
+}
