@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -26,7 +27,15 @@ import (
 // registerListener returns how many listening sockets (IPv4, IPv6) it put
 // in the map.
 func (e *Engine) registerListener(ctx context.Context, m *ebpf.Map, port uint16) (int, error) {
-	nsPath := e.netns
+	return registerListener(ctx, e.log, e.netns, port, func(family uint32, sock int) error {
+		return m.Update(family, uint64(sock), ebpf.UpdateAny)
+	})
+}
+
+// registerListener finds the sockets listening on port in the namespace
+// and hands each, with its family (0 IPv4, 1 IPv6), to put.
+func registerListener(ctx context.Context, log *slog.Logger, netnsPath string, port uint16, put func(family uint32, sock int) error) (int, error) {
+	nsPath := netnsPath
 	if nsPath == "" {
 		nsPath = "/proc/self/ns/net"
 	}
@@ -82,11 +91,11 @@ func (e *Engine) registerListener(ctx context.Context, m *ebpf.Map, port uint16)
 			if err != nil {
 				continue
 			}
-			if err := putSocket(m, key, pid, fd); err != nil {
+			if err := putSocket(put, key, pid, fd); err != nil {
 				return len(done), err
 			}
 			done[key] = true
-			e.log.Info("inbound listener registered", "pid", pid, "fd", fd, "port", port, "ipv6", key == 1)
+			log.Info("inbound listener registered", "pid", pid, "fd", fd, "port", port, "ipv6", key == 1)
 		}
 	}
 	if len(done) == 0 {
@@ -95,7 +104,7 @@ func (e *Engine) registerListener(ctx context.Context, m *ebpf.Map, port uint16)
 	return len(done), nil
 }
 
-func putSocket(m *ebpf.Map, key uint32, pid, fd int) error {
+func putSocket(put func(uint32, int) error, key uint32, pid, fd int) error {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return fmt.Errorf("pidfd_open %d: %w", pid, err)
@@ -106,7 +115,7 @@ func putSocket(m *ebpf.Map, key uint32, pid, fd int) error {
 		return fmt.Errorf("pidfd_getfd %d/%d: %w", pid, fd, err)
 	}
 	defer unix.Close(dup)
-	if err := m.Update(key, uint64(dup), ebpf.UpdateAny); err != nil {
+	if err := put(key, dup); err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) {
 			// Go, for one, listens with MPTCP by default.
 			return fmt.Errorf("register listener of pid %d: the socket cannot be steered to (not plain TCP: MPTCP?): %w", pid, err)

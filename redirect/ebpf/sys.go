@@ -26,6 +26,12 @@ func cgroupID(dir string) (string, error) {
 	if fs.Type != unix.CGROUP2_SUPER_MAGIC {
 		return "", fmt.Errorf("cgroup %s is not a cgroup-v2 directory (the eBPF engine attaches to cgroup v2; on hybrid hosts it is mounted at /sys/fs/cgroup/unified)", dir)
 	}
+	return cgroupName(dir), nil
+}
+
+// cgroupName is cgroupID without the checks: it names a cgroup that may
+// be gone already.
+func cgroupName(dir string) string {
 	rel := dir
 	if mnt, err := cgroup2Mount(); err == nil {
 		if r, err := filepath.Rel(mnt, dir); err == nil && !strings.HasPrefix(r, "..") {
@@ -45,7 +51,7 @@ func cgroupID(dir string) (string, error) {
 			b.WriteByte('_')
 		}
 	}
-	return b.String(), nil
+	return b.String()
 }
 
 // cgroup2Mount finds the cgroup-v2 hierarchy: /sys/fs/cgroup on unified

@@ -49,11 +49,19 @@ type Pod struct {
 // a runnable copy of the test binary; all go away when the test ends.
 func NewPod(t testing.TB) *Pod {
 	t.Helper()
+	return NewPodN(t, 1)
+}
+
+// NewPodN is NewPod with the pod's link addressed from 10.<n>.0.0/24 and
+// fd00:<n>::/64, so that several pods of one test have addresses of their
+// own, as pods on one node do.
+func NewPodN(t testing.TB, n int) *Pod {
+	t.Helper()
 	testenv.RequireRoot(t)
 	p := &Pod{t: t}
 	p.NS = testenv.NewNetns(t, "pod")
 	p.Remote = testenv.NewNetns(t, "rem")
-	p.Host, p.Peer = testenv.Link(t, p.NS, p.Remote, 1)
+	p.Host, p.Peer = testenv.Link(t, p.NS, p.Remote, n)
 	p.Cgroup = testenv.NewCgroup(t)
 	p.PinDir = filepath.Join(MountBPFFS(t), "shunt")
 	p.StateDir = t.TempDir()
@@ -152,6 +160,35 @@ func (p *Pod) Install(plan *redirect.Plan) *ebpf.Engine {
 	return e
 }
 
+// NewNode loads the node-wide programs on a private bpffs, and removes
+// them, and every pod still enrolled, when the test ends.
+func NewNode(t testing.TB) (*ebpf.Node, ebpf.NodeOptions) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	opts := ebpf.NodeOptions{PinDir: filepath.Join(MountBPFFS(t), "shunt", "node"), StateDir: t.TempDir()}
+	n, err := ebpf.NewNode(opts)
+	if err != nil {
+		t.Fatalf("load the node's programs: %v", err)
+	}
+	t.Cleanup(func() {
+		n.Close()
+		if err := ebpf.UninstallNode(context.Background(), opts); err != nil && err != redirect.ErrNotInstalled {
+			t.Errorf("uninstall node: %v", err)
+		}
+	})
+	return n, opts
+}
+
+// Enrol enrols the pod in the node with the plan.
+func (p *Pod) Enrol(n *ebpf.Node, plan *redirect.Plan) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.Enrol(ctx, p.Cgroup, p.NS.Path(), plan); err != nil {
+		p.t.Fatalf("enrol: %v", err)
+	}
+}
+
 // Plan returns the default plan: Kuma's ports and proxy user, DNS left
 // alone, inbound captured.
 func Plan() *redirect.Plan {
@@ -240,6 +277,12 @@ func WaitOutput(t testing.TB, proc *testenv.Process, want string) {
 // logging every connection to stdout.
 func (p *Pod) HAProxy(port uint16) *testenv.Process {
 	p.t.Helper()
+	return p.HAProxyAs(ProxyUID, port)
+}
+
+// HAProxyAs is HAProxy run as uid (and gid uid).
+func (p *Pod) HAProxyAs(uid int, port uint16) *testenv.Process {
+	p.t.Helper()
 	bin := testenv.RequireBinary(p.t, "haproxy")
 	cfg := filepath.Join(Dir(p.t), "haproxy.cfg")
 	conf := fmt.Sprintf(`global
@@ -261,7 +304,7 @@ backend original
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		p.t.Fatal(err)
 	}
-	proc := p.StartInPod(ProxyUID, ProxyUID, bin, "-db", "-f", cfg)
+	proc := p.StartInPod(uid, uid, bin, "-db", "-f", cfg)
 	if !p.listening(port) {
 		p.t.Fatalf("HAProxy does not listen on port %d:\n%s", port, proc.Output())
 	}

@@ -1,0 +1,972 @@
+package ebpf
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/shunt-dev/shunt/redirect"
+)
+
+// DefaultNodePinDir is where a node's shared programs are pinned.
+const DefaultNodePinDir = "/sys/fs/bpf/shunt/node"
+
+// DefaultNodeStateDir is where a node records each enrolled pod's plan.
+const DefaultNodeStateDir = "/run/shunt/node"
+
+// NodeOptions says where a node's shared programs live.
+type NodeOptions struct {
+	// PinDir holds the programs, the maps and, under pods/, each enrolled
+	// pod's links; default DefaultNodePinDir. It must be on a bpffs.
+	PinDir string
+	// StateDir holds one record per enrolled pod; default
+	// DefaultNodeStateDir.
+	StateDir string
+	Logger   *slog.Logger
+}
+
+// Node is the node-wide form of the eBPF engine: one copy of the programs,
+// loaded once and attached to every enrolled pod's cgroup (sk_lookup to the
+// pod's network namespace), with each pod's configuration in maps keyed by
+// its cgroup id. Enrolling a pod or changing its plan writes map entries and
+// attaches links; it never loads or verifies a program.
+type Node struct {
+	pinDir, stateDir string
+	log              *slog.Logger
+	spec             *ebpf.CollectionSpec
+	progs            map[string]*ebpf.Program
+	maps             map[string]*ebpf.Map
+}
+
+// nodeDigest identifies this build's node programs.
+func nodeDigest() [32]byte { return sha256.Sum256(_NodeCaptureBytes) }
+
+func (o NodeOptions) withDefaults() NodeOptions {
+	if o.PinDir == "" {
+		o.PinDir = DefaultNodePinDir
+	}
+	if o.StateDir == "" {
+		o.StateDir = DefaultNodeStateDir
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return o
+}
+
+func (n *Node) progPin(name string) string { return filepath.Join(n.pinDir, "prog_"+name) }
+func (n *Node) mapPin(name string) string  { return filepath.Join(n.pinDir, "map_"+name) }
+func (n *Node) podPinDir(pod string) string {
+	return filepath.Join(n.pinDir, "pods", pod)
+}
+func (n *Node) record(pod string) string { return filepath.Join(n.stateDir, pod+".json") }
+
+// NewNode loads the node's programs, or reuses those pinned in PinDir when
+// they are this build's. Programs of another build are replaced and every
+// enrolled pod's links are switched to the new ones in place (link update);
+// the maps, and so every pod's configuration and connections in flight, are
+// kept.
+func NewNode(opts NodeOptions) (*Node, error) {
+	opts = opts.withDefaults()
+	if err := checkBPFFS(opts.PinDir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin directory: %w", err)
+	}
+	n, err := OpenNode(opts)
+	if err == nil {
+		return n, nil
+	}
+	opts.Logger.Info("loading the node's capture programs", "pinDir", opts.PinDir, "reason", err)
+
+	spec, err := loadNodeCapture()
+	if err != nil {
+		return nil, fmt.Errorf("load node capture programs' spec: %w", err)
+	}
+	n = &Node{pinDir: opts.PinDir, stateDir: opts.StateDir, log: opts.Logger, spec: spec}
+	pinned, err := n.pinnedMaps()
+	if err != nil {
+		return nil, err
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
+	if err != nil {
+		closeMaps(pinned)
+		return nil, fmt.Errorf("load node capture programs: %w", err)
+	}
+	closeMaps(pinned) // the collection holds its own references
+	for name, m := range coll.Maps {
+		if _, ok := pinned[name]; ok {
+			continue
+		}
+		if err := m.Pin(n.mapPin(name)); err != nil {
+			coll.Close()
+			return nil, fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
+	for name, p := range coll.Programs {
+		tmp := filepath.Join(n.pinDir, "new_prog_"+name) // bpffs names may not contain dots
+		_ = os.Remove(tmp)
+		if err := p.Pin(tmp); err != nil {
+			coll.Close()
+			return nil, fmt.Errorf("pin program %s: %w", name, err)
+		}
+		if err := os.Rename(tmp, n.progPin(name)); err != nil {
+			coll.Close()
+			return nil, fmt.Errorf("pin program %s: %w", name, err)
+		}
+	}
+	n.progs, n.maps = coll.Programs, coll.Maps
+	if err := n.updateLinks(); err != nil {
+		n.Close()
+		return nil, err
+	}
+	// Written last: a node whose digest matches has every program pinned.
+	d := nodeDigest()
+	if err := n.maps["node_info"].Put(uint32(0), d); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("write node_info: %w", err)
+	}
+	return n, nil
+}
+
+// OpenNode opens the programs and maps a node agent pinned; it loads
+// nothing, and fails when they are missing or of another build.
+func OpenNode(opts NodeOptions) (*Node, error) {
+	opts = opts.withDefaults()
+	spec, err := loadNodeCapture()
+	if err != nil {
+		return nil, fmt.Errorf("load node capture programs' spec: %w", err)
+	}
+	n := &Node{pinDir: opts.PinDir, stateDir: opts.StateDir, log: opts.Logger, spec: spec, progs: map[string]*ebpf.Program{}}
+	pinned, err := n.pinnedMaps()
+	if err != nil {
+		return nil, err
+	}
+	n.maps = pinned
+	if len(pinned) != len(spec.Maps) {
+		n.Close()
+		return nil, fmt.Errorf("the node's capture maps are not pinned in %s (is `shunt node` running with the eBPF engine?)", n.pinDir)
+	}
+	var got [32]byte
+	if err := pinned["node_info"].Lookup(uint32(0), &got); err != nil || got != nodeDigest() {
+		n.Close()
+		return nil, fmt.Errorf("the programs pinned in %s are not this build's", n.pinDir)
+	}
+	for name := range spec.Programs {
+		p, err := ebpf.LoadPinnedProgram(n.progPin(name), nil)
+		if err != nil {
+			n.Close()
+			return nil, fmt.Errorf("open pinned program %s: %w", name, err)
+		}
+		n.progs[name] = p
+	}
+	return n, nil
+}
+
+func (n *Node) pinnedMaps() (map[string]*ebpf.Map, error) {
+	pinned := map[string]*ebpf.Map{}
+	for name, ms := range n.spec.Maps {
+		m, err := ebpf.LoadPinnedMap(n.mapPin(name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			closeMaps(pinned)
+			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		if err := ms.Compatible(m); err != nil {
+			m.Close()
+			closeMaps(pinned)
+			return nil, fmt.Errorf("pinned map %s does not match this version of shunt (%v); run `shunt node --uninstall` first", name, err)
+		}
+		pinned[name] = m
+	}
+	return pinned, nil
+}
+
+func closeMaps(ms map[string]*ebpf.Map) {
+	for _, m := range ms {
+		m.Close()
+	}
+}
+
+// Close releases the node's handles; what is pinned stays.
+func (n *Node) Close() error {
+	for _, p := range n.progs {
+		p.Close()
+	}
+	closeMaps(n.maps)
+	return nil
+}
+
+// ProgramIDs are the kernel's ids of the node's programs, by name.
+func (n *Node) ProgramIDs() (map[string]ebpf.ProgramID, error) {
+	out := map[string]ebpf.ProgramID{}
+	for name, p := range n.progs {
+		info, err := p.Info()
+		if err != nil {
+			return nil, fmt.Errorf("program %s: %w", name, err)
+		}
+		id, _ := info.ID()
+		out[name] = id
+	}
+	return out, nil
+}
+
+// updateLinks points every enrolled pod's links at the node's programs.
+func (n *Node) updateLinks() error {
+	pods, err := os.ReadDir(filepath.Join(n.pinDir, "pods"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list enrolled pods: %w", err)
+	}
+	for _, pod := range pods {
+		for _, a := range attachments {
+			l, err := link.LoadPinnedLink(filepath.Join(n.podPinDir(pod.Name()), "link_"+a.prog), nil)
+			if err != nil {
+				continue
+			}
+			err = l.Update(n.progs[a.prog])
+			l.Close()
+			if err != nil {
+				return fmt.Errorf("pod %s: update link %s: %w", pod.Name(), a.prog, err)
+			}
+		}
+	}
+	return nil
+}
+
+// podRecord is what a node keeps per enrolled pod: the cgroup's id outlives
+// the cgroup, so Leave finds the pod's entries after the runtime removed it.
+type podRecord struct {
+	Cgroup   string         `json:"cgroup"`
+	CgroupID uint64         `json:"cgroupID"`
+	Netns    string         `json:"netns,omitempty"`
+	Plan     *redirect.Plan `json:"plan"`
+}
+
+func (n *Node) readRecord(pod string) (*podRecord, error) {
+	b, err := os.ReadFile(n.record(pod))
+	if err != nil {
+		return nil, err
+	}
+	var r podRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("read %s: %w", n.record(pod), err)
+	}
+	return &r, nil
+}
+
+func (n *Node) writeRecord(pod string, r *podRecord) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(n.stateDir, 0o755); err != nil {
+		return fmt.Errorf("record pod: %w", err)
+	}
+	tmp := n.record(pod) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("record pod: %w", err)
+	}
+	if err := os.Rename(tmp, n.record(pod)); err != nil {
+		return fmt.Errorf("record pod: %w", err)
+	}
+	return nil
+}
+
+// The per-pod maps of the node object, by the name desired() gives the
+// per-cgroup engine's map.
+var (
+	nodeInner = map[string]string{ // one inner map per pod
+		"port_flags":        "pod_port_flags",
+		"exclude_out_cidrs": "pod_exclude_out_cidrs",
+		"exclude_in_cidrs":  "pod_exclude_in_cidrs",
+		"egress_allowed":    "pod_egress_allowed",
+	}
+	nodeFlat = map[string]string{ // shared, keys prefixed with the cgroup id
+		"uid_rules":   "pod_uid_rules",
+		"local_addrs": "pod_local_addrs",
+		"dns_servers": "pod_dns_servers",
+	}
+)
+
+func podKey(id uint64) []byte { return mustBytes(id) }
+
+// prefixed turns a per-cgroup map's contents into the pod's share of a
+// flat node map: every key gets the cgroup id in front (and uid rule
+// indices the padding of struct pod_rule).
+func prefixed(c *contents, id uint64) *contents {
+	out := newContents(c.name, false)
+	for _, e := range c.entries {
+		k := append(podKey(id), e.key...)
+		if c.name == "uid_rules" {
+			k = append(k, 0, 0, 0, 0)
+		}
+		out.entries[string(k)] = entry{key: k, value: e.value, text: e.text}
+	}
+	return out
+}
+
+// diffShare is diff for the entries of one pod in a shared map: those whose
+// key starts with prefix.
+func diffShare(m *ebpf.Map, want *contents, owned func(k, v []byte) bool) ([]change, error) {
+	var out []change
+	seen := map[string]bool{}
+	var k, v []byte
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if !owned(k, v) {
+			continue
+		}
+		ks := string(k)
+		seen[ks] = true
+		e, ok := want.entries[ks]
+		switch {
+		case !ok:
+			out = append(out, change{m: m, key: bytes.Clone(k), old: bytes.Clone(v)})
+		case !bytes.Equal(e.value, v):
+			out = append(out, change{m: m, key: e.key, old: bytes.Clone(v), value: e.value})
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", want.name, err)
+	}
+	for ks, e := range want.entries {
+		if !seen[ks] {
+			out = append(out, change{m: m, key: e.key, value: e.value})
+		}
+	}
+	return out, nil
+}
+
+func hasPrefix(prefix []byte) func(k, v []byte) bool {
+	return func(k, _ []byte) bool { return bytes.HasPrefix(k, prefix) }
+}
+
+// podID is the cgroup's id, as bpf_get_current_cgroup_id gives it.
+func podID(cgroup string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(cgroup, &st); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", cgroup, err)
+	}
+	return st.Ino, nil
+}
+
+// Enrol captures the pod whose processes are in cgroupPath and whose network
+// namespace is netnsPath, with the node's programs. It is idempotent: a pod
+// already enrolled gets only the map writes its plan change needs.
+func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redirect.Plan) (err error) {
+	if err := supported(p); err != nil {
+		return err
+	}
+	cg, err := filepath.Abs(cgroupPath)
+	if err != nil {
+		return fmt.Errorf("cgroup path: %w", err)
+	}
+	pod, err := cgroupID(cg)
+	if err != nil {
+		return err
+	}
+	id, err := podID(cg)
+	if err != nil {
+		return err
+	}
+	local, err := localAddrs(ctx, netnsPath)
+	if err != nil {
+		return err
+	}
+	want, err := desired(p, local)
+	if err != nil {
+		return err
+	}
+	fresh := false
+	if _, serr := os.Stat(n.record(pod)); errors.Is(serr, os.ErrNotExist) {
+		fresh = true
+	}
+	defer func() {
+		// A pod that was not enrolled before is left as it was: not at all.
+		if err != nil && fresh {
+			if lerr := n.leave(pod, id); lerr != nil {
+				n.log.Error("undo a failed enrolment", "cgroup", cg, "err", lerr)
+			}
+		}
+	}()
+
+	// Addresses first: another pod claiming one would have sk_lookup steer
+	// its connections here.
+	owners := newContents("addr_pods", false)
+	for _, a := range local {
+		k := captureAddr{Ip: addr16(a)}
+		var other uint64
+		if lerr := n.maps["addr_pods"].Lookup(k, &other); lerr == nil && other != id {
+			return fmt.Errorf("address %s of %s is already that of another enrolled pod (cgroup id %d)", a, cg, other)
+		}
+		owners.put(k, id, a.String())
+	}
+	idBytes := podKey(id)
+	for _, c := range want {
+		var changes []change
+		switch {
+		case c.name == "config_map":
+			v := c.entries[string(mustBytes(uint32(0)))].value
+			changes = []change{{m: n.maps["pods"], key: idBytes, value: v}}
+		case nodeFlat[c.name] != "":
+			if changes, err = diffShare(n.maps[nodeFlat[c.name]], prefixed(c, id), hasPrefix(idBytes)); err != nil {
+				return err
+			}
+		case nodeInner[c.name] != "":
+			var inner *ebpf.Map
+			if inner, changes, err = n.innerChanges(nodeInner[c.name], id, c); err != nil {
+				return err
+			}
+			if inner != nil {
+				defer inner.Close()
+			}
+		default:
+			return fmt.Errorf("map %s has no node form", c.name)
+		}
+		for _, ch := range changes {
+			if aerr := ch.apply(false); aerr != nil {
+				return fmt.Errorf("write map %s: %w", c.name, aerr)
+			}
+		}
+	}
+	changes, err := diffShare(n.maps["addr_pods"], owners, func(_, v []byte) bool { return bytes.Equal(v, idBytes) })
+	if err != nil {
+		return err
+	}
+	for _, ch := range changes {
+		if aerr := ch.apply(false); aerr != nil {
+			return fmt.Errorf("write map addr_pods: %w", aerr)
+		}
+	}
+	var counters []nodeCapturePodStats
+	if n.maps["stats"].Lookup(id, &counters) != nil {
+		ncpu, cerr := ebpf.PossibleCPU()
+		if cerr != nil {
+			return cerr
+		}
+		if perr := n.maps["stats"].Put(id, make([]nodeCapturePodStats, ncpu)); perr != nil {
+			return fmt.Errorf("create counters: %w", perr)
+		}
+	}
+
+	if err := n.attachPod(pod, cg, netnsPath); err != nil {
+		return err
+	}
+	if err := n.writeRecord(pod, &podRecord{Cgroup: cg, CgroupID: id, Netns: netnsPath, Plan: p}); err != nil {
+		return err
+	}
+	if p.CaptureInbound {
+		if _, lerr := n.registerListener(ctx, id, netnsPath, p.InboundPort); lerr != nil {
+			n.log.Warn("inbound listener not registered yet", "cgroup", cg, "port", p.InboundPort, "err", lerr)
+		}
+	}
+	n.log.Info("pod enrolled in the node's ebpf capture", "cgroup", cg, "cgroupID", id)
+	return nil
+}
+
+// innerChanges returns the writes that make the pod's inner map hold want,
+// creating (and filling) it when the pod has none yet. The inner map
+// returned, if any, is the caller's to close once the changes are applied.
+func (n *Node) innerChanges(outer string, id uint64, want *contents) (*ebpf.Map, []change, error) {
+	var inner *ebpf.Map
+	if err := n.maps[outer].Lookup(id, &inner); err == nil {
+		var changes []change
+		if want.array {
+			changes, err = diffPorts(inner, want)
+		} else {
+			changes, err = diff(inner, want)
+		}
+		if err != nil {
+			inner.Close()
+			return nil, nil, err
+		}
+		return inner, changes, nil
+	}
+	spec := n.spec.Maps[outer].InnerMap
+	if spec == nil {
+		return nil, nil, fmt.Errorf("map %s has no inner map", outer)
+	}
+	m, err := ebpf.NewMap(spec)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create %s for the pod: %w", outer, err)
+	}
+	defer m.Close()
+	for _, ch := range diffFresh(m, want) {
+		if err := ch.apply(false); err != nil {
+			return nil, nil, fmt.Errorf("fill %s: %w", outer, err)
+		}
+	}
+	// The outer map holds the inner one from here on.
+	if err := n.maps[outer].Put(id, m); err != nil {
+		return nil, nil, fmt.Errorf("write %s: %w", outer, err)
+	}
+	return nil, nil, nil
+}
+
+// attachPod attaches every program to the pod's cgroup (sk_lookup to its
+// namespace) and pins the links, keeping links already in place.
+func (n *Node) attachPod(pod, cg, netnsPath string) error {
+	dir := n.podPinDir(pod)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pod pin directory: %w", err)
+	}
+	cgFD, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open cgroup %s: %w", cg, err)
+	}
+	defer unix.Close(cgFD)
+	nsFD, err := openNetns(netnsPath)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(nsFD)
+	for _, a := range attachments {
+		prog := n.progs[a.prog]
+		pin := filepath.Join(dir, "link_"+a.prog)
+		if old, lerr := link.LoadPinnedLink(pin, nil); lerr == nil {
+			info, ierr := old.Info()
+			if ierr == nil && attachedTo(info, a, cgFD, nsFD) {
+				pinfo, _ := prog.Info()
+				pid, _ := pinfo.ID()
+				var uerr error
+				if info.Program != pid {
+					uerr = old.Update(prog)
+				}
+				old.Close()
+				if uerr != nil {
+					return fmt.Errorf("update link %s: %w", a.prog, uerr)
+				}
+				continue
+			}
+			old.Close()
+			_ = os.Remove(pin)
+		}
+		target := cgFD
+		if a.netns {
+			target = nsFD
+		}
+		l, err := link.AttachRawLink(link.RawLinkOptions{Target: target, Program: prog, Attach: a.attach})
+		if err != nil {
+			return fmt.Errorf("attach %s (%s): %w", a.prog, a.attach, err)
+		}
+		err = l.Pin(pin)
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("pin %s: %w", a.prog, err)
+		}
+	}
+	return nil
+}
+
+func (n *Node) registerListener(ctx context.Context, id uint64, netnsPath string, port uint16) (int, error) {
+	return registerListener(ctx, n.log, netnsPath, port, func(family uint32, sock int) error {
+		return n.maps["inbound_listener"].Update(nodeCapturePodListener{Pod: id, Family: family}, uint64(sock), ebpf.UpdateAny)
+	})
+}
+
+// SyncListener registers the pod's proxy's inbound listener, as
+// Engine.SyncListener does for one cgroup.
+func (n *Node) SyncListener(ctx context.Context, cgroupPath string) (int, error) {
+	rec, err := n.readRecord(cgroupName(cgroupPath))
+	if err != nil {
+		return 0, fmt.Errorf("read the pod's record: %w", err)
+	}
+	return n.registerListener(ctx, rec.CgroupID, rec.Netns, rec.Plan.InboundPort)
+}
+
+// Leave detaches the node's programs from the pod and removes its entries.
+// The cgroup may be gone already.
+func (n *Node) Leave(ctx context.Context, cgroupPath string) error {
+	cg, err := filepath.Abs(cgroupPath)
+	if err != nil {
+		return fmt.Errorf("cgroup path: %w", err)
+	}
+	pod := cgroupName(cg)
+	rec, err := n.readRecord(pod)
+	var id uint64
+	switch {
+	case err == nil:
+		id = rec.CgroupID
+	case errors.Is(err, os.ErrNotExist):
+		if _, serr := os.Stat(n.podPinDir(pod)); serr != nil {
+			return redirect.ErrNotInstalled
+		}
+		if id, err = podID(cg); err != nil {
+			return fmt.Errorf("the pod's record is missing and its cgroup is gone: %w", err)
+		}
+	default:
+		return err
+	}
+	if err := n.leave(pod, id); err != nil {
+		return err
+	}
+	n.log.Info("pod left the node's ebpf capture", "cgroup", cg)
+	return nil
+}
+
+func (n *Node) leave(pod string, id uint64) error {
+	var errs []error
+	dir := n.podPinDir(pod)
+	for _, a := range attachments {
+		pin := filepath.Join(dir, "link_"+a.prog)
+		l, err := link.LoadPinnedLink(pin, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open pinned link %s: %w", a.prog, err))
+			_ = os.Remove(pin)
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", a.prog, err))
+		}
+		// Another holder of the link must not keep the pod captured.
+		if rl, ok := l.(interface{ Detach() error }); ok {
+			if err := rl.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) && !errors.Is(err, os.ErrNotExist) {
+				n.log.Warn("detach link", "program", a.prog, "err", err)
+			}
+		}
+		l.Close()
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove pod pin directory: %w", err))
+	}
+
+	idBytes := podKey(id)
+	del := func(m *ebpf.Map, key any) {
+		if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	del(n.maps["pods"], id)
+	del(n.maps["stats"], id)
+	for _, outer := range nodeInner {
+		del(n.maps[outer], id)
+	}
+	for f := uint32(0); f < 2; f++ {
+		del(n.maps["inbound_listener"], nodeCapturePodListener{Pod: id, Family: f})
+	}
+	for _, flat := range nodeFlat {
+		changes, err := diffShare(n.maps[flat], newContents(flat, false), hasPrefix(idBytes))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, ch := range changes {
+			if err := ch.apply(false); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	changes, err := diffShare(n.maps["addr_pods"], newContents("addr_pods", false), func(_, v []byte) bool { return bytes.Equal(v, idBytes) })
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, ch := range changes {
+		if err := ch.apply(false); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(n.record(pod)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Pods lists the cgroups enrolled on the node, from their records.
+func (n *Node) Pods() ([]string, error) {
+	ents, err := os.ReadDir(n.stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		if rec, err := n.readRecord(strings.TrimSuffix(e.Name(), ".json")); err == nil {
+			out = append(out, rec.Cgroup)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// UninstallNode removes every pod from the node's capture, then the node's
+// programs and maps. It returns redirect.ErrNotInstalled when there was
+// nothing.
+func UninstallNode(ctx context.Context, opts NodeOptions) error {
+	opts = opts.withDefaults()
+	if _, err := os.Stat(opts.PinDir); errors.Is(err, os.ErrNotExist) {
+		return redirect.ErrNotInstalled
+	}
+	spec, err := loadNodeCapture()
+	if err != nil {
+		return err
+	}
+	n := &Node{pinDir: opts.PinDir, stateDir: opts.StateDir, log: opts.Logger, spec: spec}
+	var errs []error
+	if maps, merr := n.pinnedMaps(); merr == nil && len(maps) == len(spec.Maps) {
+		n.maps = maps
+		pods, _ := os.ReadDir(filepath.Join(n.pinDir, "pods"))
+		for _, p := range pods {
+			var id uint64
+			if rec, rerr := n.readRecord(p.Name()); rerr == nil {
+				id = rec.CgroupID
+			}
+			if err := n.leave(p.Name(), id); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		closeMaps(maps)
+	} else if merr != nil {
+		errs = append(errs, merr)
+	}
+	// Whatever is left (maps of another build, stray links) goes too.
+	_ = filepath.WalkDir(n.pinDir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), "link_") {
+			if l, lerr := link.LoadPinnedLink(path, nil); lerr == nil {
+				if rl, ok := l.(interface{ Detach() error }); ok {
+					_ = rl.Detach()
+				}
+				l.Close()
+			}
+		}
+		if rerr := os.Remove(path); rerr != nil {
+			errs = append(errs, rerr)
+		}
+		return nil
+	})
+	_ = os.Remove(filepath.Join(n.pinDir, "pods"))
+	if err := os.Remove(n.pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove pin directory: %w", err))
+	}
+	ents, _ := os.ReadDir(n.stateDir)
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".json") {
+			_ = os.Remove(filepath.Join(n.stateDir, e.Name()))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	opts.Logger.Info("node ebpf capture uninstalled", "pinDir", opts.PinDir)
+	return nil
+}
+
+// Status reports the pod's capture: its links, its entries in the node's
+// maps against its recorded plan, and its counters.
+func (n *Node) Status(ctx context.Context, cgroupPath string) (*redirect.Status, error) {
+	cg, err := filepath.Abs(cgroupPath)
+	if err != nil {
+		return nil, err
+	}
+	pod := cgroupName(cg)
+	rec, err := n.readRecord(pod)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, redirect.ErrNotInstalled
+	}
+	if err != nil {
+		return nil, err
+	}
+	st := &redirect.Status{Engine: "ebpf", Backend: "node", Installed: true, Plan: rec.Plan}
+	cgFD, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open cgroup %s: %w", cg, err)
+	}
+	defer unix.Close(cgFD)
+	nsFD, err := openNetns(rec.Netns)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(nsFD)
+	progs := redirect.Section{Name: "programs (shared by the node, pinned in " + n.pinDir + ")"}
+	ids, _ := n.ProgramIDs()
+	for _, a := range attachments {
+		l, err := link.LoadPinnedLink(filepath.Join(n.podPinDir(pod), "link_"+a.prog), nil)
+		if err != nil {
+			st.Drift = append(st.Drift, fmt.Sprintf("program %s: link is not pinned (%v)", a.prog, err))
+			continue
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			st.Drift = append(st.Drift, fmt.Sprintf("program %s: %v", a.prog, err))
+			continue
+		}
+		state := "attached"
+		if !attachedTo(info, a, cgFD, nsFD) {
+			state = "DETACHED"
+			st.Drift = append(st.Drift, fmt.Sprintf("program %s: link %d is detached", a.prog, info.ID))
+		} else if info.Program != ids[a.prog] {
+			st.Drift = append(st.Drift, fmt.Sprintf("program %s: link %d runs program %d, not the node's %d", a.prog, info.ID, info.Program, ids[a.prog]))
+		}
+		progs.Lines = append(progs.Lines, fmt.Sprintf("%-15s %-28s link %d prog %d %s", a.prog, a.attach, info.ID, info.Program, state))
+	}
+	st.Sections = append(st.Sections, progs)
+
+	local, err := localAddrs(ctx, rec.Netns)
+	if err != nil {
+		st.Notes = append(st.Notes, "cannot list the namespace's addresses: "+err.Error())
+	}
+	want, err := desired(rec.Plan, local)
+	if err != nil {
+		return nil, err
+	}
+	idBytes := podKey(rec.CgroupID)
+	for _, c := range want {
+		var changes []change
+		switch {
+		case c.name == "config_map":
+			var got []byte
+			w := c.entries[string(mustBytes(uint32(0)))].value
+			if n.maps["pods"].Lookup(rec.CgroupID, &got) != nil {
+				changes = []change{{key: idBytes, value: w}}
+			} else if !bytes.Equal(got, w) {
+				changes = []change{{key: idBytes, old: got, value: w}}
+			}
+			for i := range changes {
+				changes[i].key = mustBytes(uint32(0))
+			}
+		case nodeFlat[c.name] != "":
+			pc := prefixed(c, rec.CgroupID)
+			if changes, err = diffShare(n.maps[nodeFlat[c.name]], pc, hasPrefix(idBytes)); err != nil {
+				return nil, err
+			}
+			c = pc
+		case nodeInner[c.name] != "":
+			var inner *ebpf.Map
+			if err := n.maps[nodeInner[c.name]].Lookup(rec.CgroupID, &inner); err != nil {
+				st.Drift = append(st.Drift, fmt.Sprintf("map %s: the pod has no entry", nodeInner[c.name]))
+				continue
+			}
+			if c.array {
+				changes, err = diffPorts(inner, c)
+			} else {
+				changes, err = diff(inner, c)
+			}
+			inner.Close()
+			if err != nil {
+				return nil, err
+			}
+		}
+		for _, ch := range changes {
+			st.Drift = append(st.Drift, describeChange(c.name, c, ch))
+		}
+		st.Sections = append(st.Sections, redirect.Section{Name: "map " + c.name, Lines: c.lines()})
+	}
+	if rec.Plan.CaptureInbound {
+		found := 0
+		for f := uint32(0); f < 2; f++ {
+			var v uint64
+			if n.maps["inbound_listener"].Lookup(nodeCapturePodListener{Pod: rec.CgroupID, Family: f}, &v) == nil {
+				found++
+			}
+		}
+		if found == 0 {
+			st.Notes = append(st.Notes, fmt.Sprintf("inbound listener: no socket listening on port %d is registered yet; inbound connections are refused until the proxy listens", rec.Plan.InboundPort))
+		}
+	}
+	if sums, err := n.Stats(cg); err == nil {
+		s := redirect.Section{Name: "counters"}
+		for _, name := range statNames {
+			s.Lines = append(s.Lines, fmt.Sprintf("%-32s %d", name, sums[name]))
+		}
+		st.Sections = append(st.Sections, s)
+	}
+	sort.Strings(st.Drift)
+	return st, nil
+}
+
+// Stats returns the pod's counters by name, summed over CPUs.
+func (n *Node) Stats(cgroupPath string) (map[string]uint64, error) {
+	rec, err := n.readRecord(cgroupName(cgroupPath))
+	if err != nil {
+		return nil, fmt.Errorf("read the pod's record: %w", err)
+	}
+	var per []nodeCapturePodStats
+	if err := n.maps["stats"].Lookup(rec.CgroupID, &per); err != nil {
+		return nil, fmt.Errorf("read counters: %w", err)
+	}
+	out := map[string]uint64{}
+	for _, c := range per {
+		for i, name := range statNames {
+			out[name] += c.N[i]
+		}
+	}
+	return out, nil
+}
+
+// Engine is the pod's capture as a redirect.Engine: Install enrols the pod,
+// Uninstall makes it leave.
+func (n *Node) Engine(cgroupPath, netnsPath string) redirect.Engine {
+	return &podEngine{n: n, cgroup: cgroupPath, netns: netnsPath}
+}
+
+type podEngine struct {
+	n             *Node
+	cgroup, netns string
+}
+
+func (e *podEngine) Name() string { return "ebpf" }
+
+func (e *podEngine) Render(ctx context.Context, p *redirect.Plan) (map[string]string, error) {
+	local, err := localAddrs(ctx, e.netns)
+	if err != nil {
+		e.n.log.Warn("cannot list the namespace's addresses; rendering without them", "err", err)
+	}
+	want, err := desired(p, local)
+	if err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# the node's programs, pinned under %s\n", e.n.pinDir)
+	for _, a := range attachments {
+		target := "cgroup " + e.cgroup
+		if a.netns {
+			target = "netns " + orDefault(e.netns, "(current)")
+		}
+		fmt.Fprintf(&b, "program %-15s attach %-28s %s\n", a.prog, a.attach, target)
+	}
+	out := map[string]string{"programs": b.String()}
+	for _, c := range want {
+		out["map "+c.name] = strings.Join(c.lines(), "\n") + "\n"
+	}
+	return out, nil
+}
+
+func (e *podEngine) Install(ctx context.Context, p *redirect.Plan) error {
+	return e.n.Enrol(ctx, e.cgroup, e.netns, p)
+}
+
+func (e *podEngine) Uninstall(ctx context.Context) error { return e.n.Leave(ctx, e.cgroup) }
+
+func (e *podEngine) Status(ctx context.Context) (*redirect.Status, error) {
+	return e.n.Status(ctx, e.cgroup)
+}
