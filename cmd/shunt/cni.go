@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"os"
 
@@ -9,6 +11,8 @@ import (
 
 	"github.com/shunt-dev/shunt/cni"
 	"github.com/shunt-dev/shunt/node"
+	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/redirect/ebpf"
 )
 
 // cniBinaryName is the name the plugin is installed under in the CNI bin
@@ -35,6 +39,50 @@ binary behaves as this command whatever its arguments.`,
 // error goes to standard output, logs to standard error.
 func runCNIPlugin() {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	p := &cni.Plugin{NewEngine: newEngine, Pods: node.KubePodLookup, Logger: slog.Default()}
+	p := &cni.Plugin{NewEngine: cniEngine, Pods: node.KubePodLookup, Logger: slog.Default()}
 	skel.PluginMainFuncs(p.Funcs(), cni.Versions(), "shunt-cni: captures a pod's traffic into the mesh proxy")
+}
+
+// cniEngine is newEngine for the plugin and the node agent's repairs: with
+// the eBPF engine, a pod is enrolled in the programs the node agent loaded
+// once for the node (ebpf.OpenNode) rather than given programs of its own.
+// Without them (no agent in eBPF mode), the pod gets its own, as before.
+func cniEngine(cfg *redirect.Config) (redirect.Engine, error) {
+	if cfg.Get("engine") != "ebpf" {
+		return newEngine(cfg)
+	}
+	own, err := newEngine(cfg)
+	if err != nil {
+		return nil, err
+	}
+	n, err := ebpf.OpenNode(ebpf.NodeOptions{Logger: slog.Default()})
+	if err != nil {
+		slog.Info("node-wide eBPF programs not available; the pod gets programs of its own", "reason", err)
+		return own, nil
+	}
+	return &nodePodEngine{Engine: n.Engine(cfg.Get("cgroup"), cfg.Get("netns")), own: own}, nil
+}
+
+// nodePodEngine is a pod's share of the node's programs. A pod captured
+// with programs of its own before the agent loaded the node's is still
+// removed (and reported) through its own engine.
+type nodePodEngine struct {
+	redirect.Engine
+	own redirect.Engine
+}
+
+func (e *nodePodEngine) Uninstall(ctx context.Context) error {
+	err := e.Engine.Uninstall(ctx)
+	if errors.Is(err, redirect.ErrNotInstalled) {
+		return e.own.Uninstall(ctx)
+	}
+	return err
+}
+
+func (e *nodePodEngine) Status(ctx context.Context) (*redirect.Status, error) {
+	st, err := e.Engine.Status(ctx)
+	if errors.Is(err, redirect.ErrNotInstalled) {
+		return e.own.Status(ctx)
+	}
+	return st, err
 }

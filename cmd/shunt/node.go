@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/shunt-dev/shunt/cni"
 	"github.com/shunt-dev/shunt/node"
+	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/redirect/ebpf"
 )
 
 func newNodeCommand() *cobra.Command {
@@ -43,6 +46,10 @@ pod annotations, and capture pods that started before it was chained. With
 					return err
 				}
 				slog.Info("plugin removed", "confDir", o.CNIConfDir, "binDir", o.CNIBinDir)
+				// The node-wide eBPF programs, and every pod's links to them.
+				if err := ebpf.UninstallNode(cmd.Context(), ebpf.NodeOptions{Logger: slog.Default()}); err != nil && !errors.Is(err, redirect.ErrNotInstalled) {
+					return fmt.Errorf("remove the node's eBPF programs: %w", err)
+				}
 				return nil
 			}
 			o.Plugin = map[string]any{}
@@ -69,7 +76,16 @@ pod annotations, and capture pods that started before it was chained. With
 				return fmt.Errorf("find own binary: %w", err)
 			}
 			o.Binary = exe
-			o.CNI = &cni.Plugin{NewEngine: newEngine, Logger: slog.Default()}
+			// In eBPF mode the programs are loaded once, here, and the
+			// plugin enrols each pod's cgroup in them.
+			if pluginEngine(o.Plugin) == "ebpf" {
+				n, err := ebpf.NewNode(ebpf.NodeOptions{Logger: slog.Default()})
+				if err != nil {
+					return fmt.Errorf("load the node's eBPF programs: %w", err)
+				}
+				defer n.Close()
+			}
+			o.CNI = &cni.Plugin{NewEngine: cniEngine, Logger: slog.Default()}
 			o.Logger = slog.Default()
 			rc, err := kubeRESTConfig(kubeconfig)
 			if err != nil {
@@ -111,6 +127,13 @@ pod annotations, and capture pods that started before it was chained. With
 	fs.BoolVar(&o.Cleanup, "cleanup", false, "unchain the plugin and remove its files when the agent stops (SIGTERM)")
 	fs.BoolVar(&uninstall, "uninstall", false, "unchain the plugin, restore the original conflist, remove the plugin binary, and exit")
 	return cmd
+}
+
+// pluginEngine is the capture engine the plugin's configuration names.
+func pluginEngine(plugin map[string]any) string {
+	capture, _ := plugin["capture"].(map[string]any)
+	engine, _ := capture["engine"].(string)
+	return engine
 }
 
 // kubeRESTConfig returns the agent's API credentials: the kubeconfig given,
