@@ -67,12 +67,21 @@ func newExplainCommand() *cobra.Command {
 			if st != nil {
 				plan = st.Plan
 				adoptState(cfg, st)
-				if eng, err := newEngine(cfg); err == nil {
-					if s, err := eng.Status(cmd.Context()); err == nil && len(s.Drift) > 0 {
+			}
+			// The engine knows what is installed (a pod enrolled in the
+			// node's eBPF programs has no record here) and whether the
+			// kernel still matches it.
+			if eng, err := newEngine(cfg); err == nil {
+				if s, err := eng.Status(cmd.Context()); err == nil && s.Installed {
+					if plan == nil {
+						plan = s.Plan
+					}
+					if len(s.Drift) > 0 {
 						fmt.Fprintf(w, "WARNING: the live rules have drifted from the installed plan (%d differences; see `shunt status`): the kernel may not do what follows.\n", len(s.Drift))
 					}
 				}
-			} else {
+			}
+			if plan == nil {
 				fmt.Fprintln(w, "note: capture is not installed here; explaining the plan the current configuration would install.")
 				if plan, err = cfg.Plan(redirect.OSHost{}); err != nil {
 					return err

@@ -45,6 +45,9 @@ func newEngine(cfg *redirect.Config) (redirect.Engine, error) {
 	case "iptables":
 		return ipt(), nil
 	case "ebpf":
+		if eng := enrolledInNode(cfg); eng != nil {
+			return eng, nil
+		}
 		if cfg.Get("cgroup") == "" {
 			return nil, errors.New("cgroup: required with engine ebpf: the cgroup-v2 directory of the workload")
 		}
@@ -137,6 +140,31 @@ atomically. On failure the rules are left as they were.`,
 	cmd.Flags().BoolVar(&validateCapture, "validate", false, "after installing, prove outbound capture works with a probe connection redirected to the outbound port (run before the proxy starts; exit 1 if it is not redirected)")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
+}
+
+// enrolledInNode returns the engine of a pod enrolled in the node's shared
+// eBPF programs (DaemonSet use: shunt node loads them, the CNI plugin enrols
+// each pod), so that status, explain and uninstall work for such pods too.
+// The node's pins and records are found at their defaults, or where
+// bpfPinDir and stateDir say; nil when the cgroup is not enrolled.
+func enrolledInNode(cfg *redirect.Config) redirect.Engine {
+	cg := cfg.Get("cgroup")
+	if cg == "" {
+		return nil
+	}
+	opts := ebpf.NodeOptions{PinDir: cfg.Get("bpfPinDir"), Logger: slog.Default()}
+	if cfg.IsSet("stateDir") {
+		opts.StateDir = cfg.Get("stateDir")
+	}
+	node, err := ebpf.OpenNode(opts)
+	if err != nil {
+		return nil
+	}
+	if _, err := node.Status(context.Background(), cg); err != nil {
+		node.Close()
+		return nil
+	}
+	return node.Engine(cg, cfg.Get("netns"))
 }
 
 // recordEngine notes an eBPF installation in the state directory's common

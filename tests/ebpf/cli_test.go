@@ -105,3 +105,30 @@ func TestCommandLineRefusals(t *testing.T) {
 		}
 	}
 }
+
+// A pod enrolled in the node's shared programs (DaemonSet use) is found by
+// status, explain and uninstall from its cgroup.
+func TestCommandLineFindsPodsEnrolledInTheNode(t *testing.T) {
+	bin := buildShunt(t)
+	node, opts := ebpftest.NewNode(t)
+	pod := ebpftest.NewPod(t)
+	plan := ebpftest.Plan()
+	plan.ExcludeOutboundPorts = []redirect.PortRange{{First: 2222, Last: 2222}}
+	pod.Enrol(node, plan)
+
+	where := []string{"--engine", "ebpf", "--cgroup", pod.Cgroup, "--netns", pod.NS.Path(), "--bpf-pin-dir", opts.PinDir, "--state-dir", opts.StateDir}
+	out, code := runShunt(bin, append([]string{"status"}, where...)...)
+	if code != 0 || !strings.Contains(out, "engine:  ebpf") || !strings.Contains(out, "backend: node") {
+		t.Errorf("status of an enrolled pod: exit %d\n%s", code, out)
+	}
+	out, code = runShunt(bin, append([]string{"explain", "--dst", "10.1.0.2:2222"}, where...)...)
+	if code != 0 || !strings.Contains(out, "excludeOutboundPorts") {
+		t.Errorf("explain for an enrolled pod: exit %d\n%s", code, out)
+	}
+	if out, code = runShunt(bin, append([]string{"uninstall"}, where...)...); code != 0 {
+		t.Fatalf("uninstall of an enrolled pod: exit %d\n%s", code, out)
+	}
+	if _, err := node.Status(context.Background(), pod.Cgroup); !errors.Is(err, redirect.ErrNotInstalled) {
+		t.Errorf("the pod is still enrolled after uninstall: %v", err)
+	}
+}
