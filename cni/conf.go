@@ -44,7 +44,13 @@ type NetConf struct {
 	// ExcludeNamespaces are never captured.
 	ExcludeNamespaces []string `json:"excludeNamespaces,omitempty"`
 	// CgroupRoot is where the runtime's cgroupPath is found (eBPF engine).
-	CgroupRoot    string         `json:"cgroupRoot,omitempty"`
+	CgroupRoot string `json:"cgroupRoot,omitempty"`
+	// NodePinDir and NodeStateDir are where the node agent pins the
+	// node-wide eBPF programs and records each enrolled pod ("" = the
+	// defaults of shunt node, /sys/fs/bpf/shunt/node and /run/shunt/node).
+	// They must name what the agent uses, as the runtime on the host sees it.
+	NodePinDir    string         `json:"nodePinDir,omitempty"`
+	NodeStateDir  string         `json:"nodeStateDir,omitempty"`
 	LogLevel      string         `json:"logLevel,omitempty"`
 	RuntimeConfig *RuntimeConfig `json:"runtimeConfig,omitempty"`
 	Args          *struct {
@@ -69,7 +75,7 @@ type RuntimeConfig struct {
 var knownTopLevel = []string{
 	"cniVersion", "name", "type", "capabilities", "ipam", "dns", "prevResult", "runtimeConfig", "args",
 	"cni.dev/valid-attachments",
-	"stateDir", "lockDir", "kubeconfig", "defaultCapture", "excludeNamespaces", "cgroupRoot", "logLevel", "capture",
+	"stateDir", "lockDir", "kubeconfig", "defaultCapture", "excludeNamespaces", "cgroupRoot", "nodePinDir", "nodeStateDir", "logLevel", "capture",
 }
 
 // ParseConf decodes the plugin configuration strictly: unknown keys at the
@@ -118,6 +124,11 @@ func ParseConf(data []byte) (*NetConf, error) {
 	if !filepath.IsAbs(conf.StateDir) {
 		return nil, fmt.Errorf("network configuration: stateDir %q: want an absolute path", conf.StateDir)
 	}
+	for _, d := range []struct{ key, path string }{{"nodePinDir", conf.NodePinDir}, {"nodeStateDir", conf.NodeStateDir}} {
+		if d.path != "" && !filepath.IsAbs(d.path) {
+			return nil, fmt.Errorf("network configuration: %s %q: want an absolute path", d.key, d.path)
+		}
+	}
 	if conf.CgroupRoot == "" {
 		conf.CgroupRoot = "/sys/fs/cgroup"
 	}
@@ -138,6 +149,9 @@ func optionKey(key string) (redirect.Option, bool) {
 	}
 	return redirect.Option{}, false
 }
+
+// Node is where the node-wide eBPF programs and pod records are.
+func (c *NetConf) Node() NodePaths { return NodePaths{PinDir: c.NodePinDir, StateDir: c.NodeStateDir} }
 
 // captureDefault reports whether pods without a decision are captured.
 func (c *NetConf) captureDefault() bool { return c.DefaultCapture == nil || *c.DefaultCapture }

@@ -25,10 +25,20 @@ import (
 // Kubernetes API, with the credentials of a kubeconfig file.
 type PodLookup func(ctx context.Context, kubeconfig, namespace, name string) (*PodSettings, error)
 
+// NodePaths say where the node agent keeps the node-wide eBPF programs
+// (PinDir) and its record of each enrolled pod (StateDir); "" is the
+// agent's default.
+type NodePaths struct {
+	PinDir   string `json:"nodePinDir,omitempty"`
+	StateDir string `json:"nodeStateDir,omitempty"`
+}
+
 // Plugin runs the CNI commands. The engine is chosen by the caller, so that
 // the plugin and `shunt install` pick engines the same way.
 type Plugin struct {
-	NewEngine func(cfg *redirect.Config) (redirect.Engine, error)
+	// NewEngine returns the engine for a container's configuration; node
+	// says where the node-wide eBPF programs are, for the eBPF engine.
+	NewEngine func(cfg *redirect.Config, node NodePaths) (redirect.Engine, error)
 	// Pods is consulted when the configuration has a kubeconfig and the
 	// runtime names the pod (K8S_POD_NAMESPACE, K8S_POD_NAME).
 	Pods   PodLookup
@@ -50,15 +60,18 @@ func Versions() version.PluginInfo {
 // record is what the plugin keeps per container, beside the engine's own
 // state, so DEL and CHECK know what ADD did.
 type record struct {
-	ContainerID string    `json:"containerID"`
-	IfName      string    `json:"ifName,omitempty"`
-	Netns       string    `json:"netns"`
-	Pod         string    `json:"pod,omitempty"`
-	Captured    bool      `json:"captured"`
-	Reason      string    `json:"reason,omitempty"`
-	Engine      string    `json:"engine,omitempty"`
-	Cgroup      string    `json:"cgroup,omitempty"`
-	AddedAt     time.Time `json:"addedAt"`
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName,omitempty"`
+	Netns       string `json:"netns"`
+	Pod         string `json:"pod,omitempty"`
+	Captured    bool   `json:"captured"`
+	Reason      string `json:"reason,omitempty"`
+	Engine      string `json:"engine,omitempty"`
+	Cgroup      string `json:"cgroup,omitempty"`
+	// Node is where the node's programs were when ADD ran: DEL must find
+	// them even when its configuration cannot be read.
+	Node    NodePaths `json:"node,omitzero"`
+	AddedAt time.Time `json:"addedAt"`
 }
 
 const recordFile = "cni.json"
@@ -142,7 +155,7 @@ func (p *Plugin) install(ctx context.Context, conf *NetConf, args *skel.CmdArgs)
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, "invalid capture configuration", err.Error())
 	}
-	eng, err := p.NewEngine(cfg)
+	eng, err := p.NewEngine(cfg, conf.Node())
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, "capture engine", err.Error())
 	}
@@ -150,7 +163,7 @@ func (p *Plugin) install(ctx context.Context, conf *NetConf, args *skel.CmdArgs)
 		_ = os.RemoveAll(dir)
 		return types.NewError(types.ErrInternal, "install capture", err.Error())
 	}
-	rec.Captured, rec.Engine, rec.Cgroup = true, eng.Name(), cfg.Get("cgroup")
+	rec.Captured, rec.Engine, rec.Cgroup, rec.Node = true, eng.Name(), cfg.Get("cgroup"), conf.Node()
 	if err := writeRecord(dir, rec); err != nil {
 		// Without the record DEL could not find what to remove: undo.
 		_ = eng.Uninstall(ctx)
@@ -299,7 +312,7 @@ func (p *Plugin) engineFor(rec *record, dir string) (redirect.Engine, error) {
 	if rec.Cgroup != "" {
 		_ = cfg.Set("cgroup", rec.Cgroup, "record")
 	}
-	return p.NewEngine(cfg)
+	return p.NewEngine(cfg, rec.Node)
 }
 
 // Check verifies that a captured container's rules are installed and have

@@ -210,6 +210,10 @@ func RepairPod(ctx context.Context, p *cni.Plugin, entry map[string]any, f Findi
 		conf[k] = v
 	}
 	conf["type"] = PluginType
+	if f.Cgroup != "" {
+		// What the runtime would pass: the eBPF engine attaches there.
+		conf["runtimeConfig"] = map[string]any{"cgroupPath": f.Cgroup}
+	}
 	// The settings were read already; the plugin asks this lookup for them.
 	conf["kubeconfig"] = "(read by the node agent)"
 	data, err := json.Marshal(conf)

@@ -20,9 +20,13 @@ import (
 // Finding is a running pod on this node whose network namespace has no
 // capture: it started before the plugin was chained.
 type Finding struct {
-	Pod      string
-	UID      string
-	Netns    string // /proc/PID/ns/net of one of its processes, "" when not found
+	Pod   string
+	UID   string
+	Netns string // /proc/PID/ns/net of one of its processes, "" when not found
+	// Cgroup is the pod's cgroup-v2 path, as the runtime's cgroupPath
+	// names it: the parent of that process's container cgroup ("" when
+	// unknown). The eBPF engine attaches there.
+	Cgroup   string
 	Settings *cni.PodSettings
 	Problem  string // why it could not be repaired, if it could not
 }
@@ -74,7 +78,7 @@ func (r *Repairer) Scan(ctx context.Context) ([]Finding, error) {
 		if !want {
 			continue
 		}
-		f.Netns = r.findNetns(containerIDs(pod))
+		f.Netns, f.Cgroup = r.findNetns(containerIDs(pod))
 		if f.Netns == "" {
 			f.Problem = "no process of the pod found in " + r.ProcRoot
 			out = append(out, f)
@@ -101,14 +105,14 @@ func containerIDs(pod *corev1.Pod) []string {
 }
 
 // findNetns finds a process whose cgroup names one of the containers and
-// returns its network namespace file.
-func (r *Repairer) findNetns(ids []string) string {
+// returns its network namespace file and its pod's cgroup-v2 path.
+func (r *Repairer) findNetns(ids []string) (string, string) {
 	if len(ids) == 0 {
-		return ""
+		return "", ""
 	}
 	ents, err := os.ReadDir(r.ProcRoot)
 	if err != nil {
-		return ""
+		return "", ""
 	}
 	for _, e := range ents {
 		if e.Name()[0] < '0' || e.Name()[0] > '9' {
@@ -120,9 +124,28 @@ func (r *Repairer) findNetns(ids []string) string {
 		}
 		for _, id := range ids {
 			if strings.Contains(string(b), id) {
-				return filepath.Join(r.ProcRoot, e.Name(), "ns", "net")
+				return filepath.Join(r.ProcRoot, e.Name(), "ns", "net"), podCgroup(string(b), id)
 			}
 		}
+	}
+	return "", ""
+}
+
+// podCgroup is the parent of the cgroup-v2 directory ("0::" line of
+// /proc/PID/cgroup) that names the container: runtimes put each container
+// in a cgroup under its pod's. A path outside the reader's cgroup
+// namespace ("/..") cannot be resolved and gives "".
+func podCgroup(procCgroup, id string) string {
+	for _, l := range strings.Split(procCgroup, "\n") {
+		p, ok := strings.CutPrefix(l, "0::")
+		if !ok || !strings.Contains(filepath.Base(p), id) {
+			continue
+		}
+		parent := filepath.Dir(p)
+		if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "/..") || parent == "/" {
+			return ""
+		}
+		return parent
 	}
 	return ""
 }

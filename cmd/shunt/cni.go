@@ -45,22 +45,26 @@ func runCNIPlugin() {
 
 // cniEngine is newEngine for the plugin and the node agent's repairs: with
 // the eBPF engine, a pod is enrolled in the programs the node agent loaded
-// once for the node (ebpf.OpenNode) rather than given programs of its own.
-// Without them (no agent in eBPF mode), the pod gets its own, as before.
-func cniEngine(cfg *redirect.Config) (redirect.Engine, error) {
+// once for the node (ebpf.OpenNode, where node says) rather than given
+// programs of its own. Without them (no agent in eBPF mode), the pod gets
+// its own, as before.
+func cniEngine(cfg *redirect.Config, node cni.NodePaths) (redirect.Engine, error) {
 	if cfg.Get("engine") != "ebpf" {
 		return newEngine(cfg)
 	}
-	own, err := newEngine(cfg)
-	if err != nil {
-		return nil, err
+	if cfg.Get("cgroup") == "" {
+		// Enrol would otherwise resolve "" against the working directory.
+		return nil, errors.New("engine ebpf: no pod cgroup: declare \"capabilities\": {\"cgroupPath\": true} in shunt's conflist entry so that the runtime passes it (a path in the systemd driver's slice:prefix:name form is not resolved)")
 	}
-	n, err := ebpf.OpenNode(ebpf.NodeOptions{Logger: slog.Default()})
+	n, err := ebpf.OpenNode(ebpf.NodeOptions{PinDir: node.PinDir, StateDir: node.StateDir, Logger: slog.Default()})
 	if err != nil {
 		slog.Info("node-wide eBPF programs not available; the pod gets programs of its own", "reason", err)
-		return own, nil
+		return newEngine(cfg)
 	}
-	return &nodePodEngine{Engine: n.Engine(cfg.Get("cgroup"), cfg.Get("netns")), own: own}, nil
+	// The pod's own engine is only built when needed: it probes the pod's
+	// cgroup, which may be gone by DEL, when the node's programs can still
+	// forget the pod.
+	return &nodePodEngine{Engine: n.Engine(cfg.Get("cgroup"), cfg.Get("netns")), own: func() (redirect.Engine, error) { return newEngine(cfg) }}, nil
 }
 
 // nodePodEngine is a pod's share of the node's programs. A pod captured
@@ -68,21 +72,32 @@ func cniEngine(cfg *redirect.Config) (redirect.Engine, error) {
 // removed (and reported) through its own engine.
 type nodePodEngine struct {
 	redirect.Engine
-	own redirect.Engine
+	own func() (redirect.Engine, error)
 }
 
 func (e *nodePodEngine) Uninstall(ctx context.Context) error {
 	err := e.Engine.Uninstall(ctx)
-	if errors.Is(err, redirect.ErrNotInstalled) {
-		return e.own.Uninstall(ctx)
+	if !errors.Is(err, redirect.ErrNotInstalled) {
+		return err
 	}
-	return err
+	own, oerr := e.own()
+	if oerr != nil {
+		// Enrolled nowhere, and no programs of its own can be found.
+		slog.Debug("the pod's own eBPF engine", "err", oerr)
+		return err
+	}
+	return own.Uninstall(ctx)
 }
 
 func (e *nodePodEngine) Status(ctx context.Context) (*redirect.Status, error) {
 	st, err := e.Engine.Status(ctx)
-	if errors.Is(err, redirect.ErrNotInstalled) {
-		return e.own.Status(ctx)
+	if !errors.Is(err, redirect.ErrNotInstalled) {
+		return st, err
 	}
-	return st, err
+	own, oerr := e.own()
+	if oerr != nil {
+		slog.Debug("the pod's own eBPF engine", "err", oerr)
+		return st, err
+	}
+	return own.Status(ctx)
 }

@@ -25,6 +25,8 @@ func newNodeCommand() *cobra.Command {
 		pluginConfig string
 		kubeconfig   string
 		uninstall    bool
+		bpfPinDir    string
+		nodeStateDir string
 	)
 	cmd := &cobra.Command{
 		Use:   "node",
@@ -41,17 +43,6 @@ pod annotations, and capture pods that started before it was chained. With
 			if o.Repair != "install" && o.Repair != "report" && o.Repair != "off" {
 				return usageErrorf("--repair: invalid value %q: want install, report or off", o.Repair)
 			}
-			if uninstall {
-				if err := node.Uninstall(o); err != nil {
-					return err
-				}
-				slog.Info("plugin removed", "confDir", o.CNIConfDir, "binDir", o.CNIBinDir)
-				// The node-wide eBPF programs, and every pod's links to them.
-				if err := ebpf.UninstallNode(cmd.Context(), ebpf.NodeOptions{Logger: slog.Default()}); err != nil && !errors.Is(err, redirect.ErrNotInstalled) {
-					return fmt.Errorf("remove the node's eBPF programs: %w", err)
-				}
-				return nil
-			}
 			o.Plugin = map[string]any{}
 			if pluginConfig != "" {
 				b, err := os.ReadFile(pluginConfig)
@@ -61,6 +52,30 @@ pod annotations, and capture pods that started before it was chained. With
 				if err := json.Unmarshal(b, &o.Plugin); err != nil {
 					return fmt.Errorf("parse plugin config %s: %w", pluginConfig, err)
 				}
+			}
+			// The plugin must open the programs where the agent pins them:
+			// a flag given here is passed on in the conflist entry.
+			nodeOpts := ebpf.NodeOptions{PinDir: bpfPinDir, StateDir: nodeStateDir, Logger: slog.Default()}
+			for _, d := range []struct {
+				flag, key string
+				dir       *string
+			}{{"bpf-pin-dir", "nodePinDir", &nodeOpts.PinDir}, {"node-state-dir", "nodeStateDir", &nodeOpts.StateDir}} {
+				if cmd.Flags().Changed(d.flag) {
+					o.Plugin[d.key] = *d.dir
+				} else if v, ok := o.Plugin[d.key].(string); ok && v != "" {
+					*d.dir = v
+				}
+			}
+			if uninstall {
+				if err := node.Uninstall(o); err != nil {
+					return err
+				}
+				slog.Info("plugin removed", "confDir", o.CNIConfDir, "binDir", o.CNIBinDir)
+				// The node-wide eBPF programs, and every pod's links to them.
+				if err := ebpf.UninstallNode(cmd.Context(), nodeOpts); err != nil && !errors.Is(err, redirect.ErrNotInstalled) {
+					return fmt.Errorf("remove the node's eBPF programs: %w", err)
+				}
+				return nil
 			}
 			// Refuse now what every ADD would refuse later.
 			check := map[string]any{"cniVersion": "1.0.0", "name": "check", "type": node.PluginType}
@@ -79,7 +94,7 @@ pod annotations, and capture pods that started before it was chained. With
 			// In eBPF mode the programs are loaded once, here, and the
 			// plugin enrols each pod's cgroup in them.
 			if pluginEngine(o.Plugin) == "ebpf" {
-				n, err := ebpf.NewNode(ebpf.NodeOptions{Logger: slog.Default()})
+				n, err := ebpf.NewNode(nodeOpts)
 				if err != nil {
 					return fmt.Errorf("load the node's eBPF programs: %w", err)
 				}
@@ -125,6 +140,8 @@ pod annotations, and capture pods that started before it was chained. With
 	fs.DurationVar(&o.Interval, "interval", 10*time.Second, "how often the chaining is checked and pods are scanned")
 	fs.StringVar(&o.HealthAddr, "health-addr", "", "serve /healthz and /readyz (ready once the plugin is chained) on this address (default: off)")
 	fs.BoolVar(&o.Cleanup, "cleanup", false, "unchain the plugin and remove its files when the agent stops (SIGTERM)")
+	fs.StringVar(&bpfPinDir, "bpf-pin-dir", "", "where the node-wide eBPF programs are pinned (on a bpffs), with the eBPF engine; passed to the plugin as nodePinDir (default: the plugin config's nodePinDir, else "+ebpf.DefaultNodePinDir+")")
+	fs.StringVar(&nodeStateDir, "node-state-dir", "", "where the pods enrolled in the node-wide eBPF programs are recorded; passed to the plugin as nodeStateDir (default: the plugin config's nodeStateDir, else "+ebpf.DefaultNodeStateDir+")")
 	fs.BoolVar(&uninstall, "uninstall", false, "unchain the plugin, restore the original conflist, remove the plugin binary, and exit")
 	return cmd
 }
