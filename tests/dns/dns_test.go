@@ -172,7 +172,9 @@ func TestGoResolver(t *testing.T) {
 	if err != nil || strings.Join(hosts, " ") != "240.0.0.1 fd00::1" {
 		t.Errorf("LookupHost(httpbin.mesh) = %v, %v", hosts, err)
 	}
-	if cname, err := r.LookupCNAME(ctx, "alias.example.test"); err != nil || cname != "www.example.test." {
+	// A one-step alias: for a chain, Go's resolver reports the first target
+	// of whichever of its parallel A, AAAA and CNAME answers lands first.
+	if cname, err := r.LookupCNAME(ctx, "alias2.example.test"); err != nil || cname != "www.example.test." {
 		t.Errorf("LookupCNAME = %q, %v", cname, err)
 	}
 	if mx, err := r.LookupMX(ctx, "example.test"); err != nil || len(mx) != 1 || mx[0].Host != "mail.example.test." {
