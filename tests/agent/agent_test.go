@@ -175,8 +175,10 @@ func testPassthroughDisabled(t *testing.T, engine string) {
 		if err == nil && strings.Contains(got, "httpbin") {
 			t.Errorf("uid %d reached the internet directly: %q", uid, got)
 		}
-		if took > 150*time.Millisecond {
-			// curl itself takes some milliseconds to start.
+		if took > time.Second {
+			// A silent drop would run into curl's 3 s timeout; the
+			// 100 ms bound is checked below without curl's start-up,
+			// which a loaded machine can stretch.
 			t.Errorf("uid %d: refusal took %v, want it immediate", uid, took)
 		}
 		t.Logf("uid %d refused after %v: %s", uid, took.Round(time.Millisecond), got)
