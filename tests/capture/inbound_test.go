@@ -56,8 +56,8 @@ func TestInboundReachesTheProxyWithTheOriginalDestination(t *testing.T) {
 		t.Run(backend, func(t *testing.T) {
 			w := newWorld(t, backend)
 			inboundListener(t, w.pod, "[::]:15006")
-			serveHTTPIn(t, w.pod, "[::]:9090", "app:9090")
-			serveHTTPIn(t, w.pod, "[::]:8080", "app:8080")
+			testenv.ServeHTTP(t, w.pod, "[::]:9090", "app:9090")
+			testenv.ServeHTTP(t, w.pod, "[::]:8080", "app:8080")
 			w.install("--exclude-inbound-ports", "9090")
 
 			cases := []struct{ url, want string }{
@@ -84,7 +84,7 @@ func TestInboundReachesTheProxyWithTheOriginalDestination(t *testing.T) {
 func TestInboundCanBeDisabled(t *testing.T) {
 	w := newWorld(t, "nft")
 	inboundListener(t, w.pod, "[::]:15006")
-	serveHTTPIn(t, w.pod, "[::]:8080", "app:8080")
+	testenv.ServeHTTP(t, w.pod, "[::]:8080", "app:8080")
 	w.install("--no-inbound")
 	if got, err := curlFrom(w.remote, "http://10.1.0.1:8080/"); err != nil || got != "app:8080" {
 		t.Errorf("remote GET with --no-inbound = %q, %v; want app:8080", got, err)
@@ -97,7 +97,7 @@ func TestInboundCanBeDisabled(t *testing.T) {
 func TestProxyToOwnAddressGoesToInbound(t *testing.T) {
 	w := newWorld(t, "nft")
 	inboundListener(t, w.pod, "[::]:15006")
-	serveHTTPIn(t, w.pod, "[::]:8080", "app:8080")
+	testenv.ServeHTTP(t, w.pod, "[::]:8080", "app:8080")
 	w.install()
 	// The proxy reaching the workload's own address is an inbound call.
 	got, err := w.curl(proxyUID, "http://10.1.0.1:8080/")

@@ -2,6 +2,8 @@ package capture_test
 
 import (
 	"testing"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
 var backends = []string{"nft", "legacy"}
@@ -39,7 +41,7 @@ func TestExclusionsBypassTheProxy(t *testing.T) {
 			// A second link whose traffic is excluded by interface.
 			side := newSideHost(t, w)
 			w.serveHTTP(8080, 8081, 8082)
-			serveHTTPIn(t, side, "[::]:8080", "side:8080")
+			testenv.ServeHTTP(t, side, "[::]:8080", "side:8080")
 			w.startProxies()
 			w.install(
 				"--exclude-outbound-ports", "8081",

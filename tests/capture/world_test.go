@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -90,32 +87,9 @@ func (w *world) save(v6 bool) string {
 // connections only) and the origdst stand-in (IPv6) as the proxy's UID.
 func (w *world) startProxies() {
 	w.t.Helper()
-	testenv.RequireBinary(w.t, "haproxy")
-	// The proxy runs as its own user and must read its configuration.
-	dir := testenv.ReadableTempDir(w.t)
-	cfg := filepath.Join(dir, "haproxy.cfg")
-	conf := `global
-  log stdout format raw local0 info
-defaults
-  mode tcp
-  log global
-  timeout connect 2s
-  timeout client 10s
-  timeout server 10s
-  log-format "haproxy %ci:%cp -> %si:%sp"
-frontend outbound
-  bind 127.0.0.1:15001
-  default_backend original_destination
-backend original_destination
-  server s 0.0.0.0:0
-`
-	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
-		w.t.Fatal(err)
-	}
-	ctx := context.Background()
-	w.haproxy = w.pod.Start(w.pod.CommandAs(ctx, proxyUID, proxyUID, "haproxy", "-f", cfg, "-db"))
-	w.standin = w.pod.Start(w.pod.CommandAs(ctx, proxyUID, proxyUID, bins.standin, "-listen", "[::1]:15001"))
-	waitListening(w.t, w.pod, func() string { return w.proxyLog() }, "127.0.0.1:15001", "[::1]:15001")
+	w.haproxy = testenv.StartHAProxy(w.t, w.pod, proxyUID, "127.0.0.1:15001")
+	w.standin = w.pod.Start(w.pod.CommandAs(context.Background(), proxyUID, proxyUID, bins.standin, "-listen", "[::1]:15001"))
+	testenv.WaitListening(w.t, w.pod, w.standin.Output, "[::1]:15001")
 }
 
 // proxied reports whether the proxy logged a connection to dst since the
@@ -129,21 +103,8 @@ func (w *world) proxyLog() string {
 func (w *world) serveHTTP(ports ...int) {
 	w.t.Helper()
 	for _, port := range ports {
-		serveHTTPIn(w.t, w.remote, fmt.Sprintf("[::]:%d", port), fmt.Sprintf("remote:%d", port))
+		testenv.ServeHTTP(w.t, w.remote, fmt.Sprintf("[::]:%d", port), fmt.Sprintf("remote:%d", port))
 	}
-}
-
-func serveHTTPIn(t *testing.T, n *testenv.Netns, addr, body string) {
-	t.Helper()
-	var ln net.Listener
-	if err := n.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatalf("listen %s in %s: %v", addr, n.Name(), err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
-		fmt.Fprint(rw, body)
-	}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
 }
 
 // curl fetches url from the pod as uid and returns the body.
@@ -227,28 +188,4 @@ func (w *world) dig(uid int, args ...string) string {
 		}
 	}
 	return strings.TrimSpace(string(out))
-}
-
-// waitListening waits until something listens on each address. It looks
-// with ss instead of connecting: a connection that was not redirected would
-// make the proxy forward to itself.
-func waitListening(t *testing.T, n *testenv.Netns, logs func() string, addrs ...string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		out, _ := n.Run("ss", "-Hltn")
-		missing := ""
-		for _, a := range addrs {
-			if !strings.Contains(out, a+" ") {
-				missing = a
-			}
-		}
-		if missing == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never listened in %s:\n%s\nlogs:\n%s", missing, n.Name(), out, logs())
-		}
-		time.Sleep(30 * time.Millisecond)
-	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -157,55 +155,14 @@ func (c *cluster) rules() string {
 // serveOnNode answers HTTP on the bridge's address in the node namespace.
 func (c *cluster) serveOnNode(port int) {
 	c.t.Helper()
-	var ln net.Listener
-	addr := fmt.Sprintf("%s:%d", gatewayIP, port)
-	if err := c.node.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		c.t.Fatalf("listen %s in node: %v", addr, err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintf(rw, "node:%d", port)
-	}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	c.t.Cleanup(func() { _ = srv.Close() })
+	testenv.ServeHTTP(c.t, c.node, fmt.Sprintf("%s:%d", gatewayIP, port), fmt.Sprintf("node:%d", port))
 }
 
 // startProxy runs HAProxy in the pod as the proxy's user, forwarding what
 // it accepts on the outbound port to the original destination.
 func (c *cluster) startProxy() {
 	c.t.Helper()
-	testenv.RequireBinary(c.t, "haproxy")
-	dir := testenv.ReadableTempDir(c.t)
-	cfg := filepath.Join(dir, "haproxy.cfg")
-	conf := `global
-  log stdout format raw local0 info
-defaults
-  mode tcp
-  log global
-  timeout connect 2s
-  timeout client 10s
-  timeout server 10s
-  log-format "haproxy %ci:%cp -> %si:%sp"
-frontend outbound
-  bind 127.0.0.1:15001
-  default_backend original_destination
-backend original_destination
-  server s 0.0.0.0:0
-`
-	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
-		c.t.Fatal(err)
-	}
-	c.haproxy = c.pod.Start(c.pod.CommandAs(context.Background(), proxyUID, proxyUID, "haproxy", "-f", cfg, "-db"))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		out, _ := c.pod.Run("ss", "-Hltn")
-		if strings.Contains(out, "127.0.0.1:15001 ") {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("haproxy never listened:\n%s\n%s", out, c.haproxy.Output())
-		}
-		time.Sleep(30 * time.Millisecond)
-	}
+	c.haproxy = testenv.StartHAProxy(c.t, c.pod, proxyUID, "127.0.0.1:15001")
 }
 
 // fetch GETs url from the pod as uid, asserts the body, and reports whether

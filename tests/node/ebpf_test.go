@@ -204,41 +204,9 @@ func (p *ebpfPod) add() string {
 // sidecar runs: forwarding what it accepts on port to the original
 // destination.
 func (p *ebpfPod) startProxy(uid, port int) {
-	t := p.n.t
-	t.Helper()
-	dir := testenv.ReadableTempDir(t)
-	cfg := filepath.Join(dir, "haproxy.cfg")
-	conf := fmt.Sprintf(`global
-  log stdout format raw local0 info
-defaults
-  mode tcp
-  log global
-  timeout connect 2s
-  timeout client 10s
-  timeout server 10s
-  log-format "haproxy %%ci:%%cp -> %%si:%%sp"
-frontend outbound
-  bind 127.0.0.1:%d
-  default_backend original_destination
-backend original_destination
-  server s 0.0.0.0:0
-`, port)
-	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	p.n.t.Helper()
 	p.proxyPort = port
-	p.haproxy = p.inPod.Start(p.inPod.CommandAs(context.Background(), uid, uid, "haproxy", "-f", cfg, "-db"))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		out, _ := p.ns.Run("ss", "-Hltn")
-		if strings.Contains(out, fmt.Sprintf("127.0.0.1:%d ", port)) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("haproxy never listened:\n%s\n%s", out, p.haproxy.Output())
-		}
-		time.Sleep(30 * time.Millisecond)
-	}
+	p.haproxy = testenv.StartHAProxy(p.n.t, p.inPod, uid, fmt.Sprintf("127.0.0.1:%d", port))
 }
 
 // viaProxy GETs the node's port from the pod's cgroup as the application's

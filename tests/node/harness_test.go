@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -245,56 +243,14 @@ func (p *pod) rules() string {
 // serveOnNode answers HTTP on the bridge's address in the node namespace.
 func (w *world) serveOnNode(port int) {
 	w.t.Helper()
-	var ln net.Listener
-	addr := fmt.Sprintf("%s:%d", gatewayIP, port)
-	if err := w.node.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		w.t.Fatalf("listen %s in node: %v", addr, err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintf(rw, "node:%d", port)
-	}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	w.t.Cleanup(func() { _ = srv.Close() })
+	testenv.ServeHTTP(w.t, w.node, fmt.Sprintf("%s:%d", gatewayIP, port), fmt.Sprintf("node:%d", port))
 }
 
 // startProxy runs HAProxy in the pod as the proxy's user, forwarding what
 // it accepts on the outbound port to the original destination.
 func (p *pod) startProxy() {
-	t := p.w.t
-	t.Helper()
-	testenv.RequireBinary(t, "haproxy")
-	dir := testenv.ReadableTempDir(t)
-	cfg := filepath.Join(dir, "haproxy.cfg")
-	conf := `global
-  log stdout format raw local0 info
-defaults
-  mode tcp
-  log global
-  timeout connect 2s
-  timeout client 10s
-  timeout server 10s
-  log-format "haproxy %ci:%cp -> %si:%sp"
-frontend outbound
-  bind 127.0.0.1:15001
-  default_backend original_destination
-backend original_destination
-  server s 0.0.0.0:0
-`
-	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p.haproxy = p.ns.Start(p.ns.CommandAs(context.Background(), proxyUID, proxyUID, "haproxy", "-f", cfg, "-db"))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		out, _ := p.ns.Run("ss", "-Hltn")
-		if strings.Contains(out, "127.0.0.1:15001 ") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("haproxy never listened:\n%s\n%s", out, p.haproxy.Output())
-		}
-		time.Sleep(30 * time.Millisecond)
-	}
+	p.w.t.Helper()
+	p.haproxy = testenv.StartHAProxy(p.w.t, p.ns, proxyUID, "127.0.0.1:15001")
 }
 
 // viaProxy GETs the node's port from the pod as the application's user,
