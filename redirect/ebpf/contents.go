@@ -306,10 +306,21 @@ func diff(m *ebpf.Map, want *contents) ([]change, error) {
 		}
 		return out, nil
 	}
+	return diffShare(m, want, func(_, _ []byte) bool { return true })
+}
+
+// diffShare is diff for the entries of a hash map that owned says are
+// the caller's: all of them for a map of its own, one pod's in a map the
+// node's pods share.
+func diffShare(m *ebpf.Map, want *contents, owned func(k, v []byte) bool) ([]change, error) {
+	var out []change
 	seen := map[string]bool{}
 	var k, v []byte
 	it := m.Iterate()
 	for it.Next(&k, &v) {
+		if !owned(k, v) {
+			continue
+		}
 		ks := string(k)
 		seen[ks] = true
 		e, ok := want.entries[ks]

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/shunt-dev/shunt/redirect"
 )
@@ -127,35 +125,7 @@ func objectsDigest() string {
 // Render implements redirect.Engine: the programs and the maps' contents
 // Install would write.
 func (e *Engine) Render(ctx context.Context, p *redirect.Plan) (map[string]string, error) {
-	local, err := localAddrs(ctx, e.netns)
-	if err != nil {
-		e.log.Warn("cannot list the namespace's addresses; rendering without them", "err", err)
-	}
-	want, err := desired(p, local)
-	if err != nil {
-		return nil, err
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "# pinned under %s\n", e.pinDir)
-	for _, a := range attachments {
-		target := "cgroup " + e.cgroup
-		if a.netns {
-			target = "netns " + orDefault(e.netns, "(current)")
-		}
-		fmt.Fprintf(&b, "program %-15s attach %-28s %s\n", a.prog, a.attach, target)
-	}
-	out := map[string]string{"programs": b.String()}
-	for _, c := range want {
-		out["map "+c.name] = strings.Join(c.lines(), "\n") + "\n"
-	}
-	return out, nil
-}
-
-func orDefault(s, d string) string {
-	if s == "" {
-		return d
-	}
-	return s
+	return render(ctx, e.log, "pinned under "+e.pinDir, e.cgroup, e.netns, p)
 }
 
 // Install implements redirect.Engine. On a fresh namespace it loads the
@@ -200,37 +170,17 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 	if err != nil {
 		return fmt.Errorf("load capture programs' spec: %w", err)
 	}
-	pinned := map[string]*ebpf.Map{}
-	defer func() {
-		for _, m := range pinned {
-			m.Close()
-		}
-	}()
-	for name, ms := range spec.Maps {
-		m, lerr := ebpf.LoadPinnedMap(e.mapPin(name), nil)
-		if errors.Is(lerr, os.ErrNotExist) {
-			continue
-		}
-		if lerr != nil {
-			return fmt.Errorf("open pinned map %s: %w", name, lerr)
-		}
-		if cerr := ms.Compatible(m); cerr != nil {
-			m.Close()
-			return fmt.Errorf("pinned map %s does not match this version of shunt (%v); run `shunt uninstall` first", name, cerr)
-		}
-		pinned[name] = m
-	}
-
-	cgFD, err := unix.Open(e.cgroup, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open cgroup %s: %w", e.cgroup, err)
-	}
-	defer unix.Close(cgFD)
-	nsFD, err := openNetns(e.netns)
+	pinned, err := openPinnedMaps(spec, e.mapPin, "shunt uninstall")
 	if err != nil {
 		return err
 	}
-	defer unix.Close(nsFD)
+	defer closeMaps(pinned)
+
+	cgFD, nsFD, closeTargets, err := openTargets(e.cgroup, e.netns)
+	if err != nil {
+		return err
+	}
+	defer closeTargets()
 
 	// The record says what the pinned maps hold and which programs run.
 	// When it matches this build and every link is still attached, a plan
@@ -423,44 +373,14 @@ func (e *Engine) priorRecord() *record {
 	return rec
 }
 
-// attachedTo reports whether a pinned link is still attached where it should be.
-func attachedTo(info *link.Info, a attachment, cgFD, nsFD int) bool {
-	if a.netns {
-		ni := info.NetNs()
-		var st unix.Stat_t
-		return ni != nil && unix.Fstat(nsFD, &st) == nil && uint64(ni.NetnsInode) == st.Ino
-	}
-	ci := info.Cgroup()
-	var st unix.Stat_t
-	return ci != nil && unix.Fstat(cgFD, &st) == nil && ci.CgroupId == st.Ino
-}
-
 func (e *Engine) writeState(p *redirect.Plan) error {
-	b, err := json.MarshalIndent(record{Plan: p, Cgroup: e.cgroup, Netns: e.netns, PinDir: e.pinDir, Objects: objectsDigest()}, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(e.state), 0o755); err != nil {
-		return fmt.Errorf("record plan: %w", err)
-	}
-	tmp := e.state + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("record plan: %w", err)
-	}
-	if err := os.Rename(tmp, e.state); err != nil {
-		return fmt.Errorf("record plan: %w", err)
-	}
-	return nil
+	return writeJSON(e.state, "record plan", record{Plan: p, Cgroup: e.cgroup, Netns: e.netns, PinDir: e.pinDir, Objects: objectsDigest()})
 }
 
 func (e *Engine) readState() (*record, error) {
-	b, err := os.ReadFile(e.state)
-	if err != nil {
-		return nil, err
-	}
 	var r record
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("read %s: %w", e.state, err)
+	if err := readJSON(e.state, &r); err != nil {
+		return nil, err
 	}
 	return &r, nil
 }
@@ -468,32 +388,7 @@ func (e *Engine) readState() (*record, error) {
 // Uninstall implements redirect.Engine: it detaches every program, removes
 // every pin and the recorded plan.
 func (e *Engine) Uninstall(ctx context.Context) error {
-	found := false
-	var errs []error
-	for _, a := range attachments {
-		pin := e.linkPin(a.prog)
-		l, err := link.LoadPinnedLink(pin, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		found = true
-		if err != nil {
-			errs = append(errs, fmt.Errorf("open pinned link %s: %w", a.prog, err))
-			_ = os.Remove(pin)
-			continue
-		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin %s: %w", a.prog, err))
-		}
-		// Detach explicitly: another holder of the link (a bpftool
-		// session) must not keep capture alive.
-		if rl, ok := l.(interface{ Detach() error }); ok {
-			if err := rl.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) && !errors.Is(err, os.ErrNotExist) {
-				e.log.Warn("detach link", "program", a.prog, "err", err)
-			}
-		}
-		l.Close()
-	}
+	found, errs := removeLinks(e.log, e.pinDir)
 	entries, err := os.ReadDir(e.pinDir)
 	if err == nil {
 		for _, ent := range entries {
@@ -541,37 +436,14 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 		st.Plan = rec.Plan
 	}
 
-	cgFD, err := unix.Open(e.cgroup, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open cgroup %s: %w", e.cgroup, err)
-	}
-	defer unix.Close(cgFD)
-	nsFD, err := openNetns(e.netns)
+	cgFD, nsFD, closeTargets, err := openTargets(e.cgroup, e.netns)
 	if err != nil {
 		return nil, err
 	}
-	defer unix.Close(nsFD)
+	defer closeTargets()
 
-	progs := redirect.Section{Name: "programs"}
-	for _, a := range attachments {
-		l, err := link.LoadPinnedLink(e.linkPin(a.prog), nil)
-		if err != nil {
-			st.Drift = append(st.Drift, fmt.Sprintf("program %s: link is not pinned (%v)", a.prog, err))
-			continue
-		}
-		info, err := l.Info()
-		l.Close()
-		if err != nil {
-			st.Drift = append(st.Drift, fmt.Sprintf("program %s: %v", a.prog, err))
-			continue
-		}
-		state := "attached"
-		if !attachedTo(info, a, cgFD, nsFD) {
-			state = "DETACHED"
-			st.Drift = append(st.Drift, fmt.Sprintf("program %s: link %d is detached", a.prog, info.ID))
-		}
-		progs.Lines = append(progs.Lines, fmt.Sprintf("%-15s %-28s link %d prog %d %s", a.prog, a.attach, info.ID, info.Program, state))
-	}
+	progs, drift := linkStatus("programs", e.pinDir, cgFD, nsFD, nil)
+	st.Drift = append(st.Drift, drift...)
 	st.Sections = append(st.Sections, progs)
 
 	if rec != nil && rec.Plan != nil {

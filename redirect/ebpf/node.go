@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -178,30 +177,7 @@ func OpenNode(opts NodeOptions) (*Node, error) {
 }
 
 func (n *Node) pinnedMaps() (map[string]*ebpf.Map, error) {
-	pinned := map[string]*ebpf.Map{}
-	for name, ms := range n.spec.Maps {
-		m, err := ebpf.LoadPinnedMap(n.mapPin(name), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			closeMaps(pinned)
-			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
-		}
-		if err := ms.Compatible(m); err != nil {
-			m.Close()
-			closeMaps(pinned)
-			return nil, fmt.Errorf("pinned map %s does not match this version of shunt (%v); run `shunt node --uninstall` first", name, err)
-		}
-		pinned[name] = m
-	}
-	return pinned, nil
-}
-
-func closeMaps(ms map[string]*ebpf.Map) {
-	for _, m := range ms {
-		m.Close()
-	}
+	return openPinnedMaps(n.spec, n.mapPin, "shunt node --uninstall")
 }
 
 // Close releases the node's handles; what is pinned stays.
@@ -262,33 +238,15 @@ type podRecord struct {
 }
 
 func (n *Node) readRecord(pod string) (*podRecord, error) {
-	b, err := os.ReadFile(n.record(pod))
-	if err != nil {
-		return nil, err
-	}
 	var r podRecord
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("read %s: %w", n.record(pod), err)
+	if err := readJSON(n.record(pod), &r); err != nil {
+		return nil, err
 	}
 	return &r, nil
 }
 
 func (n *Node) writeRecord(pod string, r *podRecord) error {
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(n.stateDir, 0o755); err != nil {
-		return fmt.Errorf("record pod: %w", err)
-	}
-	tmp := n.record(pod) + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("record pod: %w", err)
-	}
-	if err := os.Rename(tmp, n.record(pod)); err != nil {
-		return fmt.Errorf("record pod: %w", err)
-	}
-	return nil
+	return writeJSON(n.record(pod), "record pod", r)
 }
 
 // The per-pod maps of the node object, by the name desired() gives the
@@ -322,38 +280,6 @@ func prefixed(c *contents, id uint64) *contents {
 		out.entries[string(k)] = entry{key: k, value: e.value, text: e.text}
 	}
 	return out
-}
-
-// diffShare is diff for the entries of one pod in a shared map: those whose
-// key starts with prefix.
-func diffShare(m *ebpf.Map, want *contents, owned func(k, v []byte) bool) ([]change, error) {
-	var out []change
-	seen := map[string]bool{}
-	var k, v []byte
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		if !owned(k, v) {
-			continue
-		}
-		ks := string(k)
-		seen[ks] = true
-		e, ok := want.entries[ks]
-		switch {
-		case !ok:
-			out = append(out, change{m: m, key: bytes.Clone(k), old: bytes.Clone(v)})
-		case !bytes.Equal(e.value, v):
-			out = append(out, change{m: m, key: e.key, old: bytes.Clone(v), value: e.value})
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read %s: %w", want.name, err)
-	}
-	for ks, e := range want.entries {
-		if !seen[ks] {
-			out = append(out, change{m: m, key: e.key, value: e.value})
-		}
-	}
-	return out, nil
 }
 
 func hasPrefix(prefix []byte) func(k, v []byte) bool {
@@ -529,16 +455,11 @@ func (n *Node) attachPod(pod, cg, netnsPath string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create pod pin directory: %w", err)
 	}
-	cgFD, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open cgroup %s: %w", cg, err)
-	}
-	defer unix.Close(cgFD)
-	nsFD, err := openNetns(netnsPath)
+	cgFD, nsFD, closeTargets, err := openTargets(cg, netnsPath)
 	if err != nil {
 		return err
 	}
-	defer unix.Close(nsFD)
+	defer closeTargets()
 	for _, a := range attachments {
 		prog := n.progs[a.prog]
 		pin := filepath.Join(dir, "link_"+a.prog)
@@ -624,30 +545,8 @@ func (n *Node) Leave(ctx context.Context, cgroupPath string) error {
 }
 
 func (n *Node) leave(pod string, id uint64) error {
-	var errs []error
 	dir := n.podPinDir(pod)
-	for _, a := range attachments {
-		pin := filepath.Join(dir, "link_"+a.prog)
-		l, err := link.LoadPinnedLink(pin, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("open pinned link %s: %w", a.prog, err))
-			_ = os.Remove(pin)
-			continue
-		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin %s: %w", a.prog, err))
-		}
-		// Another holder of the link must not keep the pod captured.
-		if rl, ok := l.(interface{ Detach() error }); ok {
-			if err := rl.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) && !errors.Is(err, os.ErrNotExist) {
-				n.log.Warn("detach link", "program", a.prog, "err", err)
-			}
-		}
-		l.Close()
-	}
+	_, errs := removeLinks(n.log, dir)
 	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove pod pin directory: %w", err))
 	}
@@ -796,39 +695,17 @@ func (n *Node) Status(ctx context.Context, cgroupPath string) (*redirect.Status,
 		return nil, err
 	}
 	st := &redirect.Status{Engine: "ebpf", Backend: "node", Installed: true, Plan: rec.Plan}
-	cgFD, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open cgroup %s: %w", cg, err)
-	}
-	defer unix.Close(cgFD)
-	nsFD, err := openNetns(rec.Netns)
+	cgFD, nsFD, closeTargets, err := openTargets(cg, rec.Netns)
 	if err != nil {
 		return nil, err
 	}
-	defer unix.Close(nsFD)
-	progs := redirect.Section{Name: "programs (shared by the node, pinned in " + n.pinDir + ")"}
+	defer closeTargets()
 	ids, _ := n.ProgramIDs()
-	for _, a := range attachments {
-		l, err := link.LoadPinnedLink(filepath.Join(n.podPinDir(pod), "link_"+a.prog), nil)
-		if err != nil {
-			st.Drift = append(st.Drift, fmt.Sprintf("program %s: link is not pinned (%v)", a.prog, err))
-			continue
-		}
-		info, err := l.Info()
-		l.Close()
-		if err != nil {
-			st.Drift = append(st.Drift, fmt.Sprintf("program %s: %v", a.prog, err))
-			continue
-		}
-		state := "attached"
-		if !attachedTo(info, a, cgFD, nsFD) {
-			state = "DETACHED"
-			st.Drift = append(st.Drift, fmt.Sprintf("program %s: link %d is detached", a.prog, info.ID))
-		} else if info.Program != ids[a.prog] {
-			st.Drift = append(st.Drift, fmt.Sprintf("program %s: link %d runs program %d, not the node's %d", a.prog, info.ID, info.Program, ids[a.prog]))
-		}
-		progs.Lines = append(progs.Lines, fmt.Sprintf("%-15s %-28s link %d prog %d %s", a.prog, a.attach, info.ID, info.Program, state))
+	if ids == nil {
+		ids = map[string]ebpf.ProgramID{}
 	}
+	progs, drift := linkStatus("programs (shared by the node, pinned in "+n.pinDir+")", n.podPinDir(pod), cgFD, nsFD, ids)
+	st.Drift = append(st.Drift, drift...)
 	st.Sections = append(st.Sections, progs)
 
 	local, err := localAddrs(ctx, rec.Netns)
@@ -937,28 +814,7 @@ type podEngine struct {
 func (e *podEngine) Name() string { return "ebpf" }
 
 func (e *podEngine) Render(ctx context.Context, p *redirect.Plan) (map[string]string, error) {
-	local, err := localAddrs(ctx, e.netns)
-	if err != nil {
-		e.n.log.Warn("cannot list the namespace's addresses; rendering without them", "err", err)
-	}
-	want, err := desired(p, local)
-	if err != nil {
-		return nil, err
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "# the node's programs, pinned under %s\n", e.n.pinDir)
-	for _, a := range attachments {
-		target := "cgroup " + e.cgroup
-		if a.netns {
-			target = "netns " + orDefault(e.netns, "(current)")
-		}
-		fmt.Fprintf(&b, "program %-15s attach %-28s %s\n", a.prog, a.attach, target)
-	}
-	out := map[string]string{"programs": b.String()}
-	for _, c := range want {
-		out["map "+c.name] = strings.Join(c.lines(), "\n") + "\n"
-	}
-	return out, nil
+	return render(ctx, e.n.log, "the node's programs, pinned under "+e.n.pinDir, e.cgroup, e.netns, p)
 }
 
 func (e *podEngine) Install(ctx context.Context, p *redirect.Plan) error {
