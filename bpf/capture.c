@@ -9,6 +9,10 @@
  *   sockops        remembers, per proxy-side peer, the original destination
  *   getsockopt     answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST from it
  *   sk_lookup      steers inbound TCP to the proxy's inbound listener
+ *
+ * The programs themselves are in capture_common.h, shared with
+ * capture_node.c; this file holds the maps of one cgroup and the functions
+ * through which the programs read them.
  */
 #include "capture.h"
 
@@ -69,40 +73,6 @@ struct {
 	__type(value, struct uid_rule);
 } uid_rules SEC(".maps");
 
-/* Original destination by the application socket's cookie, written at
- * connect and read by sockops once the connection is up. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct orig_dst);
-} cookie_orig SEC(".maps");
-
-/* Original destination by the peer address the proxy sees; entries go when
- * the application's socket closes. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct peer_key);
-	__type(value, struct orig_dst);
-} peer_orig SEC(".maps");
-
-/* Lives and dies with the socket, so no entry outlives a DNS client. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct dns_state);
-} dns_sk SEC(".maps");
-
-/* The resolver of each redirected query in flight, by socket and DNS id. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct dns_key);
-	__type(value, struct orig_dst);
-} dns_queries SEC(".maps");
-
 /* The proxy's inbound listener: 0 for IPv4, 1 for IPv6. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
@@ -124,7 +94,9 @@ struct pod {
 	struct config *cfg;
 };
 
-typedef struct peer_key peer_key_t;
+#define PEER_KEY struct peer_key
+#define ORIG_ENTRIES 65536
+#define DNS_QUERIES_ENTRIES 16384
 
 #include "capture_common.h"
 
@@ -193,7 +165,7 @@ static __always_inline struct bpf_sock *pod_listener(struct pod *p, int v6)
 }
 
 /* One network namespace: the peer address alone is the key. */
-static __always_inline void peer_set_netns(peer_key_t *k, void *ctx)
+static __always_inline void peer_set_netns(struct peer_key *k, void *ctx)
 {
 }
 

@@ -4,14 +4,14 @@
  * copy per node). Their decisions are the same, rule for rule, and follow
  * redirect.Plan.Explain; what differs is how a program finds its pod's
  * configuration. So the programs are written once, here, against a pod the
- * including file defines, and each object includes this after its maps.
+ * including file defines, and each object includes this after its own
+ * maps.
  *
- * The including file defines, before including this: the maps cookie_orig,
- * peer_orig, dns_sk and dns_queries (the same value types in both objects);
- * struct pod, one pod as a program sees it, with its struct config *cfg;
- * and peer_key_t, the key of peer_orig, with ip[4] and port. It defines
- * the functions declared below, which find a pod and read its entries,
- * after.
+ * The including file defines, before including this: struct pod, one pod
+ * as a program sees it, with its struct config *cfg; PEER_KEY, the struct
+ * type of peer_orig's key, with ip[4] and port; and the sizes ORIG_ENTRIES (of
+ * cookie_orig and peer_orig) and DNS_QUERIES_ENTRIES. It defines the
+ * functions declared below, which find a pod and read its entries, after.
  */
 #ifndef SHUNT_CAPTURE_COMMON_H
 #define SHUNT_CAPTURE_COMMON_H
@@ -41,6 +41,41 @@ enum trie {
 	TRIE_EGRESS_ALLOWED,
 };
 
+/* Original destination by the application socket's cookie, written at
+ * connect and read by sockops once the connection is up. Socket cookies
+ * are unique on the host, so the node's pods share it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, ORIG_ENTRIES);
+	__type(key, __u64);
+	__type(value, struct orig_dst);
+} cookie_orig SEC(".maps");
+
+/* Original destination by the peer address the proxy sees; entries go when
+ * the application's socket closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, ORIG_ENTRIES);
+	__type(key, PEER_KEY);
+	__type(value, struct orig_dst);
+} peer_orig SEC(".maps");
+
+/* Lives and dies with the socket, so no entry outlives a DNS client. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct dns_state);
+} dns_sk SEC(".maps");
+
+/* The resolver of each redirected query in flight, by socket and DNS id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DNS_QUERIES_ENTRIES);
+	__type(key, struct dns_key);
+	__type(value, struct orig_dst);
+} dns_queries SEC(".maps");
+
 /* The pod of the calling task (socket hooks), of a packet's socket, and of
  * a new inbound connection to local; 0: none enrolled. */
 static __always_inline int task_pod(struct pod *p);
@@ -61,7 +96,7 @@ static __always_inline struct uid_rule *pod_uid_rule(struct pod *p, __u32 i);
  * NULL if none is registered. */
 static __always_inline struct bpf_sock *pod_listener(struct pod *p, int v6);
 /* Completes a peer_orig key from the sockops or getsockopt context. */
-static __always_inline void peer_set_netns(peer_key_t *k, void *ctx);
+static __always_inline void peer_set_netns(PEER_KEY *k, void *ctx);
 
 static __always_inline void addr_from4(struct addr *a, __u32 ip4)
 {
@@ -554,16 +589,26 @@ static __always_inline struct bpf_sock *udp_sock(struct __sk_buff *skb, struct p
 	return sk;
 }
 
+/* The socket of a DNS query to (egress) or reply from the interceptor, and
+ * its DNS id. */
+static __always_inline struct bpf_sock *dns_sock(struct __sk_buff *skb, int egress, __u32 *id)
+{
+	if (!maybe_udp(skb))
+		return NULL;
+	struct pod p;
+	struct bpf_sock *sk = udp_sock(skb, &p);
+	if (!sk || !dns_packet(skb, egress, p.cfg->dns_port, id))
+		return NULL;
+	return sk;
+}
+
 SEC("cgroup_skb/egress")
 int dns_egress(struct __sk_buff *skb)
 {
-	if (!maybe_udp(skb))
-		return 1;
-	struct pod p;
-	struct bpf_sock *sk = udp_sock(skb, &p);
 	struct dns_key k = {};
+	struct bpf_sock *sk = dns_sock(skb, 1, &k.id);
 
-	if (!sk || !dns_packet(skb, 1, p.cfg->dns_port, &k.id))
+	if (!sk)
 		return 1;
 	struct dns_state *st = bpf_sk_storage_get(&dns_sk, sk, 0, 0);
 	if (!st || !st->last.port)
@@ -576,13 +621,10 @@ int dns_egress(struct __sk_buff *skb)
 SEC("cgroup_skb/ingress")
 int dns_ingress(struct __sk_buff *skb)
 {
-	if (!maybe_udp(skb))
-		return 1;
-	struct pod p;
-	struct bpf_sock *sk = udp_sock(skb, &p);
 	struct dns_key k = {};
+	struct bpf_sock *sk = dns_sock(skb, 0, &k.id);
 
-	if (!sk || !dns_packet(skb, 0, p.cfg->dns_port, &k.id))
+	if (!sk)
 		return 1;
 	struct dns_state *st = bpf_sk_storage_get(&dns_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
@@ -605,7 +647,7 @@ int dns_ingress(struct __sk_buff *skb)
 }
 
 /* The peer address the proxy sees: the application socket's local one. */
-static __always_inline void local_key(struct bpf_sock_ops *skops, peer_key_t *k)
+static __always_inline void local_key(struct bpf_sock_ops *skops, PEER_KEY *k)
 {
 	/* Both families' fields are read unconditionally: the verifier
 	 * refuses a context pointer the compiler would otherwise offset in a
@@ -623,7 +665,7 @@ static __always_inline void local_key(struct bpf_sock_ops *skops, peer_key_t *k)
 SEC("sockops")
 int sock_ops(struct bpf_sock_ops *skops)
 {
-	peer_key_t k = {};
+	PEER_KEY k = {};
 	__u64 cookie;
 
 	switch (skops->op) {
@@ -697,7 +739,7 @@ SEC("cgroup/getsockopt")
 int get_sockopt(struct bpf_sockopt *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
-	peer_key_t k = {};
+	PEER_KEY k = {};
 	struct pod p = {};
 	int v6;
 

@@ -19,6 +19,10 @@
  *
  * Socket-cookie keyed state (original destinations, DNS queries) is shared:
  * cookies are unique on the host.
+ *
+ * The programs themselves are in capture_common.h, shared with capture.c;
+ * this file holds the node's maps and the functions through which the
+ * programs find a pod and read its entries.
  */
 #include "capture.h"
 
@@ -145,34 +149,6 @@ struct {
 } pod_uid_rules SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
-	__type(key, __u64);
-	__type(value, struct orig_dst);
-} cookie_orig SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
-	__type(key, struct pod_peer);
-	__type(value, struct orig_dst);
-} peer_orig SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct dns_state);
-} dns_sk SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct dns_key);
-	__type(value, struct orig_dst);
-} dns_queries SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 2 * MAX_PODS);
 	__type(key, struct pod_listener);
@@ -193,7 +169,9 @@ struct pod {
 	struct pod_stats *stats;
 };
 
-typedef struct pod_peer peer_key_t;
+#define PEER_KEY struct pod_peer
+#define ORIG_ENTRIES 262144
+#define DNS_QUERIES_ENTRIES 65536
 
 #include "capture_common.h"
 
@@ -302,7 +280,7 @@ static __always_inline struct bpf_sock *pod_listener(struct pod *p, int v6)
 }
 
 /* 127.0.0.1:<port> exists in every pod: the netns cookie tells them apart. */
-static __always_inline void peer_set_netns(peer_key_t *k, void *ctx)
+static __always_inline void peer_set_netns(struct pod_peer *k, void *ctx)
 {
 	k->netns = bpf_get_netns_cookie(ctx);
 }
