@@ -7,9 +7,10 @@ package agent_test
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
 type binaries struct{ shunt, meshproxy string }
@@ -35,8 +36,8 @@ func run(m *testing.M) int {
 	}
 	bins = binaries{shunt: filepath.Join(dir, "shunt"), meshproxy: filepath.Join(dir, "meshproxy")}
 	for out, pkg := range map[string]string{bins.shunt: "github.com/shunt-dev/shunt/cmd/shunt", bins.meshproxy: "github.com/shunt-dev/shunt/tests/standin/meshproxy"} {
-		if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
+		if err := testenv.BuildPackage(out, pkg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 	}

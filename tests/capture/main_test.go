@@ -5,9 +5,10 @@ package capture_test
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
 // binaries built once for the whole package.
@@ -35,8 +36,8 @@ func run(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	bins = binaries{shunt: filepath.Join(dir, "shunt"), standin: filepath.Join(dir, "origdst")}
 	for out, pkg := range map[string]string{bins.shunt: "github.com/shunt-dev/shunt/cmd/shunt", bins.standin: "github.com/shunt-dev/shunt/tests/standin/origdst"} {
-		if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
+		if err := testenv.BuildPackage(out, pkg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -134,22 +133,7 @@ func (c *cluster) add() string {
 // family.
 func (c *cluster) rules() string {
 	c.t.Helper()
-	var b strings.Builder
-	for _, prog := range []string{"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"} {
-		if _, err := exec.LookPath(prog); err != nil {
-			continue
-		}
-		out, err := c.pod.Run(prog)
-		if err != nil {
-			c.t.Fatalf("%s in pod: %v\n%s", prog, err, out)
-		}
-		for _, l := range strings.Split(out, "\n") {
-			if strings.Contains(strings.ToLower(l), "shunt") {
-				fmt.Fprintf(&b, "%s: %s\n", prog, l)
-			}
-		}
-	}
-	return b.String()
+	return c.pod.ShuntRules()
 }
 
 // serveOnNode answers HTTP on the bridge's address in the node namespace.

@@ -7,9 +7,10 @@ package cni_test
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
 // bins are built once for the package: shunt under its plugin name, and
@@ -35,18 +36,12 @@ func run(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	bins.pluginDir = filepath.Join(dir, "plugins")
 	bins.cnitool = filepath.Join(dir, "cnitool")
-	build := exec.Command("go", "build", "-o", filepath.Join(bins.pluginDir, "shunt-cni"), "github.com/shunt-dev/shunt/cmd/shunt")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build shunt: %v\n%s", err, out)
+	if err := testenv.BuildShunt(filepath.Join(bins.pluginDir, "shunt-cni")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	// cnitool is not packaged by Debian; it is built from the CNI module
-	// at the version shunt's go.mod requires, outside shunt's module.
-	install := exec.Command("go", "install", "github.com/containernetworking/cni/cnitool@v1.3.1")
-	install.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=")
-	install.Dir = dir
-	if out, err := install.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build cnitool: %v\n%s", err, out)
+	if _, err := testenv.BuildCNITool(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()

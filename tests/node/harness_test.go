@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -222,22 +221,7 @@ func (p *pod) add() string {
 // rules returns shunt's lines in the pod's nft-backed rules.
 func (p *pod) rules() string {
 	p.w.t.Helper()
-	var b strings.Builder
-	for _, prog := range []string{"iptables-nft-save", "ip6tables-nft-save"} {
-		if _, err := exec.LookPath(prog); err != nil {
-			continue
-		}
-		out, err := p.ns.Run(prog)
-		if err != nil {
-			p.w.t.Fatalf("%s in pod: %v\n%s", prog, err, out)
-		}
-		for _, l := range strings.Split(out, "\n") {
-			if strings.Contains(strings.ToLower(l), "shunt") {
-				fmt.Fprintf(&b, "%s: %s\n", prog, l)
-			}
-		}
-	}
-	return b.String()
+	return p.ns.ShuntRules()
 }
 
 // serveOnNode answers HTTP on the bridge's address in the node namespace.

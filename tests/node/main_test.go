@@ -8,9 +8,10 @@ package node_test
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
 // bins are built once for the package: the shunt binary the agent runs
@@ -37,18 +38,12 @@ func run(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	bins.shunt = filepath.Join(dir, "shunt")
 	bins.cnitool = filepath.Join(dir, "cnitool")
-	build := exec.Command("go", "build", "-o", bins.shunt, "github.com/shunt-dev/shunt/cmd/shunt")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build shunt: %v\n%s", err, out)
+	if err := testenv.BuildShunt(bins.shunt); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	// cnitool is not packaged by Debian; it is built from the CNI module
-	// at the version shunt's go.mod requires, outside shunt's module.
-	install := exec.Command("go", "install", "github.com/containernetworking/cni/cnitool@v1.3.1")
-	install.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=")
-	install.Dir = dir
-	if out, err := install.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build cnitool: %v\n%s", err, out)
+	if _, err := testenv.BuildCNITool(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()

@@ -1,0 +1,58 @@
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// BuildShunt builds shunt's binary to path, for suites that run it as a
+// user would (TestMain, before any test: it returns an error instead of
+// failing a test).
+func BuildShunt(path string) error {
+	return goBuild(path, "github.com/shunt-dev/shunt/cmd/shunt")
+}
+
+// BuildPackage builds a main package of this module to path.
+func BuildPackage(path, pkg string) error { return goBuild(path, pkg) }
+
+func goBuild(path, pkg string) error {
+	if out, err := exec.Command("go", "build", "-o", path, pkg).CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+	}
+	return nil
+}
+
+// BuildCNITool installs cnitool into dir. Debian does not package it; it is
+// built from the CNI module at the version shunt's go.mod requires, outside
+// shunt's module.
+func BuildCNITool(dir string) (string, error) {
+	install := exec.Command("go", "install", "github.com/containernetworking/cni/cnitool@v1.3.1")
+	install.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=")
+	install.Dir = dir
+	if out, err := install.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build cnitool: %v\n%s", err, out)
+	}
+	return filepath.Join(dir, "cnitool"), nil
+}
+
+// ShuntRules returns every line mentioning shunt in n's rules, for each
+// iptables variant present, prefixed with the program that printed it:
+// empty when shunt left nothing behind.
+func (n *Netns) ShuntRules() string {
+	n.t.Helper()
+	var b strings.Builder
+	for _, prog := range []string{"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"} {
+		if _, err := exec.LookPath(prog); err != nil {
+			continue
+		}
+		for _, l := range strings.Split(n.MustRun(prog), "\n") {
+			if strings.Contains(strings.ToLower(l), "shunt") {
+				fmt.Fprintf(&b, "%s: %s\n", prog, l)
+			}
+		}
+	}
+	return b.String()
+}
