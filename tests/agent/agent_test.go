@@ -68,8 +68,14 @@ func testExternalServicesThroughTheProxy(t *testing.T, engine string) {
 		if err != nil || got != "httpbin sni=httpbin.org client=" {
 			t.Fatalf("curl http://httpbin.org:443/ = %q, %v\n%s", got, err, w.logs())
 		}
-		if !strings.Contains(w.proxy.Output(), "orig="+vip+":443 cluster=external:httpbin") {
-			t.Errorf("the connection to %s:443 did not go through the proxy:\n%s", vip, w.proxy.Output())
+		// curl may take either family's VIP: both lead to the proxy.
+		vip6 := w.digType("httpbin.org", "AAAA")
+		if a, err := netip.ParseAddr(vip6); err != nil || !a.Is6() {
+			t.Fatalf("httpbin.org has no IPv6 VIP in the pod: %q", vip6)
+		}
+		log := w.proxy.Output()
+		if !strings.Contains(log, "orig="+vip+":443 cluster=external:httpbin") && !strings.Contains(log, "orig=["+vip6+"]:443 cluster=external:httpbin") {
+			t.Errorf("the connection to %s:443 / [%s]:443 did not go through the proxy:\n%s", vip, vip6, log)
 		}
 	})
 	t.Run("tcp service: the application's TLS passes through", func(t *testing.T) {

@@ -16,7 +16,7 @@ func TestControlPlaneOutages(t *testing.T) {
 	cpState := t.TempDir()
 	startCP := func() {
 		w.cp = w.pod.Start(w.pod.Command(context.Background(), bins.shunt, "controlplane", "--resources", w.resources,
-			"--listen", xdsAddr, "--state-dir", cpState, "--vip6-cidr", "none"))
+			"--listen", xdsAddr, "--state-dir", cpState))
 		waitFor(t, "the control plane to listen", func() bool {
 			out, _ := w.pod.Run("ss", "-Hltn")
 			return strings.Contains(out, xdsAddr+" ")

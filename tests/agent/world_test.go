@@ -246,7 +246,7 @@ func tlsBlock(sni string, caPEM []byte, client *pair) string {
 // with the embedded control plane, or against xds when given.
 func (w *world) startAgent(xds string, extra ...string) {
 	w.t.Helper()
-	args := []string{"run", "--state-dir", w.stateDir, "--node-id", "pod", "--admin", adminAddr, "--vip6-cidr", "none", "--reconcile-interval", "500ms"}
+	args := []string{"run", "--state-dir", w.stateDir, "--node-id", "pod", "--admin", adminAddr, "--reconcile-interval", "500ms"}
 	if xds == "" {
 		args = append(args, "--resources", w.resources, "--xds-listen", xdsAddr)
 	} else {
@@ -279,7 +279,7 @@ func (w *world) stopAgent() {
 func (w *world) startProxy() {
 	w.t.Helper()
 	w.proxy = w.pod.Start(w.pod.CommandAs(context.Background(), proxyUID, proxyUID, bins.meshproxy,
-		"-xds", xdsAddr, "-node-id", "pod", "-resolver", internetIP+":53", "-listen", "127.0.0.1:15001"))
+		"-xds", xdsAddr, "-node-id", "pod", "-resolver", internetIP+":53", "-listen", "127.0.0.1:15001,[::1]:15001"))
 	waitFor(w.t, "the proxy to have its configuration", func() bool {
 		return strings.Contains(w.proxy.Output(), "routes")
 	}, w.proxy.Output)
@@ -317,10 +317,13 @@ func (w *world) curl(uid int, args ...string) (string, error) {
 }
 
 // dig asks the pod's resolver (captured into shunt) for name's A records.
-func (w *world) dig(name string) string {
+func (w *world) dig(name string) string { return w.digType(name, "A") }
+
+// digType asks the pod's resolver for name's records of one type.
+func (w *world) digType(name, qtype string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	out, _ := w.pod.CommandAs(ctx, appUID, appUID, "dig", "+short", "+tries=1", "+time=1", name, "A").CombinedOutput()
+	out, _ := w.pod.CommandAs(ctx, appUID, appUID, "dig", "+short", "+tries=1", "+time=1", name, qtype).CombinedOutput()
 	return strings.TrimSpace(string(out))
 }
 

@@ -51,7 +51,7 @@ func main() {
 	xds := flag.String("xds", "", "ADS server HOST:PORT")
 	nodeID := flag.String("node-id", "", "node id")
 	zone := flag.String("zone", "", "zone (locality)")
-	listen := flag.String("listen", "127.0.0.1:15001", "outbound capture port")
+	listen := flag.String("listen", "127.0.0.1:15001,[::1]:15001", "outbound capture addresses, comma-separated")
 	resolver := flag.String("resolver", "", "DNS server IP:PORT for DNS-resolved clusters")
 	egress := flag.String("egress", "", "run as a ZoneEgress stand-in on this address instead")
 	flag.Parse()
@@ -65,8 +65,15 @@ func main() {
 		return
 	}
 	go p.subscribe(ctx, *xds, *nodeID, *zone)
-	if err := p.serve(ctx, *listen, p.outbound); err != nil {
-		log.Fatal(err)
+	addrs := strings.Split(*listen, ",")
+	errs := make(chan error, len(addrs))
+	for _, a := range addrs {
+		go func(a string) { errs <- p.serve(ctx, a, p.outbound) }(a)
+	}
+	for range addrs {
+		if err := <-errs; err != nil {
+			log.Fatal(err)
+		}
 	}
 }
 
