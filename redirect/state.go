@@ -1,6 +1,7 @@
 package redirect
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -122,7 +123,7 @@ func RemoveState(dir string) error {
 // /proc/self/ns/net or /run/netns/NAME names), so that shunt processes with
 // different state directories still change its rules one after another:
 // reading the rules and writing the new batch must not interleave.
-func LockNetns(lockDir, netnsPath string) (func(), error) {
+func LockNetns(ctx context.Context, lockDir, netnsPath string) (func(), error) {
 	if netnsPath == "" {
 		netnsPath = "/proc/self/ns/net"
 	}
@@ -130,17 +131,19 @@ func LockNetns(lockDir, netnsPath string) (func(), error) {
 	if err := unix.Stat(netnsPath, &st); err != nil {
 		return nil, fmt.Errorf("netns %s: %w", netnsPath, err)
 	}
-	return lockFile(lockDir, fmt.Sprintf("netns-%d-%d.lock", st.Dev, st.Ino))
+	return lockFile(ctx, lockDir, fmt.Sprintf("netns-%d-%d.lock", st.Dev, st.Ino))
 }
 
 // LockState takes an exclusive lock on the state directory, so that two
 // shunt processes changing one namespace's capture run one after the other.
 // The returned function releases it.
-func LockState(dir string) (func(), error) {
-	return lockFile(dir, ".lock")
+func LockState(ctx context.Context, dir string) (func(), error) {
+	return lockFile(ctx, dir, ".lock")
 }
 
-func lockFile(dir, name string) (func(), error) {
+// lockFile takes an exclusive flock on dir/name, waiting for it until ctx
+// ends: another shunt may hold it for the length of an install.
+func lockFile(ctx context.Context, dir, name string) (func(), error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create lock dir: %w", err)
 	}
@@ -148,9 +151,21 @@ func lockFile(dir, name string) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state lock: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", filepath.Join(dir, name), err)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", filepath.Join(dir, name), err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", filepath.Join(dir, name), ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 	return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
 }

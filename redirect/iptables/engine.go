@@ -111,12 +111,12 @@ type familyInfo struct {
 }
 
 // lock serialises changes to the namespace and to the state directory.
-func (e *Engine) lock() (func(), error) {
-	unlockNS, err := redirect.LockNetns(e.opts.LockDir, e.opts.NetnsPath)
+func (e *Engine) lock(ctx context.Context) (func(), error) {
+	unlockNS, err := redirect.LockNetns(ctx, e.opts.LockDir, e.opts.NetnsPath)
 	if err != nil {
 		return nil, err
 	}
-	unlockState, err := redirect.LockState(e.opts.StateDir)
+	unlockState, err := redirect.LockState(ctx, e.opts.StateDir)
 	if err != nil {
 		unlockNS()
 		return nil, err
@@ -126,8 +126,8 @@ func (e *Engine) lock() (func(), error) {
 
 // begin locks the namespace and returns the recorded installation, refusing
 // one made by another engine.
-func (e *Engine) begin(op string) (unlock func(), prev *redirect.State, err error) {
-	unlock, err = e.lock()
+func (e *Engine) begin(ctx context.Context, op string) (unlock func(), prev *redirect.State, err error) {
+	unlock, err = e.lock(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -177,7 +177,7 @@ func (e *Engine) dumpAll(ctx context.Context, vs []variant) ([]*Dump, []error) {
 
 // Install implements redirect.Engine.
 func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
-	unlock, prev, err := e.begin("install")
+	unlock, prev, err := e.begin(ctx, "install")
 	if err != nil {
 		return err
 	}

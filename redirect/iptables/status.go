@@ -16,7 +16,7 @@ import (
 // directory was wiped) it still finds shunt's rules by their names and
 // markers, in whichever backend holds them.
 func (e *Engine) Uninstall(ctx context.Context) error {
-	unlock, prev, err := e.begin("uninstall")
+	unlock, prev, err := e.begin(ctx, "uninstall")
 	if err != nil {
 		return err
 	}
