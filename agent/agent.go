@@ -338,7 +338,7 @@ func (a *Agent) apply(ctx context.Context, s *mesh.AgentSnapshot) {
 	a.snap.Store(s)
 	a.metrics.snapshotsApplied.Inc()
 	a.log.Info("snapshot applied", "version", s.Version, "names", len(s.Names), "passthrough", s.Passthrough,
-		"allowedEgress", len(s.AllowedEgress), "dnsHosts", len(s.DNSHosts), "took", time.Since(start).Round(time.Microsecond))
+		"allowedEndpoints", len(s.AllowedEndpoints), "dnsHosts", len(s.DNSHosts), "took", time.Since(start).Round(time.Microsecond))
 	select {
 	case a.applied <- struct{}{}:
 	default:
@@ -431,11 +431,11 @@ func (a *Agent) install(ctx context.Context, p *redirect.Plan) {
 	a.installed = p
 	a.plan.Store(p)
 	a.captureOK.Store(true)
-	allowed := -1
+	allowed, endpoints := -1, -1
 	if p.Egress != nil {
-		allowed = len(p.Egress.Allowed)
+		allowed, endpoints = len(p.Egress.Allowed), len(p.Egress.Endpoints)
 	}
-	a.log.Info("capture rules installed", "engine", a.opts.Engine.Name(), "lockdown", p.Egress != nil, "allowedPrefixes", allowed, "took", time.Since(start).Round(time.Millisecond))
+	a.log.Info("capture rules installed", "engine", a.opts.Engine.Name(), "lockdown", p.Egress != nil, "allowedPrefixes", allowed, "allowedEndpoints", endpoints, "took", time.Since(start).Round(time.Millisecond))
 }
 
 // resolution is one host's answer, or the error that kept it.

@@ -193,24 +193,36 @@ func TestSnapshotsDriveNamesAndLockdown(t *testing.T) {
 	}
 
 	// Passthrough off: only endpoints, resolved hosts and VIPs are allowed.
+	// AllowedEgress is what a snapshot persisted by an earlier version
+	// holds: its addresses stay open on every port.
 	src.push(t, &mesh.AgentSnapshot{
-		Version:       "2",
-		Names:         map[string][]netip.Addr{"httpbin.mesh": {vip1}, "httpbin.org": {vip2}},
-		AllowedEgress: []netip.Prefix{netip.MustParsePrefix("192.0.2.10/32")},
-		DNSHosts:      []mesh.DNSHost{{Host: "httpbin.org", Port: 443}},
+		Version:          "2",
+		Names:            map[string][]netip.Addr{"httpbin.mesh": {vip1}, "httpbin.org": {vip2}},
+		AllowedEgress:    []netip.Prefix{netip.MustParsePrefix("192.0.2.10/32")},
+		AllowedEndpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.11:8443")},
+		DNSHosts:         []mesh.DNSHost{{Host: "httpbin.org", Port: 443}},
 	})
 	eventually(t, "httpbin.org to resolve", func() bool { return slices.Equal(lookup(t, a, "httpbin.org"), []string{"240.0.0.2"}) })
 	p, _, _ := eng.state()
 	if p.Egress == nil {
 		t.Fatal("passthrough disabled but egress not locked down")
 	}
-	want := []string{"192.0.2.10/32", "203.0.113.7/32", "240.0.0.0/4"}
+	want := []string{"192.0.2.10/32", "240.0.0.0/4"}
 	var got []string
 	for _, x := range p.Egress.Allowed {
 		got = append(got, x.String())
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("allowed egress %v, want %v", got, want)
+	}
+	// Endpoints keep their port; a resolved host gets its cluster's.
+	wantEP := []string{"192.0.2.11:8443", "203.0.113.7:443"}
+	got = nil
+	for _, x := range p.Egress.Endpoints {
+		got = append(got, x.String())
+	}
+	if !slices.Equal(got, wantEP) {
+		t.Errorf("allowed endpoints %v, want %v", got, wantEP)
 	}
 	if len(p.MeshCIDRs) != 1 || p.MeshCIDRs[0].String() != "10.244.0.0/16" {
 		t.Errorf("mesh CIDRs %v lost", p.MeshCIDRs)

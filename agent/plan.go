@@ -19,23 +19,17 @@ func desiredPlan(base *redirect.Plan, snap *mesh.AgentSnapshot, resolved map[str
 		p.Egress = nil
 		return p
 	}
-	p.Egress = &redirect.Egress{Allowed: allowedEgress(snap, resolved, vipRanges)}
+	p.Egress = &redirect.Egress{Allowed: allowedRanges(snap, vipRanges), Endpoints: allowedEndpoints(snap, resolved)}
 	return p
 }
 
-// allowedEgress is the snapshot's cluster endpoints, what its DNS-resolved
-// clusters resolve to now, and the VIP ranges, sorted and without
-// duplicates so that an unchanged set gives an identical plan.
-func allowedEgress(snap *mesh.AgentSnapshot, resolved map[string][]netip.Addr, vipRanges []netip.Prefix) []netip.Prefix {
+// allowedRanges is what stays open on every port: the VIP ranges, and the
+// port-less addresses of a snapshot persisted by an earlier version. Sorted
+// and without duplicates, so an unchanged set gives an identical plan.
+func allowedRanges(snap *mesh.AgentSnapshot, vipRanges []netip.Prefix) []netip.Prefix {
 	set := map[netip.Prefix]bool{}
 	for _, p := range snap.AllowedEgress {
 		set[p.Masked()] = true
-	}
-	for _, h := range snap.DNSHosts {
-		for _, a := range resolved[h.Host] {
-			a = a.Unmap()
-			set[netip.PrefixFrom(a, a.BitLen())] = true
-		}
 	}
 	for _, p := range vipRanges {
 		set[p.Masked()] = true
@@ -50,6 +44,27 @@ func allowedEgress(snap *mesh.AgentSnapshot, resolved map[string][]netip.Addr, v
 		}
 		return out[i].Bits() < out[j].Bits()
 	})
+	return out
+}
+
+// allowedEndpoints is the snapshot's cluster endpoints and what its
+// DNS-resolved clusters resolve to now, each with its cluster's port: the
+// proxy connects to that port, and to no other of the host.
+func allowedEndpoints(snap *mesh.AgentSnapshot, resolved map[string][]netip.Addr) []netip.AddrPort {
+	set := map[netip.AddrPort]bool{}
+	for _, ap := range snap.AllowedEndpoints {
+		set[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] = true
+	}
+	for _, h := range snap.DNSHosts {
+		for _, a := range resolved[h.Host] {
+			set[netip.AddrPortFrom(a.Unmap(), h.Port)] = true
+		}
+	}
+	out := make([]netip.AddrPort, 0, len(set))
+	for ap := range set {
+		out = append(out, ap)
+	}
+	slices.SortFunc(out, netip.AddrPort.Compare)
 	return out
 }
 

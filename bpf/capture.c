@@ -50,6 +50,16 @@ LPM_MAP(exclude_in_cidrs, 65536);
 /* Egress.Allowed and MeshCIDRs, when egress is locked down. */
 LPM_MAP(egress_allowed, 65536);
 
+/* Egress.Endpoints, when egress is locked down: TCP to this address and
+ * port. A map of its own, so the trie's layout stays as pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct endpoint);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} egress_endpoints SEC(".maps");
+
 /* The workload's own addresses: a destination among them is reached over
  * the loopback interface, as Plan.Explain's Iface "lo". */
 struct {
@@ -132,6 +142,11 @@ static __always_inline int pod_local_addr(struct pod *p, const struct addr *a)
 static __always_inline int pod_dns_server(struct pod *p, const struct addr *a)
 {
 	return bpf_map_lookup_elem(&dns_servers, a) != NULL;
+}
+
+static __always_inline int pod_endpoint(struct pod *p, const struct endpoint *e)
+{
+	return bpf_map_lookup_elem(&egress_endpoints, e) != NULL;
 }
 
 static __always_inline void *pod_trie(struct pod *p, enum trie which)

@@ -57,6 +57,15 @@ struct addr {
 	__u32 ip[4];
 };
 
+/* An endpoint of the proxy that lockdown lets TCP reach on this port only.
+ * family follows the address (AF_INET for ::ffff:a.b.c.d), never the
+ * socket, so a v4-mapped IPv6 socket matches the IPv4 entry. */
+struct endpoint {
+	__u32 ip[4];
+	__u16 port; /* host byte order */
+	__u16 family;
+};
+
 struct lpm_key {
 	__u32 prefixlen; /* of the 128-bit form */
 	__u32 ip[4];

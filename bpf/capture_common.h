@@ -86,6 +86,8 @@ static __always_inline void count(struct pod *p, __u32 which);
 /* Whether a is one of the pod's own addresses, or one of its resolvers. */
 static __always_inline int pod_local_addr(struct pod *p, const struct addr *a);
 static __always_inline int pod_dns_server(struct pod *p, const struct addr *a);
+/* Whether e is one of the pod's egress endpoints. */
+static __always_inline int pod_endpoint(struct pod *p, const struct endpoint *e);
 /* The pod's LPM trie, or NULL. */
 static __always_inline void *pod_trie(struct pod *p, enum trie which);
 /* Whether the pod's port table has flag (PORT_EXCLUDE_*) for port. */
@@ -195,11 +197,29 @@ static __always_inline int uid_excluded(struct pod *p, __u32 uid, __u16 port, __
 	return 0;
 }
 
+static __always_inline int is_endpoint(struct pod *p, const struct addr *a, __u16 port)
+{
+	struct endpoint e = {
+		.ip = {a->ip[0], a->ip[1], a->ip[2], a->ip[3]},
+		.port = port,
+		.family = is_v4mapped(a) ? AF_INET : AF_INET6,
+	};
+	return pod_endpoint(p, &e);
+}
+
 /* Egress lockdown of a connection capture lets through. The workload's own
- * addresses are loopback traffic, never egress. */
-static __always_inline enum verdict lockdown(struct pod *p, const struct addr *dst, int local)
+ * addresses are loopback traffic, never egress. An endpoint of the proxy
+ * opens its own TCP port only, so it is looked up with the port before the
+ * ranges of the trie, which open every port. */
+static __always_inline enum verdict lockdown(struct pod *p, const struct addr *dst, __u16 port, int tcp, int local)
 {
 	if (!(p->cfg->flags & CFG_EGRESS) || local || is_loopback(dst))
+		return PASS;
+	if (tcp && is_endpoint(p, dst, port))
+		return PASS;
+	/* The upstream nameservers stay reachable on port 53, as in
+	 * Plan.Explain: the proxy resolves its DNS clusters' hosts there. */
+	if (port == 53 && pod_dns_server(p, dst))
 		return PASS;
 	if (in_trie(p, TRIE_EGRESS_ALLOWED, dst))
 		return PASS;
@@ -228,9 +248,9 @@ static __always_inline enum verdict decide(struct pod *p, struct bpf_sock *sk, c
 	if (tcp && (cfg->flags & CFG_INBOUND) && local && uid == cfg->proxy_uid && !is_localhost(dst))
 		return REDIRECT_IN;
 	if (uid == cfg->proxy_uid)
-		return lockdown(p, dst, local);
+		return lockdown(p, dst, port, tcp, local);
 	if ((cfg->flags & CFG_PROXY_GID) && gid == cfg->proxy_gid)
-		return lockdown(p, dst, local);
+		return lockdown(p, dst, port, tcp, local);
 	if (uid_excluded(p, uid, port, proto))
 		return PASS;
 	if (dns) {
@@ -240,13 +260,13 @@ static __always_inline enum verdict decide(struct pod *p, struct bpf_sock *sk, c
 			return REDIRECT_DNS;
 	}
 	if (!tcp)
-		return lockdown(p, dst, local);
+		return lockdown(p, dst, port, tcp, local);
 	if (local)
 		return PASS;
 	if (in_trie(p, TRIE_EXCLUDE_OUT, dst))
-		return lockdown(p, dst, local);
+		return lockdown(p, dst, port, tcp, local);
 	if (pod_port_has(p, port, PORT_EXCLUDE_OUT))
-		return lockdown(p, dst, local);
+		return lockdown(p, dst, port, tcp, local);
 	return REDIRECT_OUT;
 }
 

@@ -40,6 +40,13 @@ struct pod_addr {
 	struct addr a;
 };
 
+/* An egress endpoint of one pod. */
+struct pod_endpoint {
+	__u64 pod; /* cgroup id */
+	struct endpoint e;
+	__u32 pad;
+};
+
 struct pod_rule {
 	__u64 pod;
 	__u32 index;
@@ -125,6 +132,16 @@ struct {
 	__type(key, struct pod_addr);
 	__type(value, __u8);
 } pod_local_addrs SEC(".maps");
+
+/* Each pod's Egress.Endpoints: a flat map keyed by the pod, as its
+ * addresses are; a new map, so the pinned ones keep their layout. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct pod_endpoint);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} pod_egress_endpoints SEC(".maps");
 
 /* The owner of each enrolled pod's addresses, for sk_lookup. */
 struct {
@@ -242,6 +259,12 @@ static __always_inline int pod_local_addr(struct pod *p, const struct addr *a)
 static __always_inline int pod_dns_server(struct pod *p, const struct addr *a)
 {
 	return pod_has_addr(&pod_dns_servers, p, a);
+}
+
+static __always_inline int pod_endpoint(struct pod *p, const struct endpoint *e)
+{
+	struct pod_endpoint k = {.pod = p->id, .e = *e};
+	return bpf_map_lookup_elem(&pod_egress_endpoints, &k) != NULL;
 }
 
 /* The pod's trie from one of the pod_* maps of maps. */

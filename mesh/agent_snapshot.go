@@ -18,8 +18,15 @@ type AgentSnapshot struct {
 	Names map[string][]netip.Addr `json:"names"`
 	// Passthrough is true iff the proxy was given an ORIGINAL_DST cluster.
 	Passthrough bool `json:"passthrough"`
-	// AllowedEgress are the endpoint addresses of the proxy's clusters
-	// (the ZoneEgress included), as host prefixes.
+	// AllowedEndpoints are the endpoints of the proxy's clusters (the
+	// ZoneEgress included), address and port: under lockdown each opens
+	// its own port only.
+	AllowedEndpoints []netip.AddrPort `json:"allowedEndpoints,omitempty"`
+	// AllowedEgress are host prefixes every port of which stays open. New
+	// snapshots leave it empty; it is read from snapshots persisted by
+	// versions that recorded endpoints without their port, so an agent
+	// restarted on one keeps what it allowed until the control plane
+	// answers.
 	AllowedEgress []netip.Prefix `json:"allowedEgress,omitempty"`
 	// DNSHosts are the hostnames of DNS-resolved clusters (LOGICAL_DNS,
 	// STRICT_DNS); the agent resolves them and allows what they resolve to.

@@ -156,6 +156,15 @@ func (p *Plan) lockdown(pkt Packet, v Verdict) Verdict {
 		v.Reason += fmt.Sprintf("; egress to the upstream DNS server %s is allowed", dst)
 		return v
 	}
+	// An endpoint opens its own TCP port only, and is checked before the
+	// ranges, as the engines do.
+	ep := netip.AddrPortFrom(dst, pkt.Dst.Port())
+	if pkt.Proto == "tcp" && slices.ContainsFunc(p.Egress.Endpoints, func(a netip.AddrPort) bool {
+		return a.Addr().Unmap() == dst && a.Port() == ep.Port()
+	}) {
+		v.Reason += fmt.Sprintf("; egress to %s is allowed (an endpoint of the proxy)", ep)
+		return v
+	}
 	if pfx, ok := matchPrefix(p.Egress.Allowed, dst); ok {
 		v.Reason += fmt.Sprintf("; egress to %s is allowed (%s)", dst, pfx)
 		return v
@@ -164,7 +173,7 @@ func (p *Plan) lockdown(pkt Packet, v Verdict) Verdict {
 		v.Reason += fmt.Sprintf("; egress to %s is allowed (mesh CIDR %s)", dst, pfx)
 		return v
 	}
-	return Verdict{Action: Reject, Reason: fmt.Sprintf("passthrough is disabled and %s is not a mesh destination, an allowed endpoint or an upstream DNS server", dst)}
+	return Verdict{Action: Reject, Reason: fmt.Sprintf("passthrough is disabled and %s %s is not a mesh destination, an allowed endpoint or an upstream DNS server", pkt.Proto, ep)}
 }
 
 func isLocalhost(a netip.Addr) bool {

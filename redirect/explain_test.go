@@ -83,6 +83,29 @@ func TestExplain(t *testing.T) {
 	if v := locked.Explain(proxy); v.Action != Pass {
 		t.Errorf("lockdown: the proxy to an allowed endpoint = %+v, want pass", v)
 	}
+	// An endpoint opens its TCP port only, not its host.
+	locked.Egress.Endpoints = []netip.AddrPort{netip.MustParseAddrPort("198.51.100.7:443"), netip.MustParseAddrPort("[2001:db8::7]:8443")}
+	for dst, want := range map[string]Action{
+		"198.51.100.7:443":          Pass,
+		"198.51.100.7:80":           Reject,
+		"198.51.100.8:443":          Reject,
+		"[2001:db8::7]:8443":        Pass,
+		"[2001:db8::7]:443":         Reject,
+		"[::ffff:198.51.100.7]:443": Pass,
+	} {
+		proxy.Dst = netip.MustParseAddrPort(dst)
+		proxy.Proto = "tcp"
+		if v := locked.Explain(proxy); v.Action != want {
+			t.Errorf("lockdown: the proxy to %s with endpoints %v = %+v, want %s", dst, locked.Egress.Endpoints, v, want)
+		}
+	}
+	proxy.Dst, proxy.Proto = netip.MustParseAddrPort("198.51.100.7:443"), "udp"
+	if v := locked.Explain(proxy); v.Action != Reject {
+		t.Errorf("lockdown: UDP to a TCP endpoint = %+v, want reject", v)
+	}
+	if err := (&Egress{Endpoints: []netip.AddrPort{netip.MustParseAddrPort("198.51.100.7:0")}}).Validate(); err == nil {
+		t.Error("an endpoint without a port validated")
+	}
 	dnsUp := out("10.96.0.10:53")
 	dnsUp.Proto, dnsUp.Mark = "udp", DefaultBypassMark
 	if v := locked.Explain(dnsUp); v.Action != Pass {

@@ -112,10 +112,56 @@ func joinStrings[T fmt.Stringer](v []T) string {
 }
 
 // Egress restricts where captured workloads may connect when the mesh
-// disables passthrough. Anything outside Allowed is refused at once (TCP
-// reset, ICMP unreachable), for the application and the proxy alike.
+// disables passthrough. Anything outside Allowed and Endpoints is refused at
+// once (TCP reset, ICMP unreachable), for the application and the proxy
+// alike.
 type Egress struct {
+	// Allowed are ranges every port and protocol of which stays reachable:
+	// the VIP ranges, and addresses whose port is not known (snapshots
+	// persisted by versions that recorded endpoints without their port).
 	Allowed []netip.Prefix `json:"allowed"`
+	// Endpoints are the proxy's upstream endpoints (cluster endpoints, the
+	// ZoneEgress, what DNS-resolved clusters resolve to). Each opens its own
+	// TCP port only: the spec lets nothing leave except to an endpoint of
+	// the proxy, not to any port of its host. UDP to an endpoint is not
+	// opened (the proxy's upstreams are TCP; upstream DNS servers are
+	// allowed on their own).
+	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
+}
+
+// Validate reports an endpoint no rule can express.
+func (e *Egress) Validate() error {
+	if e == nil {
+		return nil
+	}
+	for _, ap := range e.Endpoints {
+		a := ap.Addr()
+		switch {
+		case !ap.IsValid() || ap.Port() == 0:
+			return fmt.Errorf("egress endpoint %s: an address and a non-zero port are required", ap)
+		case a.Zone() != "":
+			return fmt.Errorf("egress endpoint %s: an address with a zone cannot be matched", ap)
+		}
+	}
+	for _, p := range e.Allowed {
+		if !p.IsValid() {
+			return fmt.Errorf("egress allowed range %s is not a prefix", p)
+		}
+	}
+	return nil
+}
+
+// EndpointsOf filters endpoints to one family; IPv4-mapped addresses count
+// as IPv4 and come back unmapped.
+func EndpointsOf(all []netip.AddrPort, v6 bool) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, ap := range all {
+		a := ap.Addr().Unmap()
+		if a.Is6() == v6 {
+			out = append(out, netip.AddrPortFrom(a, ap.Port()))
+		}
+	}
+	return out
 }
 
 // Plan is a validated, engine-neutral description of the capture.
@@ -196,7 +242,7 @@ func (p *Plan) Clone() *Plan {
 	c.ExcludeInterfaces = slices.Clone(p.ExcludeInterfaces)
 	c.MeshCIDRs = slices.Clone(p.MeshCIDRs)
 	if p.Egress != nil {
-		c.Egress = &Egress{Allowed: slices.Clone(p.Egress.Allowed)}
+		c.Egress = &Egress{Allowed: slices.Clone(p.Egress.Allowed), Endpoints: slices.Clone(p.Egress.Endpoints)}
 	}
 	return &c
 }

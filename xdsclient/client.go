@@ -228,7 +228,7 @@ func (c *Client) accept(snap *mesh.AgentSnapshot) {
 	c.status.SnapshotVersion = snap.Version
 	c.mu.Unlock()
 
-	c.log.Info("new snapshot", "version", snap.Version, "names", len(snap.Names), "passthrough", snap.Passthrough, "allowed_egress", len(snap.AllowedEgress), "dns_hosts", len(snap.DNSHosts))
+	c.log.Info("new snapshot", "version", snap.Version, "names", len(snap.Names), "passthrough", snap.Passthrough, "allowed_endpoints", len(snap.AllowedEndpoints), "dns_hosts", len(snap.DNSHosts))
 	// Only this goroutine sends, so after the drain there is room.
 	select {
 	case <-c.updates:
@@ -268,6 +268,9 @@ func sameContent(a, b *mesh.AgentSnapshot) bool {
 func normalise(s mesh.AgentSnapshot) mesh.AgentSnapshot {
 	if len(s.AllowedEgress) == 0 {
 		s.AllowedEgress = nil
+	}
+	if len(s.AllowedEndpoints) == 0 {
+		s.AllowedEndpoints = nil
 	}
 	if len(s.DNSHosts) == 0 {
 		s.DNSHosts = nil

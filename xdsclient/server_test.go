@@ -107,7 +107,7 @@ func TestNACKKeepsLastGoodSnapshot(t *testing.T) {
 	runClient(t, c)
 	first := nextUpdate(t, c, 5*time.Second, func(*mesh.AgentSnapshot) bool { return true })
 	if first.Version != "1/1/1" || !first.Passthrough ||
-		!slices.Equal(first.AllowedEgress, prefixes("192.0.2.1/32", "192.0.2.10/32")) ||
+		!slices.Equal(first.AllowedEndpoints, addrPorts("192.0.2.1:443", "192.0.2.10:10002")) ||
 		!slices.Equal(first.Names["httpbin.mesh"], addrs("240.0.0.1")) {
 		t.Fatalf("first snapshot = %+v", first)
 	}
@@ -156,7 +156,7 @@ func TestNACKKeepsLastGoodSnapshot(t *testing.T) {
 	srv.set(t, "node-1", "3", fixed, clusters[1:], []types.Resource{assignment("egress-svc", "192.0.2.11:10002")})
 	third := nextUpdate(t, c, 5*time.Second, func(*mesh.AgentSnapshot) bool { return true })
 	if third.Version != "3/3/3" || third.Passthrough || !slices.Equal(third.Names["new.mesh"], addrs("240.0.0.2")) ||
-		!slices.Equal(third.AllowedEgress, prefixes("192.0.2.1/32", "192.0.2.11/32")) {
+		!slices.Equal(third.AllowedEndpoints, addrPorts("192.0.2.1:443", "192.0.2.11:10002")) {
 		t.Errorf("snapshot after the fix = %+v", third)
 	}
 	if st := c.Status(); st.LastNACK != "" || st.Acked[ListenerType] != "3" {

@@ -93,7 +93,7 @@ type clusterEntry struct {
 	// from its assignment.
 	eds    string
 	isEDS  bool
-	egress []netip.Prefix
+	egress []netip.AddrPort
 	hosts  []mesh.DNSHost
 	err    error
 }
@@ -104,7 +104,7 @@ func newClusterEntry(c *clusterv3.Cluster) *clusterEntry {
 		e.err = fmt.Errorf("cluster %s: %w", c.GetName(), err)
 		return e
 	}
-	egress := map[netip.Prefix]struct{}{}
+	egress := map[netip.AddrPort]struct{}{}
 	hosts := map[mesh.DNSHost]struct{}{}
 	var err error
 	switch c.GetType() {
@@ -143,7 +143,7 @@ type endpointEntry struct {
 	// err is the assignment's own validation error; addErr is what makes
 	// its endpoints unusable for an EDS cluster.
 	err    error
-	egress []netip.Prefix
+	egress []netip.AddrPort
 	addErr error
 }
 
@@ -153,7 +153,7 @@ func newEndpointEntry(a *endpointv3.ClusterLoadAssignment) *endpointEntry {
 		e.err = fmt.Errorf("endpoints %s: %w", a.GetClusterName(), err)
 		return e
 	}
-	egress := map[netip.Prefix]struct{}{}
+	egress := map[netip.AddrPort]struct{}{}
 	if err := addEndpoints(egress, nil, a, false); err != nil {
 		e.addErr = err
 		return e
@@ -205,7 +205,7 @@ func compose(listeners []*listenerEntry, clusters []*clusterEntry, endpoints []*
 		cla[e.name] = e
 	}
 
-	egress := map[netip.Prefix]struct{}{}
+	egress := map[netip.AddrPort]struct{}{}
 	hosts := map[mesh.DNSHost]struct{}{}
 	for _, c := range clusters {
 		if c.err != nil {
@@ -235,9 +235,9 @@ func compose(listeners []*listenerEntry, clusters []*clusterEntry, endpoints []*
 	}
 
 	for p := range egress {
-		snap.AllowedEgress = append(snap.AllowedEgress, p)
+		snap.AllowedEndpoints = append(snap.AllowedEndpoints, p)
 	}
-	slices.SortFunc(snap.AllowedEgress, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	slices.SortFunc(snap.AllowedEndpoints, netip.AddrPort.Compare)
 	for h := range hosts {
 		snap.DNSHosts = append(snap.DNSHosts, h)
 	}
@@ -331,7 +331,7 @@ func addTable(names map[string][]netip.Addr, order *[]string, t *dnstablev3.DnsT
 // addEndpoints adds the IP endpoints of a load assignment to egress and,
 // when dnsOK, its hostnames to hosts. Without dnsOK (STATIC, EDS) a hostname
 // is an error: Envoy would refuse it too.
-func addEndpoints(egress map[netip.Prefix]struct{}, hosts map[mesh.DNSHost]struct{}, cla *endpointv3.ClusterLoadAssignment, dnsOK bool) error {
+func addEndpoints(egress map[netip.AddrPort]struct{}, hosts map[mesh.DNSHost]struct{}, cla *endpointv3.ClusterLoadAssignment, dnsOK bool) error {
 	for _, loc := range cla.GetEndpoints() {
 		for _, lb := range loc.GetLbEndpoints() {
 			ep := lb.GetEndpoint()
@@ -345,9 +345,14 @@ func addEndpoints(egress map[netip.Prefix]struct{}, hosts map[mesh.DNSHost]struc
 					// Pipes and internal addresses never leave the host.
 					continue
 				}
+				// Lockdown opens an endpoint's port only, so the
+				// port must be one a rule can name.
+				port := sa.GetPortValue()
 				if ip, err := netip.ParseAddr(sa.GetAddress()); err == nil && ip.Zone() == "" {
-					ip = ip.Unmap()
-					egress[netip.PrefixFrom(ip, ip.BitLen())] = struct{}{}
+					if port == 0 || port > 65535 {
+						return fmt.Errorf("endpoint %s: port %d is not usable", ip, port)
+					}
+					egress[netip.AddrPortFrom(ip.Unmap(), uint16(port))] = struct{}{}
 					continue
 				}
 				if !dnsOK {
@@ -357,7 +362,6 @@ func addEndpoints(egress map[netip.Prefix]struct{}, hosts map[mesh.DNSHost]struc
 				if host == "" {
 					return fmt.Errorf("endpoint address %q is not a hostname", sa.GetAddress())
 				}
-				port := sa.GetPortValue()
 				if port == 0 || port > 65535 {
 					return fmt.Errorf("endpoint %s: port %d is not usable", host, port)
 				}

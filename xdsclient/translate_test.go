@@ -110,10 +110,18 @@ func addrs(s ...string) []netip.Addr {
 	return out
 }
 
-func prefixes(s ...string) []netip.Prefix {
+func prefixesOf(s ...string) []netip.Prefix {
 	out := make([]netip.Prefix, len(s))
 	for i, p := range s {
 		out[i] = netip.MustParsePrefix(p)
+	}
+	return out
+}
+
+func addrPorts(s ...string) []netip.AddrPort {
+	out := make([]netip.AddrPort, len(s))
+	for i, p := range s {
+		out[i] = netip.MustParseAddrPort(p)
 	}
 	return out
 }
@@ -178,9 +186,11 @@ func TestTranslate(t *testing.T) {
 				assignment("not-used", "203.0.113.1:1"),
 			},
 			want: &mesh.AgentSnapshot{
-				Names:         map[string][]netip.Addr{},
-				AllowedEgress: prefixes("192.0.2.1/32", "192.0.2.10/32", "198.51.100.7/32", "2001:db8::1/128"),
-				DNSHosts:      []mesh.DNSHost{{Host: "httpbin.org", Port: 443}, {Host: "zone-1.httpbin.org", Port: 80}},
+				Names: map[string][]netip.Addr{},
+				// Each endpoint with its port: the same address on two
+				// ports is two endpoints.
+				AllowedEndpoints: addrPorts("192.0.2.1:80", "192.0.2.1:443", "192.0.2.10:10002", "198.51.100.7:80", "[2001:db8::1]:443"),
+				DNSHosts:         []mesh.DNSHost{{Host: "httpbin.org", Port: 443}, {Host: "zone-1.httpbin.org", Port: 80}},
 			},
 		},
 		{

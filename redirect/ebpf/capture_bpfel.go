@@ -46,6 +46,13 @@ type captureDnsState struct {
 	Replies   [16]captureOrigDst
 }
 
+type captureEndpoint struct {
+	_      structs.HostLayout
+	Ip     [4]uint32
+	Port   uint16
+	Family uint16
+}
+
 type captureLpmKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -84,6 +91,7 @@ const (
 	captureMapDnsServers      = "dns_servers"
 	captureMapDnsSk           = "dns_sk"
 	captureMapEgressAllowed   = "egress_allowed"
+	captureMapEgressEndpoints = "egress_endpoints"
 	captureMapExcludeInCidrs  = "exclude_in_cidrs"
 	captureMapExcludeOutCidrs = "exclude_out_cidrs"
 	captureMapInboundListener = "inbound_listener"
@@ -170,6 +178,7 @@ type captureMapSpecs struct {
 	DnsServers      *ebpf.MapSpec `ebpf:"dns_servers"`
 	DnsSk           *ebpf.MapSpec `ebpf:"dns_sk"`
 	EgressAllowed   *ebpf.MapSpec `ebpf:"egress_allowed"`
+	EgressEndpoints *ebpf.MapSpec `ebpf:"egress_endpoints"`
 	ExcludeInCidrs  *ebpf.MapSpec `ebpf:"exclude_in_cidrs"`
 	ExcludeOutCidrs *ebpf.MapSpec `ebpf:"exclude_out_cidrs"`
 	InboundListener *ebpf.MapSpec `ebpf:"inbound_listener"`
@@ -212,6 +221,7 @@ type captureMaps struct {
 	DnsServers      *ebpf.Map `ebpf:"dns_servers"`
 	DnsSk           *ebpf.Map `ebpf:"dns_sk"`
 	EgressAllowed   *ebpf.Map `ebpf:"egress_allowed"`
+	EgressEndpoints *ebpf.Map `ebpf:"egress_endpoints"`
 	ExcludeInCidrs  *ebpf.Map `ebpf:"exclude_in_cidrs"`
 	ExcludeOutCidrs *ebpf.Map `ebpf:"exclude_out_cidrs"`
 	InboundListener *ebpf.Map `ebpf:"inbound_listener"`
@@ -230,6 +240,7 @@ func (m *captureMaps) Close() error {
 		m.DnsServers,
 		m.DnsSk,
 		m.EgressAllowed,
+		m.EgressEndpoints,
 		m.ExcludeInCidrs,
 		m.ExcludeOutCidrs,
 		m.InboundListener,

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/shunt-dev/shunt/redirect"
 )
@@ -51,7 +52,7 @@ type entry struct {
 type contents struct {
 	name    string
 	array   bool
-	trie    bool             // an LPM trie: large, and diffed against the record
+	trie    bool             // large (an LPM trie, the endpoints): diffed against the record
 	entries map[string]entry // by string(key)
 }
 
@@ -206,12 +207,30 @@ func desired(p *redirect.Plan, local []netip.Addr) ([]*contents, error) {
 		allowed = append(append(allowed, p.Egress.Allowed...), p.MeshCIDRs...)
 	}
 
+	// A hash of its own rather than /128 entries of the trie: the trie's
+	// key has no port, and pinned maps keep their layout.
+	endpoints := newContents("egress_endpoints", false)
+	endpoints.trie = true
+	if p.Egress != nil {
+		for _, ap := range p.Egress.Endpoints {
+			a := ap.Addr().Unmap()
+			fam := uint16(unix.AF_INET6)
+			if a.Is4() {
+				fam = unix.AF_INET
+			}
+			endpoints.put(captureEndpoint{Ip: addr16(a), Port: ap.Port(), Family: fam}, uint8(1),
+				netip.AddrPortFrom(a, ap.Port()).String()+" tcp (egress endpoint)")
+		}
+	}
+
 	locals := newContents("local_addrs", false)
 	for _, a := range local {
 		locals.put(captureAddr{Ip: addr16(a)}, uint8(1), a.String())
 	}
 	dns := newContents("dns_servers", false)
-	if p.DNSMode == redirect.DNSResolvers {
+	// Lockdown reads the nameservers too (they stay reachable on port 53);
+	// only with DNSResolvers does capture redirect to them (CFG_DNS_RESOLVERS).
+	if p.DNSMode == redirect.DNSResolvers || p.Egress != nil {
 		for _, a := range p.DNSServers {
 			dns.put(captureAddr{Ip: addr16(a)}, uint8(1), a.String()+" ("+p.ResolvConf+")")
 		}
@@ -224,6 +243,7 @@ func desired(p *redirect.Plan, local []netip.Addr) ([]*contents, error) {
 		trie("exclude_out_cidrs", p.ExcludeOutboundCIDRs, "(excludeOutboundCidrs)"),
 		trie("exclude_in_cidrs", p.ExcludeInboundCIDRs, "(excludeInboundCidrs)"),
 		trie("egress_allowed", allowed, "(egress allowed)"),
+		endpoints,
 		locals,
 		dns,
 	}, nil
@@ -232,6 +252,9 @@ func desired(p *redirect.Plan, local []netip.Addr) ([]*contents, error) {
 // supported refuses what the socket hooks cannot express, rather than
 // capturing differently from the plan.
 func supported(p *redirect.Plan) error {
+	if err := p.Egress.Validate(); err != nil {
+		return err
+	}
 	if len(p.ExcludeInterfaces) > 0 {
 		return errors.New("excludeInterfaces is not supported by the eBPF engine (socket hooks run before routing picks an interface); use the iptables engine")
 	}

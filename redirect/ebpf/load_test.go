@@ -40,3 +40,21 @@ func TestVerifierAcceptsPrograms(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifierAcceptsNodePrograms loads the node object's programs.
+func TestVerifierAcceptsNodePrograms(t *testing.T) {
+	requireRoot(t)
+	spec, err := loadNodeCapture()
+	if err != nil {
+		t.Fatal(err)
+	}
+	coll, err := ebpf.NewCollection(spec)
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		t.Fatalf("verifier: %+v", ve)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	coll.Close()
+}

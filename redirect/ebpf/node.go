@@ -262,6 +262,8 @@ var (
 		"uid_rules":   "pod_uid_rules",
 		"local_addrs": "pod_local_addrs",
 		"dns_servers": "pod_dns_servers",
+		// Endpoints of several pods may be the same address and port.
+		"egress_endpoints": "pod_egress_endpoints",
 	}
 )
 
@@ -269,12 +271,13 @@ func podKey(id uint64) []byte { return mustBytes(id) }
 
 // prefixed turns a per-cgroup map's contents into the pod's share of a
 // flat node map: every key gets the cgroup id in front (and uid rule
-// indices the padding of struct pod_rule).
+// indices and endpoints the padding of their pod_ struct).
 func prefixed(c *contents, id uint64) *contents {
 	out := newContents(c.name, false)
 	for _, e := range c.entries {
 		k := append(podKey(id), e.key...)
-		if c.name == "uid_rules" {
+		if c.name == "uid_rules" || c.name == "egress_endpoints" {
+			// The padding of struct pod_rule, struct pod_endpoint.
 			k = append(k, 0, 0, 0, 0)
 		}
 		out.entries[string(k)] = entry{key: k, value: e.value, text: e.text}

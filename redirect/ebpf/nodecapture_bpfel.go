@@ -64,6 +64,18 @@ type nodeCapturePodAddr struct {
 	A   nodeCaptureAddr
 }
 
+type nodeCapturePodEndpoint struct {
+	_   structs.HostLayout
+	Pod uint64
+	E   struct {
+		_      structs.HostLayout
+		Ip     [4]uint32
+		Port   uint16
+		Family uint16
+	}
+	Pad uint32
+}
+
 type nodeCapturePodListener struct {
 	_      structs.HostLayout
 	Pod    uint64
@@ -113,6 +125,7 @@ const (
 	nodeCaptureMapPeerOrig           = "peer_orig"
 	nodeCaptureMapPodDnsServers      = "pod_dns_servers"
 	nodeCaptureMapPodEgressAllowed   = "pod_egress_allowed"
+	nodeCaptureMapPodEgressEndpoints = "pod_egress_endpoints"
 	nodeCaptureMapPodExcludeInCidrs  = "pod_exclude_in_cidrs"
 	nodeCaptureMapPodExcludeOutCidrs = "pod_exclude_out_cidrs"
 	nodeCaptureMapPodLocalAddrs      = "pod_local_addrs"
@@ -201,6 +214,7 @@ type nodeCaptureMapSpecs struct {
 	PeerOrig           *ebpf.MapSpec `ebpf:"peer_orig"`
 	PodDnsServers      *ebpf.MapSpec `ebpf:"pod_dns_servers"`
 	PodEgressAllowed   *ebpf.MapSpec `ebpf:"pod_egress_allowed"`
+	PodEgressEndpoints *ebpf.MapSpec `ebpf:"pod_egress_endpoints"`
 	PodExcludeInCidrs  *ebpf.MapSpec `ebpf:"pod_exclude_in_cidrs"`
 	PodExcludeOutCidrs *ebpf.MapSpec `ebpf:"pod_exclude_out_cidrs"`
 	PodLocalAddrs      *ebpf.MapSpec `ebpf:"pod_local_addrs"`
@@ -245,6 +259,7 @@ type nodeCaptureMaps struct {
 	PeerOrig           *ebpf.Map `ebpf:"peer_orig"`
 	PodDnsServers      *ebpf.Map `ebpf:"pod_dns_servers"`
 	PodEgressAllowed   *ebpf.Map `ebpf:"pod_egress_allowed"`
+	PodEgressEndpoints *ebpf.Map `ebpf:"pod_egress_endpoints"`
 	PodExcludeInCidrs  *ebpf.Map `ebpf:"pod_exclude_in_cidrs"`
 	PodExcludeOutCidrs *ebpf.Map `ebpf:"pod_exclude_out_cidrs"`
 	PodLocalAddrs      *ebpf.Map `ebpf:"pod_local_addrs"`
@@ -265,6 +280,7 @@ func (m *nodeCaptureMaps) Close() error {
 		m.PeerOrig,
 		m.PodDnsServers,
 		m.PodEgressAllowed,
+		m.PodEgressEndpoints,
 		m.PodExcludeInCidrs,
 		m.PodExcludeOutCidrs,
 		m.PodLocalAddrs,

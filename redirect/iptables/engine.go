@@ -95,6 +95,9 @@ func (e *Engine) inNetns(f func() error) error {
 // Render implements redirect.Engine: the iptables-restore input of each
 // family, as an install into a namespace without shunt rules would apply it.
 func (e *Engine) Render(_ context.Context, p *redirect.Plan) (map[string]string, error) {
+	if err := p.Egress.Validate(); err != nil {
+		return nil, err
+	}
 	out := map[string]string{"ipv4": RestoreInput(newRuleset(), Render(p, false))}
 	if p.IPFamily == redirect.FamilyDual {
 		out["ipv6"] = RestoreInput(newRuleset(), Render(p, true))
@@ -177,6 +180,9 @@ func (e *Engine) dumpAll(ctx context.Context, vs []variant) ([]*Dump, []error) {
 
 // Install implements redirect.Engine.
 func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
+	if err := p.Egress.Validate(); err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
 	unlock, prev, err := e.begin(ctx, "install")
 	if err != nil {
 		return err

@@ -217,6 +217,10 @@ func (r *renderer) egress() {
 	for _, c := range redirect.PrefixesOf(p.Egress.Allowed, r.v6) {
 		e("-d " + c.String() + " -j RETURN")
 	}
+	// An endpoint of the proxy opens its TCP port, not its whole host.
+	for _, ep := range redirect.EndpointsOf(p.Egress.Endpoints, r.v6) {
+		e(fmt.Sprintf("-d %s -p tcp -m tcp --dport %d -j RETURN", r.host(ep.Addr()), ep.Port()))
+	}
 	for _, ns := range p.DNSServersOf(r.v6) {
 		e("-d " + r.host(ns) + " -p udp -m udp --dport 53 -j RETURN")
 		e("-d " + r.host(ns) + " -p tcp -m tcp --dport 53 -j RETURN")

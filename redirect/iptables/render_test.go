@@ -48,7 +48,8 @@ func scenarios(t *testing.T) map[string]*redirect.Plan {
 		"no-dns-custom-ports": mk(map[string]string{"noDNS": "true", "inboundPort": "16006", "outboundPort": "16001", "dnsPort": "16053", "proxyUID": "1337"}, nil),
 		"ipv4-only":           mk(map[string]string{"ipFamily": "ipv4"}, nil),
 		"lockdown": mk(map[string]string{"meshCidrs": "10.244.0.0/16,10.96.0.0/12,fd00:244::/56"}, func(p *redirect.Plan) {
-			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{netip.MustParsePrefix("240.0.0.0/4"), netip.MustParsePrefix("10.1.0.9/32"), netip.MustParsePrefix("fd00:f::/48")}}
+			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{netip.MustParsePrefix("240.0.0.0/4"), netip.MustParsePrefix("10.1.0.9/32"), netip.MustParsePrefix("fd00:f::/48")},
+				Endpoints: []netip.AddrPort{netip.MustParseAddrPort("203.0.113.5:443"), netip.MustParseAddrPort("[::ffff:203.0.113.6]:8443"), netip.MustParseAddrPort("[fd00:e::5]:443")}}
 		}),
 	}
 }

@@ -196,6 +196,18 @@ func testPassthroughDisabled(t *testing.T, engine string) {
 		t.Errorf("non-mesh connection failed after %v, want under 100ms", took)
 	}
 	t.Logf("non-mesh connection refused in %v", took)
+
+	// httpbin.org resolves to the internet's address, an allowed endpoint
+	// on 443 only: its port 80 (nginx listens there) stays out of reach,
+	// for the proxy (not captured) and the application alike.
+	took = dialTime(t, w, proxyUID, internetIP+":80")
+	if took > 100*time.Millisecond {
+		t.Errorf("another port of an endpoint's address failed after %v, want under 100ms", took)
+	}
+	if got, err := w.curl(appUID, "http://"+internetIP+":80/"); err == nil && strings.Contains(got, "httpbin") {
+		t.Errorf("the application reached %s:80, an endpoint's address on another port: %q", internetIP, got)
+	}
+	t.Logf("another port of an allowed endpoint's address refused in %v", took)
 }
 
 // dialTime connects from the pod as uid with bash's /dev/tcp and returns

@@ -137,6 +137,44 @@ func TestEgressLockdown(t *testing.T) {
 	}
 }
 
+// An endpoint of the proxy opens its own port, not its host.
+func TestEgressLockdownEndpoints(t *testing.T) {
+	pod := ebpftest.NewPod(t)
+	pod.Remote.MustRun("ip", "addr", "add", "10.1.0.3/24", "dev", pod.Peer.Dev)
+	remote := pod.StartRemote("echo-server", "10.1.0.3:8080", "10.1.0.3:2222")
+	ebpftest.WaitOutput(t, remote, "listening 10.1.0.3:2222")
+	haproxy := pod.HAProxy(redirect.DefaultOutboundPort)
+	plan := ebpftest.Plan()
+	plan.CaptureInbound = false
+	plan.ExcludeOutboundPorts = []redirect.PortRange{{First: 2222, Last: 2222}}
+	plan.Egress = &redirect.Egress{Endpoints: []netip.AddrPort{netip.MustParseAddrPort("10.1.0.3:8080")}}
+	pod.Install(plan)
+
+	for _, uid := range []int{proxy, app} {
+		out, err := dial(t, pod, uid, "10.1.0.3:8080", "endpoint")
+		if err != nil {
+			t.Fatalf("uid %d to the allowed endpoint: %v\n%s\n%s", uid, err, out, haproxy.Output())
+		}
+		mustContain(t, out, "echo endpoint")
+	}
+	for _, uid := range []int{proxy, app} {
+		start := time.Now()
+		out, err := dial(t, pod, uid, "10.1.0.3:2222", "other-port")
+		if err == nil {
+			t.Fatalf("uid %d reached another port of an endpoint's address:\n%s", uid, out)
+		}
+		mustContain(t, out, "operation not permitted")
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("uid %d: failing took %s:\n%s", uid, d, out)
+		}
+	}
+	// Endpoints are TCP: UDP to the same address and port stays refused.
+	out, err := pod.RunInPod(app, app, pod.Helper("udp-send", "10.1.0.3:8080")...)
+	if err == nil || !strings.Contains(out, "operation not permitted") {
+		t.Fatalf("UDP to a TCP endpoint: %v\n%s", err, out)
+	}
+}
+
 func TestInbound(t *testing.T) {
 	pod := ebpftest.NewPod(t)
 	pod.Remote.MustRun("ip", "addr", "add", "10.1.0.3/24", "dev", pod.Peer.Dev)
