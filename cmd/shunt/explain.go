@@ -34,6 +34,9 @@ func newExplainCommand() *cobra.Command {
 			if direction != "out" && direction != "in" {
 				return usageErrorf("--direction: invalid value %q: want out or in", direction)
 			}
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			pkt := redirect.Packet{Direction: redirect.Direction(direction), Proto: proto, Dst: ap, UID: uint32(uid), Iface: iface}
 			if src != "" {
 				if pkt.Src, err = netip.ParseAddr(src); err != nil {
@@ -59,6 +62,9 @@ func newExplainCommand() *cobra.Command {
 				return err
 			}
 			w := cmd.OutOrStdout()
+			// The engine knows what is installed (a pod enrolled in the
+			// node's eBPF programs has no record here) and whether the
+			// kernel still matches it.
 			st, err := redirect.LoadState(cfg.Get("stateDir"))
 			if err != nil {
 				return err
@@ -68,9 +74,8 @@ func newExplainCommand() *cobra.Command {
 				plan = st.Plan
 				adoptState(cfg, st)
 			}
-			// The engine knows what is installed (a pod enrolled in the
-			// node's eBPF programs has no record here) and whether the
-			// kernel still matches it.
+			// Without an engine (none can run here) the recorded plan is
+			// still explained.
 			if eng, err := newEngine(cfg); err == nil {
 				if s, err := eng.Status(cmd.Context()); err == nil && s.Installed {
 					if plan == nil {
@@ -104,7 +109,7 @@ func newExplainCommand() *cobra.Command {
 	f.IntVar(&gid, "gid", -1, "GID of the sending process (outbound)")
 	f.StringVar(&mark, "mark", "", "socket mark of the sender")
 	f.StringVar(&iface, "iface", "", "interface the packet leaves (out) or arrives on (in); lo for local traffic")
-	f.StringVarP(&output, "output", "o", "text", "output format: text or json")
+	outputFlag(cmd, &output)
 	_ = cmd.MarkFlagRequired("dst")
 	captureFlags(cmd)
 	return cmd

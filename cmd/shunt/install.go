@@ -90,8 +90,8 @@ atomically. On failure the rules are left as they were.`,
   SHUNT_PROXY_UID=envoy shunt install --config /etc/shunt/capture.yaml --dry-run`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "text" && output != "json" {
-				return usageErrorf("-o: invalid value %q: want text or json", output)
+			if err := checkOutput(output); err != nil {
+				return err
 			}
 			cfg, err := loadCaptureConfig(cmd)
 			if err != nil {
@@ -138,7 +138,7 @@ atomically. On failure the rules are left as they were.`,
 	captureFlags(cmd)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be applied (the iptables-restore input of each family) and change nothing")
 	cmd.Flags().BoolVar(&validateCapture, "validate", false, "after installing, prove outbound capture works with a probe connection redirected to the outbound port (run before the proxy starts; exit 1 if it is not redirected)")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	outputFlag(cmd, &output)
 	return cmd
 }
 
@@ -180,6 +180,31 @@ func recordEngine(cfg *redirect.Config, eng redirect.Engine, plan *redirect.Plan
 		Engine: b.Name(), Netns: cfg.Get("netns"), Cgroup: cfg.Get("cgroup"), PinDir: b.PinDir(),
 		Plan: plan, InstalledAt: time.Now().UTC(),
 	})
+}
+
+// recordedEngine returns the engine holding the capture recorded in the
+// state directory (the configured one when nothing is recorded), and the
+// record: status, explain and uninstall act on what was installed.
+func recordedEngine(cfg *redirect.Config) (redirect.Engine, *redirect.State, error) {
+	st, err := redirect.LoadState(cfg.Get("stateDir"))
+	if err != nil {
+		return nil, nil, err
+	}
+	adoptState(cfg, st)
+	eng, err := newEngine(cfg)
+	return eng, st, err
+}
+
+// outputFlag registers -o/--output, checked by checkOutput.
+func outputFlag(cmd *cobra.Command, output *string) {
+	cmd.Flags().StringVarP(output, "output", "o", "text", "output format: text or json")
+}
+
+func checkOutput(output string) error {
+	if output != "text" && output != "json" {
+		return usageErrorf("-o: invalid value %q: want text or json", output)
+	}
+	return nil
 }
 
 // adoptState takes the engine and its location from what install recorded.
@@ -242,12 +267,7 @@ built-in chains. Rules shunt did not create are left alone.`,
 			if err != nil {
 				return err
 			}
-			st, err := redirect.LoadState(cfg.Get("stateDir"))
-			if err != nil {
-				return err
-			}
-			adoptState(cfg, st)
-			eng, err := newEngine(cfg)
+			eng, _, err := recordedEngine(cfg)
 			if err != nil {
 				return err
 			}
@@ -294,17 +314,14 @@ Exit status: 0 installed and matching, 3 drifted (a rule was changed or removed
 by someone else), 4 not installed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "text" && output != "json" {
-				return usageErrorf("-o: invalid value %q: want text or json", output)
+			if err := checkOutput(output); err != nil {
+				return err
 			}
 			cfg, err := loadCaptureConfig(cmd)
 			if err != nil {
 				return err
 			}
-			if st, err := redirect.LoadState(cfg.Get("stateDir")); err == nil {
-				adoptState(cfg, st)
-			}
-			eng, err := newEngine(cfg)
+			eng, _, err := recordedEngine(cfg)
 			if err != nil {
 				return err
 			}
@@ -329,7 +346,7 @@ by someone else), 4 not installed.`,
 		},
 	}
 	captureFlags(cmd, "netns", "stateDir", "engine", "cgroup", "bpfPinDir")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	outputFlag(cmd, &output)
 	return cmd
 }
 
