@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# gofmt, go vet and staticcheck over the whole module; fails on any finding.
+# gofmt, go mod tidy, go vet and staticcheck over the whole module; fails on
+# any finding.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -10,5 +11,6 @@ if [ -n "$unformatted" ]; then
   echo "$unformatted" >&2
   exit 1
 fi
+go mod tidy -diff
 go vet ./...
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
