@@ -85,9 +85,9 @@ func (s *Server) identityLocked(gen *generation, m mesh.MeshConfig, service stri
 	return id, nil
 }
 
-// meshSecrets are a proxy's SDS secrets for one mesh: its identity, and the
+// MeshSecrets are a proxy's SDS secrets for one mesh: its identity, and the
 // mesh CA it verifies peers against.
-func meshSecrets(ca *meshca.Authority, id meshca.Identity) []types.Resource {
+func MeshSecrets(ca *meshca.Authority, id meshca.Identity) []types.Resource {
 	return []types.Resource{
 		&tlsv3.Secret{Name: IdentitySecretName(ca.Mesh), Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 			CertificateChain: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: id.CertPEM}},

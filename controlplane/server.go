@@ -403,7 +403,7 @@ func (s *Server) snapshotLocked(gen *generation, k nodeKey) (*cache.Snapshot, er
 			if err != nil {
 				return nil, fmt.Errorf("identity of %s in mesh %q: %w", k.service, k.mesh, err)
 			}
-			secrets, ids = meshSecrets(gen.cas[k.mesh], id), []meshca.Identity{id}
+			secrets, ids = MeshSecrets(gen.cas[k.mesh], id), []meshca.Identity{id}
 		}
 	}
 	snap, err := cache.NewSnapshot(secretsVersion(gen.version, ids), map[resource.Type][]types.Resource{
@@ -443,7 +443,7 @@ func (s *Server) egressLocked(gen *generation, name string) (Resources, []types.
 		if err != nil {
 			return Resources{}, nil, nil, fmt.Errorf("identity of ZoneEgress %s in mesh %q: %w", eg.Name, m, err)
 		}
-		secrets = append(secrets, meshSecrets(gen.cas[m], id)...)
+		secrets = append(secrets, MeshSecrets(gen.cas[m], id)...)
 		ids = append(ids, id)
 	}
 	out, err := TranslateEgress(*eg, views, s.tr)
