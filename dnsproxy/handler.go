@@ -40,8 +40,9 @@ func (s *Server) handle(ctx context.Context, req []byte, tcp bool) (resp []byte)
 	switch {
 	case m.Opcode != dns.OpcodeQuery:
 		r, outcome = reply(m, dns.RcodeNotImplemented), OutcomeFormErr
-	case len(m.Question) != 1:
+	case len(m.Question) != 1, !oneOPT(m):
 		r, outcome = reply(m, dns.RcodeFormatError), OutcomeFormErr
+		opt = nil // which of the OPT records would be the client's is not known
 	case opt != nil && opt.Version() != 0:
 		r, outcome = reply(m, dns.RcodeBadVers), OutcomeFormErr
 	default:
@@ -62,6 +63,25 @@ func (s *Server) handle(ctx context.Context, req []byte, tcp bool) (resp []byte)
 		return errorHeader(req, dns.RcodeServerFailure)
 	}
 	return b
+}
+
+// oneOPT reports whether m has at most one OPT record, and that one in the
+// additional section: RFC 6891 section 6.1.1 makes anything else FORMERR.
+func oneOPT(m *dns.Msg) bool {
+	n := 0
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns} {
+		for _, rr := range sec {
+			if rr.Header().Rrtype == dns.TypeOPT {
+				return false
+			}
+		}
+	}
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			n++
+		}
+	}
+	return n <= 1
 }
 
 func udpSize(opt *dns.OPT) uint16 {

@@ -274,6 +274,10 @@ func TestMalformedQueries(t *testing.T) {
 		{"response bit set", append([]byte{packed[0], packed[1], 0x81}, packed[3:]...), -1},
 		{"two questions", twoQuestions(), dns.RcodeFormatError},
 		{"notify opcode", opcode(dns.OpcodeNotify), dns.RcodeNotImplemented},
+		// RFC 6891 section 6.1.1: more than one OPT RR is FORMERR.
+		{"two OPT records", twoOPTs("httpbin.mesh."), dns.RcodeFormatError},
+		{"two OPT records, forwarded name", twoOPTs("www.example.org."), dns.RcodeFormatError},
+		{"OPT in the answer section", optInAnswer(), dns.RcodeFormatError},
 	}
 	buf := make([]byte, 4096)
 	for _, c := range cases {
@@ -311,6 +315,23 @@ func twoQuestions() []byte {
 	m := new(dns.Msg)
 	m.SetQuestion("a.mesh.", dns.TypeA)
 	m.Question = append(m.Question, dns.Question{Name: "b.mesh.", Qtype: dns.TypeA, Qclass: dns.ClassINET})
+	b, _ := m.Pack()
+	return b
+}
+
+func twoOPTs(name string) []byte {
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	m.SetEdns0(1232, false)
+	m.SetEdns0(4096, false)
+	b, _ := m.Pack()
+	return b
+}
+
+func optInAnswer() []byte {
+	m := new(dns.Msg)
+	m.SetQuestion("httpbin.mesh.", dns.TypeA)
+	m.Answer = append(m.Answer, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: 1232}})
 	b, _ := m.Pack()
 	return b
 }
