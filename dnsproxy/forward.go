@@ -72,6 +72,16 @@ func (f *forwarder) order(now time.Time) []*upstream {
 	return out
 }
 
+// anyHealthy reports whether some upstream is not known to be failing.
+func (f *forwarder) anyHealthy(now time.Time) bool {
+	for _, u := range *f.ups.Load() {
+		if u.healthy(now) {
+			return true
+		}
+	}
+	return false
+}
+
 type attemptResult struct {
 	m   *dns.Msg
 	err error

@@ -136,10 +136,16 @@ type Server struct {
 
 	inflight chan struct{}
 	tcpSlots chan struct{}
-	running  atomic.Bool
-	ready    chan struct{}
-	addrsMu  sync.Mutex
-	addrs    []net.Addr
+	// refreshes are the upstream queries under way for expired cache
+	// entries, by key; background tracks them (and other work that
+	// outlives the query that started it) so that Serve waits for them.
+	refreshMu  sync.Mutex
+	refreshes  map[cacheKey]*refreshing
+	background sync.WaitGroup
+	running    atomic.Bool
+	ready      chan struct{}
+	addrsMu    sync.Mutex
+	addrs      []net.Addr
 }
 
 // New checks cfg and builds a Server. It fails when a listen address is not
@@ -164,6 +170,8 @@ func New(cfg Config) (*Server, error) {
 		inflight: make(chan struct{}, cfg.MaxInFlight),
 		tcpSlots: make(chan struct{}, cfg.MaxTCPConns),
 		ready:    make(chan struct{}),
+
+		refreshes: make(map[cacheKey]*refreshing),
 	}
 	for _, z := range cfg.LocalZones {
 		s.zones = append(s.zones, strings.ToLower(dns.Fqdn(z)))
@@ -361,7 +369,7 @@ func (s *Server) Serve(ctx context.Context, pcs []net.PacketConn, lns []net.List
 	}
 	conns.closeIdle()
 	done := make(chan struct{})
-	go func() { wg.Wait(); handlers.Wait(); close(done) }()
+	go func() { wg.Wait(); handlers.Wait(); s.background.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(s.cfg.DrainTimeout):
