@@ -73,11 +73,16 @@ type Config struct {
 	// exempted UID). The CLI defaults to DefaultUpstreamMark.
 	UpstreamMark uint32
 
-	MaxTCPConns    int           // default 256
-	TCPIdleTimeout time.Duration // default 10s
-	MaxMessageSize int           // largest query accepted; default 4096
-	MaxInFlight    int           // forwarded queries at once; default 2048
-	DrainTimeout   time.Duration // how long Run waits for in-flight queries; default 3s
+	MaxTCPConns int // default 256
+	// MaxTCPConnsPerPeer bounds the TCP connections of one client address;
+	// default a quarter of MaxTCPConns. Over either bound the connection
+	// idle longest (of that client, or of the client with the most) is
+	// closed to make room; one with a query being answered never is.
+	MaxTCPConnsPerPeer int
+	TCPIdleTimeout     time.Duration // default 10s
+	MaxMessageSize     int           // largest query accepted; default 4096
+	MaxInFlight        int           // forwarded queries at once; default 2048
+	DrainTimeout       time.Duration // how long Run waits for in-flight queries; default 3s
 
 	Logger *slog.Logger // default slog.Default()
 }
@@ -100,6 +105,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxTCPConns <= 0 {
 		c.MaxTCPConns = 256
+	}
+	if c.MaxTCPConnsPerPeer <= 0 {
+		c.MaxTCPConnsPerPeer = max(1, c.MaxTCPConns/4)
 	}
 	if c.TCPIdleTimeout <= 0 {
 		c.TCPIdleTimeout = 10 * time.Second
@@ -135,7 +143,6 @@ type Server struct {
 	metrics    *Metrics
 
 	inflight chan struct{}
-	tcpSlots chan struct{}
 	// refreshes are the upstream queries under way for expired cache
 	// entries, by key; background tracks them (and other work that
 	// outlives the query that started it) so that Serve waits for them.
@@ -168,7 +175,6 @@ func New(cfg Config) (*Server, error) {
 		metrics:  newMetrics(),
 		cache:    newCache(cfg.Cache),
 		inflight: make(chan struct{}, cfg.MaxInFlight),
-		tcpSlots: make(chan struct{}, cfg.MaxTCPConns),
 		ready:    make(chan struct{}),
 
 		refreshes: make(map[cacheKey]*refreshing),
@@ -347,7 +353,7 @@ func (s *Server) Serve(ctx context.Context, pcs []net.PacketConn, lns []net.List
 			s.serveUDP(ctx, work, pc, &handlers)
 		}()
 	}
-	conns := newConnSet()
+	conns := newConnSet(s.cfg.MaxTCPConns, s.cfg.MaxTCPConnsPerPeer)
 	for _, ln := range lns {
 		wg.Add(1)
 		go func() {

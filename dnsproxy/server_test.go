@@ -365,7 +365,7 @@ func TestTCPLimitsAndNoGoroutineLeak(t *testing.T) {
 	before := runtime.NumGoroutine()
 	func() {
 		srv, err := New(Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, UDPSockets: 2,
-			Table: meshTable(), Upstreams: []netip.AddrPort{up.addr}, MaxTCPConns: 4, TCPIdleTimeout: 1500 * time.Millisecond, Logger: quiet()})
+			Table: meshTable(), Upstreams: []netip.AddrPort{up.addr}, MaxTCPConns: 4, MaxTCPConnsPerPeer: 4, TCPIdleTimeout: 1500 * time.Millisecond, Logger: quiet()})
 		if err != nil {
 			t.Fatal(err)
 		}
