@@ -96,11 +96,20 @@ type batchConn interface {
 	WriteBatch([]ipv4.Message, int) (int, error)
 }
 
+// slowUDP hands a query the fast path did not answer to its own goroutine.
+// The reader never waits here: when the client already has its share of
+// the forwarding slots in use, or every slot is taken, the query is
+// dropped and the client retries (possibly elsewhere). The share is what
+// keeps one flooding client from taking the slots of everyone else.
 func (s *Server) slowUDP(work context.Context, req []byte, from netip.AddrPort, write func([]byte, netip.AddrPort), handlers *sync.WaitGroup) {
+	if !s.clients.acquire(from) {
+		s.metrics.query(0, OutcomeDropped)
+		return
+	}
 	select {
 	case s.inflight <- struct{}{}:
 	default:
-		// Overloaded: dropping lets the client retry, possibly elsewhere.
+		s.clients.release(from)
 		s.metrics.query(0, OutcomeDropped)
 		return
 	}
@@ -108,11 +117,56 @@ func (s *Server) slowUDP(work context.Context, req []byte, from netip.AddrPort, 
 	handlers.Add(1)
 	go func() {
 		defer handlers.Done()
+		defer s.clients.release(from)
 		defer func() { <-s.inflight }()
 		if resp := s.handle(work, cp, false); resp != nil {
 			write(resp, from)
 		}
 	}()
+}
+
+// clientShares counts the forwarding slots each client (source address and
+// port: the finest identity a UDP datagram carries) holds, so that none
+// takes more than its share of MaxInFlight.
+type clientShares struct {
+	max    int
+	shards [16]struct {
+		mu sync.Mutex
+		n  map[netip.AddrPort]int
+	}
+}
+
+func newClientShares(max int) *clientShares {
+	c := &clientShares{max: max}
+	for i := range c.shards {
+		c.shards[i].n = map[netip.AddrPort]int{}
+	}
+	return c
+}
+
+func (c *clientShares) shard(a netip.AddrPort) int {
+	b := a.Addr().As16()
+	return int(b[15]^b[14]^byte(a.Port())^byte(a.Port()>>8)) % len(c.shards)
+}
+
+func (c *clientShares) acquire(a netip.AddrPort) bool {
+	sh := &c.shards[c.shard(a)]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.n[a] >= c.max {
+		return false
+	}
+	sh.n[a]++
+	return true
+}
+
+func (c *clientShares) release(a netip.AddrPort) {
+	sh := &c.shards[c.shard(a)]
+	sh.mu.Lock()
+	if sh.n[a]--; sh.n[a] <= 0 {
+		delete(sh.n, a)
+	}
+	sh.mu.Unlock()
 }
 
 // serveUDPSimple serves a PacketConn that is not a *net.UDPConn, one
@@ -446,6 +500,7 @@ func (s *Server) serveConn(stop, work context.Context, c net.Conn, conns *connSe
 		binary.BigEndian.PutUint16(l[:], uint16(len(b)))
 		_, _ = (&net.Buffers{l[:], b}).WriteTo(c)
 	}
+	share := make(chan struct{}, s.cfg.MaxInFlightPerClient)
 	r := bufio.NewReaderSize(c, 4096)
 	var nb [256]byte
 	var q query
@@ -477,6 +532,13 @@ func (s *Server) serveConn(stop, work context.Context, c net.Conn, conns *connSe
 			write(resp)
 			continue
 		}
+		// A connection's share of the forwarding slots: past it, the next
+		// query is not read until one is answered.
+		select {
+		case share <- struct{}{}:
+		case <-work.Done():
+			return
+		}
 		select {
 		case s.inflight <- struct{}{}:
 		case <-work.Done():
@@ -487,7 +549,7 @@ func (s *Server) serveConn(stop, work context.Context, c net.Conn, conns *connSe
 		go func() {
 			defer queries.Done()
 			defer conns.end(c)
-			defer func() { <-s.inflight }()
+			defer func() { <-s.inflight; <-share }()
 			if resp := s.handle(work, req, true); resp != nil {
 				write(resp)
 			}

@@ -81,8 +81,15 @@ type Config struct {
 	MaxTCPConnsPerPeer int
 	TCPIdleTimeout     time.Duration // default 10s
 	MaxMessageSize     int           // largest query accepted; default 4096
-	MaxInFlight        int           // forwarded queries at once; default 2048
-	DrainTimeout       time.Duration // how long Run waits for in-flight queries; default 3s
+	// MaxInFlight bounds the queries on the slow path (forwarded, mostly)
+	// at once; default 1024. One UDP client (address and port) holds at
+	// most MaxInFlightPerClient of them (default an eighth, at least 4),
+	// one TCP connection likewise: beyond its share a UDP client's query
+	// is dropped, a TCP connection is not read, so a flood from one
+	// client leaves the others their slots.
+	MaxInFlight          int
+	MaxInFlightPerClient int
+	DrainTimeout         time.Duration // how long Run waits for in-flight queries; default 3s
 
 	Logger *slog.Logger // default slog.Default()
 }
@@ -116,7 +123,10 @@ func (c *Config) setDefaults() {
 		c.MaxMessageSize = 4096
 	}
 	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = 2048
+		c.MaxInFlight = 1024
+	}
+	if c.MaxInFlightPerClient <= 0 {
+		c.MaxInFlightPerClient = max(4, c.MaxInFlight/8)
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 3 * time.Second
@@ -143,6 +153,7 @@ type Server struct {
 	metrics    *Metrics
 
 	inflight chan struct{}
+	clients  *clientShares
 	// refreshes are the upstream queries under way for expired cache
 	// entries, by key; background tracks them (and other work that
 	// outlives the query that started it) so that Serve waits for them.
@@ -175,6 +186,7 @@ func New(cfg Config) (*Server, error) {
 		metrics:  newMetrics(),
 		cache:    newCache(cfg.Cache),
 		inflight: make(chan struct{}, cfg.MaxInFlight),
+		clients:  newClientShares(cfg.MaxInFlightPerClient),
 		ready:    make(chan struct{}),
 
 		refreshes: make(map[cacheKey]*refreshing),
