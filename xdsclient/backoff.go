@@ -73,3 +73,13 @@ func (b BackoffConfig) delay(attempt int) time.Duration {
 	}
 	return c/2 + rand.N(c-c/2)
 }
+
+// Delay is the jittered wait after attempt failures in a row, with the
+// defaults filled in for zero fields (an invalid config gets the defaults).
+func (b BackoffConfig) Delay(attempt int) time.Duration {
+	d, err := b.withDefaults()
+	if err != nil {
+		d, _ = BackoffConfig{}.withDefaults()
+	}
+	return d.delay(attempt)
+}
