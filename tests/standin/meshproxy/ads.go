@@ -57,9 +57,14 @@ func (p *proxy) stream(ctx context.Context) error {
 		return err
 	}
 	subs := map[string]*sub{resource.ClusterType: {}, resource.ListenerType: {}}
+	nodeSent := false
 	send := func(typ string, errDetail error, nonce string) error {
 		s := subs[typ]
-		req := &discoveryv3.DiscoveryRequest{Node: p.node, TypeUrl: typ, VersionInfo: s.version, ResponseNonce: nonce, ResourceNames: s.names}
+		req := &discoveryv3.DiscoveryRequest{TypeUrl: typ, VersionInfo: s.version, ResponseNonce: nonce, ResourceNames: s.names}
+		if !nodeSent || !p.nodeOnce {
+			req.Node = p.node
+			nodeSent = true
+		}
 		if errDetail != nil {
 			req.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: errDetail.Error()}
 		}

@@ -157,6 +157,9 @@ var bootstrapOnly = map[string]map[string]string{
 	"envoy.config.core.v3.Node":                                                 {"id": "ads.go", "cluster": "ads.go", "locality": "ads.go", "metadata": "ads.go"},
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": {"http_protocol_options": "cluster.go", "http2_protocol_options": "ads.go: gRPC is HTTP/2"},
 	"envoy.config.core.v3.Http2ProtocolOptions":                                 {},
+	"envoy.config.cluster.v3.Cluster":                                           {"upstream_connection_options": "Go's dialer keeps TCP keepalive on"},
+	"envoy.config.cluster.v3.UpstreamConnectionOptions":                         {"tcp_keepalive": "Go's dialer keeps TCP keepalive on"},
+	"envoy.config.core.v3.TcpKeepalive":                                         {},
 }
 
 // leaves are messages taken whole.

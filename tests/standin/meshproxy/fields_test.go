@@ -163,3 +163,21 @@ func TestFieldTableInDocs(t *testing.T) {
 		t.Errorf("docs/xds.md does not hold the current field table; paste the output of\n  go run ./tests/standin/meshproxy -print-fields\nbetween its markers")
 	}
 }
+
+// The bootstraps shunt writes for Envoy start the double too.
+func TestShuntBootstraps(t *testing.T) {
+	for _, name := range []string{"pipe.json", "tcp-plain.json"} {
+		b, err := os.ReadFile(filepath.Join("../../../envoy/bootstrap/testdata", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, admin, err := fromBootstrap(b)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if p.xdsTarget == "" || admin != "127.0.0.1:9901" || !p.nodeOnce {
+			t.Errorf("%s: target %q admin %q node once %v", name, p.xdsTarget, admin, p.nodeOnce)
+		}
+	}
+}

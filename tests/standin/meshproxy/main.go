@@ -36,6 +36,7 @@ var pemDecode = pem.Decode
 
 type proxy struct {
 	node      *corev3.Node
+	nodeOnce  bool // set_node_on_first_message_only
 	xdsTarget string
 
 	mu      sync.Mutex
@@ -109,7 +110,7 @@ func fromBootstrap(b []byte) (*proxy, string, error) {
 		return nil, "", errors.New("dynamic_resources.ads_config.grpc_services: one envoy_grpc is implemented")
 	}
 	want := ads.GetGrpcServices()[0].GetEnvoyGrpc().GetClusterName()
-	p := &proxy{node: bs.GetNode(), bound: map[string]*bound{}}
+	p := &proxy{node: bs.GetNode(), nodeOnce: ads.GetSetNodeOnFirstMessageOnly(), bound: map[string]*bound{}}
 	p.rt.Store(&runtime{})
 	for _, c := range bs.GetStaticResources().GetClusters() {
 		if c.GetName() != want {

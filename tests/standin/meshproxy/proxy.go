@@ -32,7 +32,7 @@ func (p *proxy) serveChain(rt *runtime, ch *chain, down net.Conn, dst netip.Addr
 			}
 			name = pickWeighted(names, weights)
 		}
-		p.relay(rt, name, down, nil, dst, desc)
+		p.relay(rt, name, down, nil, dst, desc, "")
 	case ch.hcm != nil:
 		br := bufio.NewReader(down)
 		req, err := http.ReadRequest(br)
@@ -46,7 +46,7 @@ func (p *proxy) serveChain(rt *runtime, ch *chain, down net.Conn, dst netip.Addr
 			_, _ = io.WriteString(down, "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
 			return
 		}
-		p.relay(rt, name, &readerConn{Conn: down, r: br}, req, dst, desc+" host="+req.Host)
+		p.relay(rt, name, &readerConn{Conn: down, r: br}, req, dst, desc, " host="+req.Host)
 	}
 }
 
@@ -109,7 +109,7 @@ func hostOnly(h string) string {
 
 // relay connects to the cluster and copies both ways; req, when set, is the
 // HTTP request already read, written first.
-func (p *proxy) relay(rt *runtime, name string, down net.Conn, req *http.Request, dst netip.AddrPort, desc string) {
+func (p *proxy) relay(rt *runtime, name string, down net.Conn, req *http.Request, dst netip.AddrPort, desc, suffix string) {
 	cl := rt.clusters[name]
 	if cl == nil {
 		log.Printf("conn %s cluster=%s refused: unknown cluster", desc, name)
@@ -122,7 +122,7 @@ func (p *proxy) relay(rt *runtime, name string, down net.Conn, req *http.Request
 		log.Printf("conn %s cluster=%s failed: %v", desc, name, err)
 		return
 	}
-	log.Printf("conn %s cluster=%s %s", desc, name, udesc)
+	log.Printf("conn %s cluster=%s %s%s", desc, name, udesc, suffix)
 	if req != nil {
 		if err := req.Write(up); err != nil {
 			up.Close()
