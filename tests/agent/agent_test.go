@@ -3,8 +3,8 @@ package agent_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"

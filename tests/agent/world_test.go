@@ -33,8 +33,8 @@ const (
 	// podEgressSideIP is the pod's address on its link to the egress,
 	// where the egress reaches the pod's control plane.
 	podEgressSideIP = "10.2.0.1"
-	xdsAddr    = "127.0.0.1:15680"
-	adminAddr  = "127.0.0.1:15090"
+	xdsAddr         = "127.0.0.1:15680"
+	adminAddr       = "127.0.0.1:15090"
 )
 
 // world is a pod namespace linked to an "internet" namespace (nginx posing
