@@ -37,6 +37,9 @@ type Options struct {
 type Engine struct {
 	opts Options
 	log  *slog.Logger
+	// corrupt, set by tests, spoils a batch before it is sent, so that
+	// the kernel refuses it.
+	corrupt func(*Ruleset)
 }
 
 // New returns an engine; nothing is touched until Install.
@@ -169,6 +172,9 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	defer done()
 
 	rs := Render(p)
+	if e.corrupt != nil {
+		e.corrupt(rs)
+	}
 	live, err := readTable(c)
 	if err != nil && !errors.Is(err, errNoTable) {
 		return fmt.Errorf("install: %w", err)
