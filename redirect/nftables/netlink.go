@@ -165,7 +165,7 @@ func readTable(c *nftables.Conn) (*snapshot, error) {
 			if ch.Priority != nil {
 				prio = int(*ch.Priority)
 			}
-			line += fmt.Sprintf(" type %s hook %d priority %d policy %s", ch.Type, *ch.Hooknum, prio, pol)
+			line += fmt.Sprintf(" type %s hook %s priority %d policy %s", ch.Type, hookName(*ch.Hooknum), prio, pol)
 		}
 		cs := chainSnap{name: ch.Name, line: line}
 		rules, err := c.GetRules(t, ch)
@@ -234,4 +234,20 @@ func kindOf(s *nftables.Set) setKind {
 		return kindEndpoint6
 	}
 	return kindEndpoint4
+}
+
+func hookName(h nftables.ChainHook) string {
+	switch h {
+	case *nftables.ChainHookPrerouting:
+		return "prerouting"
+	case *nftables.ChainHookInput:
+		return "input"
+	case *nftables.ChainHookForward:
+		return "forward"
+	case *nftables.ChainHookOutput:
+		return "output"
+	case *nftables.ChainHookPostrouting:
+		return "postrouting"
+	}
+	return fmt.Sprint(uint32(h))
 }
