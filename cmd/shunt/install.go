@@ -25,10 +25,19 @@ import (
 // and the log says which and why.
 func newEngine(cfg *redirect.Config) (redirect.Engine, error) {
 	ipt := func() redirect.Engine {
+		// Both were validated with the plan; a bad value here falls back
+		// to the default.
+		wait, _ := cfg.XtablesLockWait()
+		retries, _ := cfg.XtablesRetries()
+		if retries == 0 {
+			retries = -1 // none
+		}
 		return iptables.New(iptables.Options{
 			NetnsPath: cfg.Get("netns"),
 			StateDir:  cfg.Get("stateDir"),
 			Backend:   cfg.Get("iptablesBackend"),
+			LockWait:  wait,
+			Retries:   retries,
 			Logger:    slog.Default(),
 		})
 	}
@@ -60,9 +69,11 @@ func newEngine(cfg *redirect.Config) (redirect.Engine, error) {
 			slog.Info("engine auto: chose iptables", "reason", "no cgroup given for eBPF")
 			return ipt(), nil
 		}
-		if cfg.Get("excludeInterfaces") != "" {
-			slog.Info("engine auto: chose iptables", "reason", "excludeInterfaces needs it")
-			return ipt(), nil
+		if plan, err := cfg.Plan(redirect.OSHost{}); err == nil {
+			if err := ebpf.Supported(plan); err != nil {
+				slog.Info("engine auto: chose iptables", "reason", err.Error())
+				return ipt(), nil
+			}
 		}
 		if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
 			slog.Info("engine auto: chose iptables", "reason", err.Error())
