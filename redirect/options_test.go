@@ -151,7 +151,11 @@ func TestExplainOptionalFeatures(t *testing.T) {
 		{"port not included", out("10.1.0.2:80"), Pass, 0, "includeOutboundPorts"},
 		{"v6 not included", out("[fd00::2]:443"), Pass, 0, "includeOutboundCidrs"},
 		{"dns still captured", func() Packet { p := out("10.96.0.10:53"); p.Proto = "udp"; return p }(), Redirect, 15053, "nameserver"},
-		{"tproxy mark", func() Packet { p := out("10.1.0.1:8080"); p.Mark, p.UID, p.Iface = DefaultTProxyMark, 5678, "lo"; return p }(), Pass, 0, "tproxyMark"},
+		{"tproxy mark", func() Packet {
+			p := out("10.1.0.1:8080")
+			p.Mark, p.UID, p.Iface = DefaultTProxyMark, 5678, "lo"
+			return p
+		}(), Pass, 0, "tproxyMark"},
 		{"inbound tproxy", in("eth0", "10.1.0.1:8080"), Redirect, 15006, "TPROXY"},
 		{"inbound port not included", in("eth0", "10.1.0.1:9000"), Pass, 0, "includeInboundPorts"},
 		{"vnet outbound", in("docker0", "10.1.0.2:443"), Redirect, 15001, "vnetInterfaces"},
