@@ -305,8 +305,12 @@ loop:
 
 // apply makes a snapshot current: hosts it newly needs are resolved (for a
 // short while; stragglers are retried in the background), the rules are
-// installed, and only then the DNS table is swapped, so that a name
-// resolves once the way to it is open.
+// installed, and then the DNS table is swapped, so that a name resolves
+// once the way to it is open. The table is swapped even when the install
+// failed (it is retried every reconcile interval, and readiness says so):
+// a mesh name answers a VIP, whose traffic reaches the proxy or nothing,
+// while a name held back would be forwarded upstream and answered with a
+// real address the workload could reach around the mesh's policy.
 func (a *Agent) apply(ctx context.Context, s *mesh.AgentSnapshot) {
 	start := time.Now()
 	prev := a.cur

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -43,6 +44,8 @@ type fakeEngine struct {
 	installs    int
 	drift       []string
 	uninstalled bool
+	// fail, when set, is what every Install returns.
+	fail error
 }
 
 func (e *fakeEngine) Name() string { return "fake" }
@@ -52,8 +55,11 @@ func (e *fakeEngine) Render(context.Context, *redirect.Plan) (map[string]string,
 func (e *fakeEngine) Install(_ context.Context, p *redirect.Plan) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.installed, e.drift = p.Clone(), nil
 	e.installs++
+	if e.fail != nil {
+		return e.fail
+	}
+	e.installed, e.drift = p.Clone(), nil
 	return nil
 }
 func (e *fakeEngine) Uninstall(context.Context) error {
@@ -234,6 +240,25 @@ func TestSnapshotsDriveNamesAndLockdown(t *testing.T) {
 	if got := lookup(t, a, "httpbin.org"); len(got) != 0 {
 		// Not a mesh name any more: forwarded, and with no upstream, no answer.
 		t.Errorf("httpbin.org still answered from the table: %v", got)
+	}
+}
+
+// TestTableFollowsSnapshotWhenInstallFails pins the choice docs/agent.md
+// explains: a mesh name answers its VIP even while the rules cannot be
+// installed. VIP traffic reaches the proxy or nothing, whereas a name held
+// back from the table would be forwarded upstream and answered with a real
+// address the app could reach around the mesh's policy.
+func TestTableFollowsSnapshotWhenInstallFails(t *testing.T) {
+	src := newFakeSource(nil)
+	eng := &fakeEngine{fail: errors.New("iptables-restore: line 3 failed")}
+	a := startAgent(t, src, eng, fakeResolver{})
+	src.push(t, &mesh.AgentSnapshot{Version: "1", Names: map[string][]netip.Addr{"httpbin.mesh": {vip1}}})
+	eventually(t, "httpbin.mesh to resolve", func() bool { return slices.Equal(lookup(t, a, "httpbin.mesh"), []string{"240.0.0.1"}) })
+	if _, n, _ := eng.state(); n == 0 {
+		t.Fatal("no install was tried")
+	}
+	if ok, why := a.Ready(); ok || !strings.Contains(why, "capture rules not in place: iptables-restore") {
+		t.Errorf("ready while the rules failed (%v, %q)", ok, why)
 	}
 }
 
