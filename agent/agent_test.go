@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -259,6 +261,53 @@ func TestTableFollowsSnapshotWhenInstallFails(t *testing.T) {
 	}
 	if ok, why := a.Ready(); ok || !strings.Contains(why, "capture rules not in place: iptables-restore") {
 		t.Errorf("ready while the rules failed (%v, %q)", ok, why)
+	}
+}
+
+// TestHeldDNSPortIsNamedAndRetried: another socket holds the interceptor's
+// port when the agent starts. The agent must not exit: it says who holds the
+// port, stays unready, and listens as soon as the port is free.
+func TestHeldDNSPortIsNamedAndRetried(t *testing.T) {
+	squat, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := netip.MustParseAddrPort(squat.LocalAddr().String())
+	a, err := New(Options{
+		Source:            newFakeSource(&mesh.AgentSnapshot{Version: "1", Passthrough: true, Names: map[string][]netip.Addr{"httpbin.mesh": {vip1}}}),
+		Engine:            &fakeEngine{},
+		Plan:              basePlan(t),
+		DNS:               dnsproxy.Config{Listen: []netip.AddrPort{port}, UDPSockets: 1},
+		Resolver:          fakeResolver{},
+		ReconcileInterval: 50 * time.Millisecond,
+		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	want := fmt.Sprintf("held by pid %d", os.Getpid())
+	eventually(t, "readiness to name the holder", func() bool { _, why := a.Ready(); return strings.Contains(why, want) })
+	select {
+	case err := <-done:
+		t.Fatalf("the agent exited while the port was held: %v", err)
+	default:
+	}
+	squat.Close()
+	eventually(t, "the interceptor to take the port", func() bool {
+		ok, _ := a.Ready()
+		return ok
+	})
+	if got := lookup(t, a, "httpbin.mesh"); !slices.Equal(got, []string{"240.0.0.1"}) {
+		t.Errorf("httpbin.mesh = %v after the port was freed", got)
 	}
 }
 
