@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/shunt-dev/shunt/mesh"
+	"github.com/shunt-dev/shunt/wire"
 )
 
 // Type URLs of the resources the client subscribes to.
@@ -34,8 +35,8 @@ const (
 	EndpointType = resourcev3.EndpointType
 )
 
-// Node metadata key carrying the mesh.
-const MetadataMesh = "kuma.io/mesh"
+// MetadataMesh is the node metadata key carrying the mesh.
+const MetadataMesh = wire.MetadataMesh
 
 // session is one ADS stream: subscribe, then answer every response until
 // the stream or ctx ends. answered reports whether the server responded at
@@ -54,17 +55,24 @@ func (c *Client) session(ctx context.Context) (answered bool, err error) {
 		if err != nil {
 			return false, err
 		}
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+		if !c.cfg.TokenRaw {
+			tok = "Bearer " + tok
+		}
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", tok)
 	}
-	conn, err := grpc.NewClient(c.cfg.Server,
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		// Matches the server's enforcement policy (10 s minimum), and
 		// finds a dead server behind a silent network within a minute.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		// 10,000 ExternalServices make a 12 MB listener response; gRPC's
 		// default 4 MB limit would refuse it forever.
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
-	)
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256 << 20)),
+	}
+	if c.cfg.Dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
+	}
+	conn, err := grpc.NewClient(c.cfg.Server, opts...)
 	if err != nil {
 		return false, fmt.Errorf("dial %s: %w", c.cfg.Server, err)
 	}
@@ -163,15 +171,14 @@ func readToken(path string) (string, error) {
 }
 
 func (c *Client) node() *corev3.Node {
-	fields := map[string]*structpb.Value{}
-	for k, v := range c.cfg.Metadata {
-		fields[k] = structpb.NewStringValue(v)
+	md := c.cfg.Metadata
+	if md == nil {
+		md = &structpb.Struct{Fields: map[string]*structpb.Value{MetadataMesh: structpb.NewStringValue(c.cfg.Mesh)}}
 	}
-	fields[MetadataMesh] = structpb.NewStringValue(c.cfg.Mesh)
 	n := &corev3.Node{
 		Id:            c.cfg.NodeID,
 		Cluster:       c.cfg.Cluster,
-		Metadata:      &structpb.Struct{Fields: fields},
+		Metadata:      proto.Clone(md).(*structpb.Struct),
 		UserAgentName: "shunt",
 		// Servers that key on client features look for this one before
 		// sending more than one resource type per stream.
