@@ -174,7 +174,13 @@ fi
 wait_for "the proxy to be live" "$work/proxy.log" ip netns exec "$app" sh -c 'curl -sf http://127.0.0.1:9901/ready | grep -q LIVE'
 # The ZoneEgress proxy: node zoneegress-1, kuma-dp's egress metadata.
 bootstrap "$work/egress-bootstrap.json" zoneegress-1 10.201.0.1 '{"dataplane.proxyType": "egress"}'
-ip netns exec "$egr" "$proxy" --config-path "$work/egress-bootstrap.json" > "$work/egress.log" 2>&1 &
+egress_args=(--config-path "$work/egress-bootstrap.json")
+if [ -n "${ENVOY:-}" ]; then
+  # A second Envoy on the machine: no hot restart (its shared memory would
+  # clash with the workload's Envoy).
+  egress_args+=(--disable-hot-restart --log-level info)
+fi
+ip netns exec "$egr" "$proxy" "${egress_args[@]}" > "$work/egress.log" 2>&1 &
 pids+=($!)
 wait_for "the egress to be live" "$work/egress.log" ip netns exec "$egr" sh -c 'curl -sf http://127.0.0.1:9901/ready | grep -q LIVE'
 
