@@ -1,7 +1,13 @@
 package main
 
 import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -47,5 +53,39 @@ func TestEDSCluster(t *testing.T) {
 	p := &proxy{state: st}
 	if got := p.edsNames(); len(got) != 1 || got[0] != "svc" {
 		t.Errorf("EDS subscription %v, want [svc]", got)
+	}
+}
+
+// The admin API answers /ready as Envoy's does (503 before the first
+// configuration, LIVE after) and writes its address where the supervisor
+// asks.
+func TestAdminReady(t *testing.T) {
+	p := &proxy{bound: map[string]*bound{}}
+	path := filepath.Join(t.TempDir(), "admin")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go p.serveAdmin(ctx, "127.0.0.1:0", path, cancel)
+	var addr []byte
+	for i := 0; i < 100 && len(addr) == 0; i++ {
+		addr, _ = os.ReadFile(path)
+		time.Sleep(20 * time.Millisecond)
+	}
+	get := func() (int, string) {
+		resp, err := http.Get("http://" + string(addr) + "/ready")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get(); code != http.StatusServiceUnavailable {
+		t.Errorf("before any configuration /ready = %d", code)
+	}
+	p.mu.Lock()
+	p.ready = true
+	p.mu.Unlock()
+	if code, body := get(); code != 200 || body != "LIVE\n" {
+		t.Errorf("/ready = %d %q", code, body)
 	}
 }
