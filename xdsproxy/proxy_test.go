@@ -507,4 +507,3 @@ func TestOtherNodeRefused(t *testing.T) {
 		t.Errorf("another node received %d responses", n)
 	}
 }
-
