@@ -48,7 +48,7 @@ import (
 )
 
 func main() {
-	xds := flag.String("xds", "", "ADS server HOST:PORT")
+	xds := flag.String("xds", "", "ADS server HOST:PORT, or unix:///PATH of shunt's xDS socket")
 	nodeID := flag.String("node-id", "", "node id")
 	zone := flag.String("zone", "", "zone (locality)")
 	listen := flag.String("listen", "127.0.0.1:15001,[::1]:15001", "outbound capture addresses, comma-separated")
