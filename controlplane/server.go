@@ -57,6 +57,10 @@ type Options struct {
 	// Credentials secure the gRPC server (nil: plaintext, for loopback
 	// and in-process listeners).
 	Credentials credentials.TransportCredentials
+	// RequireNodeIdentity makes every stream's verified client
+	// certificate name (common name, DNS or URI SAN) the node id it asks
+	// for; set it with client certificates required in Credentials.
+	RequireNodeIdentity bool
 	// KeepaliveMinTime is the shortest client ping interval tolerated
 	// (default DefaultKeepaliveMinTime); tests shorten it.
 	KeepaliveMinTime time.Duration
