@@ -70,6 +70,9 @@ type callbacks struct {
 
 // openStream remembers who is at the other end of a new stream.
 func (c *callbacks) openStream(ctx context.Context, k streamKey) error {
+	if err := c.s.admit(ctx, k); err != nil {
+		return err
+	}
 	if !c.s.opts.RequireNodeIdentity {
 		return nil
 	}
@@ -125,12 +128,13 @@ func (c *callbacks) opened(k streamKey, n *core.Node) error {
 		s.log.Error("no snapshot for node", "node", id, "mesh", st.key.mesh, "zone", st.key.zone, "error", err)
 		return nil
 	}
-	s.log.Info("node connected", "node", id, "mesh", st.key.mesh, "zone", st.key.zone, "version", version)
+	s.nodeLog.info(s.log, "node connected", "node", id, "mesh", st.key.mesh, "zone", st.key.zone, "version", version)
 	return s.cache.SetSnapshot(context.Background(), id, snap)
 }
 
 func (c *callbacks) closed(k streamKey) {
 	s := c.s
+	s.release(k)
 	s.mu.Lock()
 	id, ok := s.streams[k]
 	delete(s.streams, k)
@@ -149,7 +153,7 @@ func (c *callbacks) closed(k streamKey) {
 	s.mu.Unlock()
 	if gone {
 		s.cache.ClearSnapshot(id)
-		s.log.Info("node disconnected", "node", id)
+		s.nodeLog.info(s.log, "node disconnected", "node", id)
 	}
 }
 

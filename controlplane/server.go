@@ -61,6 +61,10 @@ type Options struct {
 	// certificate name (common name, DNS or URI SAN) the node id it asks
 	// for; set it with client certificates required in Credentials.
 	RequireNodeIdentity bool
+	// MaxStreams and MaxStreamsPerPeer bound the open streams, in total
+	// and per remote host (defaults DefaultMaxStreams and
+	// DefaultMaxStreamsPerPeer).
+	MaxStreams, MaxStreamsPerPeer int
 	// KeepaliveMinTime is the shortest client ping interval tolerated
 	// (default DefaultKeepaliveMinTime); tests shorten it.
 	KeepaliveMinTime time.Duration
@@ -90,6 +94,10 @@ type Server struct {
 	streams   map[streamKey]string
 	// tcache holds the resources of recent translations; guarded by mu.
 	tcache translateCache
+
+	limits   streamLimits
+	limitLog rateLog
+	nodeLog  rateLog
 }
 
 type generation struct {
