@@ -54,13 +54,15 @@ func Listen(path string, uid, gid uint32, log *slog.Logger) (net.Listener, error
 	ln.SetUnlinkOnClose(true)
 	// Between bind and chmod the file has the umask's mode; a peer that
 	// connects in that window is still checked by its credentials.
-	if err := os.Chown(path, int(uid), int(gid)); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("xDS socket %s: give it to the proxy's user %d:%d: %w", path, uid, gid, err)
-	}
 	if err := os.Chmod(path, 0o660); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("xDS socket %s: chmod 0660: %w", path, err)
+	}
+	// chmod first: once the file is the proxy's, changing its mode would
+	// take CAP_FOWNER; the chown takes CAP_CHOWN (in shunt's systemd unit).
+	if err := os.Chown(path, int(uid), int(gid)); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("xDS socket %s: give it to the proxy's user %d:%d: %w (shunt needs CAP_CHOWN)", path, uid, gid, err)
 	}
 	allowed := map[uint32]bool{uid: true, 0: true, uint32(os.Geteuid()): true}
 	return &credListener{UnixListener: ln, allowed: allowed, log: log, slots: make(chan struct{}, MaxConnections)}, nil
