@@ -47,6 +47,7 @@ type runFlags struct {
 	dnsTTL        time.Duration
 	cacheSize     int
 	reconcile     time.Duration
+	envoy         envoyFlags
 }
 
 func newRunCommand() *cobra.Command {
@@ -93,6 +94,7 @@ the config file and apply it. See docs/agent.md.`,
 	fl.DurationVar(&f.dnsTTL, "dns-ttl", dnsproxy.DefaultTTL, "TTL of DNS answers for mesh names")
 	fl.IntVar(&f.cacheSize, "dns-cache-size", 10000, "forwarded answers cached by the DNS interceptor (0 disables)")
 	fl.DurationVar(&f.reconcile, "reconcile-interval", 2*time.Second, "how often the live rules are checked for drift")
+	addEnvoyFlags(cmd, &f.envoy)
 	return cmd
 }
 
@@ -111,6 +113,9 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	}
 	if f.reconcile <= 0 {
 		return usageErrorf("run: --reconcile-interval %v: must be positive", f.reconcile)
+	}
+	if err := checkRunEnvoyFlags(f.envoy); err != nil {
+		return err
 	}
 	log := slog.Default()
 	ctx := cmd.Context()
@@ -155,6 +160,10 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		}
 		server = addr
 	}
+	proxy, err := prepareEnvoy(f, plan, stateDir, server, log)
+	if err != nil {
+		return err
+	}
 	xcfg := xdsclient.Config{
 		Server:    server,
 		NodeID:    f.nodeID,
@@ -186,6 +195,9 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		ReconcileInterval: f.reconcile,
 		CleanupOnExit:     f.cleanupOnExit,
 		Logger:            log,
+	}
+	if proxy != nil {
+		opts.Proxy = proxy
 	}
 	if !f.noCapture {
 		eng, err := newEngine(cfg)
@@ -224,7 +236,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	}()
 	log.Info("agent starting", "node", f.nodeID, "zone", f.zone, "mesh", f.meshName, "xds", server,
 		"embedded", f.resources != "", "capture", !f.noCapture, "stateDir", stateDir, "dns", opts.DNS.Listen)
-	return a.Run(ctx)
+	return runWithEnvoy(ctx, a, proxy)
 }
 
 // reloadAgent re-reads the capture configuration (file, environment and
