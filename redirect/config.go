@@ -34,7 +34,7 @@ type Option struct {
 // text shows them.
 func Options() []Option {
 	opts := []Option{
-		{Key: "engine", Default: "iptables", Help: "capture engine: iptables, ebpf or auto"},
+		{Key: "engine", Default: "iptables", Help: "capture engine: iptables, nftables, ebpf or auto (eBPF where supported and the cgroup is known, else iptables when installed, else nftables)"},
 		{Key: "iptablesBackend", Default: "auto", Help: "iptables variant: auto (the one holding rules, else nft), legacy or nft"},
 		{Key: "proxyUID", Default: fmt.Sprint(DefaultProxyUID), Help: "user id or name the proxy runs as; never captured"},
 		{Key: "proxyGID", Help: "group id or name whose traffic is never captured (optional)"},
