@@ -158,10 +158,6 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		}
 		server = "embedded"
 	}
-	proxy, err := prepareEnvoy(f, plan, stateDir, server, log)
-	if err != nil {
-		return err
-	}
 	xcfg := xdsclient.Config{
 		Server:    server,
 		NodeID:    f.nodeID,
@@ -178,6 +174,10 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		return err
 	}
 
+	envoySup, err := prepareEnvoy(cmd, f, plan, stateDir, log)
+	if err != nil {
+		return err
+	}
 	mark := plan.BypassMark
 	opts := agent.Options{
 		Source:       client,
@@ -195,8 +195,8 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		CleanupOnExit:     f.cleanupOnExit,
 		Logger:            log,
 	}
-	if proxy != nil {
-		opts.Proxy = proxy
+	if envoySup != nil {
+		opts.Proxy = envoySup
 	}
 	if !f.noCapture {
 		eng, err := newEngine(cfg)
@@ -235,7 +235,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	}()
 	log.Info("agent starting", "node", f.nodeID, "zone", f.zone, "mesh", f.meshName, "xds", server,
 		"embedded", f.resources != "", "capture", !f.noCapture, "stateDir", stateDir, "dns", opts.DNS.Listen)
-	return runWithEnvoy(ctx, a, proxy)
+	return runWithEnvoy(ctx, a, envoySup)
 }
 
 // reloadAgent re-reads the capture configuration (file, environment and

@@ -8,9 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -24,6 +22,7 @@ import (
 	"github.com/shunt-dev/shunt/envoy/supervisor"
 	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/xdsclient"
+	"github.com/shunt-dev/shunt/xdsproxy"
 )
 
 // envoyFlags are `shunt run`'s flags for the Envoy it runs itself.
@@ -53,19 +52,36 @@ func envoyNodeMetadata(f runFlags) *structpb.Struct {
 	}}
 }
 
-// envoyXDSSocket is where shunt's local xDS proxy serves Envoy.
-func envoyXDSSocket(stateDir string) string { return filepath.Join(stateDir, "xds.sock") }
+// envoyXDSSocket is where shunt's local xDS proxy serves Envoy by default.
+func envoyXDSSocket(stateDir string) string { return xdsproxy.SocketPath(stateDir) }
 
-// envoyXDS says where the Envoy shunt runs gets its configuration, the one
-// place to change when shunt's local xDS proxy (envoyXDSSocket) serves it:
-// return bootstrap.XDS{Pipe: envoyXDSSocket(stateDir)} then, since shunt
-// holds the one upstream stream a control plane such as kuma-cp allows
-// per node. Until then Envoy connects to what the agent connects to: the
-// embedded control plane's loopback address, or the remote --xds with the
-// same TLS files and token.
-func envoyXDS(f runFlags, server, stateDir string) (bootstrap.XDS, error) {
-	_ = stateDir
-	return remoteXDS(f, server)
+// envoyXDS is the one place that says where the Envoy shunt runs gets its
+// configuration. When shunt serves the node's xDS on its local socket
+// (xdsproxy; --xds-socket, unless "off"), Envoy connects there: shunt holds
+// the one upstream stream, which a control plane such as kuma-cp allows per
+// node. Otherwise Envoy connects to what the agent connects to: the remote
+// --xds with the same TLS files and token, or the embedded control plane on
+// --xds-listen. The flags are looked up by name, so this follows run's
+// flags as they are.
+func envoyXDS(cmd *cobra.Command, f runFlags, stateDir string) (bootstrap.XDS, error) {
+	if fl := cmd.Flags().Lookup("xds-socket"); fl != nil && fl.Value.String() != "off" {
+		path := fl.Value.String()
+		if path == "" {
+			path = envoyXDSSocket(stateDir)
+		}
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return bootstrap.XDS{}, fmt.Errorf("--xds-socket %s: %w", path, err)
+		}
+		return bootstrap.XDS{Pipe: abs}, nil
+	}
+	if f.xds != "" {
+		return remoteXDS(f, f.xds)
+	}
+	if fl := cmd.Flags().Lookup("xds-listen"); fl != nil && fl.Value.String() != "" {
+		return bootstrap.XDS{Address: fl.Value.String()}, nil
+	}
+	return bootstrap.XDS{}, usageErrorf("run: --envoy-binary with --resources: give --xds-listen, the embedded control plane's address Envoy connects to")
 }
 
 // remoteXDS is server over TCP with the --xds-* TLS and token settings.
@@ -144,7 +160,7 @@ func checkRunEnvoyFlags(e envoyFlags) error {
 
 // prepareEnvoy writes the bootstrap and returns the supervisor of the Envoy
 // shunt runs; nil without --envoy-binary.
-func prepareEnvoy(f runFlags, plan *redirect.Plan, stateDir, server string, log *slog.Logger) (*supervisor.Supervisor, error) {
+func prepareEnvoy(cmd *cobra.Command, f runFlags, plan *redirect.Plan, stateDir string, log *slog.Logger) (*supervisor.Supervisor, error) {
 	e := f.envoy
 	if e.binary == "" {
 		return nil, nil
@@ -153,8 +169,12 @@ func prepareEnvoy(f runFlags, plan *redirect.Plan, stateDir, server string, log 
 	if err != nil {
 		return nil, err
 	}
-	x, err := envoyXDS(f, server, stateDir)
+	x, err := envoyXDS(cmd, f, stateDir)
 	if err != nil {
+		var ec exitCoder
+		if errors.As(err, &ec) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("run: envoy bootstrap: %w", err)
 	}
 	b, err := bootstrap.Build(bootstrap.Config{
@@ -164,10 +184,7 @@ func prepareEnvoy(f runFlags, plan *redirect.Plan, stateDir, server string, log 
 	if err != nil {
 		return nil, fmt.Errorf("run: %w", err)
 	}
-	cred, err := proxyCredential(plan)
-	if err != nil {
-		return nil, err
-	}
+	cred := proxyCredential(plan)
 	dir, err := filepath.Abs(filepath.Join(stateDir, "envoy"))
 	if err != nil {
 		return nil, fmt.Errorf("run: envoy state directory: %w", err)
@@ -194,28 +211,14 @@ func prepareEnvoy(f runFlags, plan *redirect.Plan, stateDir, server string, log 
 }
 
 // proxyCredential is the proxy's UID and GID: proxyGID if set, else the
-// user's primary group, else the same number as the UID (as Kuma's
-// 5678:5678). No supplementary groups: root's must not leak to Envoy.
-func proxyCredential(plan *redirect.Plan) (*syscall.Credential, error) {
+// UID's number (as Kuma's 5678:5678, and as the xDS socket is owned). No
+// supplementary groups: root's must not leak to Envoy.
+func proxyCredential(plan *redirect.Plan) *syscall.Credential {
 	c := &syscall.Credential{Uid: plan.ProxyUID, Gid: plan.ProxyUID, Groups: []uint32{}}
 	if plan.ProxyGID != nil {
 		c.Gid = *plan.ProxyGID
-		return c, nil
 	}
-	u, err := user.LookupId(strconv.FormatUint(uint64(plan.ProxyUID), 10))
-	if err != nil {
-		var unknown user.UnknownUserIdError
-		if errors.As(err, &unknown) {
-			return c, nil
-		}
-		return nil, fmt.Errorf("run: look up the proxy user %d: %w", plan.ProxyUID, err)
-	}
-	gid, err := strconv.ParseUint(u.Gid, 10, 32)
-	if err != nil {
-		return nil, fmt.Errorf("run: proxy user %d: group %q: %w", plan.ProxyUID, u.Gid, err)
-	}
-	c.Gid = uint32(gid)
-	return c, nil
+	return c
 }
 
 // writeBootstrap writes b into dir as bootstrap.json, atomically. The
