@@ -22,6 +22,7 @@ import (
 	"github.com/shunt-dev/shunt/dnsproxy"
 	"github.com/shunt-dev/shunt/mesh"
 	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/sockowner"
 	"github.com/shunt-dev/shunt/xdsclient"
 )
 
@@ -361,7 +362,7 @@ func startEmbeddedControlPlane(ctx context.Context, f runFlags, plan *redirect.P
 func serveAdmin(addr string, h http.Handler, log *slog.Logger) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("run: --admin %s: %w", addr, err)
+		return nil, fmt.Errorf("run: --admin %s: %w", addr, sockowner.Explain(err))
 	}
 	if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil && !ap.Addr().IsLoopback() {
 		log.Warn("admin endpoint is not on loopback: anyone who reaches it sees the snapshot", "addr", ln.Addr())
