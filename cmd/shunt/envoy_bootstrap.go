@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shunt-dev/shunt/envoy/bootstrap"
+	"github.com/shunt-dev/shunt/xdsclient"
 )
 
 // envoyBootstrapFlags are the `shunt run` flags the bootstrap depends on:
@@ -67,9 +68,11 @@ Envoy validates its bootstrap. See docs/envoy.md.`,
 			if err != nil {
 				return err
 			}
+			// The node as `shunt run` would send it.
+			xcfg := xdsclient.Config{NodeID: f.nodeID, Zone: f.zone, Mesh: f.meshName, TokenFile: f.xdsToken}
 			var x bootstrap.XDS
 			if f.xds != "" {
-				if x, err = remoteXDS(f, f.xds); err != nil {
+				if x, err = remoteXDS(f, xcfg); err != nil {
 					return fmt.Errorf("envoy-bootstrap: %w", err)
 				}
 			} else {
@@ -80,10 +83,9 @@ Envoy validates its bootstrap. See docs/envoy.md.`,
 					return fmt.Errorf("envoy-bootstrap: --xds-socket %s: %w", socket, err)
 				}
 			}
-			b, err := bootstrap.Build(bootstrap.Config{
-				NodeID: f.nodeID, Zone: f.zone, Metadata: envoyNodeMetadata(f),
-				XDS: x, Admin: admin,
-			})
+			bc := envoyNode(xcfg)
+			bc.XDS, bc.Admin = x, admin
+			b, err := bootstrap.Build(bc)
 			if err != nil {
 				return fmt.Errorf("envoy-bootstrap: %w", err)
 			}

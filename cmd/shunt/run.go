@@ -175,7 +175,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		return err
 	}
 
-	envoySup, err := prepareEnvoy(cmd, f, plan, stateDir, log)
+	envoySup, err := prepareEnvoy(cmd, f, xcfg, plan, stateDir, log)
 	if err != nil {
 		return err
 	}

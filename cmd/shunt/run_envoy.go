@@ -14,12 +14,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 
 	"github.com/shunt-dev/shunt/envoy/bootstrap"
 	"github.com/shunt-dev/shunt/envoy/supervisor"
+	"github.com/shunt-dev/shunt/mesh"
 	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/xdsclient"
 	"github.com/shunt-dev/shunt/xdsproxy"
@@ -43,13 +45,40 @@ func addEnvoyFlags(cmd *cobra.Command, f *envoyFlags) {
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", 5*time.Second, "on shutdown, how long Envoy's listeners drain before SIGTERM (SIGKILL 5s later)")
 }
 
-// envoyNodeMetadata is the node metadata the Envoy bootstrap carries: the
-// same the agent's xDS client sends, so that the control plane sees one
-// node. When xdsclient exports its metadata builder, call it here.
-func envoyNodeMetadata(f runFlags) *structpb.Struct {
-	return &structpb.Struct{Fields: map[string]*structpb.Value{
-		xdsclient.MetadataMesh: structpb.NewStringValue(f.meshName),
-	}}
+// envoyNode is the node Envoy presents: the agent's own, from the config
+// its xDS client sends (id, cluster, zone, typed metadata), so that the
+// control plane sees one node whichever of the two it serves.
+func envoyNode(x xdsclient.Config) bootstrap.Config {
+	md := x.Metadata
+	if md == nil {
+		// What the client sends without metadata.
+		m := x.Mesh
+		if m == "" {
+			m = mesh.DefaultMesh
+		}
+		md = &structpb.Struct{Fields: map[string]*structpb.Value{xdsclient.MetadataMesh: structpb.NewStringValue(m)}}
+	}
+	return bootstrap.Config{NodeID: x.NodeID, Cluster: x.Cluster, Zone: x.Zone, Metadata: proto.Clone(md).(*structpb.Struct)}
+}
+
+// authorization is the authorization header value the agent's client
+// sends for x: "Bearer TOKEN", or the token alone (TokenRaw, Kuma).
+func authorization(x xdsclient.Config) (string, error) {
+	if x.TokenFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(x.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("--xds-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--xds-token-file %s: empty", x.TokenFile)
+	}
+	if !x.TokenRaw {
+		tok = "Bearer " + tok
+	}
+	return tok, nil
 }
 
 // envoyXDSSocket is where shunt's local xDS proxy serves Envoy by default.
@@ -63,7 +92,7 @@ func envoyXDSSocket(stateDir string) string { return xdsproxy.SocketPath(stateDi
 // --xds with the same TLS files and token, or the embedded control plane on
 // --xds-listen. The flags are looked up by name, so this follows run's
 // flags as they are.
-func envoyXDS(cmd *cobra.Command, f runFlags, stateDir string) (bootstrap.XDS, error) {
+func envoyXDS(cmd *cobra.Command, f runFlags, x xdsclient.Config, stateDir string) (bootstrap.XDS, error) {
 	if fl := cmd.Flags().Lookup("xds-socket"); fl != nil && fl.Value.String() != "off" {
 		path := fl.Value.String()
 		if path == "" {
@@ -76,7 +105,7 @@ func envoyXDS(cmd *cobra.Command, f runFlags, stateDir string) (bootstrap.XDS, e
 		return bootstrap.XDS{Pipe: abs}, nil
 	}
 	if f.xds != "" {
-		return remoteXDS(f, f.xds)
+		return remoteXDS(f, x)
 	}
 	if fl := cmd.Flags().Lookup("xds-listen"); fl != nil && fl.Value.String() != "" {
 		return bootstrap.XDS{Address: fl.Value.String()}, nil
@@ -84,12 +113,11 @@ func envoyXDS(cmd *cobra.Command, f runFlags, stateDir string) (bootstrap.XDS, e
 	return bootstrap.XDS{}, usageErrorf("run: --envoy-binary with --resources: give --xds-listen, the embedded control plane's address Envoy connects to")
 }
 
-// remoteXDS is server over TCP with the --xds-* TLS and token settings.
-func remoteXDS(f runFlags, server string) (bootstrap.XDS, error) {
-	x := bootstrap.XDS{Address: server}
-	if f.xds == "" {
-		return x, nil // the embedded control plane: plaintext on loopback
-	}
+// remoteXDS is the remote control plane over TCP with the agent's TLS
+// files and token. The token is copied into the bootstrap: Envoy sends it
+// as initial metadata and cannot re-read a file.
+func remoteXDS(f runFlags, x xdsclient.Config) (bootstrap.XDS, error) {
+	out := bootstrap.XDS{Address: f.xds}
 	if f.xdsCA != "" || f.xdsCert != "" {
 		t := &bootstrap.TLS{ServerName: f.xdsServerName}
 		var err error
@@ -102,24 +130,17 @@ func remoteXDS(f runFlags, server string) (bootstrap.XDS, error) {
 				continue
 			}
 			if *p.out, err = filepath.Abs(p.in); err != nil {
-				return x, fmt.Errorf("%s %s: %w", p.flag, p.in, err)
+				return out, fmt.Errorf("%s %s: %w", p.flag, p.in, err)
 			}
 		}
-		x.TLS = t
+		out.TLS = t
 	}
-	if f.xdsToken != "" {
-		b, err := os.ReadFile(f.xdsToken)
-		if err != nil {
-			return x, fmt.Errorf("--xds-token-file: %w", err)
-		}
-		tok := strings.TrimSpace(string(b))
-		if tok == "" {
-			return x, fmt.Errorf("--xds-token-file %s: empty", f.xdsToken)
-		}
-		// The header value the agent's client sends.
-		x.Authorization = "Bearer " + tok
+	auth, err := authorization(x)
+	if err != nil {
+		return out, err
 	}
-	return x, nil
+	out.Authorization = auth
+	return out, nil
 }
 
 var envoyLogLevels = []string{"trace", "debug", "info", "warning", "warn", "error", "critical", "off"}
@@ -160,7 +181,7 @@ func checkRunEnvoyFlags(e envoyFlags) error {
 
 // prepareEnvoy writes the bootstrap and returns the supervisor of the Envoy
 // shunt runs; nil without --envoy-binary.
-func prepareEnvoy(cmd *cobra.Command, f runFlags, plan *redirect.Plan, stateDir string, log *slog.Logger) (*supervisor.Supervisor, error) {
+func prepareEnvoy(cmd *cobra.Command, f runFlags, xcfg xdsclient.Config, plan *redirect.Plan, stateDir string, log *slog.Logger) (*supervisor.Supervisor, error) {
 	e := f.envoy
 	if e.binary == "" {
 		return nil, nil
@@ -169,7 +190,7 @@ func prepareEnvoy(cmd *cobra.Command, f runFlags, plan *redirect.Plan, stateDir 
 	if err != nil {
 		return nil, err
 	}
-	x, err := envoyXDS(cmd, f, stateDir)
+	x, err := envoyXDS(cmd, f, xcfg, stateDir)
 	if err != nil {
 		var ec exitCoder
 		if errors.As(err, &ec) {
@@ -177,10 +198,9 @@ func prepareEnvoy(cmd *cobra.Command, f runFlags, plan *redirect.Plan, stateDir 
 		}
 		return nil, fmt.Errorf("run: envoy bootstrap: %w", err)
 	}
-	b, err := bootstrap.Build(bootstrap.Config{
-		NodeID: f.nodeID, Zone: f.zone, Metadata: envoyNodeMetadata(f),
-		XDS: x, Admin: admin,
-	})
+	bc := envoyNode(xcfg)
+	bc.XDS, bc.Admin = x, admin
+	b, err := bootstrap.Build(bc)
 	if err != nil {
 		return nil, fmt.Errorf("run: %w", err)
 	}
