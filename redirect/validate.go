@@ -97,9 +97,9 @@ func (c *Config) Plan(h Host) (*Plan, error) {
 	p := &Plan{}
 
 	switch e := c.Get("engine"); e {
-	case "iptables", "ebpf", "auto":
+	case "iptables", "nftables", "ebpf", "auto":
 	default:
-		v.fail("engine", e, "want iptables, ebpf or auto")
+		v.fail("engine", e, "want iptables, nftables, ebpf or auto")
 	}
 	switch b := c.Get("iptablesBackend"); b {
 	case "auto", "legacy", "nft":

@@ -231,10 +231,20 @@ func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.S
 			want[ipv6] = true
 		}
 	}
-	// A family installed before but not wanted now is emptied.
+	// A family installed before (or touched by an interrupted install)
+	// but not wanted now is emptied.
 	todo := []family{ipv4}
-	if want[ipv6] || (prev != nil && contains(prev.Families, string(ipv6))) {
+	if want[ipv6] || (prev != nil && (contains(prev.Families, string(ipv6)) || (prev.Intent != nil && contains(prev.Intent.Families, string(ipv6))))) {
 		todo = append(todo, ipv6)
+	}
+	// The intent is on disk before the first rule changes: killed at any
+	// point from here on, the install leaves a record that says so.
+	intent := redirect.Intent{Engine: e.Name(), Backend: string(backend), Plan: p.Clone()}
+	for _, f := range todo {
+		intent.Families = append(intent.Families, string(f))
+	}
+	if err := redirect.RecordIntent(e.opts.StateDir, prev, intent); err != nil {
+		return nil, fmt.Errorf("install: %w", err)
 	}
 
 	// The policy route goes in first: TPROXY rules without it would send
@@ -289,12 +299,21 @@ func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.S
 			}
 			return e.applyFamily(ctx, infos[i].cmds, infos[i].before.Shunt, nil)
 		})
+		rolledBack := true
 		for i, rerr := range rerrs {
 			if rerr != nil {
+				rolledBack = false
 				failed = fmt.Errorf("%w; rolling back %s also failed: %v", failed, infos[i].f, rerr)
 			}
 		}
 		undoRoutes()
+		if rolledBack {
+			// The rules are as found: so is the record. Otherwise the
+			// intent stays, telling status and uninstall the truth.
+			if err := redirect.ClearIntent(e.opts.StateDir, prev); err != nil {
+				failed = fmt.Errorf("%w; %v", failed, err)
+			}
+		}
 		return nil, failed
 	}
 	for _, fi := range infos {
@@ -312,17 +331,24 @@ func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.S
 			e.log.Warn("could not remove the previous TPROXY routes", "err", err)
 		}
 	}
+	var stale []string
 	if prev != nil && prev.Backend != "" && prev.Backend != string(backend) {
+		stale = append(stale, prev.Backend)
+	}
+	if prev != nil && prev.Intent != nil && prev.Intent.Backend != "" && prev.Intent.Backend != string(backend) && !contains(stale, prev.Intent.Backend) {
+		stale = append(stale, prev.Intent.Backend)
+	}
+	for _, old := range stale {
 		// The backend changed (forced by --iptables-backend): the old
 		// variant's rules would otherwise keep capturing too.
 		fams := []family{ipv4, ipv6}
 		e.parallel(len(fams), func(i int) error {
-			cmds := e.commands(Backend(prev.Backend), fams[i])
+			cmds := e.commands(Backend(old), fams[i])
 			if !available(cmds) {
 				return nil
 			}
 			if err := e.applyFamily(ctx, cmds, newRuleset(), nil); err != nil {
-				e.log.Warn("could not remove rules of the previous backend", "backend", prev.Backend, "family", fams[i], "err", err)
+				e.log.Warn("could not remove rules of the previous backend", "backend", old, "family", fams[i], "err", err)
 			}
 			return nil
 		})

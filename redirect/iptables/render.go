@@ -18,6 +18,7 @@ const (
 	chainDNSZoneOut      = "SHUNT_DNS_ZONE_OUT"
 	chainDNSZoneIn       = "SHUNT_DNS_ZONE_IN"
 	chainEgress          = "SHUNT_EGRESS"
+	chainPortGuard       = "SHUNT_PORT_GUARD"
 )
 
 // DNS conntrack zones. The application's queries to a nameserver are
@@ -50,6 +51,7 @@ func Render(p *redirect.Plan, v6 bool) *Ruleset {
 	if p.DNSMode != redirect.DNSNone {
 		r.dnsZones()
 	}
+	r.portGuard()
 	if p.Egress != nil {
 		r.egress()
 	}
@@ -225,6 +227,42 @@ func (r *renderer) dnsZones() {
 			r.rule("raw", chainDNSZoneOut, fmt.Sprintf("%s-p udp -m udp --dport 53 -m owner ! --uid-owner %s -j CT --zone %d", dst, uid, zoneWorkload))
 		}
 		r.rule("raw", chainDNSZoneIn, fmt.Sprintf("%s-p udp -m udp --sport 53 -j CT --zone %d", src, zoneUpstream))
+	}
+}
+
+// portGuard drops what a socket not owned by the proxy's UID or GID, root
+// or a process allowed to set the bypass mark sends from a port capture
+// redirects to. Another process of the pod can bind such a port while the
+// proxy or the agent is down; the captured traffic would reach it, but its
+// answers (the SYN-ACK of a TCP connection, a DNS reply) go no further, so
+// the workload's connections and lookups fail instead of being served by
+// an impostor. Packets the kernel sends with no socket of a process (a
+// reset from a closed port) pass: they serve no one.
+func (r *renderer) portGuard() {
+	p := r.p
+	tcp := []redirect.PortRange{{First: p.OutboundPort, Last: p.OutboundPort}}
+	if p.CaptureInbound {
+		tcp = append(tcp, redirect.PortRange{First: p.InboundPort, Last: p.InboundPort})
+	}
+	if p.DNSMode != redirect.DNSNone {
+		tcp = append(tcp, redirect.PortRange{First: p.DNSPort, Last: p.DNSPort})
+	}
+	r.jump("filter", "OUTPUT", "", chainPortGuard)
+	g := func(parts ...string) { r.rule("filter", chainPortGuard, parts...) }
+	g("-m owner ! --socket-exists -j RETURN")
+	g("-m owner --uid-owner 0 -j RETURN")
+	g("-m owner --uid-owner", fmt.Sprint(p.ProxyUID), "-j RETURN")
+	if p.ProxyGID != nil {
+		g("-m owner --gid-owner", fmt.Sprint(*p.ProxyGID), "-j RETURN")
+	}
+	if p.BypassMark != 0 {
+		g(fmt.Sprintf("-m mark --mark %#x -j RETURN", p.BypassMark))
+	}
+	for _, ports := range multiport(tcp) {
+		g("-p tcp -m multiport --sports " + ports + " -j DROP")
+	}
+	if p.DNSMode != redirect.DNSNone {
+		g(fmt.Sprintf("-p udp -m udp --sport %d -j DROP", p.DNSPort))
 	}
 }
 
