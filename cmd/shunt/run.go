@@ -47,6 +47,7 @@ type runFlags struct {
 	dnsTTL        time.Duration
 	cacheSize     int
 	reconcile     time.Duration
+	node          nodeFlags
 }
 
 func newRunCommand() *cobra.Command {
@@ -93,6 +94,7 @@ the config file and apply it. See docs/agent.md.`,
 	fl.DurationVar(&f.dnsTTL, "dns-ttl", dnsproxy.DefaultTTL, "TTL of DNS answers for mesh names")
 	fl.IntVar(&f.cacheSize, "dns-cache-size", 10000, "forwarded answers cached by the DNS interceptor (0 disables)")
 	fl.DurationVar(&f.reconcile, "reconcile-interval", 2*time.Second, "how often the live rules are checked for drift")
+	addNodeFlags(fl, &f.node)
 	return cmd
 }
 
@@ -155,12 +157,22 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		}
 		server = addr
 	}
+	node, err := resolveNode(cmd, f.node, f.nodeID, f.meshName, plan)
+	if err != nil {
+		return err
+	}
+	f.nodeID, f.meshName = node.ID, node.Mesh
+	if err := checkDNSPortFree(dnsListen(plan.DNSPort)); err != nil {
+		return err
+	}
 	xcfg := xdsclient.Config{
 		Server:    server,
 		NodeID:    f.nodeID,
 		Zone:      f.zone,
 		Mesh:      f.meshName,
+		Metadata:  node.Metadata,
 		TokenFile: f.xdsToken,
+		TokenRaw:  node.TokenRaw,
 		StateDir:  filepath.Join(stateDir, "agent"),
 		TLS:       tlsCfg,
 		Logger:    log.With("component", "xds"),
@@ -222,7 +234,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 			}
 		}
 	}()
-	log.Info("agent starting", "node", f.nodeID, "zone", f.zone, "mesh", f.meshName, "xds", server,
+	log.Info("agent starting", "node", f.nodeID, "flavor", node.Flavor, "zone", f.zone, "mesh", f.meshName, "xds", server,
 		"embedded", f.resources != "", "capture", !f.noCapture, "stateDir", stateDir, "dns", opts.DNS.Listen)
 	return a.Run(ctx)
 }
