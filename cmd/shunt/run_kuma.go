@@ -1,12 +1,8 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
-	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -15,7 +11,7 @@ import (
 
 	"github.com/shunt-dev/shunt/nodemeta"
 	"github.com/shunt-dev/shunt/redirect"
-	"github.com/shunt-dev/shunt/wire"
+	"github.com/shunt-dev/shunt/sockowner"
 )
 
 // nodeFlags say who the node is to the control plane: the flavour of
@@ -136,31 +132,27 @@ func configNodeMetadata(cmd *cobra.Command) (map[string]*structpb.Value, error) 
 	return m, nil
 }
 
-// checkDNSPortFree fails clearly when something else already listens on
-// the DNS interceptor's addresses: most often kuma-dp's own DNS server, or
-// an Envoy that kuma-cp gave its kuma:dns listener, which use the same
-// default port. The probe binds without SO_REUSEPORT, so it also finds a
-// socket that the interceptor's own SO_REUSEPORT sockets would silently
-// share the port with.
-func checkDNSPortFree(addrs []netip.AddrPort) error {
-	for _, ap := range addrs {
-		pc, err := net.ListenPacket("udp", ap.String())
-		if err == nil {
-			err = pc.Close()
-			var ln net.Listener
-			if ln, err = net.Listen("tcp", ap.String()); err == nil {
-				err = ln.Close()
-			}
-		}
-		if errors.Is(err, syscall.EADDRINUSE) {
-			hint := ""
-			if ap.Port() == wire.DNSPort {
-				hint = fmt.Sprintf(" (port %d is also kuma-dp's DNS port: shunt replaces kuma-dp's DNS server, never runs beside it; run kuma-dp without its DNS server, or give shunt another --dns-port)", wire.DNSPort)
-			}
-			return fmt.Errorf("run: DNS interceptor address %s is already in use by another program%s", ap, hint)
-		}
+// checkDNSPortFree refuses to start when kuma-dp's DNS server (kuma-dp
+// itself, or the CoreDNS it starts) or an Envoy that kuma-cp gave its UDP
+// kuma:dns listener holds the DNS interceptor's port: Kuma uses the same
+// default port, and shunt replaces kuma-dp's DNS, it never runs beside it.
+// Any other holder is left to the agent, which names it, keeps the pod's
+// DNS failing closed and takes the port once it is free.
+func checkDNSPortFree(port uint16) error {
+	for _, proto := range []string{"udp", "tcp"} {
+		holders, err := sockowner.Proc("/proc").Find(proto, port)
 		if err != nil {
-			return fmt.Errorf("run: DNS interceptor address %s: %w", ap, err)
+			// Only a better message is lost: the agent still reports
+			// the clash.
+			continue
+		}
+		for _, h := range holders {
+			switch h.Comm {
+			case "kuma-dp", "coredns", "envoy":
+				return fmt.Errorf("run: DNS port %d is held by %s: shunt replaces kuma-dp's DNS server and never runs beside it; "+
+					"run kuma-dp without its DNS (kuma-dp run --dns-enabled=false) and give the Dataplane's Envoy the embedded-DNS "+
+					"feature (shunt's default for --xds-flavor kuma), or give shunt another --dns-port", port, h)
+			}
 		}
 	}
 	return nil
