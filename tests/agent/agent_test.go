@@ -140,6 +140,9 @@ func testExternalServicesThroughTheProxy(t *testing.T, engine string) {
 			if out, err := exec.Command(bpftool, "link", "detach", "pinned", filepath.Join(w.pinDir, "link_connect4")).CombinedOutput(); err != nil {
 				t.Fatalf("bpftool link detach: %v\n%s", err, out)
 			}
+		} else if engine == "nftables" {
+			testenv.RequireBinary(t, "nft")
+			w.pod.MustRun("nft", "flush", "chain", "inet", "shunt", "output4")
 		} else if _, err := w.pod.Run("iptables", "-t", "nat", "-F", "SHUNT_OUTPUT"); err != nil {
 			t.Skip("cannot flush with the default iptables in this namespace")
 		}
@@ -265,9 +268,16 @@ networking:
 `, egressIP, egressPort))
 	w.writeResource("services.yaml", externalService("example", "example", "tcp", "example.com:443", "  tls:\n    enabled: false\n")+
 		externalService("httpbin", "httpbin", "http", "httpbin.org:443", tlsBlock("httpbin.org", w.ca.cert, nil)))
-	// The egress reaches the pod's control plane over their link; the
-	// port is not captured as inbound traffic.
-	w.startAgent("", "--zone", "zone-1", "--xds-listen", "0.0.0.0:15680", "--exclude-inbound-ports", "15680")
+	// A control plane both proxies' nodes use: the agent's over loopback,
+	// the egress's over its link to the pod (that port is not captured as
+	// inbound traffic).
+	w.cp = w.pod.Start(w.pod.Command(context.Background(), bins.shunt, "controlplane", "--resources", w.resources,
+		"--listen", "0.0.0.0:15680", "--state-dir", t.TempDir()))
+	waitFor(t, "the control plane to listen", func() bool {
+		out, _ := w.pod.Run("ss", "-Hltn")
+		return strings.Contains(out, ":15680 ")
+	}, w.cp.Output)
+	w.startAgent(xdsAddr, "--zone", "zone-1", "--exclude-inbound-ports", "15680")
 	w.startEgress()
 	w.startProxy("zone-1")
 	egressAt := fmt.Sprintf("%s:%d", egressIP, egressPort)

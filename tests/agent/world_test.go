@@ -63,9 +63,9 @@ type world struct {
 }
 
 // forEachEngine runs an end-to-end test once per capture engine: the same
-// assertions hold for both.
+// assertions hold for all.
 func forEachEngine(t *testing.T, test func(t *testing.T, engine string)) {
-	for _, engine := range []string{"iptables", "ebpf"} {
+	for _, engine := range []string{"iptables", "nftables", "ebpf"} {
 		t.Run(engine, func(t *testing.T) { test(t, engine) })
 	}
 }
@@ -103,7 +103,9 @@ func newWorld(t *testing.T) *world {
 	testenv.RequireBinary(t, "nginx")
 	testenv.RequireBinary(t, "curl")
 	testenv.RequireBinary(t, "dig")
-	w := &world{t: t, dir: testenv.ReadableTempDir(t), stateDir: t.TempDir()}
+	// The state directory holds the xDS socket: the proxy's user must
+	// reach it.
+	w := &world{t: t, dir: testenv.ReadableTempDir(t), stateDir: testenv.ReadableTempDir(t)}
 	w.resources = filepath.Join(w.dir, "resources")
 	must(t, os.MkdirAll(w.resources, 0o755))
 	w.pod = testenv.NewNetns(t, "pod")
@@ -253,7 +255,7 @@ func (w *world) startAgent(xds string, extra ...string) {
 	w.t.Helper()
 	args := []string{"run", "--state-dir", w.stateDir, "--node-id", "pod", "--admin", adminAddr, "--reconcile-interval", "500ms"}
 	if xds == "" {
-		args = append(args, "--resources", w.resources, "--xds-listen", xdsAddr)
+		args = append(args, "--resources", w.resources)
 	} else {
 		args = append(args, "--xds", xds)
 	}
@@ -267,6 +269,9 @@ func (w *world) startAgent(xds string, extra ...string) {
 			"--resolv-conf", filepath.Join("/etc/netns", w.pod.Name(), "resolv.conf"))
 		w.agent = testenv.StartProcess(w.t, exec.CommandContext(context.Background(), "nsenter", append([]string{"--net=" + w.pod.Path(), bins.shunt}, args...)...))
 	} else {
+		if w.engine == "nftables" {
+			args = append(args, "--engine", "nftables")
+		}
 		w.agent = w.pod.Start(w.pod.Command(context.Background(), bins.shunt, args...))
 	}
 	waitFor(w.t, "the agent to be ready", func() bool {
@@ -279,13 +284,24 @@ func (w *world) stopAgent() {
 	w.agent.Stop()
 }
 
+// xdsSocket is the agent's xDS socket, as the proxy's ADS address.
+func (w *world) xdsSocket() string { return "unix://" + filepath.Join(w.stateDir, "xds.sock") }
+
 // writeBootstrap writes an Envoy v3 bootstrap for the proxy double: the
 // node, ADS to xds over gRPC, nothing else (the double, like Envoy, takes
 // the rest from xDS).
 func (w *world) writeBootstrap(name, nodeID, zone string, metadata map[string]string, xds string) string {
 	w.t.Helper()
-	host, port, err := net.SplitHostPort(xds)
-	must(w.t, err)
+	// A Unix socket (unix://PATH) is a pipe address, as Envoy writes it.
+	var addr map[string]any
+	if path, ok := strings.CutPrefix(xds, "unix://"); ok {
+		addr = map[string]any{"pipe": map[string]any{"path": path}}
+	} else {
+		host, port, err := net.SplitHostPort(xds)
+		must(w.t, err)
+		p, _ := strconv.Atoi(port)
+		addr = map[string]any{"socket_address": map[string]any{"address": host, "port_value": p}}
+	}
 	md := map[string]any{}
 	for k, v := range metadata {
 		md[k] = v
@@ -294,13 +310,12 @@ func (w *world) writeBootstrap(name, nodeID, zone string, metadata map[string]st
 	if zone != "" {
 		node["locality"] = map[string]any{"zone": zone}
 	}
-	p, _ := strconv.Atoi(port)
 	bs := map[string]any{
 		"node": node,
 		"static_resources": map[string]any{"clusters": []any{map[string]any{
 			"name": "ads_cluster", "type": "STATIC", "connect_timeout": "1s",
 			"load_assignment": map[string]any{"cluster_name": "ads_cluster", "endpoints": []any{map[string]any{"lb_endpoints": []any{map[string]any{
-				"endpoint": map[string]any{"address": map[string]any{"socket_address": map[string]any{"address": host, "port_value": p}}}}}}}},
+				"endpoint": map[string]any{"address": addr}}}}}},
 			"typed_extension_protocol_options": map[string]any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": map[string]any{
 				"@type":                "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
 				"explicit_http_config": map[string]any{"http2_protocol_options": map[string]any{}}}},
@@ -320,14 +335,15 @@ func (w *world) writeBootstrap(name, nodeID, zone string, metadata map[string]st
 }
 
 // startProxy runs the Envoy double as the proxy's user, driven by a
-// bootstrap naming the pod's node (zone "" for none).
+// bootstrap naming the pod's node (zone "" for none) with ADS on the
+// agent's xDS socket, as shunt points Envoy.
 func (w *world) startProxy(zone ...string) {
 	w.t.Helper()
 	z := ""
 	if len(zone) > 0 {
 		z = zone[0]
 	}
-	bs := w.writeBootstrap("pod-bootstrap.json", "pod", z, nil, xdsAddr)
+	bs := w.writeBootstrap("pod-bootstrap.json", "pod", z, nil, w.xdsSocket())
 	w.proxy = w.pod.Start(w.pod.CommandAs(context.Background(), proxyUID, proxyUID, bins.meshproxy, "--config-path", bs))
 	waitFor(w.t, "the proxy to have its configuration", func() bool {
 		return strings.Contains(w.proxy.Output(), "xds: ready")
@@ -335,7 +351,7 @@ func (w *world) startProxy(zone ...string) {
 }
 
 // startEgress runs the Envoy double as the ZoneEgress in its namespace: a
-// node of the pod's control plane (reached over the pod's link) that says
+// node of the control plane (w.cp, reached over the pod's link) that says
 // it is the egress zoneegress-1.
 func (w *world) startEgress() {
 	w.t.Helper()

@@ -3,6 +3,8 @@ package agent_test
 import (
 	"strings"
 	"testing"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
 // The page's zone-pinned pair: with locality-aware load balancing,
@@ -36,7 +38,7 @@ networking:
   address: zone-2.httpbin.org:80
 `)
 	for _, zone := range []string{"zone-1", "zone-2"} {
-		w.stateDir = t.TempDir()
+		w.stateDir = testenv.ReadableTempDir(t)
 		w.startAgent("", "--zone", zone)
 		w.startProxy(zone)
 
