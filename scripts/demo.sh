@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up on a fresh Debian machine (as root) and shows Kuma's
 # ExternalService page working through shunt: shunt's own control plane
-# serves the resources in examples/demo/resources, the agent captures a demo
+# (shunt controlplane) serves the resources in examples/demo/resources,
+# the agent (shunt run) captures a demo
 # workload's traffic and answers its DNS, a proxy takes its configuration
 # over xDS and originates TLS, and a ZoneEgress carries the external traffic
 # once passthrough is off.
@@ -123,13 +124,13 @@ cp -r "$top/examples/demo/resources" "$work/resources"
 ca_b64=$(base64 -w0 < "$work/ca.crt")
 printf '    caCert:\n      inline: %s\n' "$ca_b64" >> "$work/resources/httpbin.yaml"
 
-bootstrap() { # bootstrap FILE NODE_ID XDS_HOST METADATA_JSON
+bootstrap() { # bootstrap FILE NODE_ID XDS_ADDRESS_JSON METADATA_JSON
   cat > "$1" <<JSON
 {
   "node": {"id": "$2", "metadata": $4},
   "static_resources": {"clusters": [{
     "name": "ads_cluster", "type": "STATIC", "connect_timeout": "1s",
-    "load_assignment": {"cluster_name": "ads_cluster", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "$3", "port_value": 15680}}}}]}]},
+    "load_assignment": {"cluster_name": "ads_cluster", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": $3}}]}]},
     "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
       "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
       "explicit_http_config": {"http2_protocol_options": {}}}}
@@ -144,11 +145,16 @@ bootstrap() { # bootstrap FILE NODE_ID XDS_HOST METADATA_JSON
 JSON
 }
 
-echo "== starting shunt run (embedded control plane, resources in examples/demo/resources)"
-# The control plane also listens on the workload's link to the egress
-# (that port is not captured), so that the egress proxy is its node too.
-run_args=(run --resources "$work/resources" --state-dir "$work/state" --admin 127.0.0.1:15090
-  --node-id demo-app --xds-listen 0.0.0.0:15680 --exclude-inbound-ports 15680 --cleanup-on-exit)
+echo "== starting shunt controlplane (resources in examples/demo/resources) and shunt run"
+# The control plane serves both proxies' nodes: the workload's through
+# shunt run (over loopback) and the egress's over its link to the workload
+# (that port is not captured). It is plain gRPC off loopback, which only the
+# demo's egress namespace can reach.
+ip netns exec "$app" "$shunt" controlplane --resources "$work/resources" --state-dir "$work/cp-state" \
+  --listen 0.0.0.0:15680 --allow-unauthenticated > "$work/controlplane.log" 2>&1 &
+pids+=($!)
+run_args=(run --xds 127.0.0.1:15680 --state-dir "$work/state" --admin 127.0.0.1:15090
+  --node-id demo-app --exclude-inbound-ports 15680 --cleanup-on-exit)
 if [ -n "${ENVOY:-}" ]; then
   run_args+=(--envoy-binary "$ENVOY")
 fi
@@ -164,8 +170,9 @@ wait_for() { # wait_for WHAT LOG CMD...
 }
 wait_for "shunt ready" "$work/shunt.log" ip netns exec "$app" curl -sf http://127.0.0.1:15090/readyz
 if [ -z "${ENVOY:-}" ]; then
-  # The workload's proxy, as the proxy's user (5678), like Envoy.
-  bootstrap "$work/app-bootstrap.json" demo-app 127.0.0.1 '{}'
+  # The workload's proxy, as the proxy's user (5678), like Envoy, with ADS
+  # on shunt run's xDS socket.
+  bootstrap "$work/app-bootstrap.json" demo-app '{"pipe": {"path": "'"$work/state/xds.sock"'"}}' '{}'
   ip netns exec "$app" setpriv --reuid=5678 --regid=5678 --clear-groups "$proxy" --config-path "$work/app-bootstrap.json" > "$work/proxy.log" 2>&1 &
   pids+=($!)
 else
@@ -173,7 +180,7 @@ else
 fi
 wait_for "the proxy to be live" "$work/proxy.log" ip netns exec "$app" sh -c 'curl -sf http://127.0.0.1:9901/ready | grep -q LIVE'
 # The ZoneEgress proxy: node zoneegress-1, kuma-dp's egress metadata.
-bootstrap "$work/egress-bootstrap.json" zoneegress-1 10.201.0.1 '{"dataplane.proxyType": "egress"}'
+bootstrap "$work/egress-bootstrap.json" zoneegress-1 '{"socket_address": {"address": "10.201.0.1", "port_value": 15680}}' '{"dataplane.proxyType": "egress"}'
 egress_args=(--config-path "$work/egress-bootstrap.json")
 if [ -n "${ENVOY:-}" ]; then
   # A second Envoy on the machine: no hot restart (its shared memory would

@@ -270,9 +270,10 @@ networking:
 		externalService("httpbin", "httpbin", "http", "httpbin.org:443", tlsBlock("httpbin.org", w.ca.cert, nil)))
 	// A control plane both proxies' nodes use: the agent's over loopback,
 	// the egress's over its link to the pod (that port is not captured as
-	// inbound traffic).
+	// inbound traffic). Plain gRPC off loopback: only the test's egress
+	// namespace is on that link.
 	w.cp = w.pod.Start(w.pod.Command(context.Background(), bins.shunt, "controlplane", "--resources", w.resources,
-		"--listen", "0.0.0.0:15680", "--state-dir", t.TempDir()))
+		"--listen", "0.0.0.0:15680", "--allow-unauthenticated", "--state-dir", t.TempDir()))
 	waitFor(t, "the control plane to listen", func() bool {
 		out, _ := w.pod.Run("ss", "-Hltn")
 		return strings.Contains(out, ":15680 ")
