@@ -16,10 +16,11 @@
 #   <prefix>-egr   the ZoneEgress proxy
 #
 # The proxy is tests/standin/meshproxy, shunt's Envoy test double (driven,
-# like Envoy, only by a bootstrap and the xDS it receives; never shipped).
-#   ENVOY=/path/to/envoy  run the real Envoy instead: shunt starts it for the
-#                  workload with --envoy-binary, and the egress runs it with
-#                  the same bootstrap (Envoy is not packaged for Debian)
+# like Envoy, only by a bootstrap and the xDS it receives; never shipped):
+# shunt run starts it for the workload with --envoy-binary, as it starts
+# Envoy, and the egress runs it with its own bootstrap.
+#   ENVOY=/path/to/envoy  run the real Envoy in both places instead (Envoy
+#                  is not packaged for Debian: bring the binary)
 #   DEMO_ONESHOT=1 show the demonstration, check every "Try:" line, and stop
 #   DEMO_PREFIX=x  name the namespaces x-app, x-net, x-egr (default shunt-demo)
 set -euo pipefail
@@ -153,11 +154,10 @@ echo "== starting shunt controlplane (resources in examples/demo/resources) and 
 ip netns exec "$app" "$shunt" controlplane --resources "$work/resources" --state-dir "$work/cp-state" \
   --listen 0.0.0.0:15680 --allow-unauthenticated > "$work/controlplane.log" 2>&1 &
 pids+=($!)
+# shunt run starts the workload's proxy itself (--envoy-binary), as the
+# proxy's user, with a bootstrap whose ADS is shunt run's xDS socket.
 run_args=(run --xds 127.0.0.1:15680 --state-dir "$work/state" --admin 127.0.0.1:15090
-  --node-id demo-app --exclude-inbound-ports 15680 --cleanup-on-exit)
-if [ -n "${ENVOY:-}" ]; then
-  run_args+=(--envoy-binary "$ENVOY")
-fi
+  --node-id demo-app --exclude-inbound-ports 15680 --cleanup-on-exit --envoy-binary "$proxy")
 ip netns exec "$app" "$shunt" "${run_args[@]}" > "$work/shunt.log" 2>&1 &
 shunt_pid=$!
 pids+=($shunt_pid)
@@ -169,30 +169,24 @@ wait_for() { # wait_for WHAT LOG CMD...
   exit 1
 }
 wait_for "shunt ready" "$work/shunt.log" ip netns exec "$app" curl -sf http://127.0.0.1:15090/readyz
-if [ -z "${ENVOY:-}" ]; then
-  # The workload's proxy, as the proxy's user (5678), like Envoy, with ADS
-  # on shunt run's xDS socket.
-  bootstrap "$work/app-bootstrap.json" demo-app '{"pipe": {"path": "'"$work/state/xds.sock"'"}}' '{}'
-  ip netns exec "$app" setpriv --reuid=5678 --regid=5678 --clear-groups "$proxy" --config-path "$work/app-bootstrap.json" > "$work/proxy.log" 2>&1 &
-  pids+=($!)
-else
-  ln -sf "$work/shunt.log" "$work/proxy.log"
-fi
+# The proxy's output is in shunt's log, each line prefixed.
+ln -sf "$work/shunt.log" "$work/proxy.log"
 wait_for "the proxy to be live" "$work/proxy.log" ip netns exec "$app" sh -c 'curl -sf http://127.0.0.1:9901/ready | grep -q LIVE'
 # The ZoneEgress proxy: node zoneegress-1, kuma-dp's egress metadata.
 bootstrap "$work/egress-bootstrap.json" zoneegress-1 '{"socket_address": {"address": "10.201.0.1", "port_value": 15680}}' '{"dataplane.proxyType": "egress"}'
-egress_args=(--config-path "$work/egress-bootstrap.json")
-if [ -n "${ENVOY:-}" ]; then
-  # A second Envoy on the machine: no hot restart (its shared memory would
-  # clash with the workload's Envoy).
-  egress_args+=(--disable-hot-restart --log-level info)
-fi
-ip netns exec "$egr" "$proxy" "${egress_args[@]}" > "$work/egress.log" 2>&1 &
+# A second Envoy on the machine: no hot restart (its shared memory would
+# clash with the workload's).
+ip netns exec "$egr" "$proxy" --config-path "$work/egress-bootstrap.json" --disable-hot-restart --log-level info > "$work/egress.log" 2>&1 &
 pids+=($!)
 wait_for "the egress to be live" "$work/egress.log" ip netns exec "$egr" sh -c 'curl -sf http://127.0.0.1:9901/ready | grep -q LIVE'
 
 as_app() { ip netns exec "$app" setpriv --reuid=1000 --regid=1000 --clear-groups "$@"; }
-last_conn() { sleep 0.3; grep "$2" "$1" | tail -n 1 | sed 's/^[0-9/]* [0-9:]* //'; }
+# The proxy's last connection log line matching $2 (shunt's log wraps the
+# workload proxy's lines: unwrap them).
+last_conn() {
+  sleep 0.3
+  grep "$2" "$1" | tail -n 1 | sed -e 's/.*msg="envoy: //' -e 's/" component=envoy.*//' -e 's/^[0-9/]* [0-9:]* //'
+}
 
 echo
 echo "== 1. mesh names resolve to VIPs, answered by shunt (dig httpbin.mesh, httpbin.org)"
