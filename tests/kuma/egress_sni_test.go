@@ -23,7 +23,7 @@ func TestKumaEgressSNI(t *testing.T) {
 	cp.Put("/meshes/default", map[string]any{"type": "Mesh", "name": "default",
 		"networking": map[string]any{"outbound": map[string]any{"passthrough": false}},
 		"routing":    map[string]any{"zoneEgress": true},
-		"mtls": map[string]any{"enabledBackend": "ca-1", "backends": []any{map[string]any{"name": "ca-1", "type": "builtin"}}},
+		"mtls":       map[string]any{"enabledBackend": "ca-1", "backends": []any{map[string]any{"name": "ca-1", "type": "builtin"}}},
 	})
 	cp.Put("/zoneegresses/zoneegress-1", map[string]any{"type": "ZoneEgress", "name": "zoneegress-1",
 		"networking": map[string]any{"address": "192.0.2.10", "port": 10002}})
