@@ -164,7 +164,7 @@ func (s *Server) pruneIdentitiesLocked() {
 	for _, n := range s.nodes {
 		if n.key.egress != "" {
 			for k := range s.ids {
-				if k.service == n.key.egress {
+				if k.service == EgressIdentityService {
 					used[k] = true
 				}
 			}

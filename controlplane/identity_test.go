@@ -68,8 +68,8 @@ func TestMeshIdentities(t *testing.T) {
 		t.Errorf("identity valid for %v, want the mesh's 1d", d)
 	}
 	e, _ := identityOf(t, s, egress)
-	if got := e.URIs[0].String(); got != "spiffe://default/zoneegress-1" {
-		t.Errorf("egress identity %s, want spiffe://default/zoneegress-1", got)
+	if got := e.URIs[0].String(); got != "spiffe://default/zone-egress" {
+		t.Errorf("egress identity %s, want Kuma's spiffe://default/zone-egress", got)
 	}
 	// The same CA signs both, and a restarted control plane keeps it.
 	s2, err := New(Options{ResourcesDir: res, StateDir: state})

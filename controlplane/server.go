@@ -520,7 +520,7 @@ func (s *Server) egressLocked(gen *generation, name string) (Resources, []types.
 			continue
 		}
 		views = append(views, gen.res.View(m, eg.Zone))
-		id, err := s.identityLocked(gen, cfg, eg.Name)
+		id, err := s.identityLocked(gen, cfg, EgressIdentityService)
 		if err != nil {
 			return Resources{}, nil, nil, fmt.Errorf("identity of ZoneEgress %s in mesh %q: %w", eg.Name, m, err)
 		}

@@ -288,7 +288,7 @@ networking:
 		if err != nil || got != "httpbin sni=example.com client=" {
 			t.Fatalf("curl https://example.com/ = %q, %v\n%s", got, err, w.logs())
 		}
-		if !strings.Contains(w.proxy.Output(), "cluster=external:example upstream="+egressAt+" tls=sni:example{mesh=default} verified=default peer=spiffe://default/zoneegress-1") {
+		if !strings.Contains(w.proxy.Output(), "cluster=external:example upstream="+egressAt+" tls=sni:example{mesh=default} verified=default peer=spiffe://default/zone-egress") {
 			t.Errorf("the sidecar did not reach the egress over mesh mTLS:\n%s", w.proxy.Output())
 		}
 		if !strings.Contains(w.egressFwd.Output(), "sni=example{mesh=default} chain=example{mesh=default} peer=spiffe://default/pod cluster=external:default:example upstream=10.1.0.2:443 tls=none") {

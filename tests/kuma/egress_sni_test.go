@@ -10,6 +10,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/shunt-dev/shunt/controlplane"
+	"github.com/shunt-dev/shunt/controlplane/meshca"
 	"github.com/shunt-dev/shunt/tests/kumacp"
 )
 
@@ -46,6 +47,24 @@ func TestKumaEgressSNI(t *testing.T) {
 			t.Fatalf("kuma-cp's cluster example has no UpstreamTlsContext: %v\n%v", err, &c)
 		}
 		snis = append(snis, u.GetSni())
+		// The egress is verified by Kuma's egress identity, and the
+		// connection offers Kuma's ALPN, as shunt's sidecars do.
+		common := u.GetCommonTlsContext()
+		var sans []string
+		for _, m := range common.GetCombinedValidationContext().GetDefaultValidationContext().GetMatchTypedSubjectAltNames() {
+			sans = append(sans, m.GetSanType().String()+":"+m.GetMatcher().GetExact())
+		}
+		if want := []string{"URI:" + meshca.SPIFFEID("default", controlplane.EgressIdentityService)}; !slices.Equal(sans, want) {
+			t.Errorf("kuma-cp verifies the egress by %v, shunt by %v", sans, want)
+		}
+		if !slices.Equal(common.GetAlpnProtocols(), []string{controlplane.MeshALPN}) {
+			t.Errorf("kuma-cp's ALPN %v, shunt's %v", common.GetAlpnProtocols(), controlplane.MeshALPN)
+		}
+		for _, sc := range []string{common.GetTlsCertificateSdsSecretConfigs()[0].GetName(), common.GetCombinedValidationContext().GetValidationContextSdsSecretConfig().GetName()} {
+			if sc != controlplane.IdentitySecretName("default") && sc != controlplane.MeshCASecretName("default") {
+				t.Errorf("kuma-cp's secret %q is none of shunt's names", sc)
+			}
+		}
 	}
 	want := controlplane.EgressSNI("default", "example")
 	if !slices.Contains(snis, want) {
