@@ -344,3 +344,20 @@ func grep(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// A shunt killed outright takes its Envoy with it, so that the next shunt
+// finds the admin port and the socket free.
+func TestEnvoyDiesWithShunt(t *testing.T) {
+	w := newWorld(t)
+	w.agent = w.pod.Start(w.command())
+	w.waitFor("/readyz", func() bool { code, _ := w.admin("/readyz"); return code == "200" })
+	pid := w.pids()[0]
+	if err := w.agent.Cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	w.waitFor("the proxy to die with shunt", func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		// Gone, or a zombie until its parent is reaped.
+		return err != nil || strings.Contains(string(b), ") Z ")
+	})
+}
