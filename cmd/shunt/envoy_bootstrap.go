@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -16,11 +15,11 @@ import (
 // the same.
 var envoyBootstrapFlags = []string{
 	"xds", "xds-ca", "xds-cert", "xds-key", "xds-server-name", "xds-token-file",
-	"node-id", "zone", "mesh", "state-dir", "envoy-admin",
+	"node-id", "zone", "mesh", "state-dir", "xds-socket", "envoy-admin",
 }
 
 func newEnvoyBootstrapCommand() *cobra.Command {
-	var output, socket string
+	var output string
 	cmd := &cobra.Command{
 		Use:   "envoy-bootstrap",
 		Short: "Print the Envoy bootstrap shunt run --envoy-binary writes",
@@ -28,11 +27,13 @@ func newEnvoyBootstrapCommand() *cobra.Command {
 world, resource API v3, listeners and clusters from ADS) with the node id,
 zone and metadata the agent sends, and Envoy's admin API on loopback.
 
-With --xds the bootstrap points at that control plane with the same TLS
+Without --xds it points at the socket on which shunt run serves the node's
+xDS to the local proxy (--xds-socket, default <state-dir>/xds.sock): the way
+to run Envoy beside shunt run, which holds the node's one upstream stream.
+With --xds, Envoy connects to that control plane itself, with the same TLS
 files and token as the agent (the token is copied into the bootstrap: keep
-the output private). Without it, it points at shunt's local xDS socket
-(--xds-socket, default <state-dir>/xds.sock). The output is validated as
-Envoy validates its bootstrap. See docs/envoy.md.`,
+the output private), for an Envoy that no shunt run serves. The output is
+validated as Envoy validates its bootstrap. See docs/envoy.md.`,
 		Example: `  shunt envoy-bootstrap --node-id default.web-1 --zone zone-1
   shunt envoy-bootstrap --xds cp.example:5678 --xds-ca /etc/shunt/ca.pem --xds-token-file /etc/shunt/token -o yaml > /etc/envoy/envoy.yaml`,
 		Args: cobra.NoArgs,
@@ -45,6 +46,7 @@ Envoy validates its bootstrap. See docs/envoy.md.`,
 				nodeID: str("node-id"), zone: str("zone"), meshName: str("mesh"),
 			}
 			f.envoy.admin = str("envoy-admin")
+			socket := str("xds-socket")
 			if output != "json" && output != "yaml" {
 				return usageErrorf("envoy-bootstrap: -o %q: want json or yaml", output)
 			}
@@ -76,11 +78,11 @@ Envoy validates its bootstrap. See docs/envoy.md.`,
 					return fmt.Errorf("envoy-bootstrap: %w", err)
 				}
 			} else {
-				if socket == "" {
-					socket = envoyXDSSocket(cfg.Get("stateDir"))
+				if socket == "off" {
+					return usageErrorf("envoy-bootstrap: --xds-socket off: give --xds, the control plane Envoy connects to")
 				}
-				if x.Pipe, err = filepath.Abs(socket); err != nil {
-					return fmt.Errorf("envoy-bootstrap: --xds-socket %s: %w", socket, err)
+				if x, err = socketXDS(socket, cfg.Get("stateDir")); err != nil {
+					return fmt.Errorf("envoy-bootstrap: %w", err)
 				}
 			}
 			bc := envoyNode(xcfg)
@@ -106,7 +108,6 @@ Envoy validates its bootstrap. See docs/envoy.md.`,
 	for _, name := range envoyBootstrapFlags {
 		cmd.Flags().AddFlag(run.Flags().Lookup(name))
 	}
-	cmd.Flags().StringVar(&socket, "xds-socket", "", "without --xds: shunt's local xDS socket (default <state-dir>/xds.sock)")
 	cmd.Flags().StringVarP(&output, "output", "o", "json", "output format: json or yaml")
 	return cmd
 }

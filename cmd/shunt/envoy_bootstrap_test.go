@@ -97,6 +97,7 @@ func TestRunRefusesEnvoyFlags(t *testing.T) {
 		{[]string{"--envoy-binary", "/bin/true", "--envoy-concurrency", "-1"}, "--envoy-concurrency -1: must not be negative"},
 		{[]string{"--envoy-binary", "/bin/true", "--drain-timeout", "0s"}, "--drain-timeout 0s: must be positive"},
 		{[]string{"--envoy-binary", "/bin/true", "--envoy-admin", "10.0.0.1:9901"}, "must be a loopback address"},
+		{[]string{"--envoy-binary", "/bin/true", "--xds-socket", "off"}, "Envoy needs the local socket"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			out, err := runShunt(t, append([]string{"run", "--resources", t.TempDir()}, tc.args...)...)
