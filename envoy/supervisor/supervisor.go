@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -231,6 +232,9 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 
 	cmd := exec.Command(s.cfg.Binary, s.Args()...)
 	cmd.Env = s.cfg.Env
+	// shunt's own working directory may be closed to the proxy's user;
+	// the bootstrap's directory is the proxy's.
+	cmd.Dir = filepath.Dir(s.cfg.BootstrapPath)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Credential: s.cfg.Credential,
 		// Its own process group: a Ctrl-C at shunt's terminal must not
