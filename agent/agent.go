@@ -73,7 +73,22 @@ type Options struct {
 	// CleanupOnExit removes the rules when Run returns.
 	CleanupOnExit bool
 
+	// Proxy, when set, is the proxy shunt runs itself (--envoy-binary):
+	// /readyz waits for it and /metrics reports it.
+	Proxy ProxyStatus
+
 	Logger *slog.Logger
+}
+
+// ProxyStatus is what the agent reports of the proxy process it runs
+// (envoy/supervisor).
+type ProxyStatus interface {
+	// Ready reports whether the proxy says it is live, and if not why.
+	Ready() (bool, string)
+	// Up reports whether the process is running.
+	Up() bool
+	// Restarts counts the processes started after the first.
+	Restarts() uint64
 }
 
 // Agent applies snapshots to the capture and the DNS interceptor.
@@ -191,6 +206,11 @@ func (a *Agent) Ready() (bool, string) {
 			msg += ": " + *e
 		}
 		missing = append(missing, msg)
+	}
+	if p := a.opts.Proxy; p != nil {
+		if ok, why := p.Ready(); !ok {
+			missing = append(missing, why)
+		}
 	}
 	return len(missing) == 0, strings.Join(missing, "; ")
 }

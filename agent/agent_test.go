@@ -113,7 +113,12 @@ var (
 
 func startAgent(t *testing.T, src Source, eng redirect.Engine, res HostResolver) *Agent {
 	t.Helper()
-	a, err := New(Options{
+	return startAgentWith(t, src, eng, res, func(*Options) {})
+}
+
+func startAgentWith(t *testing.T, src Source, eng redirect.Engine, res HostResolver, edit func(*Options)) *Agent {
+	t.Helper()
+	opts := Options{
 		Source:            src,
 		Engine:            eng,
 		Plan:              basePlan(t),
@@ -123,7 +128,9 @@ func startAgent(t *testing.T, src Source, eng redirect.Engine, res HostResolver)
 		ReconcileInterval: 50 * time.Millisecond,
 		CleanupOnExit:     true,
 		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	}
+	edit(&opts)
+	a, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,6 +390,74 @@ func TestAdminEndpoints(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// fakeProxy is the proxy process's status as envoy/supervisor reports it.
+type fakeProxy struct {
+	mu       sync.Mutex
+	ready    bool
+	up       bool
+	restarts uint64
+}
+
+func (p *fakeProxy) Ready() (bool, string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.ready {
+		return false, "proxy /ready: 503 INITIALIZING"
+	}
+	return true, ""
+}
+func (p *fakeProxy) Up() bool         { p.mu.Lock(); defer p.mu.Unlock(); return p.up }
+func (p *fakeProxy) Restarts() uint64 { p.mu.Lock(); defer p.mu.Unlock(); return p.restarts }
+
+func TestProxyGatesReadinessAndIsMeasured(t *testing.T) {
+	src := newFakeSource(&mesh.AgentSnapshot{Version: "v1", Passthrough: true})
+	proxy := &fakeProxy{up: true, restarts: 2}
+	a := startAgentWith(t, src, &fakeEngine{}, fakeResolver{}, func(o *Options) { o.Proxy = proxy })
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	// Everything else is in place: only the proxy holds readiness back.
+	eventually(t, "capture installed", func() bool { return a.captureOK.Load() })
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "proxy /ready: 503 INITIALIZING") {
+		t.Errorf("/readyz with the proxy initializing: %d %q", code, body)
+	}
+	_, body := get("/metrics")
+	for _, want := range []string{"shunt_proxy_up 1", "shunt_proxy_restarts_total 2", "shunt_agent_ready 0"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	proxy.mu.Lock()
+	proxy.ready, proxy.restarts = true, 3
+	proxy.mu.Unlock()
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("/readyz with the proxy live: %d %q", code, body)
+	}
+	_, body = get("/metrics")
+	for _, want := range []string{"shunt_proxy_restarts_total 3", "shunt_agent_ready 1"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+func TestNoProxyNoProxyMetrics(t *testing.T) {
+	a := startAgent(t, newFakeSource(&mesh.AgentSnapshot{Version: "v1", Passthrough: true}), &fakeEngine{}, fakeResolver{})
+	rec := httptest.NewRecorder()
+	a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if strings.Contains(rec.Body.String(), "shunt_proxy_") {
+		t.Errorf("proxy metrics without a proxy:\n%s", grep(rec.Body.String(), "shunt_proxy_"))
 	}
 }
 

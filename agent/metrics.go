@@ -68,12 +68,14 @@ var (
 	descReady        = prometheus.NewDesc("shunt_agent_ready", "1 when /readyz answers 200.", nil, nil)
 	descCaptureOK    = prometheus.NewDesc("shunt_capture_installed", "1 when the wanted capture rules are installed.", nil, nil)
 	descAllowed      = prometheus.NewDesc("shunt_capture_egress_allowed_prefixes", "Destinations allowed under egress lockdown (absent without lockdown).", nil, nil)
+	descProxyUp      = prometheus.NewDesc("shunt_proxy_up", "1 while the proxy process shunt runs (--envoy-binary) is running.", nil, nil)
+	descProxyRestart = prometheus.NewDesc("shunt_proxy_restarts_total", "Proxy processes started after the first, because the previous one died.", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueries, descTruncated, descCacheHits, descCacheMiss, descTCPConns, descPanics,
 		descUpQueries, descUpFailures, descUpLatency, descTableNames, descXDSConnected, descXDSReconnect, descXDSNACK,
-		descSnapshot, descSnapshotAge, descPassthrough, descReady, descCaptureOK, descAllowed} {
+		descSnapshot, descSnapshotAge, descPassthrough, descReady, descCaptureOK, descAllowed, descProxyUp, descProxyRestart} {
 		ch <- d
 	}
 }
@@ -131,6 +133,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ready, _ := a.Ready()
 	gauge(descReady, b2f(ready))
+	if p := a.opts.Proxy; p != nil {
+		gauge(descProxyUp, b2f(p.Up()))
+		count(descProxyRestart, float64(p.Restarts()))
+	}
 	if a.opts.Engine != nil {
 		gauge(descCaptureOK, b2f(a.captureOK.Load()))
 		if p := a.plan.Load(); p != nil && p.Egress != nil {

@@ -21,8 +21,10 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/shunt-dev/shunt/internal/memlisten"
 	"github.com/shunt-dev/shunt/mesh"
 )
 
@@ -52,7 +54,13 @@ type Options struct {
 	PollInterval time.Duration
 	// Translate defaults to DefaultTranslateOptions().
 	Translate *TranslateOptions
-	Logger    *slog.Logger
+	// Credentials secure the gRPC server (nil: plaintext, for loopback
+	// and in-process listeners).
+	Credentials credentials.TransportCredentials
+	// KeepaliveMinTime is the shortest client ping interval tolerated
+	// (default DefaultKeepaliveMinTime); tests shorten it.
+	KeepaliveMinTime time.Duration
+	Logger           *slog.Logger
 }
 
 // Server serves the resources of a directory over ADS, one snapshot per
@@ -148,24 +156,63 @@ func (s *Server) Register(g *grpc.Server) {
 	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
 }
 
-// Run serves xDS on lis and watches the resources until ctx ends. It returns
-// nil after a cancellation and the serving error otherwise.
-func (s *Server) Run(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
-	opts = append([]grpc.ServerOption{
-		// Proxies keep one stream for hours; keepalives find dead peers,
-		// and the policy lets well-behaved clients ping us.
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+// Keepalive defaults: proxies keep one stream for hours. The server pings
+// an idle connection every DefaultKeepaliveTime to find dead peers, and lets
+// clients ping it as often as every DefaultKeepaliveMinTime (shunt's own
+// client pings every 30 s; Envoy's default is off).
+const (
+	DefaultKeepaliveTime    = 30 * time.Second
+	DefaultKeepaliveMinTime = 10 * time.Second
+)
+
+// grpcServer is the one gRPC server setup of the control plane, embedded in
+// `shunt run` or standing alone in `shunt controlplane`: the same keepalive
+// enforcement everywhere, so that a client's pings never earn it a
+// too_many_pings GOAWAY.
+func (s *Server) grpcServer() *grpc.Server {
+	minTime := s.opts.KeepaliveMinTime
+	if minTime <= 0 {
+		minTime = DefaultKeepaliveMinTime
+	}
+	opts := []grpc.ServerOption{
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: DefaultKeepaliveTime, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: minTime, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1 << 16),
-	}, opts...)
+	}
+	if s.opts.Credentials != nil {
+		opts = append(opts, grpc.Creds(s.opts.Credentials))
+	}
 	g := grpc.NewServer(opts...)
 	s.Register(g)
-	s.log.Info("control plane serving", "address", lis.Addr().String(), "resources", s.opts.ResourcesDir, "version", s.Version())
+	return g
+}
+
+// Serve serves xDS on every listener and watches the resources until ctx
+// ends. It returns nil after a cancellation; if one listener fails, the
+// others stop too and the error is returned.
+func (s *Server) Serve(ctx context.Context, lns ...net.Listener) error {
+	if len(lns) == 0 {
+		return errors.New("controlplane: Serve needs a listener")
+	}
+	g := s.grpcServer()
+	for _, lis := range lns {
+		s.log.Info("control plane serving", "address", lis.Addr().String(), "resources", s.opts.ResourcesDir, "version", s.Version())
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- g.Serve(lis) }()
+	serveErr := make(chan error, len(lns))
+	for _, lis := range lns {
+		go func() {
+			err := g.Serve(lis)
+			if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				err = fmt.Errorf("serve xDS on %s: %w", lis.Addr(), err)
+			} else {
+				err = nil
+			}
+			serveErr <- err
+		}()
+	}
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
@@ -173,9 +220,12 @@ func (s *Server) Run(ctx context.Context, lis net.Listener, opts ...grpc.ServerO
 	}()
 
 	var err error
+	pending := len(lns)
 	select {
 	case err = <-serveErr:
+		pending--
 		cancel()
+		g.Stop()
 	case <-ctx.Done():
 		stopped := make(chan struct{})
 		go func() {
@@ -190,13 +240,27 @@ func (s *Server) Run(ctx context.Context, lis net.Listener, opts ...grpc.ServerO
 			g.Stop()
 			<-stopped
 		}
-		<-serveErr
+	}
+	// Once stopped, every Serve returns.
+	for ; pending > 0; pending-- {
+		if e := <-serveErr; err == nil {
+			err = e
+		}
 	}
 	<-watchDone
-	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-		return fmt.Errorf("serve xDS on %s: %w", lis.Addr(), err)
-	}
-	return nil
+	return err
+}
+
+// ServeInProcess serves xDS, as Serve does, on a listener inside the
+// process until ctx ends: no port and no socket file, so no other process
+// can subscribe. dial is the only way in (it fits grpc.WithContextDialer and
+// xdsclient.Config.Dialer); done receives Serve's result. Serve runs on the
+// extra listeners too, if any.
+func (s *Server) ServeInProcess(ctx context.Context, extra ...net.Listener) (dial func(context.Context, string) (net.Conn, error), done <-chan error) {
+	ln := memlisten.New()
+	ch := make(chan error, 1)
+	go func() { ch <- s.Serve(ctx, append([]net.Listener{ln}, extra...)...) }()
+	return ln.Dial, ch
 }
 
 // Watch follows the resource directory until ctx ends (file events, and a

@@ -69,7 +69,7 @@ func startServer(t *testing.T, dir, stateDir string) *testServer {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx, lis) }()
+	go func() { done <- srv.Serve(ctx, lis) }()
 	ts := &testServer{srv: srv, addr: lis.Addr().String(), dir: dir}
 	ts.stop = func() {
 		cancel()

@@ -19,6 +19,12 @@ type CacheOptions struct {
 	// RFC 8767) and serves them, with a 30 s TTL, when every upstream fails.
 	ServeStale bool
 	StaleFor   time.Duration
+	// StaleAnswerTimeout is how long a client whose answer is stale in the
+	// cache waits for the upstreams before it gets the stale answer (RFC
+	// 8767's client response timer, default 1.8 s); the upstream query goes
+	// on and refreshes the cache. While every upstream is known to be
+	// failing the stale answer is sent at once.
+	StaleAnswerTimeout time.Duration
 }
 
 // cacheKey is the lower-case wire-format name followed by type, class and
@@ -88,6 +94,9 @@ func newCache(o CacheOptions) *cache {
 	}
 	if o.StaleFor == 0 {
 		o.StaleFor = 24 * time.Hour
+	}
+	if o.StaleAnswerTimeout <= 0 {
+		o.StaleAnswerTimeout = 1800 * time.Millisecond
 	}
 	c := &cache{opts: o, seed: maphash.MakeSeed(), shards: make([]cacheShard, cacheShards)}
 	per := max(1, (o.Size+cacheShards-1)/cacheShards)

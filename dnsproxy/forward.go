@@ -2,11 +2,13 @@ package dnsproxy
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,6 +72,16 @@ func (f *forwarder) order(now time.Time) []*upstream {
 		}
 	}
 	return out
+}
+
+// anyHealthy reports whether some upstream is not known to be failing.
+func (f *forwarder) anyHealthy(now time.Time) bool {
+	for _, u := range *f.ups.Load() {
+		if u.healthy(now) {
+			return true
+		}
+	}
+	return false
 }
 
 type attemptResult struct {
@@ -173,34 +185,70 @@ func (f *forwarder) ask(ctx context.Context, u *upstream, req *dns.Msg, tcp bool
 	if d, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(d)
 	}
-	co := &dns.Conn{Conn: conn, UDPSize: 65535}
-	if err := co.WriteMsg(q); err != nil {
-		return nil, fmt.Errorf("upstream %s: send over %s: %w", u.addr, network, err)
+	if tcp {
+		return f.readTCP(ctx, u, conn, q)
 	}
+	b, err := q.Pack()
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: pack query: %w", u.addr, err)
+	}
+	if _, err := conn.Write(b); err != nil {
+		return nil, fmt.Errorf("upstream %s: send over udp: %w", u.addr, err)
+	}
+	// A small pooled buffer, not one of 64 KiB per query: shunt asks for
+	// answers of at most bufSize bytes (or 512 without EDNS0), so anything
+	// that fills this buffer is treated as truncated and asked over TCP.
+	bp := udpBufs.Get().(*[]byte)
+	defer udpBufs.Put(bp)
+	buf := *bp
 	for {
-		r, err := co.ReadMsg()
+		n, err := conn.Read(buf)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, fmt.Errorf("upstream %s over %s: %w", u.addr, network, ctx.Err())
+				return nil, fmt.Errorf("upstream %s over udp: %w", u.addr, ctx.Err())
 			}
-			if tcp || !isUnpackError(err) {
-				return nil, fmt.Errorf("upstream %s: read over %s: %w", u.addr, network, err)
+			return nil, fmt.Errorf("upstream %s: read over udp: %w", u.addr, err)
+		}
+		r := new(dns.Msg)
+		if n == len(buf) {
+			// Too large for shunt's buffer: keep the header only and let the
+			// TCP retry fetch it whole.
+			if buf[2]&0x80 == 0 || binary.BigEndian.Uint16(buf) != q.Id {
+				continue
 			}
+			r.Id, r.Response, r.Truncated = q.Id, true, true
+			r.Question = q.Question
+			return r, nil
+		}
+		if err := r.Unpack(buf[:n]); err != nil {
 			continue // garbage on UDP: keep waiting for the real reply
 		}
 		if r.Id != q.Id || !r.Response || !sameQuestion(r, q) {
-			if tcp {
-				return nil, fmt.Errorf("upstream %s: reply does not match the query", u.addr)
-			}
 			continue // not ours, or forged: ignore
 		}
 		return r, nil
 	}
 }
 
-func isUnpackError(err error) bool {
-	var ne net.Error
-	return !errors.As(err, &ne) && !errors.Is(err, net.ErrClosed)
+// udpBufs are the buffers upstream UDP answers are read into.
+var udpBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
+
+func (f *forwarder) readTCP(ctx context.Context, u *upstream, conn net.Conn, q *dns.Msg) (*dns.Msg, error) {
+	co := &dns.Conn{Conn: conn}
+	if err := co.WriteMsg(q); err != nil {
+		return nil, fmt.Errorf("upstream %s: send over tcp: %w", u.addr, err)
+	}
+	r, err := co.ReadMsg()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("upstream %s over tcp: %w", u.addr, ctx.Err())
+		}
+		return nil, fmt.Errorf("upstream %s: read over tcp: %w", u.addr, err)
+	}
+	if r.Id != q.Id || !r.Response || !sameQuestion(r, q) {
+		return nil, fmt.Errorf("upstream %s: reply does not match the query", u.addr)
+	}
+	return r, nil
 }
 
 func sameQuestion(a, b *dns.Msg) bool {

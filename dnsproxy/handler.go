@@ -40,8 +40,9 @@ func (s *Server) handle(ctx context.Context, req []byte, tcp bool) (resp []byte)
 	switch {
 	case m.Opcode != dns.OpcodeQuery:
 		r, outcome = reply(m, dns.RcodeNotImplemented), OutcomeFormErr
-	case len(m.Question) != 1:
+	case len(m.Question) != 1, !oneOPT(m):
 		r, outcome = reply(m, dns.RcodeFormatError), OutcomeFormErr
+		opt = nil // which of the OPT records would be the client's is not known
 	case opt != nil && opt.Version() != 0:
 		r, outcome = reply(m, dns.RcodeBadVers), OutcomeFormErr
 	default:
@@ -62,6 +63,25 @@ func (s *Server) handle(ctx context.Context, req []byte, tcp bool) (resp []byte)
 		return errorHeader(req, dns.RcodeServerFailure)
 	}
 	return b
+}
+
+// oneOPT reports whether m has at most one OPT record, and that one in the
+// additional section: RFC 6891 section 6.1.1 makes anything else FORMERR.
+func oneOPT(m *dns.Msg) bool {
+	n := 0
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns} {
+		for _, rr := range sec {
+			if rr.Header().Rrtype == dns.TypeOPT {
+				return false
+			}
+		}
+	}
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			n++
+		}
+	}
+	return n <= 1
 }
 
 func udpSize(opt *dns.OPT) uint16 {
@@ -192,11 +212,15 @@ func (s *Server) forward(ctx context.Context, m *dns.Msg, tcp bool) (*dns.Msg, O
 		key = ""
 	}
 	now := time.Now()
-	if c, _ := s.cache.get(key, now, false); c != nil {
+	c, stale := s.cache.get(key, now, true)
+	if c != nil && !stale {
 		s.metrics.cacheHits.Add(1)
 		return fromUpstream(m, c), OutcomeCache
 	}
 	s.metrics.cacheMiss.Add(1)
+	if c != nil {
+		return s.forwardStale(ctx, m, tcp, key, c)
+	}
 	up, err := s.fwd.exchange(ctx, m, tcp)
 	if err != nil {
 		if c, stale := s.cache.get(key, time.Now(), true); c != nil && stale {
@@ -211,6 +235,69 @@ func (s *Server) forward(ctx context.Context, m *dns.Msg, tcp bool) (*dns.Msg, O
 		s.cache.put(key, up, buildWire(m, up), now)
 	}
 	return fromUpstream(m, up.Copy()), OutcomeForwarded
+}
+
+// forwardStale answers a query whose cached answer has expired (serve-stale
+// is on): the upstreams are asked in the background, and the client gets
+// their answer if it comes within the stale-answer timer, the stale answer
+// otherwise (RFC 8767 section 5). While every upstream is known to be
+// failing nobody waits for them: the stale answer goes out at once and the
+// refresh finds out when they are back.
+func (s *Server) forwardStale(ctx context.Context, m *dns.Msg, tcp bool, key cacheKey, stale *dns.Msg) (*dns.Msg, Outcome) {
+	ref := s.refresh(ctx, m, tcp, key)
+	if ref == nil || !s.fwd.anyHealthy(time.Now()) {
+		return fromUpstream(m, stale), OutcomeStale
+	}
+	timer := time.NewTimer(s.cache.opts.StaleAnswerTimeout)
+	defer timer.Stop()
+	select {
+	case <-ref.done:
+		if ref.err == nil {
+			return fromUpstream(m, ref.m.Copy()), OutcomeForwarded
+		}
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	return fromUpstream(m, stale), OutcomeStale
+}
+
+// refreshing is one upstream query for an expired cache entry; clients
+// that find the same entry expired wait for it rather than ask again.
+type refreshing struct {
+	done chan struct{}
+	m    *dns.Msg // the upstream's answer, owned by the cache once done
+	err  error
+}
+
+// refresh starts (or joins) the upstream query that refreshes key. It
+// returns nil when as many refreshes as MaxInFlight are running already.
+func (s *Server) refresh(ctx context.Context, m *dns.Msg, tcp bool, key cacheKey) *refreshing {
+	s.refreshMu.Lock()
+	defer s.refreshMu.Unlock()
+	if r := s.refreshes[key]; r != nil {
+		return r
+	}
+	if len(s.refreshes) >= s.cfg.MaxInFlight {
+		return nil
+	}
+	r := &refreshing{done: make(chan struct{})}
+	s.refreshes[key] = r
+	m = m.Copy()
+	s.background.Add(1)
+	go func() {
+		defer s.background.Done()
+		now := time.Now()
+		up, err := s.fwd.exchange(ctx, m, tcp)
+		if err == nil {
+			s.cache.put(key, up, buildWire(m, up), now)
+		}
+		r.m, r.err = up, err
+		s.refreshMu.Lock()
+		delete(s.refreshes, key)
+		s.refreshMu.Unlock()
+		close(r.done)
+	}()
+	return r
 }
 
 // fromUpstream turns an upstream's answer (owned by the caller) into the

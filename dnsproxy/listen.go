@@ -96,11 +96,20 @@ type batchConn interface {
 	WriteBatch([]ipv4.Message, int) (int, error)
 }
 
+// slowUDP hands a query the fast path did not answer to its own goroutine.
+// The reader never waits here: when the client already has its share of
+// the forwarding slots in use, or every slot is taken, the query is
+// dropped and the client retries (possibly elsewhere). The share is what
+// keeps one flooding client from taking the slots of everyone else.
 func (s *Server) slowUDP(work context.Context, req []byte, from netip.AddrPort, write func([]byte, netip.AddrPort), handlers *sync.WaitGroup) {
+	if !s.clients.acquire(from) {
+		s.metrics.query(0, OutcomeDropped)
+		return
+	}
 	select {
 	case s.inflight <- struct{}{}:
 	default:
-		// Overloaded: dropping lets the client retry, possibly elsewhere.
+		s.clients.release(from)
 		s.metrics.query(0, OutcomeDropped)
 		return
 	}
@@ -108,11 +117,56 @@ func (s *Server) slowUDP(work context.Context, req []byte, from netip.AddrPort, 
 	handlers.Add(1)
 	go func() {
 		defer handlers.Done()
+		defer s.clients.release(from)
 		defer func() { <-s.inflight }()
 		if resp := s.handle(work, cp, false); resp != nil {
 			write(resp, from)
 		}
 	}()
+}
+
+// clientShares counts the forwarding slots each client (source address and
+// port: the finest identity a UDP datagram carries) holds, so that none
+// takes more than its share of MaxInFlight.
+type clientShares struct {
+	max    int
+	shards [16]struct {
+		mu sync.Mutex
+		n  map[netip.AddrPort]int
+	}
+}
+
+func newClientShares(max int) *clientShares {
+	c := &clientShares{max: max}
+	for i := range c.shards {
+		c.shards[i].n = map[netip.AddrPort]int{}
+	}
+	return c
+}
+
+func (c *clientShares) shard(a netip.AddrPort) int {
+	b := a.Addr().As16()
+	return int(b[15]^b[14]^byte(a.Port())^byte(a.Port()>>8)) % len(c.shards)
+}
+
+func (c *clientShares) acquire(a netip.AddrPort) bool {
+	sh := &c.shards[c.shard(a)]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.n[a] >= c.max {
+		return false
+	}
+	sh.n[a]++
+	return true
+}
+
+func (c *clientShares) release(a netip.AddrPort) {
+	sh := &c.shards[c.shard(a)]
+	sh.mu.Lock()
+	if sh.n[a]--; sh.n[a] <= 0 {
+		delete(sh.n, a)
+	}
+	sh.mu.Unlock()
 }
 
 // serveUDPSimple serves a PacketConn that is not a *net.UDPConn, one
@@ -236,49 +290,160 @@ func (s *Server) shortcutMayApply(name []byte, t *Table) bool {
 	return false
 }
 
-// connSet tracks TCP connections so that shutdown can close the idle ones
-// at once and the busy ones when they finish.
+// connSet tracks TCP connections: it bounds them in total and per peer, and
+// when a new connection would go over a bound it closes the connection that
+// has waited longest with nothing in flight (RFC 7766 section 6.2.3), so
+// that a process holding every slot with idle or half-sent connections
+// cannot keep other clients out. Connections with a query being answered
+// are never closed for room; then the new connection is refused. Shutdown
+// closes the idle ones at once and the busy ones when they finish.
 type connSet struct {
 	mu      sync.Mutex
-	conns   map[net.Conn]bool // value: idle (waiting for a query)
+	conns   map[net.Conn]*tcpConn
+	perPeer map[netip.Addr]int
+	max     int
+	peerMax int
 	closing bool
 }
 
-func newConnSet() *connSet { return &connSet{conns: map[net.Conn]bool{}} }
+type tcpConn struct {
+	c    net.Conn
+	peer netip.Addr
+	// reading: waiting for (the rest of) a query; pending: queries read
+	// and not yet answered. Only reading with nothing pending may be
+	// closed for room or at shutdown.
+	reading    bool
+	pending    int
+	lastActive time.Time
+	evicted    bool
+}
 
-func (cs *connSet) add(c net.Conn) bool {
+func newConnSet(max, peerMax int) *connSet {
+	return &connSet{conns: map[net.Conn]*tcpConn{}, perPeer: map[netip.Addr]int{}, max: max, peerMax: peerMax}
+}
+
+// peerOf is the identity connections are counted by: the client's address.
+func peerOf(c net.Conn) netip.Addr {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// add admits c, closing an idle connection to make room when needed; it
+// reports false when c must be refused.
+func (cs *connSet) add(c net.Conn, now time.Time) bool {
+	peer := peerOf(c)
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if cs.closing {
 		return false
 	}
-	cs.conns[c] = false
+	if cs.perPeer[peer] >= cs.peerMax {
+		if !cs.evictLocked(now, func(tc *tcpConn) bool { return tc.peer == peer }) {
+			return false
+		}
+	}
+	if len(cs.conns) >= cs.max {
+		// Room is taken from the peer holding the most connections.
+		busiest, most := netip.Addr{}, 0
+		for p, n := range cs.perPeer {
+			if n > most {
+				busiest, most = p, n
+			}
+		}
+		if !cs.evictLocked(now, func(tc *tcpConn) bool { return tc.peer == busiest }) &&
+			!cs.evictLocked(now, func(*tcpConn) bool { return true }) {
+			return false
+		}
+	}
+	cs.conns[c] = &tcpConn{c: c, peer: peer, reading: true, lastActive: now}
+	cs.perPeer[peer]++
 	return true
+}
+
+// evictGrace is how long a connection is safe from being closed for room
+// after it was accepted or last active: its client's query may be on its
+// way or not yet read.
+const evictGrace = 500 * time.Millisecond
+
+// evictLocked closes the longest-idle connection that match accepts.
+func (cs *connSet) evictLocked(now time.Time, match func(*tcpConn) bool) bool {
+	var victim *tcpConn
+	for _, tc := range cs.conns {
+		if tc.reading && tc.pending == 0 && now.Sub(tc.lastActive) >= evictGrace && match(tc) &&
+			(victim == nil || tc.lastActive.Before(victim.lastActive)) {
+			victim = tc
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	victim.evicted = true
+	cs.dropLocked(victim)
+	victim.c.Close()
+	return true
+}
+
+func (cs *connSet) dropLocked(tc *tcpConn) {
+	delete(cs.conns, tc.c)
+	if cs.perPeer[tc.peer]--; cs.perPeer[tc.peer] <= 0 {
+		delete(cs.perPeer, tc.peer)
+	}
 }
 
 func (cs *connSet) remove(c net.Conn) {
 	cs.mu.Lock()
-	delete(cs.conns, c)
+	if tc := cs.conns[c]; tc != nil {
+		cs.dropLocked(tc)
+	}
 	cs.mu.Unlock()
 }
 
-// setIdle marks c idle or busy; it reports false when c should close.
-func (cs *connSet) setIdle(c net.Conn, idle bool) bool {
+// setReading marks c waiting for a query (or not); it reports false when c
+// should close.
+func (cs *connSet) setReading(c net.Conn, reading bool) bool {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if cs.closing && idle {
+	tc := cs.conns[c]
+	if tc == nil {
+		return false // closed for room
+	}
+	if cs.closing && reading && tc.pending == 0 {
 		return false
 	}
-	cs.conns[c] = idle
+	tc.reading = reading
+	tc.lastActive = time.Now()
 	return true
+}
+
+// begin and end count a query of c being answered.
+func (cs *connSet) begin(c net.Conn) {
+	cs.mu.Lock()
+	if tc := cs.conns[c]; tc != nil {
+		tc.pending++
+	}
+	cs.mu.Unlock()
+}
+
+func (cs *connSet) end(c net.Conn) {
+	cs.mu.Lock()
+	if tc := cs.conns[c]; tc != nil {
+		tc.pending--
+		tc.lastActive = time.Now()
+		if cs.closing && tc.reading && tc.pending == 0 {
+			c.Close()
+		}
+	}
+	cs.mu.Unlock()
 }
 
 func (cs *connSet) closeIdle() {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	cs.closing = true
-	for c, idle := range cs.conns {
-		if idle {
+	for c, tc := range cs.conns {
+		if tc.reading && tc.pending == 0 {
 			c.Close()
 		}
 	}
@@ -304,22 +469,14 @@ func (s *Server) serveTCP(stop, work context.Context, ln net.Listener, conns *co
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		select {
-		case s.tcpSlots <- struct{}{}:
-		default:
-			s.log.Debug("too many TCP connections, closing a new one", "limit", s.cfg.MaxTCPConns, "remote", c.RemoteAddr())
-			c.Close()
-			continue
-		}
-		if !conns.add(c) {
-			<-s.tcpSlots
+		if !conns.add(c, time.Now()) {
+			s.log.Debug("too many busy TCP connections, closing a new one", "limit", s.cfg.MaxTCPConns, "remote", c.RemoteAddr())
 			c.Close()
 			continue
 		}
 		handlers.Add(1)
 		go func() {
 			defer handlers.Done()
-			defer func() { <-s.tcpSlots }()
 			defer conns.remove(c)
 			defer c.Close()
 			s.serveConn(stop, work, c, conns)
@@ -343,20 +500,20 @@ func (s *Server) serveConn(stop, work context.Context, c net.Conn, conns *connSe
 		binary.BigEndian.PutUint16(l[:], uint16(len(b)))
 		_, _ = (&net.Buffers{l[:], b}).WriteTo(c)
 	}
+	share := make(chan struct{}, s.cfg.MaxInFlightPerClient)
 	r := bufio.NewReaderSize(c, 4096)
 	var nb [256]byte
 	var q query
 	out := make([]byte, 0, 2048)
 	for {
-		if !conns.setIdle(c, true) {
+		if !conns.setReading(c, true) {
 			return
 		}
+		// The idle timeout covers the whole query: a client that sends
+		// half a message holds its slot no longer than an idle one.
 		_ = c.SetReadDeadline(time.Now().Add(s.cfg.TCPIdleTimeout))
 		var l [2]byte
 		if _, err := io.ReadFull(r, l[:]); err != nil {
-			return
-		}
-		if !conns.setIdle(c, false) && stop.Err() != nil {
 			return
 		}
 		n := int(binary.BigEndian.Uint16(l[:]))
@@ -368,9 +525,19 @@ func (s *Server) serveConn(stop, work context.Context, c net.Conn, conns *connSe
 		if _, err := io.ReadFull(r, req); err != nil {
 			return
 		}
+		if !conns.setReading(c, false) {
+			return
+		}
 		if resp, ok := s.fast(req, out[:0], &nb, &q, false); ok {
 			write(resp)
 			continue
+		}
+		// A connection's share of the forwarding slots: past it, the next
+		// query is not read until one is answered.
+		select {
+		case share <- struct{}{}:
+		case <-work.Done():
+			return
 		}
 		select {
 		case s.inflight <- struct{}{}:
@@ -378,9 +545,11 @@ func (s *Server) serveConn(stop, work context.Context, c net.Conn, conns *connSe
 			return
 		}
 		queries.Add(1)
+		conns.begin(c)
 		go func() {
 			defer queries.Done()
-			defer func() { <-s.inflight }()
+			defer conns.end(c)
+			defer func() { <-s.inflight; <-share }()
 			if resp := s.handle(work, req, true); resp != nil {
 				write(resp)
 			}

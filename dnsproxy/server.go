@@ -73,11 +73,23 @@ type Config struct {
 	// exempted UID). The CLI defaults to DefaultUpstreamMark.
 	UpstreamMark uint32
 
-	MaxTCPConns    int           // default 256
-	TCPIdleTimeout time.Duration // default 10s
-	MaxMessageSize int           // largest query accepted; default 4096
-	MaxInFlight    int           // forwarded queries at once; default 2048
-	DrainTimeout   time.Duration // how long Run waits for in-flight queries; default 3s
+	MaxTCPConns int // default 256
+	// MaxTCPConnsPerPeer bounds the TCP connections of one client address;
+	// default a quarter of MaxTCPConns. Over either bound the connection
+	// idle longest (of that client, or of the client with the most) is
+	// closed to make room; one with a query being answered never is.
+	MaxTCPConnsPerPeer int
+	TCPIdleTimeout     time.Duration // default 10s
+	MaxMessageSize     int           // largest query accepted; default 4096
+	// MaxInFlight bounds the queries on the slow path (forwarded, mostly)
+	// at once; default 1024. One UDP client (address and port) holds at
+	// most MaxInFlightPerClient of them (default an eighth, at least 4),
+	// one TCP connection likewise: beyond its share a UDP client's query
+	// is dropped, a TCP connection is not read, so a flood from one
+	// client leaves the others their slots.
+	MaxInFlight          int
+	MaxInFlightPerClient int
+	DrainTimeout         time.Duration // how long Run waits for in-flight queries; default 3s
 
 	Logger *slog.Logger // default slog.Default()
 }
@@ -101,6 +113,9 @@ func (c *Config) setDefaults() {
 	if c.MaxTCPConns <= 0 {
 		c.MaxTCPConns = 256
 	}
+	if c.MaxTCPConnsPerPeer <= 0 {
+		c.MaxTCPConnsPerPeer = max(1, c.MaxTCPConns/4)
+	}
 	if c.TCPIdleTimeout <= 0 {
 		c.TCPIdleTimeout = 10 * time.Second
 	}
@@ -108,7 +123,10 @@ func (c *Config) setDefaults() {
 		c.MaxMessageSize = 4096
 	}
 	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = 2048
+		c.MaxInFlight = 1024
+	}
+	if c.MaxInFlightPerClient <= 0 {
+		c.MaxInFlightPerClient = max(4, c.MaxInFlight/8)
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 3 * time.Second
@@ -135,11 +153,17 @@ type Server struct {
 	metrics    *Metrics
 
 	inflight chan struct{}
-	tcpSlots chan struct{}
-	running  atomic.Bool
-	ready    chan struct{}
-	addrsMu  sync.Mutex
-	addrs    []net.Addr
+	clients  *clientShares
+	// refreshes are the upstream queries under way for expired cache
+	// entries, by key; background tracks them (and other work that
+	// outlives the query that started it) so that Serve waits for them.
+	refreshMu  sync.Mutex
+	refreshes  map[cacheKey]*refreshing
+	background sync.WaitGroup
+	running    atomic.Bool
+	ready      chan struct{}
+	addrsMu    sync.Mutex
+	addrs      []net.Addr
 }
 
 // New checks cfg and builds a Server. It fails when a listen address is not
@@ -162,8 +186,10 @@ func New(cfg Config) (*Server, error) {
 		metrics:  newMetrics(),
 		cache:    newCache(cfg.Cache),
 		inflight: make(chan struct{}, cfg.MaxInFlight),
-		tcpSlots: make(chan struct{}, cfg.MaxTCPConns),
+		clients:  newClientShares(cfg.MaxInFlightPerClient),
 		ready:    make(chan struct{}),
+
+		refreshes: make(map[cacheKey]*refreshing),
 	}
 	for _, z := range cfg.LocalZones {
 		s.zones = append(s.zones, strings.ToLower(dns.Fqdn(z)))
@@ -339,7 +365,7 @@ func (s *Server) Serve(ctx context.Context, pcs []net.PacketConn, lns []net.List
 			s.serveUDP(ctx, work, pc, &handlers)
 		}()
 	}
-	conns := newConnSet()
+	conns := newConnSet(s.cfg.MaxTCPConns, s.cfg.MaxTCPConnsPerPeer)
 	for _, ln := range lns {
 		wg.Add(1)
 		go func() {
@@ -361,7 +387,7 @@ func (s *Server) Serve(ctx context.Context, pcs []net.PacketConn, lns []net.List
 	}
 	conns.closeIdle()
 	done := make(chan struct{})
-	go func() { wg.Wait(); handlers.Wait(); close(done) }()
+	go func() { wg.Wait(); handlers.Wait(); s.background.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(s.cfg.DrainTimeout):

@@ -274,6 +274,10 @@ func TestMalformedQueries(t *testing.T) {
 		{"response bit set", append([]byte{packed[0], packed[1], 0x81}, packed[3:]...), -1},
 		{"two questions", twoQuestions(), dns.RcodeFormatError},
 		{"notify opcode", opcode(dns.OpcodeNotify), dns.RcodeNotImplemented},
+		// RFC 6891 section 6.1.1: more than one OPT RR is FORMERR.
+		{"two OPT records", twoOPTs("httpbin.mesh."), dns.RcodeFormatError},
+		{"two OPT records, forwarded name", twoOPTs("www.example.org."), dns.RcodeFormatError},
+		{"OPT in the answer section", optInAnswer(), dns.RcodeFormatError},
 	}
 	buf := make([]byte, 4096)
 	for _, c := range cases {
@@ -315,6 +319,23 @@ func twoQuestions() []byte {
 	return b
 }
 
+func twoOPTs(name string) []byte {
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	m.SetEdns0(1232, false)
+	m.SetEdns0(4096, false)
+	b, _ := m.Pack()
+	return b
+}
+
+func optInAnswer() []byte {
+	m := new(dns.Msg)
+	m.SetQuestion("httpbin.mesh.", dns.TypeA)
+	m.Answer = append(m.Answer, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: 1232}})
+	b, _ := m.Pack()
+	return b
+}
+
 func opcode(op int) []byte {
 	m := new(dns.Msg)
 	m.SetQuestion("a.mesh.", dns.TypeSOA)
@@ -344,7 +365,7 @@ func TestTCPLimitsAndNoGoroutineLeak(t *testing.T) {
 	before := runtime.NumGoroutine()
 	func() {
 		srv, err := New(Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, UDPSockets: 2,
-			Table: meshTable(), Upstreams: []netip.AddrPort{up.addr}, MaxTCPConns: 4, TCPIdleTimeout: 1500 * time.Millisecond, Logger: quiet()})
+			Table: meshTable(), Upstreams: []netip.AddrPort{up.addr}, MaxTCPConns: 4, MaxTCPConnsPerPeer: 4, TCPIdleTimeout: 1500 * time.Millisecond, Logger: quiet()})
 		if err != nil {
 			t.Fatal(err)
 		}

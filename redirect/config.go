@@ -6,8 +6,19 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
+)
+
+// Defaults of the optional capture features.
+const (
+	// DefaultTProxyMark is Istio's: the mark its Envoy configuration puts
+	// on original-source connections.
+	DefaultTProxyMark       = 0x539
+	DefaultTProxyRouteTable = 133
+	DefaultXtablesRetries   = 4
+	DefaultXtablesLockWait  = 10 * time.Second
 )
 
 // Config is the user's capture settings, as given. Every field has one key,
@@ -37,7 +48,7 @@ type Option struct {
 // text shows them.
 func Options() []Option {
 	opts := []Option{
-		{Key: "engine", Default: "iptables", Help: "capture engine: iptables, ebpf or auto"},
+		{Key: "engine", Default: "iptables", Help: "capture engine: iptables, nftables, ebpf or auto (eBPF where supported and the cgroup is known, else iptables when installed, else nftables)"},
 		{Key: "iptablesBackend", Default: "auto", Help: "iptables variant: auto (the one holding rules, else nft), legacy or nft"},
 		{Key: "proxyUID", Default: fmt.Sprint(DefaultProxyUID), Help: "user id or name the proxy runs as; never captured"},
 		{Key: "proxyGID", Help: "group id or name whose traffic is never captured (optional)"},
@@ -57,6 +68,17 @@ func Options() []Option {
 		{Key: "bypassMark", Default: fmt.Sprintf("%#x", DefaultBypassMark), Help: "socket mark whose packets are never captured (0 disables)"},
 		{Key: "ipFamily", Default: string(FamilyDual), Help: "dual (IPv4, and IPv6 where the namespace has it) or ipv4"},
 		{Key: "meshCidrs", Help: "pod and service CIDRs reachable with passthrough disabled, comma-separated"},
+		{Key: "inboundMode", Default: "redirect", Help: "how inbound TCP reaches the proxy: redirect (NAT) or tproxy (TPROXY: the proxy sees the real client and destination addresses; iptables engine)"},
+		{Key: "tproxyMark", Default: fmt.Sprintf("%#x", DefaultTProxyMark), Help: "with inboundMode tproxy: the packet mark of TPROXY-captured packets and of the proxy's connections to the application from the client's address"},
+		{Key: "tproxyRouteTable", Default: fmt.Sprint(DefaultTProxyRouteTable), Help: "with inboundMode tproxy: the routing table shunt fills with the local route marked packets take"},
+		{Key: "dropInvalid", Bool: true, Help: "drop inbound packets conntrack marks INVALID (out-of-window after a loss), which would otherwise escape capture and draw resets"},
+		{Key: "includeOutboundCidrs", Help: "capture outbound TCP to these CIDRs only (default: all), comma-separated"},
+		{Key: "includeOutboundPorts", Help: "capture outbound TCP to these ports (or ranges a-b) only (default: all), comma-separated"},
+		{Key: "includeInboundPorts", Help: "capture inbound TCP to these ports (or ranges a-b) only (default: all), comma-separated"},
+		{Key: "vnetInterfaces", Help: "IFACE or IFACE:CIDR entries, comma-separated: interfaces of nested VMs or containers whose TCP is captured as outbound (except to CIDR)"},
+		{Key: "packetLog", Default: "off", Help: "log each packet the rules redirect, reject or drop: off, nflog[:GROUP] (netlink group, default 0) or kernel (kernel log)"},
+		{Key: "xtablesLockWait", Default: DefaultXtablesLockWait.String(), Help: "how long each iptables-restore waits for the xtables lock another program (kube-proxy) holds, e.g. 5s"},
+		{Key: "xtablesRetries", Default: fmt.Sprint(DefaultXtablesRetries), Help: "how often a change is retried after a lock timeout or a concurrent writer (0-20)"},
 		{Key: "netns", Help: "network namespace to act on (a path such as /run/netns/NAME); default: the current one"},
 		{Key: "cgroup", Help: "cgroup-v2 directory whose processes the eBPF engine captures"},
 		{Key: "bpfPinDir", Help: "where the eBPF engine pins its programs and maps (default /sys/fs/bpf/shunt/<cgroup>)"},

@@ -12,7 +12,7 @@ import (
 // changed plan replaces shunt's rules atomically; rules shunt did not create
 // are never touched. Uninstall removes exactly what Install added.
 type Engine interface {
-	// Name is "iptables" or "ebpf".
+	// Name is "iptables", "nftables" or "ebpf".
 	Name() string
 	// Render returns what Install would apply, for --dry-run, keyed by a
 	// label such as "ipv4" or "ipv6".
@@ -46,4 +46,17 @@ type Status struct {
 type Section struct {
 	Name  string   `json:"name"`
 	Lines []string `json:"lines"`
+}
+
+// UninstallRenderer is an engine that can print what Uninstall would
+// remove (uninstall --dry-run).
+type UninstallRenderer interface {
+	RenderUninstall(ctx context.Context) (map[string]string, error)
+}
+
+// ListenerSyncer is an engine that must be told when the proxy's inbound
+// listener appears (the eBPF engine steers inbound connections to the
+// listener socket itself, which exists only once the proxy runs).
+type ListenerSyncer interface {
+	SyncListener(ctx context.Context) (int, error)
 }

@@ -31,8 +31,10 @@ type State struct {
 	Skipped  []string `json:"skipped,omitempty"`
 	// Applied holds, per family, the engine's own rules as read back from
 	// the kernel right after install: the reference for drift detection.
-	Applied     map[string]string `json:"applied,omitempty"`
-	InstalledAt time.Time         `json:"installedAt"`
+	Applied map[string]string `json:"applied,omitempty"`
+	// Chosen says why the engine was chosen, when engine auto chose it.
+	Chosen      string    `json:"chosen,omitempty"`
+	InstalledAt time.Time `json:"installedAt"`
 	// Intent, when set, is an install that began and neither finished nor
 	// rolled back (the process was killed): its rules may be in place,
 	// whole or in part, next to or instead of the ones recorded above.

@@ -9,8 +9,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 packages=(
   # build
   ca-certificates curl unzip make git gcc libc6-dev
-  # capture: both iptables variants, namespaces, users
-  iptables iproute2 util-linux procps kmod
+  # capture: both iptables variants, namespaces, users; nft is only the
+  # tests' checker of the nftables engine's table (shunt never runs it)
+  iptables nftables iproute2 util-linux procps kmod
   # eBPF: regenerating the objects, inspecting what is attached
   clang llvm bpftool libbpf-dev linux-libc-dev
   # proxies, servers and clients the tests drive

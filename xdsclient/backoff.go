@@ -7,9 +7,13 @@ import (
 )
 
 // BackoffConfig is the reconnect schedule: the n-th consecutive failure
-// waits a random time in [0, min(Max, Initial*Multiplier^n)) ("full
-// jitter"), so that many agents losing the same server do not return to it
-// in step.
+// waits a random time in [c/2, c) with c = min(Max, Initial*Multiplier^n)
+// ("equal jitter"). The jitter keeps many agents that lost the same server
+// from returning to it in step; the lower half bounds how often a dead
+// server is tried (at most once a second with the defaults), and the low
+// ceiling means a returning server is used within Max (2 s by default):
+// each attempt is one TCP connection, cheap for the server, while every
+// second without it is a second of stale configuration.
 type BackoffConfig struct {
 	Initial    time.Duration
 	Max        time.Duration
@@ -19,7 +23,7 @@ type BackoffConfig struct {
 // Backoff defaults.
 const (
 	DefaultBackoffInitial    = 250 * time.Millisecond
-	DefaultBackoffMax        = 30 * time.Second
+	DefaultBackoffMax        = 2 * time.Second
 	DefaultBackoffMultiplier = 2.0
 )
 
@@ -61,11 +65,21 @@ func (b BackoffConfig) ceiling(attempt int) time.Duration {
 	return time.Duration(d)
 }
 
-// delay is the full-jitter wait after attempt failures in a row.
+// delay is the jittered wait after attempt failures in a row.
 func (b BackoffConfig) delay(attempt int) time.Duration {
 	c := b.ceiling(attempt)
-	if c <= 0 {
-		return 0
+	if c <= 1 {
+		return c
 	}
-	return rand.N(c)
+	return c/2 + rand.N(c-c/2)
+}
+
+// Delay is the jittered wait after attempt failures in a row, with the
+// defaults filled in for zero fields (an invalid config gets the defaults).
+func (b BackoffConfig) Delay(attempt int) time.Duration {
+	d, err := b.withDefaults()
+	if err != nil {
+		d, _ = BackoffConfig{}.withDefaults()
+	}
+	return d.delay(attempt)
 }

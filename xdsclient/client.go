@@ -36,8 +36,17 @@ type Config struct {
 	// StateDir keeps the last good snapshot ("" = no persistence).
 	StateDir string
 	Logger   *slog.Logger
-	// Backoff zero = defaults: 250ms initial, 30s max, x2, full jitter.
+	// Backoff zero = defaults (see BackoffConfig).
 	Backoff BackoffConfig
+	// KeepaliveTime is the client's ping interval (default
+	// DefaultKeepaliveTime).
+	KeepaliveTime time.Duration
+	// Dialer, when set, connects to Server instead of the network (an
+	// in-process control plane); Server is then only a name.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// Stream, when set, opens the client's streams instead of dialing
+	// Server: the xDS proxy hands the client its in-process stream.
+	Stream func(ctx context.Context) (ADSStream, error)
 }
 
 // Status is what the client knows of its connection.
@@ -81,15 +90,8 @@ type Client struct {
 
 // New validates cfg and loads the persisted snapshot, if any.
 func New(cfg Config) (*Client, error) {
-	if cfg.Server == "" {
-		return nil, errors.New("xdsclient: Server is empty")
-	}
-	host, port, err := net.SplitHostPort(cfg.Server)
-	if err != nil || host == "" {
-		return nil, fmt.Errorf("xdsclient: Server %q is not host:port", cfg.Server)
-	}
-	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-		return nil, fmt.Errorf("xdsclient: Server %q: invalid port %q", cfg.Server, port)
+	if err := checkServer(cfg); err != nil {
+		return nil, err
 	}
 	if cfg.NodeID == "" {
 		return nil, errors.New("xdsclient: NodeID is empty")
@@ -123,6 +125,23 @@ func New(cfg Config) (*Client, error) {
 		}
 	}
 	return c, nil
+}
+
+func checkServer(cfg Config) error {
+	if cfg.Server == "" {
+		return errors.New("xdsclient: Server is empty")
+	}
+	if cfg.Dialer != nil || cfg.Stream != nil {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(cfg.Server)
+	if err != nil || host == "" {
+		return fmt.Errorf("xdsclient: Server %q is not host:port", cfg.Server)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("xdsclient: Server %q: invalid port %q", cfg.Server, port)
+	}
+	return nil
 }
 
 // Current returns the last good snapshot: the persisted one until the first

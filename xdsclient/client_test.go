@@ -63,7 +63,7 @@ func startControlPlane(t *testing.T, resources, state, addr string) (*controlpla
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx, lis) }()
+	go func() { done <- srv.Serve(ctx, lis) }()
 	stopped := false
 	stop := func() {
 		if stopped {

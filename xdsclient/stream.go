@@ -45,34 +45,13 @@ func (c *Client) session(ctx context.Context) (answered bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	var creds credentials.TransportCredentials = insecure.NewCredentials()
-	if c.cfg.TLS != nil {
-		creds = credentials.NewTLS(c.cfg.TLS.Clone())
+	open := c.cfg.Stream
+	if open == nil {
+		open = func(ctx context.Context) (ADSStream, error) { return OpenStream(ctx, c.cfg) }
 	}
-	if c.cfg.TokenFile != "" {
-		tok, err := readToken(c.cfg.TokenFile)
-		if err != nil {
-			return false, err
-		}
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
-	}
-	conn, err := grpc.NewClient(c.cfg.Server,
-		grpc.WithTransportCredentials(creds),
-		// Matches the server's enforcement policy (10 s minimum), and
-		// finds a dead server behind a silent network within a minute.
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-		// 10,000 ExternalServices make a 12 MB listener response; gRPC's
-		// default 4 MB limit would refuse it forever.
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
-	)
+	stream, err := open(ctx)
 	if err != nil {
-		return false, fmt.Errorf("dial %s: %w", c.cfg.Server, err)
-	}
-	defer conn.Close()
-
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		return false, fmt.Errorf("open ADS stream to %s: %w", c.cfg.Server, err)
+		return false, err
 	}
 	s := &session{c: c, stream: stream, node: c.node()}
 	if err := s.subscribe(); err != nil {
@@ -146,6 +125,62 @@ func (c *Client) session(ctx context.Context) (answered bool, err error) {
 	}
 }
 
+// ADSStream is the client side of an ADS stream: a gRPC stream, or the
+// xDS proxy's in-process one.
+type ADSStream interface {
+	Send(*discoveryv3.DiscoveryRequest) error
+	Recv() (*discoveryv3.DiscoveryResponse, error)
+}
+
+// DefaultKeepaliveTime is how often the client pings an idle connection:
+// above the control plane's 10 s enforcement minimum, and it finds a dead
+// server behind a silent network within a minute.
+const DefaultKeepaliveTime = 30 * time.Second
+
+// OpenStream dials cfg.Server (TLS, token, keepalive as configured) and
+// opens an ADS stream on it; the connection closes when ctx ends.
+func OpenStream(ctx context.Context, cfg Config) (ADSStream, error) {
+	var creds credentials.TransportCredentials = insecure.NewCredentials()
+	if cfg.TLS != nil {
+		creds = credentials.NewTLS(cfg.TLS.Clone())
+	}
+	if cfg.TokenFile != "" {
+		tok, err := readToken(cfg.TokenFile)
+		if err != nil {
+			return nil, err
+		}
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
+	ka := cfg.KeepaliveTime
+	if ka <= 0 {
+		ka = DefaultKeepaliveTime
+	}
+	target := cfg.Server
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: ka, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// 10,000 ExternalServices make a 12 MB listener response; gRPC's
+		// default 4 MB limit would refuse it forever.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256 << 20)),
+	}
+	if cfg.Dialer != nil {
+		// An in-process server: no name resolution.
+		target = "passthrough:///" + cfg.Server
+		opts = append(opts, grpc.WithContextDialer(cfg.Dialer))
+	}
+	conn, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", cfg.Server, err)
+	}
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("open ADS stream to %s: %w", cfg.Server, err)
+	}
+	context.AfterFunc(ctx, func() { conn.Close() })
+	return stream, nil
+}
+
 // SettleDelay is how long the client waits for the rest of a change whose
 // parts carry different versions before publishing what it has.
 const SettleDelay = 100 * time.Millisecond
@@ -188,7 +223,7 @@ func (c *Client) node() *corev3.Node {
 // whole configuration again.
 type session struct {
 	c        *Client
-	stream   discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	stream   ADSStream
 	node     *corev3.Node
 	nodeSent bool
 	answered bool

@@ -216,7 +216,7 @@ func corruptState(t *testing.T) string {
 	return dir
 }
 
-func TestBackoffFullJitter(t *testing.T) {
+func TestBackoffJitterAndCap(t *testing.T) {
 	b, err := BackoffConfig{}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
@@ -226,12 +226,20 @@ func TestBackoffFullJitter(t *testing.T) {
 			t.Errorf("ceiling(%d) = %v, want %v", attempt, got, want)
 		}
 	}
-	if got := b.ceiling(100); got != 30*time.Second {
-		t.Errorf("ceiling(100) = %v, want the 30s cap", got)
+	if got := b.ceiling(100); got != 2*time.Second {
+		t.Errorf("ceiling(100) = %v, want the 2s cap", got)
 	}
+	// Jittered, never above the cap, never below half of it: a returning
+	// server is used within 2 s, a dead one tried at most once a second.
+	seen := map[time.Duration]bool{}
 	for range 1000 {
-		if d := b.delay(3); d < 0 || d >= 2*time.Second {
-			t.Fatalf("delay(3) = %v, outside [0, 2s)", d)
+		d := b.delay(100)
+		if d < time.Second || d >= 2*time.Second {
+			t.Fatalf("delay(100) = %v, outside [1s, 2s)", d)
 		}
+		seen[d.Round(100*time.Millisecond)] = true
+	}
+	if len(seen) < 5 {
+		t.Errorf("delay(100) is not jittered: %v", seen)
 	}
 }

@@ -80,7 +80,7 @@ func BenchmarkPropagation10k(b *testing.B) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { _ = cp.Run(ctx, ln) }()
+	go func() { _ = cp.Serve(ctx, ln) }()
 	client, err := xdsclient.New(xdsclient.Config{Server: ln.Addr().String(), NodeID: "bench", Logger: quiet()})
 	if err != nil {
 		b.Fatal(err)

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/shunt-dev/shunt/controlplane"
@@ -110,6 +109,13 @@ func runControlPlane(cmd *cobra.Command, f cpFlags) error {
 		// Checking must not move the VIPs of a running control plane.
 		opts.StateDir = ""
 	}
+	if f.tlsCert != "" && !f.check {
+		creds, err := cpServerTLS(f.tlsCert, f.tlsKey, f.clientCA)
+		if err != nil {
+			return err
+		}
+		opts.Credentials = creds
+	}
 	srv, err := controlplane.New(opts)
 	if err != nil {
 		return err
@@ -118,19 +124,11 @@ func runControlPlane(cmd *cobra.Command, f cpFlags) error {
 		return cpPrintVIPs(cmd, srv)
 	}
 
-	var serverOpts []grpc.ServerOption
-	if f.tlsCert != "" {
-		creds, err := cpServerTLS(f.tlsCert, f.tlsKey, f.clientCA)
-		if err != nil {
-			return err
-		}
-		serverOpts = append(serverOpts, grpc.Creds(creds))
-	}
 	lis, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("controlplane: listen on %s: %w", f.listen, err)
 	}
-	return srv.Run(cmd.Context(), lis, serverOpts...)
+	return srv.Serve(cmd.Context(), lis)
 }
 
 func cpPrintVIPs(cmd *cobra.Command, srv *controlplane.Server) error {

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/redirect/engines"
 )
 
 func newExplainCommand() *cobra.Command {
@@ -72,7 +73,7 @@ func newExplainCommand() *cobra.Command {
 			var plan *redirect.Plan
 			if st != nil {
 				plan = st.Plan
-				adoptState(cfg, st)
+				engines.Adopt(cfg, st)
 			}
 			// Without an engine (none can run here) the recorded plan is
 			// still explained.

@@ -10,69 +10,19 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/shunt-dev/shunt/redirect"
-	"github.com/shunt-dev/shunt/redirect/ebpf"
-	"github.com/shunt-dev/shunt/redirect/iptables"
+	"github.com/shunt-dev/shunt/redirect/engines"
 	"github.com/shunt-dev/shunt/redirect/validate"
 )
 
-// newEngine returns the engine the configuration asks for. With auto, eBPF
-// is chosen where the kernel and the cgroup allow it, iptables otherwise,
-// and the log says which and why.
+// newEngine returns the engine the configuration asks for (see
+// redirect/engines: with auto, the log says which and why).
 func newEngine(cfg *redirect.Config) (redirect.Engine, error) {
-	ipt := func() redirect.Engine {
-		return iptables.New(iptables.Options{
-			NetnsPath: cfg.Get("netns"),
-			StateDir:  cfg.Get("stateDir"),
-			Backend:   cfg.Get("iptablesBackend"),
-			Logger:    slog.Default(),
-		})
-	}
-	bpf := func() (redirect.Engine, error) {
-		return ebpf.New(ebpf.Options{
-			NetnsPath:  cfg.Get("netns"),
-			CgroupPath: cfg.Get("cgroup"),
-			StateDir:   cfg.Get("stateDir"),
-			PinDir:     cfg.Get("bpfPinDir"),
-			Logger:     slog.Default(),
-		})
-	}
-	switch e := cfg.Get("engine"); e {
-	case "iptables":
-		return ipt(), nil
-	case "ebpf":
-		if eng := enrolledInNode(cfg); eng != nil {
-			return eng, nil
-		}
-		if cfg.Get("cgroup") == "" {
-			return nil, errors.New("cgroup: required with engine ebpf: the cgroup-v2 directory of the workload")
-		}
-		if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
-			return nil, fmt.Errorf("engine ebpf: %w", err)
-		}
-		return bpf()
-	case "auto":
-		if cfg.Get("cgroup") == "" {
-			slog.Info("engine auto: chose iptables", "reason", "no cgroup given for eBPF")
-			return ipt(), nil
-		}
-		if cfg.Get("excludeInterfaces") != "" {
-			slog.Info("engine auto: chose iptables", "reason", "excludeInterfaces needs it")
-			return ipt(), nil
-		}
-		if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
-			slog.Info("engine auto: chose iptables", "reason", err.Error())
-			return ipt(), nil
-		}
-		slog.Info("engine auto: chose ebpf", "cgroup", cfg.Get("cgroup"))
-		return bpf()
-	default:
-		return nil, fmt.Errorf("engine: invalid value %q: want iptables, ebpf or auto", e)
-	}
+	eng, _, err := engines.New(cfg, slog.Default())
+	return eng, err
 }
 
 func newInstallCommand() *cobra.Command {
@@ -111,9 +61,6 @@ atomically. On failure the rules are left as they were.`,
 			if err := eng.Install(cmd.Context(), plan); err != nil {
 				return err
 			}
-			if err := recordEngine(cfg, eng, plan); err != nil {
-				return err
-			}
 			// The interceptor's upstreams are the original nameservers,
 			// whatever later rewrites /etc/resolv.conf.
 			if data, err := os.ReadFile(cfg.ResolvConfPath(redirect.OSHost{})); err == nil {
@@ -136,63 +83,17 @@ atomically. On failure the rules are left as they were.`,
 		},
 	}
 	captureFlags(cmd)
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be applied (the iptables-restore input of each family) and change nothing")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be applied (iptables: the iptables-restore input of each family; nftables: the nft -f input of its one batch) and change nothing")
 	cmd.Flags().BoolVar(&validateCapture, "validate", false, "after installing, prove outbound capture works with a probe connection redirected to the outbound port (run before the proxy starts; exit 1 if it is not redirected)")
 	outputFlag(cmd, &output)
 	return cmd
-}
-
-// enrolledInNode returns the engine of a pod enrolled in the node's shared
-// eBPF programs (DaemonSet use: shunt node loads them, the CNI plugin enrols
-// each pod), so that status, explain and uninstall work for such pods too.
-// The node's pins and records are found at their defaults, or where
-// bpfPinDir and stateDir say; nil when the cgroup is not enrolled.
-func enrolledInNode(cfg *redirect.Config) redirect.Engine {
-	cg := cfg.Get("cgroup")
-	if cg == "" {
-		return nil
-	}
-	opts := ebpf.NodeOptions{PinDir: cfg.Get("bpfPinDir"), Logger: slog.Default()}
-	if cfg.IsSet("stateDir") {
-		opts.StateDir = cfg.Get("stateDir")
-	}
-	node, err := ebpf.OpenNode(opts)
-	if err != nil {
-		return nil
-	}
-	if _, err := node.Status(context.Background(), cg); err != nil {
-		node.Close()
-		return nil
-	}
-	return node.Engine(cg, cfg.Get("netns"))
-}
-
-// recordEngine notes an eBPF installation in the state directory's common
-// record, so that status, explain and uninstall find the engine, cgroup and
-// pins without being told again. (The iptables engine keeps that record
-// itself.)
-func recordEngine(cfg *redirect.Config, eng redirect.Engine, plan *redirect.Plan) error {
-	b, ok := eng.(*ebpf.Engine)
-	if !ok {
-		return nil
-	}
-	return redirect.SaveState(cfg.Get("stateDir"), &redirect.State{
-		Engine: b.Name(), Netns: cfg.Get("netns"), Cgroup: cfg.Get("cgroup"), PinDir: b.PinDir(),
-		Plan: plan, InstalledAt: time.Now().UTC(),
-	})
 }
 
 // recordedEngine returns the engine holding the capture recorded in the
 // state directory (the configured one when nothing is recorded), and the
 // record: status, explain and uninstall act on what was installed.
 func recordedEngine(cfg *redirect.Config) (redirect.Engine, *redirect.State, error) {
-	st, err := redirect.LoadState(cfg.Get("stateDir"))
-	if err != nil {
-		return nil, nil, err
-	}
-	adoptState(cfg, st)
-	eng, err := newEngine(cfg)
-	return eng, st, err
+	return engines.Recorded(cfg, slog.Default())
 }
 
 // outputFlag registers -o/--output, checked by checkOutput.
@@ -205,22 +106,6 @@ func checkOutput(output string) error {
 		return usageErrorf("-o: invalid value %q: want text or json", output)
 	}
 	return nil
-}
-
-// adoptState takes the engine and its location from what install recorded.
-func adoptState(cfg *redirect.Config, st *redirect.State) {
-	if st == nil {
-		return
-	}
-	if st.Engine != "" {
-		_ = cfg.Set("engine", st.Engine, "state")
-	}
-	if st.Cgroup != "" && !cfg.IsSet("cgroup") {
-		_ = cfg.Set("cgroup", st.Cgroup, "state")
-	}
-	if st.PinDir != "" && !cfg.IsSet("bpfPinDir") {
-		_ = cfg.Set("bpfPinDir", st.PinDir, "state")
-	}
 }
 
 func printDryRun(ctx context.Context, w io.Writer, eng redirect.Engine, plan *redirect.Plan, output string) error {
@@ -272,9 +157,7 @@ built-in chains. Rules shunt did not create are left alone.`,
 				return err
 			}
 			if dryRun {
-				r, ok := eng.(interface {
-					RenderUninstall(context.Context) (map[string]string, error)
-				})
+				r, ok := eng.(redirect.UninstallRenderer)
 				if !ok {
 					return fmt.Errorf("uninstall --dry-run is not supported by the %s engine", eng.Name())
 				}
@@ -286,9 +169,6 @@ built-in chains. Rules shunt did not create are left alone.`,
 				return nil
 			}
 			err = eng.Uninstall(cmd.Context())
-			if err == nil && eng.Name() == "ebpf" {
-				err = redirect.RemoveState(cfg.Get("stateDir"))
-			}
 			if errors.Is(err, redirect.ErrNotInstalled) {
 				slog.Info("nothing to uninstall", "stateDir", cfg.Get("stateDir"))
 				return nil

@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/shunt-dev/shunt/agent"
 	"github.com/shunt-dev/shunt/controlplane"
@@ -149,12 +147,12 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 			return err
 		}
 	}
+	var dial func(context.Context, string) (net.Conn, error)
 	if f.resources != "" {
-		addr, err := startEmbeddedControlPlane(ctx, f, filepath.Join(stateDir, "controlplane"), log)
-		if err != nil {
+		if dial, err = startEmbeddedControlPlane(ctx, f, plan, filepath.Join(stateDir, "controlplane"), log); err != nil {
 			return err
 		}
-		server = addr
+		server = "embedded"
 	}
 	xcfg := xdsclient.Config{
 		Server:    server,
@@ -164,6 +162,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		TokenFile: f.xdsToken,
 		StateDir:  filepath.Join(stateDir, "agent"),
 		TLS:       tlsCfg,
+		Dialer:    dial,
 		Logger:    log.With("component", "xds"),
 	}
 	client, err := xdsclient.New(xcfg)
@@ -310,54 +309,42 @@ func runVIPRanges(f runFlags) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// startEmbeddedControlPlane serves the resources on a loopback port of its
-// own (and on --xds-listen) and returns the address the agent subscribes
-// to: the embedded default takes the same xDS path as a remote one.
-func startEmbeddedControlPlane(ctx context.Context, f runFlags, stateDir string, log *slog.Logger) (string, error) {
+// startEmbeddedControlPlane serves the resources inside the process (and on
+// --xds-listen) and returns the dialer the agent subscribes with: the
+// embedded default takes the same xDS path as a remote one, and no port of
+// its own is open to other processes.
+func startEmbeddedControlPlane(ctx context.Context, f runFlags, plan *redirect.Plan, stateDir string, log *slog.Logger) (func(context.Context, string) (net.Conn, error), error) {
+	tr := controlplane.DefaultTranslateOptions()
+	// The proxy's listeners are where the capture sends traffic.
+	tr.OutboundPort = uint32(plan.OutboundPort)
+	tr.DNSTTL = f.dnsTTL
 	cp, err := controlplane.New(controlplane.Options{
 		ResourcesDir: f.resources,
 		StateDir:     stateDir,
 		VIPv4CIDR:    f.vipCIDR,
 		VIPv6CIDR:    f.vip6CIDR,
 		DisableIPv6:  f.vip6CIDR == "none" || f.vip6CIDR == "",
+		Translate:    &tr,
 		Logger:       log.With("component", "controlplane"),
 	})
 	if err != nil {
-		return "", fmt.Errorf("run: embedded control plane: %w", err)
+		return nil, fmt.Errorf("run: embedded control plane: %w", err)
 	}
-	lns := []net.Listener{}
-	own, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("run: embedded control plane: listen on loopback: %w", err)
-	}
-	lns = append(lns, own)
+	var extra []net.Listener
 	if f.xdsListen != "" {
 		ln, err := net.Listen("tcp", f.xdsListen)
 		if err != nil {
-			_ = own.Close()
-			return "", fmt.Errorf("run: --xds-listen %s: %w", f.xdsListen, err)
+			return nil, fmt.Errorf("run: --xds-listen %s: %w", f.xdsListen, err)
 		}
-		lns = append(lns, ln)
+		extra = append(extra, ln)
 	}
-	g := grpc.NewServer(grpc.Creds(insecure.NewCredentials()))
-	cp.Register(g)
-	for _, ln := range lns {
-		go func() {
-			if err := g.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-				log.Error("embedded control plane stopped serving", "addr", ln.Addr(), "err", err)
-			}
-		}()
-	}
+	dial, done := cp.ServeInProcess(ctx, extra...)
 	go func() {
-		if err := cp.Watch(ctx); err != nil && ctx.Err() == nil {
-			log.Error("embedded control plane stopped watching resources", "err", err)
+		if err := <-done; err != nil {
+			log.Error("embedded control plane stopped", "err", err)
 		}
 	}()
-	go func() {
-		<-ctx.Done()
-		g.Stop()
-	}()
-	return own.Addr().String(), nil
+	return dial, nil
 }
 
 func serveAdmin(addr string, h http.Handler, log *slog.Logger) (func(), error) {

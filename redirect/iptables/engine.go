@@ -31,7 +31,9 @@ type Options struct {
 	Backend string
 	// LockWait bounds the wait for the xtables lock.
 	LockWait time.Duration
-	// Retries bounds how often a transient failure is retried.
+	// Retries bounds how often a transient failure (the xtables lock still
+	// held after LockWait, a concurrent writer) is retried: 0 means the
+	// default, negative means never.
 	Retries int
 	Logger  *slog.Logger
 	// CommandsFor overrides the programs used (tests inject failures).
@@ -59,8 +61,11 @@ func New(opts Options) *Engine {
 	if opts.LockWait == 0 {
 		opts.LockWait = 10 * time.Second
 	}
-	if opts.Retries == 0 {
-		opts.Retries = 4
+	switch {
+	case opts.Retries == 0:
+		opts.Retries = redirect.DefaultXtablesRetries
+	case opts.Retries < 0:
+		opts.Retries = 0
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -242,6 +247,23 @@ func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.S
 		return nil, fmt.Errorf("install: %w", err)
 	}
 
+	// The policy route goes in first: TPROXY rules without it would send
+	// captured packets nowhere.
+	var tpFams []family
+	for _, f := range []family{ipv4, ipv6} {
+		if want[f] {
+			tpFams = append(tpFams, f)
+		}
+	}
+	undoRoutes := func() {}
+	if p.InboundTProxy != nil {
+		undo, err := e.ensureTProxyRoutes(p.InboundTProxy, tpFams)
+		if err != nil {
+			return nil, fmt.Errorf("install TPROXY routes: %w", err)
+		}
+		undoRoutes = undo
+	}
+
 	infos := make([]*familyInfo, len(todo))
 	for i, f := range todo {
 		infos[i] = &familyInfo{f: f, cmds: e.commands(backend, f), before: seen[e.commands(backend, f)]}
@@ -284,6 +306,7 @@ func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.S
 				failed = fmt.Errorf("%w; rolling back %s also failed: %v", failed, infos[i].f, rerr)
 			}
 		}
+		undoRoutes()
 		if rolledBack {
 			// The rules are as found: so is the record. Otherwise the
 			// intent stays, telling status and uninstall the truth.
@@ -300,6 +323,12 @@ func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.S
 			// applied needs no read-back to serve as the reference.
 			st.Families = append(st.Families, string(fi.f))
 			st.Applied[string(fi.f)] = fi.applied
+		}
+	}
+	if prev != nil && prev.Plan != nil && prev.Plan.InboundTProxy != nil {
+		// The rules no longer use what the previous plan routed.
+		if err := e.removeTProxyRoutes(prev.Plan.InboundTProxy, p.InboundTProxy, tpFams); err != nil {
+			e.log.Warn("could not remove the previous TPROXY routes", "err", err)
 		}
 	}
 	var stale []string

@@ -46,6 +46,11 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 	if failed != nil {
 		return failed
 	}
+	if prev != nil && prev.Plan != nil && prev.Plan.InboundTProxy != nil {
+		if err := e.removeTProxyRoutes(prev.Plan.InboundTProxy, nil, nil); err != nil {
+			return fmt.Errorf("uninstall TPROXY routes: %w", err)
+		}
+	}
 	if err := redirect.RemoveState(e.opts.StateDir); err != nil {
 		return err
 	}

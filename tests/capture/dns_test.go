@@ -5,7 +5,7 @@ import (
 )
 
 func TestDNSGoesToTheInterceptor(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range engines {
 		t.Run(backend, func(t *testing.T) {
 			w := newWorld(t, backend)
 			// shunt's interceptor stand-in in the pod; real servers on

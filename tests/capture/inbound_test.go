@@ -52,7 +52,7 @@ func curlFrom(n *testenv.Netns, url string) (string, error) {
 }
 
 func TestInboundReachesTheProxyWithTheOriginalDestination(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range engines {
 		t.Run(backend, func(t *testing.T) {
 			w := newWorld(t, backend)
 			inboundListener(t, w.pod, "[::]:15006")

@@ -6,10 +6,15 @@ import (
 	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
-var backends = []string{"nft", "legacy"}
+// backends are the iptables variants; engines adds the native nftables
+// engine, for the behavioural tests every netfilter engine must pass.
+var (
+	backends = []string{"nft", "legacy"}
+	engines  = append(append([]string(nil), backends...), nativeNftables)
+)
 
 func TestOutboundGoesThroughTheProxy(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range engines {
 		t.Run(backend, func(t *testing.T) {
 			w := newWorld(t, backend)
 			w.serveHTTP(8080)
@@ -35,7 +40,7 @@ func TestOutboundGoesThroughTheProxy(t *testing.T) {
 }
 
 func TestExclusionsBypassTheProxy(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range engines {
 		t.Run(backend, func(t *testing.T) {
 			w := newWorld(t, backend)
 			// A second link whose traffic is excluded by interface.

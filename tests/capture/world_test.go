@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -30,9 +31,12 @@ type world struct {
 	podIf    testenv.Host
 	remoteIf testenv.Host
 	stateDir string
-	backend  string
-	haproxy  *testenv.Process
-	standin  *testenv.Process
+	// backend is the iptables variant ("nft", "legacy"), or "nftables"
+	// for the native nftables engine, which shunt then runs with a PATH
+	// that holds no program at all.
+	backend string
+	haproxy *testenv.Process
+	standin *testenv.Process
 	// sideDev is the pod's end of a second link, when a test adds one.
 	sideDev string
 }
@@ -40,7 +44,11 @@ type world struct {
 func newWorld(t *testing.T, backend string) *world {
 	t.Helper()
 	testenv.RequireRoot(t)
-	testenv.RequireBinary(t, "iptables-"+backend+"-restore")
+	if backend == nativeNftables {
+		testenv.RequireBinary(t, "nft") // the tests' checker only
+	} else {
+		testenv.RequireBinary(t, "iptables-"+backend+"-restore")
+	}
 	w := &world{t: t, backend: backend, stateDir: t.TempDir()}
 	w.pod = testenv.NewNetns(t, "pod")
 	w.remote = testenv.NewNetns(t, "rmt")
@@ -58,11 +66,34 @@ func (w *world) shunt(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	full := append([]string{args[0], "--netns", w.pod.Path(), "--state-dir", w.stateDir}, args[1:]...)
-	if args[0] == "install" {
+	cmd := exec.CommandContext(ctx, bins.shunt)
+	switch {
+	case args[0] == "install" && w.backend == nativeNftables:
+		full = append(full, "--engine", "nftables")
+	case args[0] == "install":
 		full = append(full, "--iptables-backend", w.backend)
 	}
-	out, err := exec.CommandContext(ctx, bins.shunt, full...).CombinedOutput()
+	cmd.Args = append([]string{bins.shunt}, full...)
+	if w.backend == nativeNftables {
+		cmd.Env = withoutPrograms(w.t)
+	}
+	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// nativeNftables is the backend name the tests give the nftables engine.
+const nativeNftables = "nftables"
+
+// withoutPrograms is the environment with a PATH of one empty directory:
+// the nftables engine must need no iptables, ip6tables or nft binary.
+func withoutPrograms(t *testing.T) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PATH=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, "PATH="+t.TempDir())
 }
 
 func (w *world) install(args ...string) {
@@ -73,9 +104,13 @@ func (w *world) install(args ...string) {
 	w.t.Cleanup(func() { _, _ = w.shunt("uninstall") })
 }
 
-// save returns iptables-save of one family in the pod.
+// save returns iptables-save of one family in the pod (with the nftables
+// engine, nft's listing of every table).
 func (w *world) save(v6 bool) string {
 	w.t.Helper()
+	if w.backend == nativeNftables {
+		return w.pod.MustRun("nft", "list", "ruleset")
+	}
 	prog := "iptables-" + w.backend + "-save"
 	if v6 {
 		prog = "ip6tables-" + w.backend + "-save"

@@ -1,0 +1,350 @@
+// Package engines chooses a capture engine from the configuration and finds
+// the one holding a recorded installation. It is the one package that knows
+// every engine: the engines depend on redirect's Plan, never on each other.
+package engines
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/redirect/ebpf"
+	"github.com/shunt-dev/shunt/redirect/iptables"
+	"github.com/shunt-dev/shunt/redirect/nftables"
+)
+
+// Names are the engines a configuration may name, auto aside.
+var Names = []string{"iptables", "nftables", "ebpf"}
+
+// Choice is which engine was chosen and why.
+type Choice struct {
+	Engine string `json:"engine"`
+	Reason string `json:"reason"`
+}
+
+// New returns the engine cfg asks for, wrapped so that it keeps the common
+// record and takes the capture over from another engine (see Engine). With
+// auto: eBPF where the kernel supports it and the cgroup is known, else
+// iptables when its programs are installed, else nftables.
+func New(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, Choice, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	inner, ch, err := choose(cfg, log)
+	if err != nil {
+		return nil, ch, err
+	}
+	return &Engine{Engine: inner, cfg: cfg, choice: ch, log: log}, ch, nil
+}
+
+func choose(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, Choice, error) {
+	switch e := cfg.Get("engine"); e {
+	case "iptables":
+		return newIptables(cfg, log), Choice{"iptables", "chosen with engine"}, nil
+	case "nftables":
+		return newNftables(cfg, log), Choice{"nftables", "chosen with engine"}, nil
+	case "ebpf":
+		if eng := enrolledInNode(cfg, log); eng != nil {
+			return eng, Choice{"ebpf", "the cgroup is enrolled in the node's programs"}, nil
+		}
+		if cfg.Get("cgroup") == "" {
+			return nil, Choice{}, errors.New("cgroup: required with engine ebpf: the cgroup-v2 directory of the workload")
+		}
+		if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
+			return nil, Choice{}, fmt.Errorf("engine ebpf: %w", err)
+		}
+		eng, err := newEBPF(cfg, log)
+		return eng, Choice{"ebpf", "chosen with engine"}, err
+	case "auto":
+		var why string
+		switch {
+		case cfg.Get("cgroup") == "":
+			why = "no cgroup given for eBPF"
+		case cfg.Get("excludeInterfaces") != "":
+			why = "excludeInterfaces needs a netfilter engine"
+		default:
+			if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
+				why = err.Error()
+			} else {
+				eng, err := newEBPF(cfg, log)
+				ch := Choice{"ebpf", "auto: the kernel supports eBPF and the cgroup is " + cfg.Get("cgroup")}
+				log.Info("engine auto: chose ebpf", "reason", ch.Reason)
+				return eng, ch, err
+			}
+		}
+		if prog, ok := iptablesPrograms(); ok {
+			ch := Choice{"iptables", fmt.Sprintf("auto: not eBPF (%s); %s is installed", why, prog)}
+			log.Info("engine auto: chose iptables", "reason", ch.Reason)
+			return newIptables(cfg, log), ch, nil
+		}
+		ch := Choice{"nftables", fmt.Sprintf("auto: not eBPF (%s); no iptables programs in PATH", why)}
+		log.Info("engine auto: chose nftables", "reason", ch.Reason)
+		return newNftables(cfg, log), ch, nil
+	default:
+		return nil, Choice{}, fmt.Errorf("engine: invalid value %q: want iptables, nftables, ebpf or auto", e)
+	}
+}
+
+// iptablesPrograms reports whether an iptables-restore of either variant
+// is in PATH.
+func iptablesPrograms() (string, bool) {
+	for _, p := range []string{"iptables-nft-restore", "iptables-legacy-restore", "iptables-restore"} {
+		if path, err := exec.LookPath(p); err == nil {
+			return path, true
+		}
+	}
+	return "", false
+}
+
+func newIptables(cfg *redirect.Config, log *slog.Logger) redirect.Engine {
+	// Both were validated with the plan; a bad value here falls back to
+	// the default.
+	wait, _ := cfg.XtablesLockWait()
+	retries, _ := cfg.XtablesRetries()
+	if retries == 0 {
+		retries = -1 // none
+	}
+	return iptables.New(iptables.Options{
+		NetnsPath: cfg.Get("netns"),
+		StateDir:  cfg.Get("stateDir"),
+		Backend:   cfg.Get("iptablesBackend"),
+		LockWait:  wait,
+		Retries:   retries,
+		Logger:    log,
+	})
+}
+
+func newNftables(cfg *redirect.Config, log *slog.Logger) redirect.Engine {
+	return nftables.New(nftables.Options{NetnsPath: cfg.Get("netns"), StateDir: cfg.Get("stateDir"), Logger: log})
+}
+
+func newEBPF(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, error) {
+	eng, err := ebpf.New(ebpf.Options{NetnsPath: cfg.Get("netns"), CgroupPath: cfg.Get("cgroup"), StateDir: cfg.Get("stateDir"), PinDir: cfg.Get("bpfPinDir"), Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return &ebpfRecorded{Engine: eng, cfg: cfg}, nil
+}
+
+// enrolledInNode returns the engine of a pod enrolled in the node's shared
+// eBPF programs (DaemonSet use: shunt node loads them, the CNI plugin enrols
+// each pod), so that status, explain and uninstall work for such pods too;
+// nil when the cgroup is not enrolled.
+func enrolledInNode(cfg *redirect.Config, log *slog.Logger) redirect.Engine {
+	cg := cfg.Get("cgroup")
+	if cg == "" {
+		return nil
+	}
+	opts := ebpf.NodeOptions{PinDir: cfg.Get("bpfPinDir"), Logger: log}
+	if cfg.IsSet("stateDir") {
+		opts.StateDir = cfg.Get("stateDir")
+	}
+	node, err := ebpf.OpenNode(opts)
+	if err != nil {
+		return nil
+	}
+	if _, err := node.Status(context.Background(), cg); err != nil {
+		node.Close()
+		return nil
+	}
+	return node.Engine(cg, cfg.Get("netns"))
+}
+
+// Recorded returns the engine holding the capture recorded in the state
+// directory (the configured one when nothing is recorded) and the record:
+// status, explain and uninstall act on what was installed.
+func Recorded(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, *redirect.State, error) {
+	st, err := redirect.LoadState(cfg.Get("stateDir"))
+	if err != nil {
+		return nil, nil, err
+	}
+	Adopt(cfg, st)
+	eng, _, err := New(cfg, log)
+	return eng, st, err
+}
+
+// Adopt takes the engine and its location from a record.
+func Adopt(cfg *redirect.Config, st *redirect.State) {
+	if st == nil {
+		return
+	}
+	if st.Engine != "" {
+		_ = cfg.Set("engine", st.Engine, "state")
+	}
+	if st.Cgroup != "" && !cfg.IsSet("cgroup") {
+		_ = cfg.Set("cgroup", st.Cgroup, "state")
+	}
+	if st.PinDir != "" && !cfg.IsSet("bpfPinDir") {
+		_ = cfg.Set("bpfPinDir", st.PinDir, "state")
+	}
+}
+
+// Engine is a chosen engine. Its Install takes the capture over from the
+// engine recorded before when that is another one: the new engine's rules
+// are installed first, then the old engine's removed, so the workload is
+// never left uncaptured; and it records why the engine was chosen.
+type Engine struct {
+	redirect.Engine
+	cfg    *redirect.Config
+	choice Choice
+	log    *slog.Logger
+}
+
+// Inner is the engine itself, for its optional features.
+func (e *Engine) Inner() redirect.Engine { return e.Engine }
+
+// Choice is which engine was chosen and why.
+func (e *Engine) Choice() Choice { return e.choice }
+
+// RenderUninstall implements redirect.UninstallRenderer when the engine does.
+func (e *Engine) RenderUninstall(ctx context.Context) (map[string]string, error) {
+	r, ok := e.Engine.(redirect.UninstallRenderer)
+	if !ok {
+		return nil, fmt.Errorf("uninstall --dry-run is not supported by the %s engine", e.Name())
+	}
+	return r.RenderUninstall(ctx)
+}
+
+// Install implements redirect.Engine.
+func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
+	dir := e.cfg.Get("stateDir")
+	prev, err := redirect.LoadState(dir)
+	if err != nil {
+		return err
+	}
+	if prev == nil || prev.Engine == "" || prev.Engine == e.Name() {
+		if err := e.Engine.Install(ctx, p); err != nil {
+			return err
+		}
+		return e.noteChoice(dir)
+	}
+	return e.migrate(ctx, prev, p)
+}
+
+// migrate installs with this engine over another engine's capture. The
+// old record is moved aside while the new engine installs (an engine
+// refuses a namespace another engine holds), put back if that fails, and
+// then used to remove the old engine's rules.
+func (e *Engine) migrate(ctx context.Context, prev *redirect.State, p *redirect.Plan) error {
+	dir := e.cfg.Get("stateDir")
+	aside, err := os.MkdirTemp(dir, ".migrate-")
+	if err != nil {
+		return fmt.Errorf("install: migrate from %s: %w", prev.Engine, err)
+	}
+	defer os.RemoveAll(aside)
+	oldCfg := clone(e.cfg)
+	Adopt(oldCfg, prev)
+	old, _, err := choose(oldCfg, e.log)
+	if err != nil {
+		return fmt.Errorf("install: the %s engine holding the capture: %w", prev.Engine, err)
+	}
+	if err := redirect.SaveState(aside, prev); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(dir, "capture.json")); err != nil {
+		return fmt.Errorf("install: migrate from %s: %w", prev.Engine, err)
+	}
+	if err := e.Engine.Install(ctx, p); err != nil {
+		if rerr := redirect.SaveState(dir, prev); rerr != nil {
+			return fmt.Errorf("%w; restoring the %s record also failed: %v", err, prev.Engine, rerr)
+		}
+		return err
+	}
+	// The old engine acts on its record, moved aside (eBPF keeps its own
+	// record beside the common one, so it works from the real directory).
+	switch o := old.(type) {
+	case *ebpfRecorded:
+		err = o.Engine.Uninstall(ctx)
+	default:
+		oldCfg2 := clone(oldCfg)
+		_ = oldCfg2.Set("stateDir", aside, "migration")
+		old, _, cerr := choose(oldCfg2, e.log)
+		if cerr != nil {
+			err = cerr
+		} else {
+			err = old.Uninstall(ctx)
+		}
+	}
+	if err != nil && !errors.Is(err, redirect.ErrNotInstalled) {
+		return fmt.Errorf("install: %s capture installed, but removing the %s engine's rules failed: %w", e.Name(), prev.Engine, err)
+	}
+	e.log.Info("capture migrated", "from", prev.Engine, "to", e.Name())
+	return e.noteChoice(dir)
+}
+
+// noteChoice adds why the engine was chosen to the record, for status.
+func (e *Engine) noteChoice(dir string) error {
+	st, err := redirect.LoadState(dir)
+	if err != nil || st == nil || st.Chosen == e.choice.Reason {
+		return err
+	}
+	st.Chosen = e.choice.Reason
+	return redirect.SaveState(dir, st)
+}
+
+// Status implements redirect.Engine, adding how the engine was chosen.
+func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
+	s, err := e.Engine.Status(ctx)
+	if err != nil || s == nil {
+		return s, err
+	}
+	if st, _ := redirect.LoadState(e.cfg.Get("stateDir")); st != nil && st.Chosen != "" {
+		s.Notes = append([]string{"engine " + st.Engine + ": " + st.Chosen}, s.Notes...)
+	}
+	return s, nil
+}
+
+// ebpfRecorded is the per-workload eBPF engine with the common record kept
+// beside its own, so that status, explain and uninstall find the engine,
+// cgroup and pins without being told again.
+type ebpfRecorded struct {
+	*ebpf.Engine
+	cfg *redirect.Config
+}
+
+func (e *ebpfRecorded) Install(ctx context.Context, p *redirect.Plan) error {
+	if err := e.Engine.Install(ctx, p); err != nil {
+		return err
+	}
+	return redirect.SaveState(e.cfg.Get("stateDir"), &redirect.State{
+		Engine: e.Name(), Netns: e.cfg.Get("netns"), Cgroup: e.cfg.Get("cgroup"), PinDir: e.PinDir(),
+		Plan: p.Clone(), InstalledAt: time.Now().UTC(),
+	})
+}
+
+func (e *ebpfRecorded) Uninstall(ctx context.Context) error {
+	err := e.Engine.Uninstall(ctx)
+	if err != nil && !errors.Is(err, redirect.ErrNotInstalled) {
+		return err
+	}
+	if rerr := redirect.RemoveState(e.cfg.Get("stateDir")); rerr != nil {
+		return rerr
+	}
+	return err
+}
+
+// clone copies a configuration, so a second engine can be built from it.
+func clone(c *redirect.Config) *redirect.Config {
+	out := redirect.NewConfig()
+	for k, v := range c.Values() {
+		if c.IsSet(k) {
+			_ = out.Set(k, v, "copy")
+		}
+	}
+	return out
+}
+
+// SyncListener implements redirect.ListenerSyncer for the engines that
+// need it (eBPF) and does nothing for the others.
+func (e *Engine) SyncListener(ctx context.Context) (int, error) {
+	if s, ok := e.Engine.(redirect.ListenerSyncer); ok {
+		return s.SyncListener(ctx)
+	}
+	return 0, nil
+}

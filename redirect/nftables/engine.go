@@ -1,0 +1,470 @@
+// Package nftables implements shunt's capture natively in nftables: one
+// table of its own (inet shunt) written over netlink in one transaction,
+// with interval sets for address and port lists. No program is executed.
+package nftables
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+
+	"github.com/shunt-dev/shunt/redirect"
+)
+
+// Name is the engine's name in configuration and records.
+const Name = "nftables"
+
+// Options configure an Engine.
+type Options struct {
+	// NetnsPath is the network namespace to act on ("" = the current one).
+	NetnsPath string
+	// StateDir is where the installation is recorded.
+	StateDir string
+	// LockDir holds the per-namespace locks (default /run/shunt/locks).
+	LockDir string
+	Logger  *slog.Logger
+}
+
+// Engine is the nftables capture engine.
+type Engine struct {
+	opts Options
+	log  *slog.Logger
+	// corrupt, set by tests, spoils a batch before it is sent, so that
+	// the kernel refuses it.
+	corrupt func(*Ruleset)
+}
+
+// New returns an engine; nothing is touched until Install.
+func New(opts Options) *Engine {
+	if opts.StateDir == "" {
+		opts.StateDir = redirect.DefaultStateDir
+	}
+	if opts.LockDir == "" {
+		opts.LockDir = redirect.DefaultLockDir
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Engine{opts: opts, log: opts.Logger}
+}
+
+// Name implements redirect.Engine.
+func (e *Engine) Name() string { return Name }
+
+// supportedPlanKeys are the plan fields this engine implements. A field
+// added to the plan later is refused, naming its key, until the engine
+// implements it: a plan is never installed only in part.
+var supportedPlanKeys = []string{
+	"proxyUID", "proxyGID", "bypassMark", "inboundPort", "captureInbound", "outboundPort",
+	"dnsPort", "dnsMode", "dnsServers", "resolvConf",
+	"excludeInboundPorts", "excludeOutboundPorts", "excludeInboundCidrs", "excludeOutboundCidrs",
+	"excludeOutboundPortsForUids", "excludeInterfaces", "ipFamily", "meshCidrs", "egress",
+}
+
+// Check reports a plan this engine cannot implement.
+func Check(p *redirect.Plan) error {
+	if err := p.Egress.Validate(); err != nil {
+		return err
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encode plan: %w", err)
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return fmt.Errorf("decode plan: %w", err)
+	}
+	var unsupported []string
+	for k, v := range fields {
+		if slices.Contains(supportedPlanKeys, k) {
+			continue
+		}
+		switch string(v) {
+		case "null", "false", "0", `""`, "[]", "{}":
+			continue // not asked for
+		}
+		unsupported = append(unsupported, k)
+	}
+	if len(unsupported) > 0 {
+		slices.Sort(unsupported)
+		return fmt.Errorf("%s: not implemented by the nftables engine (use engine iptables)", strings.Join(unsupported, ", "))
+	}
+	for _, ifc := range p.ExcludeInterfaces {
+		if strings.ContainsRune(strings.TrimSuffix(ifc, "+"), '+') || strings.ContainsAny(ifc, `"*\`) {
+			return fmt.Errorf("excludeInterfaces: invalid value %q: only a trailing + wildcard is supported", ifc)
+		}
+	}
+	return nil
+}
+
+// Render implements redirect.Engine: the nft -f input of the one batch an
+// install sends, keyed "inet".
+func (e *Engine) Render(_ context.Context, p *redirect.Plan) (map[string]string, error) {
+	if err := Check(p); err != nil {
+		return nil, err
+	}
+	return map[string]string{"inet": Render(p).String()}, nil
+}
+
+// RenderUninstall implements redirect.UninstallRenderer.
+func (e *Engine) RenderUninstall(ctx context.Context) (map[string]string, error) {
+	c, done, err := dial(e.opts.NetnsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	if _, err := readTable(c); errors.Is(err, errNoTable) {
+		return map[string]string{}, nil
+	} else if err != nil {
+		return nil, err
+	}
+	return map[string]string{"inet": fmt.Sprintf("delete table inet %s\n", TableName)}, nil
+}
+
+// begin locks the namespace and the state directory and returns the
+// recorded installation, refusing one made by another engine.
+func (e *Engine) begin(ctx context.Context, op string) (func(), *redirect.State, error) {
+	unlockNS, err := redirect.LockNetns(ctx, e.opts.LockDir, e.opts.NetnsPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	unlockState, err := redirect.LockState(ctx, e.opts.StateDir)
+	if err != nil {
+		unlockNS()
+		return nil, nil, err
+	}
+	unlock := func() { unlockState(); unlockNS() }
+	prev, err := redirect.LoadState(e.opts.StateDir)
+	if err == nil && prev != nil && prev.Engine != Name {
+		err = fmt.Errorf("%s: the capture here is held by the %s engine; use it, or uninstall it first", op, prev.Engine)
+	}
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return unlock, prev, nil
+}
+
+// Install implements redirect.Engine. The change is one netlink batch: the
+// whole table replaced, or, when only set contents changed and the live
+// table is as recorded, just the elements added and removed.
+func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
+	if err := Check(p); err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	unlock, prev, err := e.begin(ctx, "install")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	c, done, err := dial(e.opts.NetnsPath)
+	if err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	defer done()
+
+	rs := Render(p)
+	if e.corrupt != nil {
+		e.corrupt(rs)
+	}
+	live, err := readTable(c)
+	if err != nil && !errors.Is(err, errNoTable) {
+		return fmt.Errorf("install: %w", err)
+	}
+	how := "table written"
+	switch {
+	case live != nil && prev != nil && prev.Plan != nil && live.record(textsOf(prev)) == prev.Applied["inet"]:
+		if prev.Plan.Equal(p) {
+			e.log.Debug("nftables capture already installed")
+			return nil
+		}
+		if old := Render(prev.Plan); old.skeleton() == rs.skeleton() {
+			n, err := queueElementChanges(c, old, rs)
+			if err != nil {
+				return fmt.Errorf("install: %w", err)
+			}
+			how = fmt.Sprintf("%d set elements changed", n)
+			break
+		}
+		fallthrough
+	default:
+		if err := queueTable(c, rs); err != nil {
+			return fmt.Errorf("install: %w", err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("install: apply table inet %s (nothing was changed): %w", TableName, err)
+	}
+	st, err := e.readBack(c, rs, p)
+	if err != nil {
+		return fmt.Errorf("install: table written but %w", err)
+	}
+	if err := redirect.SaveState(e.opts.StateDir, st); err != nil {
+		return fmt.Errorf("install: table written but %w", err)
+	}
+	e.log.Debug("nftables capture installed", "how", how)
+	return nil
+}
+
+// readBack records the table as the kernel now holds it: the reference for
+// drift detection.
+func (e *Engine) readBack(c *nftables.Conn, rs *Ruleset, p *redirect.Plan) (*redirect.State, error) {
+	snap, err := readTable(c)
+	if err != nil {
+		return nil, err
+	}
+	texts := snap.texts(rs)
+	applied := snap.record(func(d string) (string, bool) { t, ok := texts[d]; return t, ok })
+	st := &redirect.State{Engine: Name, Netns: e.opts.NetnsPath, Plan: p.Clone(), Applied: map[string]string{"inet": applied}, InstalledAt: time.Now().UTC()}
+	for _, f := range families(p) {
+		st.Families = append(st.Families, f.label())
+	}
+	return st, nil
+}
+
+// textsOf recovers the digest-to-text map from a record.
+func textsOf(st *redirect.State) func(string) (string, bool) {
+	m := map[string]string{}
+	if st != nil {
+		for _, l := range strings.Split(st.Applied["inet"], "\n") {
+			rest, ok := strings.CutPrefix(l, "rule ")
+			if !ok {
+				continue
+			}
+			i, j := strings.Index(rest, ": "), strings.LastIndex(rest, " #")
+			if i < 0 || j < i {
+				continue
+			}
+			m[rest[j+2:]] = rest[i+2 : j]
+		}
+	}
+	return func(d string) (string, bool) { t, ok := m[d]; return t, ok }
+}
+
+// skeleton is the ruleset without set elements: equal skeletons differ only
+// in what their sets hold.
+func (rs *Ruleset) skeleton() string {
+	var b strings.Builder
+	for _, s := range rs.sets {
+		fmt.Fprintf(&b, "set %s %d %s %v\n", s.name, s.id, s.kind.typeText(), s.interval)
+	}
+	for _, c := range rs.chains {
+		fmt.Fprintf(&b, "chain %s %v\n", c.name, c.base)
+		for _, r := range c.rules {
+			b.WriteString(r.String() + "\n")
+		}
+	}
+	return b.String()
+}
+
+func elemKey(e nftables.SetElement) string {
+	return fmt.Sprintf("%s/%v", hex.EncodeToString(e.Key), e.IntervalEnd)
+}
+
+// queueElementChanges adds to c's batch the element deletions, then
+// additions, that turn old's sets into rs's, and returns how many.
+func queueElementChanges(c *nftables.Conn, old, rs *Ruleset) (int, error) {
+	t := table()
+	n := 0
+	for i, s := range rs.sets {
+		o := old.sets[i]
+		have := map[string]bool{}
+		for _, e := range o.elems {
+			have[elemKey(e)] = true
+		}
+		want := map[string]bool{}
+		for _, e := range s.elems {
+			want[elemKey(e)] = true
+		}
+		var del, add []nftables.SetElement
+		for _, e := range o.elems {
+			if !want[elemKey(e)] {
+				del = append(del, e)
+			}
+		}
+		for _, e := range s.elems {
+			if !have[elemKey(e)] {
+				add = append(add, e)
+			}
+		}
+		ns := &nftables.Set{Table: t, ID: s.id, Name: s.name, KeyType: s.kind.keyType(), Interval: s.interval,
+			Concatenation: s.kind == kindEndpoint4 || s.kind == kindEndpoint6}
+		if len(del) > 0 {
+			if err := c.SetDeleteElements(ns, del); err != nil {
+				return 0, fmt.Errorf("set %s: %w", s.name, err)
+			}
+		}
+		if len(add) > 0 {
+			if err := c.SetAddElements(ns, add); err != nil {
+				return 0, fmt.Errorf("set %s: %w", s.name, err)
+			}
+		}
+		n += len(del) + len(add)
+	}
+	return n, nil
+}
+
+// Uninstall implements redirect.Engine: it deletes table inet shunt, and
+// nothing else. Without a record (the state directory was wiped) the table
+// is still found by its name.
+func (e *Engine) Uninstall(ctx context.Context) error {
+	unlock, prev, err := e.begin(ctx, "uninstall")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	c, done, err := dial(e.opts.NetnsPath)
+	if err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	defer done()
+	_, err = readTable(c)
+	found := err == nil
+	if err != nil && !errors.Is(err, errNoTable) {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	if found {
+		c.DelTable(table())
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("uninstall: delete table inet %s: %w", TableName, err)
+		}
+	}
+	if err := redirect.RemoveState(e.opts.StateDir); err != nil {
+		return err
+	}
+	if !found && prev == nil {
+		return redirect.ErrNotInstalled
+	}
+	return nil
+}
+
+// Status implements redirect.Engine.
+func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
+	st, err := redirect.LoadState(e.opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if st != nil && st.Engine != Name {
+		return nil, fmt.Errorf("status: the capture here was installed by the %s engine", st.Engine)
+	}
+	c, done, err := dial(e.opts.NetnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	defer done()
+	s := &redirect.Status{Engine: Name}
+	live, err := readTable(c)
+	if err != nil && !errors.Is(err, errNoTable) {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	if st == nil {
+		if live != nil {
+			s.Drift = append(s.Drift, fmt.Sprintf("table inet %s present but no installation is recorded in %s", TableName, e.opts.StateDir))
+		}
+		return s, nil
+	}
+	s.Installed = true
+	s.Plan = st.Plan
+	s.Notes = append(s.Notes, st.Skipped...)
+	if st.Plan != nil && st.Plan.ResolvConf != "" {
+		s.Notes = append(s.Notes, "nameservers read from "+st.Plan.ResolvConf)
+	}
+	if live == nil {
+		s.Drift = append(s.Drift, fmt.Sprintf("table inet %s is missing", TableName))
+		return s, nil
+	}
+	rec := live.record(textsOf(st))
+	s.Drift = diffLines(st.Applied["inet"], rec)
+	s.Sections = sections(rec)
+	return s, nil
+}
+
+// sections lists each chain's rules and each set's size.
+func sections(rec string) []redirect.Section {
+	var out []redirect.Section
+	var cur *redirect.Section
+	sizes := map[string]int{}
+	var setOrder []string
+	for _, l := range strings.Split(rec, "\n") {
+		switch {
+		case strings.HasPrefix(l, "set "):
+			name := strings.Fields(l)[1]
+			if strings.Contains(l, " element ") {
+				sizes[name]++
+			} else {
+				setOrder = append(setOrder, name)
+			}
+		case strings.HasPrefix(l, "chain "):
+			out = append(out, redirect.Section{Name: "inet " + TableName + " " + strings.TrimPrefix(l, "chain ")})
+			cur = &out[len(out)-1]
+		case strings.HasPrefix(l, "rule ") && cur != nil:
+			_, text, _ := strings.Cut(l, ": ")
+			if i := strings.LastIndex(text, " #"); i >= 0 {
+				text = text[:i]
+			}
+			cur.Lines = append(cur.Lines, text)
+		}
+	}
+	if len(setOrder) > 0 {
+		sec := redirect.Section{Name: "inet " + TableName + " sets (kernel elements, interval ends included)"}
+		for _, n := range setOrder {
+			sec.Lines = append(sec.Lines, fmt.Sprintf("%s: %d", n, sizes[n]))
+		}
+		out = append([]redirect.Section{sec}, out...)
+	}
+	return out
+}
+
+// diffLines reports lines missing from, or added to, the live table
+// compared with what install recorded.
+func diffLines(applied, live string) []string {
+	if applied == live {
+		return nil
+	}
+	count := func(s string) map[string]int {
+		m := map[string]int{}
+		for _, l := range strings.Split(s, "\n") {
+			if l != "" {
+				m[l]++
+			}
+		}
+		return m
+	}
+	a, l := count(applied), count(live)
+	var out []string
+	show := func(line string) string {
+		if i := strings.LastIndex(line, " #"); i >= 0 && strings.HasPrefix(line, "rule ") {
+			return line[:i]
+		}
+		return line
+	}
+	for _, line := range strings.Split(applied, "\n") {
+		if line != "" && l[line] < a[line] {
+			out = append(out, "missing: "+show(line))
+			l[line]++
+		}
+	}
+	a2 := count(applied)
+	for _, line := range strings.Split(live, "\n") {
+		if line == "" {
+			continue
+		}
+		if a2[line] == 0 {
+			out = append(out, "unexpected: "+show(line))
+		} else {
+			a2[line]--
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, "rules are reordered")
+	}
+	return out
+}

@@ -1,0 +1,115 @@
+package nftables
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/tests/testenv"
+)
+
+// nftList is nft's own view of shunt's table: the tests' independent
+// checker (shunt itself never runs nft).
+func nftList(t *testing.T, n *testenv.Netns, args ...string) string {
+	t.Helper()
+	out, err := n.Run("nft", append(args, "list", "table", "inet", TableName)...)
+	if err != nil {
+		t.Fatalf("nft list: %v: %s", err, out)
+	}
+	return out
+}
+
+// TestInstallIsWhatNftMakesOfTheDryRun holds the netlink batch to the text
+// --dry-run prints: the table shunt writes over netlink and the table nft -f
+// writes from the rendered text list the same, for every scenario. It also
+// walks each scenario through status, a repeated install and uninstall.
+func TestInstallIsWhatNftMakesOfTheDryRun(t *testing.T) {
+	testenv.RequireBinary(t, "nft")
+	for name, p := range scenarios(t) {
+		t.Run(name, func(t *testing.T) {
+			a, b := testenv.NewNetns(t, "nft"), testenv.NewNetns(t, "nftref")
+			ctx := context.Background()
+			eng := New(Options{NetnsPath: a.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
+			if err := eng.Install(ctx, p); err != nil {
+				t.Fatalf("install: %v", err)
+			}
+			file := filepath.Join(t.TempDir(), "shunt.nft")
+			if err := os.WriteFile(file, []byte(Render(p).String()), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := b.Run("nft", "-f", file); err != nil {
+				t.Fatalf("nft -f of the dry run: %v: %s", err, out)
+			}
+			if got, want := nftList(t, a), nftList(t, b); got != want {
+				t.Errorf("netlink install and nft -f differ:\nshunt:\n%s\nnft -f:\n%s", got, want)
+			}
+			st, err := eng.Status(ctx)
+			if err != nil || !st.Installed || len(st.Drift) > 0 {
+				t.Fatalf("status after install: %+v %v", st, err)
+			}
+			if err := eng.Install(ctx, p); err != nil {
+				t.Fatalf("second install: %v", err)
+			}
+			if err := eng.Uninstall(ctx); err != nil {
+				t.Fatalf("uninstall: %v", err)
+			}
+			if out, err := a.Run("nft", "list", "ruleset"); err != nil || strings.TrimSpace(out) != "" {
+				t.Errorf("ruleset after uninstall: %q %v", out, err)
+			}
+			if err := eng.Uninstall(ctx); err != redirect.ErrNotInstalled {
+				t.Errorf("second uninstall: %v, want ErrNotInstalled", err)
+			}
+		})
+	}
+}
+
+// TestSetChangeIsElementsOnly changes only set contents and checks the
+// result equals a fresh install of the new plan.
+func TestSetChangeIsElementsOnly(t *testing.T) {
+	testenv.RequireBinary(t, "nft")
+	ctx := context.Background()
+	p := scenarios(t)["lockdown"]
+	a, b := testenv.NewNetns(t, "nftinc"), testenv.NewNetns(t, "nftfresh")
+	eng := New(Options{NetnsPath: a.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
+	if err := eng.Install(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	before := nftList(t, a, "-a")
+	q := p.Clone()
+	q.Egress.Allowed = append(q.Egress.Allowed, netip.MustParsePrefix("10.1.0.10/32"), netip.MustParsePrefix("241.0.0.0/8"), netip.MustParsePrefix("fd00:e::/48"))
+	q.Egress.Allowed = q.Egress.Allowed[1:] // 240.0.0.0/4 removed
+	q.ExcludeOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	if err := eng.Install(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	after := nftList(t, a, "-a")
+	// Rule handles stay: the chains were not rewritten.
+	if handles(before) != handles(after) {
+		t.Errorf("an element change rewrote rules:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	fresh := New(Options{NetnsPath: b.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
+	if err := fresh.Install(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := nftList(t, a), nftList(t, b); got != want {
+		t.Errorf("element update and fresh install differ:\nupdated:\n%s\nfresh:\n%s", got, want)
+	}
+	if st, err := eng.Status(ctx); err != nil || len(st.Drift) > 0 {
+		t.Errorf("status after element update: %v %v", st.Drift, err)
+	}
+}
+
+// handles keeps the "# handle N" of each rule line.
+func handles(listing string) string {
+	var out []string
+	for _, l := range strings.Split(listing, "\n") {
+		if i := strings.Index(l, "# handle "); i >= 0 && !strings.Contains(l, "chain ") && !strings.Contains(l, "set ") {
+			out = append(out, l[i:])
+		}
+	}
+	return strings.Join(out, ",")
+}

@@ -1,0 +1,367 @@
+package nftables
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+
+	"github.com/shunt-dev/shunt/redirect"
+)
+
+// TableName is shunt's one table, in the inet family: both IP families
+// share its base chains, which hand each packet to the chain of its family.
+const TableName = "shunt"
+
+// Hook priorities: those of iptables' tables, so that shunt's rules run
+// where the iptables engine's would among other tools' chains. nat at
+// dstnat (-100) as iptables' nat PREROUTING and OUTPUT; conntrack zones at
+// raw (-300), before conntrack (-200) looks the packet up; lockdown at
+// filter (0), after nat has redirected what it captures.
+const (
+	priorityRaw    = -300
+	priorityDstNAT = -100
+	priorityFilter = 0
+)
+
+// DNS conntrack zones, as the iptables engine uses: the application's
+// redirected queries and the interceptor's upstream queries to the same
+// nameserver are tracked apart, so an upstream reply never matches the
+// application's NAT entry.
+const (
+	zoneUpstream = 1
+	zoneWorkload = 2
+)
+
+// hook makes a chain a base chain.
+type hook struct {
+	typ      nftables.ChainType
+	hook     string // "prerouting" or "output"
+	priority int32
+}
+
+func (h *hook) num() *nftables.ChainHook {
+	if h.hook == "prerouting" {
+		return nftables.ChainHookPrerouting
+	}
+	return nftables.ChainHookOutput
+}
+
+type rule struct{ terms []term }
+
+func (r rule) String() string {
+	parts := make([]string, len(r.terms))
+	for i, t := range r.terms {
+		parts[i] = t.text
+	}
+	return strings.Join(parts, " ")
+}
+
+func (r rule) exprs() []expr.Any {
+	var out []expr.Any
+	for _, t := range r.terms {
+		out = append(out, t.exprs...)
+	}
+	return out
+}
+
+type chain struct {
+	name  string
+	base  *hook
+	rules []rule
+}
+
+func (c *chain) add(terms ...term) { c.rules = append(c.rules, rule{terms: terms}) }
+
+// Ruleset is shunt's table as rendered from a plan: what install sends in
+// one batch and what --dry-run prints.
+type Ruleset struct {
+	sets   []*set
+	chains []*chain
+}
+
+func (rs *Ruleset) addSet(s *set) *set {
+	s.id = uint32(len(rs.sets) + 1)
+	rs.sets = append(rs.sets, s)
+	return s
+}
+
+func (rs *Ruleset) addChain(name string, h *hook) *chain {
+	c := &chain{name: name, base: h}
+	rs.chains = append(rs.chains, c)
+	return c
+}
+
+// families returns the families a plan captures.
+func families(p *redirect.Plan) []fam {
+	if p.IPFamily == redirect.FamilyIPv4 {
+		return []fam{v4}
+	}
+	return []fam{v4, v6}
+}
+
+// Render returns the table a plan installs.
+func Render(p *redirect.Plan) *Ruleset {
+	rs := &Ruleset{}
+	fams := families(p)
+
+	var inPorts *set
+	if p.CaptureInbound {
+		inPorts = rs.addSet(newPortSet("exclude_inbound_ports", portRanges(p.ExcludeInboundPorts)))
+	}
+	outPorts := rs.addSet(newPortSet("exclude_outbound_ports", portRanges(p.ExcludeOutboundPorts)))
+	type famSets struct{ exIn, exOut, dns, mesh, allowed, endpoints *set }
+	sets := map[fam]*famSets{}
+	for _, f := range fams {
+		s := &famSets{}
+		if p.CaptureInbound {
+			s.exIn = rs.addSet(newAddrSet("exclude_inbound"+f.suffix(), f, p.ExcludeInboundCIDRs))
+		}
+		s.exOut = rs.addSet(newAddrSet("exclude_outbound"+f.suffix(), f, p.ExcludeOutboundCIDRs))
+		if servers := p.DNSServersOf(f.v6); len(servers) > 0 {
+			s.dns = rs.addSet(newHostSet("dns"+f.suffix(), f, servers))
+		}
+		if p.Egress != nil {
+			s.mesh = rs.addSet(newAddrSet("mesh"+f.suffix(), f, p.MeshCIDRs))
+			s.allowed = rs.addSet(newAddrSet("allowed"+f.suffix(), f, p.Egress.Allowed))
+			s.endpoints = rs.addSet(newEndpointSet("endpoints"+f.suffix(), f, p.Egress.Endpoints))
+		}
+		sets[f] = s
+	}
+
+	// Base chains first, then each family's chains, so the table reads
+	// from the hooks down.
+	var pre *chain
+	if p.CaptureInbound {
+		pre = rs.addChain("prerouting", &hook{nftables.ChainTypeNAT, "prerouting", priorityDstNAT})
+	}
+	out := rs.addChain("output", &hook{nftables.ChainTypeNAT, "output", priorityDstNAT})
+	zones := map[fam]bool{}
+	for _, f := range fams {
+		zones[f] = p.DNSMode == redirect.DNSAll || p.DNSMode == redirect.DNSResolvers && sets[f].dns != nil
+	}
+	var rawPre, rawOut *chain
+	if zones[v4] || zones[v6] {
+		rawPre = rs.addChain("raw_prerouting", &hook{nftables.ChainTypeFilter, "prerouting", priorityRaw})
+		rawOut = rs.addChain("raw_output", &hook{nftables.ChainTypeFilter, "output", priorityRaw})
+	}
+	renderPortGuard(rs.addChain("port_guard", &hook{nftables.ChainTypeFilter, "output", priorityFilter}), p)
+	var egress *chain
+	if p.Egress != nil {
+		egress = rs.addChain("egress", &hook{nftables.ChainTypeFilter, "output", priorityFilter})
+	}
+	for _, f := range fams {
+		if pre != nil {
+			pre.add(metaNfproto(f), l4proto("tcp"), jump("inbound"+f.suffix()))
+		}
+		out.add(metaNfproto(f), jump("output"+f.suffix()))
+		if zones[f] {
+			rawOut.add(metaNfproto(f), l4proto("udp"), jump("dns_zone_out"+f.suffix()))
+			rawPre.add(metaNfproto(f), l4proto("udp"), jump("dns_zone_in"+f.suffix()))
+		}
+		if egress != nil {
+			egress.add(metaNfproto(f), jump("egress"+f.suffix()))
+		}
+	}
+
+	for _, f := range fams {
+		s := sets[f]
+		if p.CaptureInbound {
+			c := rs.addChain("inbound"+f.suffix(), nil)
+			c.add(ifname(true, "lo"), ret())
+			for _, ifc := range p.ExcludeInterfaces {
+				c.add(ifname(true, ifc), ret())
+			}
+			c.add(addrIn(f, true, s.exIn), ret())
+			c.add(portIn("tcp", true, inPorts), ret())
+			c.add(l4proto("tcp"), redirectTo(p.InboundPort))
+		}
+		renderOutput(rs.addChain("output"+f.suffix(), nil), p, f, s.exOut, outPorts, s.dns)
+		if zones[f] {
+			renderZones(rs.addChain("dns_zone_out"+f.suffix(), nil), rs.addChain("dns_zone_in"+f.suffix(), nil), p, f, s.dns)
+		}
+		if p.Egress != nil {
+			c := rs.addChain("egress"+f.suffix(), nil)
+			c.add(ifname(false, "lo"), ret())
+			// What capture redirected still carries the interface its
+			// first route chose: recognise it by its NAT state.
+			c.add(ctDNAT(), ret())
+			// Connections allowed when they started survive a plan change.
+			c.add(ctEstablished(), ret())
+			c.add(addrIn(f, false, s.mesh), ret())
+			c.add(addrIn(f, false, s.allowed), ret())
+			// An endpoint of the proxy opens its TCP port, not its host.
+			c.add(endpointIn(f, s.endpoints), ret())
+			if s.dns != nil {
+				c.add(addrIn(f, false, s.dns), port("udp", true, portRange{53, 53}), ret())
+				c.add(addrIn(f, false, s.dns), port("tcp", true, portRange{53, 53}), ret())
+			}
+			c.add(l4proto("tcp"), rejectTCPReset())
+			c.add(rejectUnreachable(f))
+		}
+	}
+	return rs
+}
+
+func localhost(f fam) netip.Addr {
+	if f.v6 {
+		return netip.IPv6Loopback()
+	}
+	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+}
+
+func passthroughSource(f fam) netip.Addr {
+	if f.v6 {
+		return redirect.InboundPassthroughV6
+	}
+	return redirect.InboundPassthroughV4
+}
+
+// renderOutput writes the outbound chain of one family, rule for rule in
+// the iptables engine's order.
+func renderOutput(c *chain, p *redirect.Plan, f fam, exOut, outPorts, dns *set) {
+	for _, ifc := range p.ExcludeInterfaces {
+		c.add(ifname(false, ifc), ret())
+	}
+	if p.BypassMark != 0 {
+		c.add(mark(p.BypassMark, false), ret())
+	}
+	c.add(addr(f, true, false, passthroughSource(f)), ifname(false, "lo"), ret())
+	uid := idRange{p.ProxyUID, p.ProxyUID}
+	if p.CaptureInbound {
+		// The proxy connecting to a local address other than localhost
+		// reaches the workload through inbound capture.
+		c.add(addr(f, false, true, localhost(f)), ifname(false, "lo"), l4proto("tcp"), skid(false, uid, false), redirectTo(p.InboundPort))
+	}
+	c.add(skid(false, uid, false), ret())
+	if p.ProxyGID != nil {
+		c.add(skid(true, idRange{*p.ProxyGID, *p.ProxyGID}, false), ret())
+	}
+	for _, e := range p.ExcludeOutboundPortsForUIDs {
+		protos := []string{e.Protocol}
+		if e.Protocol == "all" {
+			protos = []string{"tcp", "udp"}
+		}
+		for _, proto := range protos {
+			for _, pr := range portRanges(e.Ports) {
+				for _, u := range e.UIDs {
+					c.add(port(proto, true, pr), skid(false, idRange{u.First, u.Last}, false), ret())
+				}
+			}
+		}
+	}
+	switch p.DNSMode {
+	case redirect.DNSAll:
+		c.add(port("udp", true, portRange{53, 53}), redirectTo(p.DNSPort))
+		c.add(port("tcp", true, portRange{53, 53}), redirectTo(p.DNSPort))
+	case redirect.DNSResolvers:
+		if dns != nil {
+			c.add(addrIn(f, false, dns), port("udp", true, portRange{53, 53}), redirectTo(p.DNSPort))
+			c.add(addrIn(f, false, dns), port("tcp", true, portRange{53, 53}), redirectTo(p.DNSPort))
+		}
+	}
+	c.add(ifname(false, "lo"), ret())
+	c.add(addrIn(f, false, exOut), ret())
+	c.add(portIn("tcp", true, outPorts), ret())
+	c.add(l4proto("tcp"), redirectTo(p.OutboundPort))
+}
+
+// renderZones writes the conntrack-zone split of DNS for one family. As
+// with iptables' CT target, setting a zone does not end the chain.
+func renderZones(out, in *chain, p *redirect.Plan, f fam, dns *set) {
+	out.add(port("udp", false, portRange{p.DNSPort, p.DNSPort}), ctZone(zoneWorkload))
+	dst := func(terms ...term) []term {
+		if p.DNSMode == redirect.DNSResolvers {
+			return append([]term{addrIn(f, false, dns)}, terms...)
+		}
+		return terms
+	}
+	uid := idRange{p.ProxyUID, p.ProxyUID}
+	dns53 := port("udp", true, portRange{53, 53})
+	out.add(dst(dns53, skid(false, uid, false), ctZone(zoneUpstream))...)
+	if p.BypassMark != 0 {
+		out.add(dst(dns53, mark(p.BypassMark, false), ctZone(zoneUpstream))...)
+		out.add(dst(dns53, skid(false, uid, true), mark(p.BypassMark, true), ctZone(zoneWorkload))...)
+	} else {
+		out.add(dst(dns53, skid(false, uid, true), ctZone(zoneWorkload))...)
+	}
+	src := []term{}
+	if p.DNSMode == redirect.DNSResolvers {
+		src = append(src, addrIn(f, true, dns))
+	}
+	in.add(append(src, port("udp", false, portRange{53, 53}), ctZone(zoneUpstream))...)
+}
+
+// renderPortGuard drops what a socket not owned by the proxy's UID or GID,
+// root or a process allowed to set the bypass mark sends from a port
+// capture redirects to, as the iptables engine's SHUNT_PORT_GUARD does: a
+// process of the pod that binds such a port while the proxy or the agent is
+// down receives captured traffic but cannot answer it. meta skuid does not
+// match a packet without a socket (a reset the kernel sends for a closed
+// port), so those pass.
+func renderPortGuard(c *chain, p *redirect.Plan) {
+	c.add(skid(false, idRange{0, 0}, false), ret())
+	c.add(skid(false, idRange{p.ProxyUID, p.ProxyUID}, false), ret())
+	if p.ProxyGID != nil {
+		c.add(skid(true, idRange{*p.ProxyGID, *p.ProxyGID}, false), ret())
+	}
+	if p.BypassMark != 0 {
+		c.add(mark(p.BypassMark, false), ret())
+	}
+	// Any socket's UID is now != 0; without a socket, no match.
+	owned := skid(false, idRange{0, 0}, true)
+	tcp := []uint16{p.OutboundPort}
+	if p.CaptureInbound {
+		tcp = append(tcp, p.InboundPort)
+	}
+	if p.DNSMode != redirect.DNSNone {
+		tcp = append(tcp, p.DNSPort)
+	}
+	for _, pt := range tcp {
+		c.add(port("tcp", false, portRange{pt, pt}), owned, drop())
+	}
+	if p.DNSMode != redirect.DNSNone {
+		c.add(port("udp", false, portRange{p.DNSPort, p.DNSPort}), owned, drop())
+	}
+}
+
+func portRanges(l []redirect.PortRange) []portRange {
+	out := make([]portRange, len(l))
+	for i, r := range l {
+		out[i] = portRange{r.First, r.Last}
+	}
+	return out
+}
+
+// String renders the table in nft -f syntax. Loaded with nft -f, it
+// replaces shunt's table as install does: created if absent, deleted, and
+// written again, in one transaction.
+func (rs *Ruleset) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table inet %s\ndelete table inet %s\n", TableName, TableName)
+	b.WriteString(rs.Body())
+	return b.String()
+}
+
+// Body is the table definition alone.
+func (rs *Ruleset) Body() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table inet %s {\n", TableName)
+	for _, s := range rs.sets {
+		b.WriteString(s.String())
+	}
+	for _, c := range rs.chains {
+		fmt.Fprintf(&b, "\tchain %s {\n", c.name)
+		if h := c.base; h != nil {
+			fmt.Fprintf(&b, "\t\ttype %s hook %s priority %d; policy accept;\n", h.typ, h.hook, h.priority)
+		}
+		for _, r := range c.rules {
+			fmt.Fprintf(&b, "\t\t%s\n", r)
+		}
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}

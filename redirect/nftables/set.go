@@ -1,0 +1,305 @@
+package nftables
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables"
+)
+
+// setKind is the key type of one of shunt's sets.
+type setKind int
+
+const (
+	kindAddr4 setKind = iota
+	kindAddr6
+	kindPort
+	kindEndpoint4
+	kindEndpoint6
+)
+
+func (k setKind) typeText() string {
+	switch k {
+	case kindAddr4:
+		return "ipv4_addr"
+	case kindAddr6:
+		return "ipv6_addr"
+	case kindPort:
+		return "inet_service"
+	case kindEndpoint4:
+		return "ipv4_addr . inet_service"
+	default:
+		return "ipv6_addr . inet_service"
+	}
+}
+
+func (k setKind) keyType() nftables.SetDatatype {
+	switch k {
+	case kindAddr4:
+		return nftables.TypeIPAddr
+	case kindAddr6:
+		return nftables.TypeIP6Addr
+	case kindPort:
+		return nftables.TypeInetService
+	case kindEndpoint4:
+		return nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+	default:
+		return nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService)
+	}
+}
+
+// set is one named set of shunt's table with its elements, both as nft
+// prints them and as the keys sent to the kernel.
+type set struct {
+	name     string
+	id       uint32
+	kind     setKind
+	interval bool
+	text     []string
+	elems    []nftables.SetElement
+}
+
+// span is an inclusive range of big-endian keys of one length.
+type span struct{ lo, hi []byte }
+
+func next(b []byte) (out []byte, overflow bool) {
+	out = slices.Clone(b)
+	for i := len(out) - 1; i >= 0; i-- {
+		out[i]++
+		if out[i] != 0 {
+			return out, false
+		}
+	}
+	return out, true
+}
+
+// merge sorts spans and joins those that overlap or touch: the kernel
+// refuses overlapping intervals, and touching ones are one interval.
+func merge(spans []span) []span {
+	slices.SortFunc(spans, func(a, b span) int {
+		if c := bytes.Compare(a.lo, b.lo); c != 0 {
+			return c
+		}
+		return bytes.Compare(a.hi, b.hi)
+	})
+	var out []span
+	for _, s := range spans {
+		if n := len(out); n > 0 {
+			last := &out[n-1]
+			after, overflow := next(last.hi)
+			if overflow || bytes.Compare(s.lo, after) <= 0 {
+				if bytes.Compare(s.hi, last.hi) > 0 {
+					last.hi = s.hi
+				}
+				continue
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// intervalElements turns merged spans into the element list nft sends for
+// an interval set: an interval-end element at zero when the first span
+// does not start there, then each span's start and the key after its end.
+func intervalElements(spans []span) []nftables.SetElement {
+	var out []nftables.SetElement
+	if len(spans) > 0 && !isZero(spans[0].lo) {
+		out = append(out, nftables.SetElement{Key: make([]byte, len(spans[0].lo)), IntervalEnd: true})
+	}
+	for _, s := range spans {
+		out = append(out, nftables.SetElement{Key: s.lo})
+		if end, overflow := next(s.hi); !overflow {
+			out = append(out, nftables.SetElement{Key: end, IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+func isZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func prefixSpan(p netip.Prefix, n int) span {
+	p = p.Masked()
+	a := p.Addr()
+	var lo []byte
+	if n == 4 {
+		b := a.Unmap().As4()
+		lo = b[:]
+	} else {
+		b := a.As16()
+		lo = b[:]
+	}
+	hi := slices.Clone(lo)
+	for bit := p.Bits(); bit < n*8; bit++ {
+		hi[bit/8] |= 0x80 >> (bit % 8)
+	}
+	return span{lo: lo, hi: hi}
+}
+
+func addrOf(b []byte) netip.Addr {
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// addrSpanText prints a span as nft does: an address, a prefix, or a range.
+func addrSpanText(s span) string {
+	lo, hi := addrOf(s.lo), addrOf(s.hi)
+	if lo == hi {
+		return lo.String()
+	}
+	for bits := 0; bits < lo.BitLen(); bits++ {
+		p := netip.PrefixFrom(lo, bits)
+		if p.Masked().Addr() == lo && bytes.Equal(prefixSpan(p, len(s.lo)).hi, s.hi) {
+			return p.String()
+		}
+	}
+	return lo.String() + "-" + hi.String()
+}
+
+// newAddrSet is an interval set of prefixes of one family.
+func newAddrSet(name string, f fam, prefixes []netip.Prefix) *set {
+	s := &set{name: name, kind: kindAddr4, interval: true}
+	n := 4
+	if f.v6 {
+		s.kind, n = kindAddr6, 16
+	}
+	var spans []span
+	for _, p := range prefixes {
+		if p.Addr().Unmap().Is6() == f.v6 {
+			spans = append(spans, prefixSpan(p, n))
+		}
+	}
+	spans = merge(spans)
+	for _, sp := range spans {
+		s.text = append(s.text, addrSpanText(sp))
+	}
+	s.elems = intervalElements(spans)
+	return s
+}
+
+// newHostSet is a plain set of addresses of one family.
+func newHostSet(name string, f fam, addrs []netip.Addr) *set {
+	s := &set{name: name, kind: kindAddr4}
+	if f.v6 {
+		s.kind = kindAddr6
+	}
+	var keys [][]byte
+	for _, a := range addrs {
+		if a.Unmap().Is6() == f.v6 {
+			keys = append(keys, f.addrBytes(a))
+		}
+	}
+	slices.SortFunc(keys, bytes.Compare)
+	keys = slices.CompactFunc(keys, bytes.Equal)
+	for _, k := range keys {
+		s.text = append(s.text, addrOf(k).String())
+		s.elems = append(s.elems, nftables.SetElement{Key: k})
+	}
+	return s
+}
+
+// portRange is an inclusive range of ports.
+type portRange struct{ first, last uint16 }
+
+func (r portRange) String() string {
+	if r.first == r.last {
+		return fmt.Sprint(r.first)
+	}
+	return fmt.Sprintf("%d-%d", r.first, r.last)
+}
+
+// idRange is an inclusive range of user or group ids.
+type idRange struct{ first, last uint32 }
+
+// newPortSet is an interval set of ports.
+func newPortSet(name string, ranges []portRange) *set {
+	s := &set{name: name, kind: kindPort, interval: true}
+	var spans []span
+	for _, r := range ranges {
+		spans = append(spans, span{lo: be16(r.first), hi: be16(r.last)})
+	}
+	spans = merge(spans)
+	for _, sp := range spans {
+		r := portRange{binary.BigEndian.Uint16(sp.lo), binary.BigEndian.Uint16(sp.hi)}
+		s.text = append(s.text, r.String())
+	}
+	s.elems = intervalElements(spans)
+	return s
+}
+
+// newEndpointSet is a set of address . TCP port pairs. A concatenation's
+// fields are each padded to 32 bits.
+func newEndpointSet(name string, f fam, eps []netip.AddrPort) *set {
+	s := &set{name: name, kind: kindEndpoint4}
+	if f.v6 {
+		s.kind = kindEndpoint6
+	}
+	var keys [][]byte
+	for _, ep := range eps {
+		if ep.Addr().Unmap().Is6() != f.v6 {
+			continue
+		}
+		k := append(f.addrBytes(ep.Addr()), be16(ep.Port())...)
+		keys = append(keys, append(k, 0, 0))
+	}
+	slices.SortFunc(keys, bytes.Compare)
+	keys = slices.CompactFunc(keys, bytes.Equal)
+	n := f.addrLen()
+	for _, k := range keys {
+		s.text = append(s.text, fmt.Sprintf("%s . %d", addrOf(k[:n]), binary.BigEndian.Uint16(k[n:n+2])))
+		s.elems = append(s.elems, nftables.SetElement{Key: k})
+	}
+	return s
+}
+
+// elementText prints a key read back from the kernel, for drift reports.
+func elementText(k setKind, e nftables.SetElement) string {
+	var s string
+	switch k {
+	case kindAddr4, kindAddr6:
+		s = addrOf(e.Key).String()
+	case kindPort:
+		if len(e.Key) >= 2 {
+			s = fmt.Sprint(binary.BigEndian.Uint16(e.Key))
+		}
+	default:
+		n := 4
+		if k == kindEndpoint6 {
+			n = 16
+		}
+		if len(e.Key) >= n+2 {
+			s = fmt.Sprintf("%s . %d", addrOf(e.Key[:n]), binary.BigEndian.Uint16(e.Key[n:n+2]))
+		}
+	}
+	if s == "" {
+		s = fmt.Sprintf("%x", e.Key)
+	}
+	if e.IntervalEnd {
+		return "end " + s
+	}
+	return s
+}
+
+func (s *set) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.name, s.kind.typeText())
+	if s.interval {
+		b.WriteString("\t\tflags interval\n")
+	}
+	if len(s.text) > 0 {
+		fmt.Fprintf(&b, "\t\telements = { %s }\n", strings.Join(s.text, ", "))
+	}
+	b.WriteString("\t}\n")
+	return b.String()
+}
