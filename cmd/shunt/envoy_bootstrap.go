@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shunt-dev/shunt/envoy/bootstrap"
+	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/xdsclient"
 )
 
@@ -16,6 +17,7 @@ import (
 var envoyBootstrapFlags = []string{
 	"xds", "xds-ca", "xds-cert", "xds-key", "xds-server-name", "xds-token-file",
 	"node-id", "zone", "mesh", "state-dir", "xds-socket", "envoy-admin",
+	"xds-flavor", "xds-node-metadata", "dataplane-file", "config",
 }
 
 func newEnvoyBootstrapCommand() *cobra.Command {
@@ -70,8 +72,21 @@ validated as Envoy validates its bootstrap. See docs/envoy.md.`,
 			if err != nil {
 				return err
 			}
-			// The node as `shunt run` would send it.
-			xcfg := xdsclient.Config{NodeID: f.nodeID, Zone: f.zone, Mesh: f.meshName, TokenFile: f.xdsToken}
+			// The node as `shunt run` sends it: the flavour's metadata
+			// depends on the capture plan (DNS port, IPv6).
+			plan, err := cfg.Plan(redirect.OSHost{})
+			if err != nil {
+				return err
+			}
+			nf := nodeFlags{flavor: str("xds-flavor"), dataplaneFile: str("dataplane-file")}
+			if nf.metadata, err = fl.GetStringArray("xds-node-metadata"); err != nil {
+				return err
+			}
+			node, err := resolveNode(cmd, nf, f.nodeID, f.meshName, plan)
+			if err != nil {
+				return err
+			}
+			xcfg := xdsclient.Config{NodeID: node.ID, Zone: f.zone, Mesh: node.Mesh, Metadata: node.Metadata, TokenFile: f.xdsToken, TokenRaw: node.TokenRaw}
 			var x bootstrap.XDS
 			if f.xds != "" {
 				if x, err = remoteXDS(f, xcfg); err != nil {

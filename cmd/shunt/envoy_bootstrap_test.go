@@ -52,6 +52,22 @@ func TestEnvoyBootstrapCommand(t *testing.T) {
 		}
 	}
 
+	// A Kuma node id: kuma-dp's metadata and the raw dataplane token, as
+	// the agent sends them.
+	out, err = runShunt(t, "envoy-bootstrap", "--node-id", "default.web-1", "--xds", "cp.example:5678", "--xds-token-file", tok)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if b, err = bootstrap.Parse([]byte(out)); err != nil {
+		t.Fatal(err)
+	}
+	if md := b.GetDynamicResources().GetAdsConfig().GetGrpcServices()[0].GetInitialMetadata(); len(md) != 1 || md[0].GetValue() != "dp-token" {
+		t.Errorf("Kuma initial metadata %v, want the raw token", md)
+	}
+	if f := b.GetNode().GetMetadata().GetFields(); f["dataplane.dns.port"].GetStringValue() != "15053" || f["features"].GetListValue() == nil {
+		t.Errorf("Kuma node metadata %v", f)
+	}
+
 	// Without --xds: shunt's local socket, absolute; YAML on request.
 	out, err = runShunt(t, "envoy-bootstrap", "--node-id", "n", "--state-dir", "state", "-o", "yaml")
 	if err != nil {

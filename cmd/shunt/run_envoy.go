@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"github.com/shunt-dev/shunt/envoy/supervisor"
 	"github.com/shunt-dev/shunt/mesh"
 	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/wire"
 	"github.com/shunt-dev/shunt/xdsclient"
 	"github.com/shunt-dev/shunt/xdsproxy"
 )
@@ -200,6 +202,12 @@ func prepareEnvoy(f runFlags, xcfg xdsclient.Config, plan *redirect.Plan, stateD
 	b, err := bootstrap.Build(bc)
 	if err != nil {
 		return nil, fmt.Errorf("run: %w", err)
+	}
+	if v, ok := bc.Metadata.GetFields()[wire.KumaMetaAdminPort]; ok && v.GetStringValue() != strconv.Itoa(int(admin.Port())) && admin.Port() != 0 {
+		// kuma-cp reaches Envoy's admin API on the port the node
+		// announces; a different one breaks its readiness and stats.
+		log.Warn("the node metadata announces another Envoy admin port than --envoy-admin; set --xds-node-metadata "+wire.KumaMetaAdminPort+"=PORT",
+			"announced", v.GetStringValue(), "envoyAdmin", admin.String())
 	}
 	cred := proxyCredential(plan)
 	dir, err := filepath.Abs(filepath.Join(stateDir, "envoy"))
