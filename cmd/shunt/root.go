@@ -31,11 +31,8 @@ func newRootCommand() *cobra.Command {
 		newStatusCommand(),
 		newExplainCommand(),
 		newVersionCommand(),
-		newDNSCommand(),
-		newControlPlaneCommand(),
-		newRunCommand(),
 		newCNICommand(),
-		newNodeCommand(),
 	)
+	root.AddCommand(agentCommands()...)
 	return root
 }
