@@ -14,5 +14,6 @@ func agentCommands() []*cobra.Command {
 		newControlPlaneCommand(),
 		newRunCommand(),
 		newNodeCommand(),
+		newEnvoyBootstrapCommand(),
 	}
 }
