@@ -10,12 +10,14 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/shunt-dev/shunt/wire"
 )
 
 // DefaultTTL is the TTL of table answers when TableOptions.TTL is zero:
 // short, so that a VIP change reaches clients quickly, long enough that a
 // busy client does not ask for every connection.
-const DefaultTTL = 30 * time.Second
+const DefaultTTL = wire.MeshNameTTL
 
 // TableOptions tune how a Table answers.
 type TableOptions struct {
@@ -84,7 +86,7 @@ func NewTable(entries map[string][]netip.Addr, opts TableOptions) (*Table, error
 				bad = true
 				continue
 			}
-			a = a.Unmap().WithZone("")
+			a = a.WithZone("")
 			// Lists are short: a linear scan beats a map per name.
 			if slices.Contains(e.v4, a) || slices.Contains(e.v6, a) {
 				continue

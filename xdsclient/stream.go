@@ -21,10 +21,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/shunt-dev/shunt/mesh"
+	"github.com/shunt-dev/shunt/wire"
 )
 
 // Type URLs of the resources the client subscribes to.
@@ -34,8 +36,8 @@ const (
 	EndpointType = resourcev3.EndpointType
 )
 
-// Node metadata key carrying the mesh.
-const MetadataMesh = "kuma.io/mesh"
+// MetadataMesh is the node metadata key carrying the mesh.
+const MetadataMesh = wire.MetadataMesh
 
 // session is one ADS stream: subscribe, then answer every response until
 // the stream or ctx ends. answered reports whether the server responded at
@@ -94,7 +96,7 @@ func (c *Client) session(ctx context.Context) (answered bool, err error) {
 				if errors.Is(err, io.EOF) {
 					err = errors.New("server closed the stream")
 				}
-				return s.answered, fmt.Errorf("receive from %s: %w", c.cfg.Server, err)
+				return s.answered, fmt.Errorf("receive from %s: %w", c.cfg.Server, c.authHint(err))
 			}
 			if !s.answered {
 				s.answered = true
@@ -149,7 +151,10 @@ func OpenStream(ctx context.Context, cfg Config) (ADSStream, error) {
 		if err != nil {
 			return nil, err
 		}
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+		if !cfg.TokenRaw {
+			tok = "Bearer " + tok
+		}
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", tok)
 	}
 	ka := cfg.KeepaliveTime
 	if ka <= 0 {
@@ -185,6 +190,21 @@ func OpenStream(ctx context.Context, cfg Config) (ADSStream, error) {
 // parts carry different versions before publishing what it has.
 const SettleDelay = 100 * time.Millisecond
 
+// authHint says what to do about a refused authentication: kuma-cp, for
+// one, answers a missing token with "token is malformed", which does not
+// say that a token is wanted at all.
+func (c *Client) authHint(err error) error {
+	st, _ := grpcstatus.FromError(err)
+	if st.Code() != codes.Unauthenticated && st.Code() != codes.PermissionDenied &&
+		!strings.Contains(st.Message(), "authentication failed") {
+		return err
+	}
+	if c.cfg.TokenFile == "" {
+		return fmt.Errorf("the server refused the node's authentication and no token is configured (give the dataplane token with --xds-token-file): %w", err)
+	}
+	return fmt.Errorf("the server refused the token from %s: %w", c.cfg.TokenFile, err)
+}
+
 func readToken(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -198,15 +218,14 @@ func readToken(path string) (string, error) {
 }
 
 func (c *Client) node() *corev3.Node {
-	fields := map[string]*structpb.Value{}
-	for k, v := range c.cfg.Metadata {
-		fields[k] = structpb.NewStringValue(v)
+	md := c.cfg.Metadata
+	if md == nil {
+		md = &structpb.Struct{Fields: map[string]*structpb.Value{MetadataMesh: structpb.NewStringValue(c.cfg.Mesh)}}
 	}
-	fields[MetadataMesh] = structpb.NewStringValue(c.cfg.Mesh)
 	n := &corev3.Node{
 		Id:            c.cfg.NodeID,
 		Cluster:       c.cfg.Cluster,
-		Metadata:      &structpb.Struct{Fields: fields},
+		Metadata:      proto.Clone(md).(*structpb.Struct),
 		UserAgentName: "shunt",
 		// Servers that key on client features look for this one before
 		// sending more than one resource type per stream.

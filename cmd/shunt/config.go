@@ -3,10 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
 
 	"github.com/shunt-dev/shunt/redirect"
 )
@@ -48,12 +50,15 @@ func loadCaptureConfig(cmd *cobra.Command) (*redirect.Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read config file: %w", err)
 		}
-		if err := cfg.LoadFile(file, data); err != nil {
+		if err := loadConfigFile(cfg, file, data); err != nil {
 			return nil, err
 		}
 	}
 	if err := cfg.LoadEnv(os.Environ(), envIgnored()...); err != nil {
 		return nil, err
+	}
+	for _, w := range cfg.Warnings() {
+		slog.Warn(w)
 	}
 	for _, o := range redirect.Options() {
 		f := cmd.Flags().Lookup(o.Flag)
@@ -88,4 +93,27 @@ func containsString(l []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// loadConfigFile merges a config file into cfg, leaving out the keys that
+// `shunt run` reads itself (runOnlyConfigKeys).
+func loadConfigFile(cfg *redirect.Config, file string, data []byte) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("parse config %s: %w", file, err)
+	}
+	if len(doc.Content) == 0 {
+		return nil
+	}
+	m := doc.Content[0]
+	if m.Kind == yaml.MappingNode {
+		kept := m.Content[:0:0]
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			if !containsString(runOnlyConfigKeys, m.Content[i].Value) {
+				kept = append(kept, m.Content[i], m.Content[i+1])
+			}
+		}
+		m.Content = kept
+	}
+	return cfg.LoadNode(file, m)
 }

@@ -68,6 +68,8 @@ func choose(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, Choice, er
 			why = "no cgroup given for eBPF"
 		case cfg.Get("excludeInterfaces") != "":
 			why = "excludeInterfaces needs a netfilter engine"
+		case ebpfRefuses(cfg) != nil:
+			why = ebpfRefuses(cfg).Error()
 		default:
 			if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
 				why = err.Error()
@@ -91,6 +93,18 @@ func choose(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, Choice, er
 	}
 }
 
+// ebpfRefuses reports the first plan feature the eBPF engine does not
+// implement (tproxy inbound, include-only lists, vnet interfaces...).
+// Callers validated the configuration already; an invalid one refuses
+// nothing here.
+func ebpfRefuses(cfg *redirect.Config) error {
+	p, err := cfg.Plan(redirect.OSHost{})
+	if err != nil {
+		return nil
+	}
+	return ebpf.Supported(p)
+}
+
 // iptablesPrograms reports whether an iptables-restore of either variant
 // is in PATH.
 func iptablesPrograms() (string, bool) {
@@ -103,7 +117,21 @@ func iptablesPrograms() (string, bool) {
 }
 
 func newIptables(cfg *redirect.Config, log *slog.Logger) redirect.Engine {
-	return iptables.New(iptables.Options{NetnsPath: cfg.Get("netns"), StateDir: cfg.Get("stateDir"), Backend: cfg.Get("iptablesBackend"), Logger: log})
+	// Both were validated with the plan; a bad value here falls back to
+	// the default.
+	wait, _ := cfg.XtablesLockWait()
+	retries, _ := cfg.XtablesRetries()
+	if retries == 0 {
+		retries = -1 // none
+	}
+	return iptables.New(iptables.Options{
+		NetnsPath: cfg.Get("netns"),
+		StateDir:  cfg.Get("stateDir"),
+		Backend:   cfg.Get("iptablesBackend"),
+		LockWait:  wait,
+		Retries:   retries,
+		Logger:    log,
+	})
 }
 
 func newNftables(cfg *redirect.Config, log *slog.Logger) redirect.Engine {
