@@ -11,11 +11,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/shunt-dev/shunt/dnsproxy"
 	"github.com/shunt-dev/shunt/mesh"
 	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/sockowner"
 )
 
 // Source delivers agent snapshots: xdsclient.Client in shunt, a fake in
@@ -103,6 +105,7 @@ type Agent struct {
 	plan      atomic.Pointer[redirect.Plan] // installed
 	captureOK atomic.Bool
 	dnsUp     atomic.Bool
+	dnsHeld   atomic.Pointer[string] // why the DNS port cannot be bound
 	lastErr   atomic.Pointer[string]
 
 	// Owned by the Run loop.
@@ -188,7 +191,11 @@ func (a *Agent) Applied() <-chan struct{} { return a.applied }
 func (a *Agent) Ready() (bool, string) {
 	var missing []string
 	if !a.dnsUp.Load() {
-		missing = append(missing, "DNS interceptor not listening")
+		msg := "DNS interceptor not listening"
+		if e := a.dnsHeld.Load(); e != nil {
+			msg += ": " + *e
+		}
+		missing = append(missing, msg)
 	}
 	if a.snap.Load() == nil {
 		missing = append(missing, "no snapshot from the control plane yet")
@@ -236,12 +243,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	dnsCtx, stopDNS := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopDNS()
 	dnsDone := make(chan error, 1)
-	go func() { dnsDone <- a.dns.Run(dnsCtx) }()
+	held := make(chan error, 1)
+	go func() { dnsDone <- a.serveDNS(dnsCtx, held) }()
 	select {
 	case <-a.dns.Ready():
 		a.dnsUp.Store(true)
 	case err := <-dnsDone:
 		return fmt.Errorf("agent: DNS interceptor: %w", err)
+	case <-held:
+		// Someone else holds the port: go on without DNS (the capture
+		// keeps the pod's DNS failing closed) and take it once free.
+		go func() {
+			select {
+			case <-a.dns.Ready():
+				a.dnsHeld.Store(nil)
+				a.dnsUp.Store(true)
+				a.log.Info("DNS interceptor listening", "addrs", a.dns.Addrs())
+			case <-dnsCtx.Done():
+			}
+		}()
 	case <-ctx.Done():
 	}
 
@@ -323,10 +343,43 @@ loop:
 	return runErr
 }
 
+// serveDNS runs the interceptor. While another socket holds its port (a
+// process of the pod bound it while the agent was down), it names the
+// holder, retries, and tells held once; the capture rules drop replies from
+// the port that do not come from the proxy's UID or root, so the pod's DNS
+// fails closed meanwhile rather than being answered by the impostor.
+func (a *Agent) serveDNS(ctx context.Context, held chan<- error) error {
+	delay := 100 * time.Millisecond
+	for {
+		err := a.dns.Run(ctx)
+		if err == nil || ctx.Err() != nil || !errors.Is(err, syscall.EADDRINUSE) {
+			return err
+		}
+		err = sockowner.Explain(err)
+		msg := err.Error()
+		a.dnsHeld.Store(&msg)
+		select {
+		case held <- err:
+		default:
+		}
+		a.log.Error("DNS interceptor port is held by another socket; the pod's DNS fails closed until it is free", "err", err, "retryIn", delay)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
 // apply makes a snapshot current: hosts it newly needs are resolved (for a
 // short while; stragglers are retried in the background), the rules are
-// installed, and only then the DNS table is swapped, so that a name
-// resolves once the way to it is open.
+// installed, and then the DNS table is swapped, so that a name resolves
+// once the way to it is open. The table is swapped even when the install
+// failed (it is retried every reconcile interval, and readiness says so):
+// a mesh name answers a VIP, whose traffic reaches the proxy or nothing,
+// while a name held back would be forwarded upstream and answered with a
+// real address the workload could reach around the mesh's policy.
 func (a *Agent) apply(ctx context.Context, s *mesh.AgentSnapshot) {
 	start := time.Now()
 	prev := a.cur

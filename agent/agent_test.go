@@ -3,12 +3,15 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -43,6 +46,8 @@ type fakeEngine struct {
 	installs    int
 	drift       []string
 	uninstalled bool
+	// fail, when set, is what every Install returns.
+	fail error
 }
 
 func (e *fakeEngine) Name() string { return "fake" }
@@ -52,8 +57,11 @@ func (e *fakeEngine) Render(context.Context, *redirect.Plan) (map[string]string,
 func (e *fakeEngine) Install(_ context.Context, p *redirect.Plan) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.installed, e.drift = p.Clone(), nil
 	e.installs++
+	if e.fail != nil {
+		return e.fail
+	}
+	e.installed, e.drift = p.Clone(), nil
 	return nil
 }
 func (e *fakeEngine) Uninstall(context.Context) error {
@@ -241,6 +249,72 @@ func TestSnapshotsDriveNamesAndLockdown(t *testing.T) {
 	if got := lookup(t, a, "httpbin.org"); len(got) != 0 {
 		// Not a mesh name any more: forwarded, and with no upstream, no answer.
 		t.Errorf("httpbin.org still answered from the table: %v", got)
+	}
+}
+
+// TestTableFollowsSnapshotWhenInstallFails pins the choice docs/agent.md
+// explains: a mesh name answers its VIP even while the rules cannot be
+// installed. VIP traffic reaches the proxy or nothing, whereas a name held
+// back from the table would be forwarded upstream and answered with a real
+// address the app could reach around the mesh's policy.
+func TestTableFollowsSnapshotWhenInstallFails(t *testing.T) {
+	src := newFakeSource(nil)
+	eng := &fakeEngine{fail: errors.New("iptables-restore: line 3 failed")}
+	a := startAgent(t, src, eng, fakeResolver{})
+	src.push(t, &mesh.AgentSnapshot{Version: "1", Names: map[string][]netip.Addr{"httpbin.mesh": {vip1}}})
+	eventually(t, "httpbin.mesh to resolve", func() bool { return slices.Equal(lookup(t, a, "httpbin.mesh"), []string{"240.0.0.1"}) })
+	if _, n, _ := eng.state(); n == 0 {
+		t.Fatal("no install was tried")
+	}
+	if ok, why := a.Ready(); ok || !strings.Contains(why, "capture rules not in place: iptables-restore") {
+		t.Errorf("ready while the rules failed (%v, %q)", ok, why)
+	}
+}
+
+// TestHeldDNSPortIsNamedAndRetried: another socket holds the interceptor's
+// port when the agent starts. The agent must not exit: it says who holds the
+// port, stays unready, and listens as soon as the port is free.
+func TestHeldDNSPortIsNamedAndRetried(t *testing.T) {
+	squat, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := netip.MustParseAddrPort(squat.LocalAddr().String())
+	a, err := New(Options{
+		Source:            newFakeSource(&mesh.AgentSnapshot{Version: "1", Passthrough: true, Names: map[string][]netip.Addr{"httpbin.mesh": {vip1}}}),
+		Engine:            &fakeEngine{},
+		Plan:              basePlan(t),
+		DNS:               dnsproxy.Config{Listen: []netip.AddrPort{port}, UDPSockets: 1},
+		Resolver:          fakeResolver{},
+		ReconcileInterval: 50 * time.Millisecond,
+		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	want := fmt.Sprintf("held by pid %d", os.Getpid())
+	eventually(t, "readiness to name the holder", func() bool { _, why := a.Ready(); return strings.Contains(why, want) })
+	select {
+	case err := <-done:
+		t.Fatalf("the agent exited while the port was held: %v", err)
+	default:
+	}
+	squat.Close()
+	eventually(t, "the interceptor to take the port", func() bool {
+		ok, _ := a.Ready()
+		return ok
+	})
+	if got := lookup(t, a, "httpbin.mesh"); !slices.Equal(got, []string{"240.0.0.1"}) {
+		t.Errorf("httpbin.mesh = %v after the port was freed", got)
 	}
 }
 

@@ -3,10 +3,22 @@ package redirect
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
+)
+
+// Defaults of the optional capture features.
+const (
+	// DefaultTProxyMark is Istio's: the mark its Envoy configuration puts
+	// on original-source connections.
+	DefaultTProxyMark       = 0x539
+	DefaultTProxyRouteTable = 133
+	DefaultXtablesRetries   = 4
+	DefaultXtablesLockWait  = 10 * time.Second
 )
 
 // Config is the user's capture settings, as given. Every field has one key,
@@ -18,6 +30,8 @@ type Config struct {
 	values map[string]string
 	// origin records where each value came from, for error messages.
 	origin map[string]string
+	// warnings are what loading found questionable but accepted.
+	warnings []string
 }
 
 // Option describes one configuration key.
@@ -54,6 +68,17 @@ func Options() []Option {
 		{Key: "bypassMark", Default: fmt.Sprintf("%#x", DefaultBypassMark), Help: "socket mark whose packets are never captured (0 disables)"},
 		{Key: "ipFamily", Default: string(FamilyDual), Help: "dual (IPv4, and IPv6 where the namespace has it) or ipv4"},
 		{Key: "meshCidrs", Help: "pod and service CIDRs reachable with passthrough disabled, comma-separated"},
+		{Key: "inboundMode", Default: "redirect", Help: "how inbound TCP reaches the proxy: redirect (NAT) or tproxy (TPROXY: the proxy sees the real client and destination addresses; iptables engine)"},
+		{Key: "tproxyMark", Default: fmt.Sprintf("%#x", DefaultTProxyMark), Help: "with inboundMode tproxy: the packet mark of TPROXY-captured packets and of the proxy's connections to the application from the client's address"},
+		{Key: "tproxyRouteTable", Default: fmt.Sprint(DefaultTProxyRouteTable), Help: "with inboundMode tproxy: the routing table shunt fills with the local route marked packets take"},
+		{Key: "dropInvalid", Bool: true, Help: "drop inbound packets conntrack marks INVALID (out-of-window after a loss), which would otherwise escape capture and draw resets"},
+		{Key: "includeOutboundCidrs", Help: "capture outbound TCP to these CIDRs only (default: all), comma-separated"},
+		{Key: "includeOutboundPorts", Help: "capture outbound TCP to these ports (or ranges a-b) only (default: all), comma-separated"},
+		{Key: "includeInboundPorts", Help: "capture inbound TCP to these ports (or ranges a-b) only (default: all), comma-separated"},
+		{Key: "vnetInterfaces", Help: "IFACE or IFACE:CIDR entries, comma-separated: interfaces of nested VMs or containers whose TCP is captured as outbound (except to CIDR)"},
+		{Key: "packetLog", Default: "off", Help: "log each packet the rules redirect, reject or drop: off, nflog[:GROUP] (netlink group, default 0) or kernel (kernel log)"},
+		{Key: "xtablesLockWait", Default: DefaultXtablesLockWait.String(), Help: "how long each iptables-restore waits for the xtables lock another program (kube-proxy) holds, e.g. 5s"},
+		{Key: "xtablesRetries", Default: fmt.Sprint(DefaultXtablesRetries), Help: "how often a change is retried after a lock timeout or a concurrent writer (0-20)"},
 		{Key: "netns", Help: "network namespace to act on (a path such as /run/netns/NAME); default: the current one"},
 		{Key: "cgroup", Help: "cgroup-v2 directory whose processes the eBPF engine captures"},
 		{Key: "bpfPinDir", Help: "where the eBPF engine pins its programs and maps (default /sys/fs/bpf/shunt/<cgroup>)"},
@@ -231,8 +256,13 @@ func nodeKind(n *yaml.Node) string {
 }
 
 // LoadEnv merges SHUNT_* variables from environ (as os.Environ returns it).
-// SHUNT_ variables that name no key are refused, so a typo is not silently
-// ignored; the few that configure something else are listed in ignore.
+// A SHUNT_ variable that names no key does not stop shunt: Kubernetes puts
+// variables of that prefix into every pod of a namespace holding a Service
+// whose name starts with "shunt" (service links), so refusing them would
+// fail the init container of every pod there. The service-link forms are
+// ignored; any other unknown variable is kept in Warnings, named with the
+// closest known variable, so a typo is still reported. The few that
+// configure something else are listed in ignore.
 func (c *Config) LoadEnv(environ []string, ignore ...string) error {
 	byEnv := map[string]Option{}
 	for _, o := range Options() {
@@ -241,25 +271,82 @@ func (c *Config) LoadEnv(environ []string, ignore ...string) error {
 	var unknown []string
 	for _, kv := range environ {
 		name, value, ok := strings.Cut(kv, "=")
-		if !ok || !strings.HasPrefix(name, "SHUNT_") {
+		if !ok || !strings.HasPrefix(name, "SHUNT_") || contains(ignore, name) {
+			continue
+		}
+		if IsServiceLink(name, value) {
 			continue
 		}
 		o, known := byEnv[name]
 		if !known {
-			if !contains(ignore, name) {
-				unknown = append(unknown, name)
-			}
+			unknown = append(unknown, name)
 			continue
 		}
 		if err := c.Set(o.Key, value, "environment "+name); err != nil {
 			return err
 		}
 	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return fmt.Errorf("environment: unknown variable %s", strings.Join(unknown, ", "))
+	sort.Strings(unknown)
+	for _, name := range unknown {
+		c.warnings = append(c.warnings, fmt.Sprintf("environment: ignoring unknown variable %s (closest known: %s)", name, closestEnv(name)))
 	}
 	return nil
+}
+
+// Warnings returns what loading the configuration found questionable but
+// not wrong enough to refuse, such as an unknown SHUNT_ variable.
+func (c *Config) Warnings() []string { return append([]string(nil), c.warnings...) }
+
+// Service links as kubelet writes them for a Service NAME (upper case, '-'
+// turned into '_'): NAME_SERVICE_HOST, NAME_SERVICE_PORT,
+// NAME_SERVICE_PORT_<PORTNAME>, NAME_PORT=<proto>://<ip>:<port>, and for
+// each port NAME_PORT_<port>_<PROTO> with its _PROTO, _PORT and _ADDR.
+var (
+	serviceLinkName = regexp.MustCompile(`^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$`)
+	serviceLinkURL  = regexp.MustCompile(`^(tcp|udp|sctp)://[^\s]+:[0-9]+$`)
+)
+
+// IsServiceLink reports whether an environment variable has the form of a
+// Kubernetes service link. NAME_PORT holds a URL, which tells it apart from
+// a port number: a Service named shunt-dns gives SHUNT_DNS_PORT=udp://...,
+// which is not the dnsPort key.
+func IsServiceLink(name, value string) bool {
+	if serviceLinkName.MatchString(name) {
+		return true
+	}
+	return strings.HasSuffix(name, "_PORT") && serviceLinkURL.MatchString(value)
+}
+
+// closestEnv returns the known variable nearest to name by edit distance.
+func closestEnv(name string) string {
+	best, bestD := "", -1
+	for _, o := range Options() {
+		if d := editDistance(name, o.Env); bestD < 0 || d < bestD {
+			best, bestD = o.Env, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 func contains(list []string, s string) bool {

@@ -106,9 +106,69 @@ func TestUnknownKeysAreRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `unknown key "outboundport"`) || !strings.Contains(err.Error(), `did you mean "outboundPort"`) {
 		t.Errorf("LoadFile unknown key: %v", err)
 	}
-	err = c.LoadEnv([]string{"SHUNT_OUTBOND_PORT=1"})
-	if err == nil || !strings.Contains(err.Error(), "SHUNT_OUTBOND_PORT") {
-		t.Errorf("LoadEnv unknown variable: %v", err)
+}
+
+// kubeletServiceLinks is what kubelet writes into every pod of a namespace
+// holding a Service "shunt" (ports dns 53/UDP and http 80/TCP) and a Service
+// "shunt-dns" (one unnamed port 53/UDP), as pkg/kubelet/envvars makes them.
+var kubeletServiceLinks = []string{
+	"SHUNT_SERVICE_HOST=10.96.0.11",
+	"SHUNT_SERVICE_PORT=53",
+	"SHUNT_SERVICE_PORT_DNS=53",
+	"SHUNT_SERVICE_PORT_HTTP=80",
+	"SHUNT_PORT=udp://10.96.0.11:53",
+	"SHUNT_PORT_53_UDP=udp://10.96.0.11:53",
+	"SHUNT_PORT_53_UDP_PROTO=udp",
+	"SHUNT_PORT_53_UDP_PORT=53",
+	"SHUNT_PORT_53_UDP_ADDR=10.96.0.11",
+	"SHUNT_PORT_80_TCP=tcp://10.96.0.11:80",
+	"SHUNT_PORT_80_TCP_PROTO=tcp",
+	"SHUNT_PORT_80_TCP_PORT=80",
+	"SHUNT_PORT_80_TCP_ADDR=10.96.0.11",
+	"SHUNT_DNS_SERVICE_HOST=10.96.0.12",
+	"SHUNT_DNS_SERVICE_PORT=53",
+	"SHUNT_DNS_PORT=udp://10.96.0.12:53",
+	"SHUNT_DNS_PORT_53_UDP=udp://10.96.0.12:53",
+	"SHUNT_DNS_PORT_53_UDP_PROTO=udp",
+	"SHUNT_DNS_PORT_53_UDP_PORT=53",
+	"SHUNT_DNS_PORT_53_UDP_ADDR=10.96.0.12",
+}
+
+func TestKubernetesServiceLinksAreIgnored(t *testing.T) {
+	c := NewConfig()
+	env := append([]string{"SHUNT_OUTBOUND_PORT=16001"}, kubeletServiceLinks...)
+	if err := c.LoadEnv(env); err != nil {
+		t.Fatalf("LoadEnv refused kubelet's service links: %v", err)
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("service links earned warnings: %q", w)
+	}
+	p, err := c.Plan(testHost())
+	if err != nil {
+		t.Fatalf("plan with service links in the environment: %v", err)
+	}
+	// SHUNT_DNS_PORT=udp://... is shunt-dns's link, not the dnsPort key.
+	if p.DNSPort != DefaultDNSPort || p.OutboundPort != 16001 {
+		t.Errorf("dns port %d outbound %d, want %d 16001", p.DNSPort, p.OutboundPort, DefaultDNSPort)
+	}
+}
+
+func TestUnknownVariableWarnsWithClosestKey(t *testing.T) {
+	c := NewConfig()
+	if err := c.LoadEnv([]string{"SHUNT_OUTBOND_PORT=1", "SHUNT_PROXY_UDI=5"}); err != nil {
+		t.Fatalf("an unknown variable must not refuse start: %v", err)
+	}
+	w := c.Warnings()
+	want := []string{
+		"environment: ignoring unknown variable SHUNT_OUTBOND_PORT (closest known: SHUNT_OUTBOUND_PORT)",
+		"environment: ignoring unknown variable SHUNT_PROXY_UDI (closest known: SHUNT_PROXY_UID)",
+	}
+	if strings.Join(w, "\n") != strings.Join(want, "\n") {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(w, "\n"), strings.Join(want, "\n"))
+	}
+	// A known variable with a bad value is still an error.
+	if err := NewConfig().LoadEnv([]string{"SHUNT_NO_DNS=maybe"}); err == nil || !strings.Contains(err.Error(), "SHUNT_NO_DNS") {
+		t.Errorf("bad value of a known variable: %v", err)
 	}
 }
 

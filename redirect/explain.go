@@ -67,6 +67,9 @@ func (p *Plan) Explain(pkt Packet) Verdict {
 
 func (p *Plan) explainInbound(pkt Packet) Verdict {
 	dst := pkt.Dst
+	if i := slices.IndexFunc(p.VNets, func(v VNet) bool { return v.Interface == pkt.Iface }); i >= 0 && pkt.Iface != "" {
+		return p.explainVNet(pkt, p.VNets[i])
+	}
 	switch {
 	case !p.CaptureInbound:
 		return Verdict{Action: Pass, Reason: "inbound capture is disabled (noInbound)"}
@@ -83,7 +86,43 @@ func (p *Plan) explainInbound(pkt Packet) Verdict {
 	if r, ok := matchPort(p.ExcludeInboundPorts, dst.Port()); ok {
 		return Verdict{Action: Pass, Reason: fmt.Sprintf("port %d is excluded by %s (excludeInboundPorts)", dst.Port(), r)}
 	}
+	if len(p.IncludeInboundPorts) > 0 && !anyPort(p.IncludeInboundPorts, dst.Port()) {
+		return Verdict{Action: Pass, Reason: fmt.Sprintf("port %d is not in includeInboundPorts %s", dst.Port(), joinStrings(p.IncludeInboundPorts))}
+	}
+	if p.InboundTProxy != nil {
+		return Verdict{Action: Redirect, Port: p.InboundPort, Reason: "inbound TCP goes to the proxy's inbound listener by TPROXY, its addresses unchanged (inboundMode tproxy)"}
+	}
 	return Verdict{Action: Redirect, Port: p.InboundPort, Reason: "inbound TCP goes to the proxy's inbound listener"}
+}
+
+// explainVNet decides for TCP arriving on a nested workload's interface,
+// which is that workload's outbound traffic.
+func (p *Plan) explainVNet(pkt Packet, v VNet) Verdict {
+	dst := pkt.Dst.Addr().Unmap()
+	switch {
+	case pkt.Proto != "tcp":
+		return Verdict{Action: Pass, Reason: fmt.Sprintf("only TCP arriving on %s is captured (vnetInterfaces)", v.Interface)}
+	case v.CIDR.IsValid() && v.CIDR.Contains(dst):
+		return Verdict{Action: Pass, Reason: fmt.Sprintf("destination %s is inside the nested network %s (vnetInterfaces)", dst, v)}
+	}
+	if why, ok := p.notIncluded(dst, pkt.Dst.Port()); !ok {
+		return Verdict{Action: Pass, Reason: why}
+	}
+	return Verdict{Action: Redirect, Port: p.OutboundPort, Reason: fmt.Sprintf("TCP arriving on %s is a nested workload's outbound traffic and goes to the proxy's outbound listener (vnetInterfaces)", v.Interface)}
+}
+
+// notIncluded checks the outbound include lists; ok is true when the
+// destination is captured by them.
+func (p *Plan) notIncluded(dst netip.Addr, port uint16) (why string, ok bool) {
+	if len(p.IncludeOutboundCIDRs) > 0 {
+		if _, in := matchPrefix(p.IncludeOutboundCIDRs, dst); !in {
+			return fmt.Sprintf("destination %s is not in includeOutboundCidrs %s", dst, joinStrings(p.IncludeOutboundCIDRs)), false
+		}
+	}
+	if len(p.IncludeOutboundPorts) > 0 && !anyPort(p.IncludeOutboundPorts, port) {
+		return fmt.Sprintf("port %d is not in includeOutboundPorts %s", port, joinStrings(p.IncludeOutboundPorts)), false
+	}
+	return "", true
 }
 
 func (p *Plan) explainOutbound(pkt Packet) Verdict {
@@ -95,6 +134,9 @@ func (p *Plan) explainOutbound(pkt Packet) Verdict {
 	isDNS := pkt.Dst.Port() == 53
 	if p.BypassMark != 0 && pkt.Mark == p.BypassMark {
 		return p.lockdown(pkt, Verdict{Action: Pass, Reason: fmt.Sprintf("socket carries the bypass mark %#x (bypassMark)", p.BypassMark)})
+	}
+	if p.InboundTProxy != nil && pkt.Mark == p.InboundTProxy.Mark {
+		return p.lockdown(pkt, Verdict{Action: Pass, Reason: fmt.Sprintf("socket carries the TPROXY mark %#x: the proxy forwarding an inbound connection from the client's address (tproxyMark)", p.InboundTProxy.Mark)})
 	}
 	if pkt.Iface == "lo" && (pkt.Src == InboundPassthroughV4 || pkt.Src == InboundPassthroughV6) {
 		return Verdict{Action: Pass, Reason: "the proxy's inbound passthrough (source " + pkt.Src.String() + ") returns to the application"}
@@ -135,6 +177,9 @@ func (p *Plan) explainOutbound(pkt Packet) Verdict {
 	}
 	if r, ok := matchPort(p.ExcludeOutboundPorts, pkt.Dst.Port()); ok {
 		return p.lockdown(pkt, Verdict{Action: Pass, Reason: fmt.Sprintf("port %d is excluded by %s (excludeOutboundPorts)", pkt.Dst.Port(), r)})
+	}
+	if why, ok := p.notIncluded(dst, pkt.Dst.Port()); !ok {
+		return p.lockdown(pkt, Verdict{Action: Pass, Reason: why})
 	}
 	return p.lockdown(pkt, Verdict{Action: Redirect, Port: p.OutboundPort, Reason: "outbound TCP goes to the proxy's outbound listener"})
 }

@@ -193,6 +193,87 @@ type Plan struct {
 	MeshCIDRs []netip.Prefix `json:"meshCidrs,omitempty"`
 	// Egress, when set, locks egress down to the allowed destinations.
 	Egress *Egress `json:"egress,omitempty"`
+
+	// The fields below are optional capture features. Each is zero when
+	// unused, so a plan without them marshals as before; an engine that
+	// does not implement one refuses a plan where it is set (see
+	// ebpf.supported) rather than capturing differently from the plan.
+
+	// InboundTProxy, when set, sends inbound TCP to the proxy with TPROXY
+	// instead of REDIRECT: the proxy's listener (IP_TRANSPARENT) sees the
+	// real destination as its local address and the real client as its
+	// peer, and may connect to the application from the client's address.
+	// Set only with CaptureInbound.
+	InboundTProxy *TProxy `json:"inboundTproxy,omitempty"`
+	// DropInvalid drops packets conntrack marks INVALID before capture
+	// sees them: such a packet (out of window after a loss) escapes the
+	// NAT of its connection, reaches the original port and draws a reset
+	// that kills the connection.
+	DropInvalid bool `json:"dropInvalid,omitempty"`
+	// IncludeOutboundCIDRs, when not empty, limits outbound TCP capture to
+	// these destinations (both families: a family with none listed has no
+	// outbound TCP captured). Exclusions still apply; DNS capture does not
+	// depend on it.
+	IncludeOutboundCIDRs []netip.Prefix `json:"includeOutboundCidrs,omitempty"`
+	// IncludeOutboundPorts, when not empty, limits outbound TCP capture to
+	// these destination ports (and with IncludeOutboundCIDRs, to both).
+	IncludeOutboundPorts []PortRange `json:"includeOutboundPorts,omitempty"`
+	// IncludeInboundPorts, when not empty, limits inbound capture to these
+	// destination ports.
+	IncludeInboundPorts []PortRange `json:"includeInboundPorts,omitempty"`
+	// VNets are interfaces of virtual machines or containers nested in the
+	// workload (KubeVirt, Docker-in-pod): TCP arriving on them is the
+	// nested workload's outbound traffic and goes to the outbound
+	// listener, except to the VNet's own CIDR.
+	VNets []VNet `json:"vnets,omitempty"`
+	// PacketLog, when set, logs each packet a rule redirects, rejects or
+	// drops (one per connection: the nat rules see first packets only).
+	PacketLog *PacketLog `json:"packetLog,omitempty"`
+}
+
+// TProxy is what TPROXY inbound capture needs besides its rules: the
+// packet mark that routes marked packets to the local stack, and the
+// routing table holding that local route (policy rule "fwmark Mark lookup
+// RouteTable", route "local default dev lo" in RouteTable, both families).
+// The proxy sets Mark (SO_MARK) on the connections it makes to the
+// application from the client's address, as Envoy's original_src filter
+// does with Istio's default 1337; the application's replies carry it back.
+type TProxy struct {
+	Mark       uint32 `json:"mark"`
+	RouteTable uint32 `json:"routeTable"`
+}
+
+// VNet is an interface whose inbound TCP is treated as outbound.
+type VNet struct {
+	Interface string `json:"interface"`
+	// CIDR, when valid, is the nested network itself: traffic to it stays
+	// inside and is not captured.
+	CIDR netip.Prefix `json:"cidr,omitzero"`
+}
+
+func (v VNet) String() string {
+	if v.CIDR.IsValid() {
+		return v.Interface + ":" + v.CIDR.String()
+	}
+	return v.Interface
+}
+
+// PacketLog says where packet logs go.
+type PacketLog struct {
+	// Target is "nflog" (netlink group Group: read it from the namespace
+	// with an NFLOG listener such as ulogd, or tcpdump -i nflog:N) or
+	// "kernel" (the kernel log; from a namespace other than the host's the
+	// kernel only writes it when the host sets
+	// net.netfilter.nf_log_all_netns=1).
+	Target string `json:"target"`
+	Group  uint16 `json:"group,omitempty"`
+}
+
+func (l *PacketLog) String() string {
+	if l.Target == "nflog" {
+		return fmt.Sprintf("nflog:%d", l.Group)
+	}
+	return l.Target
 }
 
 // DNSServersOf returns the nameservers of one family (v6 false: IPv4).
@@ -241,6 +322,18 @@ func (p *Plan) Clone() *Plan {
 	c.ExcludeOutboundPortsForUIDs = slices.Clone(p.ExcludeOutboundPortsForUIDs)
 	c.ExcludeInterfaces = slices.Clone(p.ExcludeInterfaces)
 	c.MeshCIDRs = slices.Clone(p.MeshCIDRs)
+	if p.InboundTProxy != nil {
+		t := *p.InboundTProxy
+		c.InboundTProxy = &t
+	}
+	c.IncludeOutboundCIDRs = slices.Clone(p.IncludeOutboundCIDRs)
+	c.IncludeOutboundPorts = slices.Clone(p.IncludeOutboundPorts)
+	c.IncludeInboundPorts = slices.Clone(p.IncludeInboundPorts)
+	c.VNets = slices.Clone(p.VNets)
+	if p.PacketLog != nil {
+		l := *p.PacketLog
+		c.PacketLog = &l
+	}
 	if p.Egress != nil {
 		c.Egress = &Egress{Allowed: slices.Clone(p.Egress.Allowed), Endpoints: slices.Clone(p.Egress.Endpoints)}
 	}
@@ -253,4 +346,43 @@ func mustJSON(p *Plan) string {
 		panic(fmt.Sprintf("marshal plan: %v", err)) // a Plan holds only marshalable fields
 	}
 	return string(b)
+}
+
+// Feature is an optional capture feature a plan uses, named by the
+// configuration key that turns it on, with the value as the user would
+// write it. Engines refuse the features they do not implement by name.
+type Feature struct {
+	Key   string
+	Value string
+}
+
+// Features lists the optional features the plan uses, in a fixed order.
+func (p *Plan) Features() []Feature {
+	var out []Feature
+	add := func(key, value string) { out = append(out, Feature{Key: key, Value: value}) }
+	if len(p.ExcludeInterfaces) > 0 {
+		add("excludeInterfaces", strings.Join(p.ExcludeInterfaces, ","))
+	}
+	if p.InboundTProxy != nil {
+		add("inboundMode", "tproxy")
+	}
+	if p.DropInvalid {
+		add("dropInvalid", "true")
+	}
+	if len(p.IncludeOutboundCIDRs) > 0 {
+		add("includeOutboundCidrs", joinStrings(p.IncludeOutboundCIDRs))
+	}
+	if len(p.IncludeOutboundPorts) > 0 {
+		add("includeOutboundPorts", joinStrings(p.IncludeOutboundPorts))
+	}
+	if len(p.IncludeInboundPorts) > 0 {
+		add("includeInboundPorts", joinStrings(p.IncludeInboundPorts))
+	}
+	if len(p.VNets) > 0 {
+		add("vnetInterfaces", joinStrings(p.VNets))
+	}
+	if p.PacketLog != nil {
+		add("packetLog", p.PacketLog.String())
+	}
+	return out
 }

@@ -35,6 +35,85 @@ type State struct {
 	// Chosen says why the engine was chosen, when engine auto chose it.
 	Chosen      string    `json:"chosen,omitempty"`
 	InstalledAt time.Time `json:"installedAt"`
+	// Intent, when set, is an install that began and neither finished nor
+	// rolled back (the process was killed): its rules may be in place,
+	// whole or in part, next to or instead of the ones recorded above.
+	Intent *Intent `json:"intent,omitempty"`
+}
+
+// Intent is an install under way. It is recorded before the first rule
+// changes and replaced by the final record (or the previous one, after a
+// rollback) once the rules are settled, so a crash at any point leaves a
+// record that status, install and uninstall recognise.
+type Intent struct {
+	Engine  string `json:"engine"`
+	Backend string `json:"backend,omitempty"`
+	Plan    *Plan  `json:"plan,omitempty"`
+	// Families the install may change.
+	Families  []string  `json:"families"`
+	PID       int       `json:"pid"`
+	StartedAt time.Time `json:"startedAt"`
+}
+
+// String describes an interrupted install for status and logs.
+func (in *Intent) String() string {
+	return fmt.Sprintf("an install (pid %d, started %s, %s %v) did not finish: its rules may be partly in place; install again or uninstall",
+		in.PID, in.StartedAt.Format(time.RFC3339), in.Backend, in.Families)
+}
+
+// RecordIntent saves prev (an empty record of the engine when nothing is
+// installed) with the intent added. It must return before the install
+// changes any rule.
+func RecordIntent(dir string, prev *State, in Intent) error {
+	st := State{Engine: in.Engine, Backend: in.Backend}
+	if prev != nil {
+		st = *prev
+		if prev.Intent != nil {
+			// An earlier interrupted install may also have left rules
+			// in families this one does not touch.
+			in.Families = union(in.Families, prev.Intent.Families)
+		}
+	}
+	if in.PID == 0 {
+		in.PID = os.Getpid()
+	}
+	if in.StartedAt.IsZero() {
+		in.StartedAt = time.Now().UTC()
+	}
+	st.Intent = &in
+	if err := SaveState(dir, &st); err != nil {
+		return fmt.Errorf("record install intent: %w", err)
+	}
+	return nil
+}
+
+// ClearIntent puts back the record an install found (nothing, when it found
+// nothing), after the install rolled its rules back.
+func ClearIntent(dir string, prev *State) error {
+	if prev == nil {
+		if err := os.Remove(filepath.Join(dir, stateFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("clear install intent: %w", err)
+		}
+		return nil
+	}
+	if err := SaveState(dir, prev); err != nil {
+		return fmt.Errorf("clear install intent: %w", err)
+	}
+	return nil
+}
+
+func union(a, b []string) []string {
+	out := append([]string(nil), a...)
+	for _, x := range b {
+		found := false
+		for _, y := range out {
+			found = found || x == y
+		}
+		if !found {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // LoadState reads the recorded state; (nil, nil) when nothing is installed.

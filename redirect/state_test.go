@@ -55,3 +55,34 @@ func TestStateRoundTripAndLock(t *testing.T) {
 	}
 	unlock2()
 }
+
+func TestIntentIsRecordedAndCleared(t *testing.T) {
+	dir := t.TempDir()
+	if err := RecordIntent(dir, nil, Intent{Engine: "iptables", Backend: "nft", Families: []string{"ipv4"}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := LoadState(dir)
+	if err != nil || st == nil || st.Intent == nil || st.Engine != "iptables" || st.Backend != "nft" || st.Intent.PID == 0 {
+		t.Fatalf("intent record = %+v, %v", st, err)
+	}
+	if err := ClearIntent(dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := LoadState(dir); st != nil || err != nil {
+		t.Fatalf("after clearing an install that found nothing: %+v, %v", st, err)
+	}
+	prev := &State{Engine: "iptables", Backend: "legacy", Families: []string{"ipv4"}}
+	if err := RecordIntent(dir, prev, Intent{Engine: "iptables", Backend: "nft", Families: []string{"ipv4", "ipv6"}}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = LoadState(dir)
+	if st.Backend != "legacy" || st.Intent == nil || st.Intent.Backend != "nft" {
+		t.Fatalf("intent over a previous install = %+v", st)
+	}
+	if err := ClearIntent(dir, prev); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ = LoadState(dir); st.Intent != nil || st.Backend != "legacy" {
+		t.Fatalf("after rollback = %+v", st)
+	}
+}

@@ -10,9 +10,11 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Host gives validation what it needs from the machine: files and the user
@@ -156,6 +158,18 @@ func (c *Config) Plan(h Host) (*Plan, error) {
 		// Socket hooks run before routing picks an interface.
 		v.fail("excludeInterfaces", c.Get("excludeInterfaces"), "not supported by the ebpf engine (its hooks run before an interface is chosen); use the iptables engine")
 	}
+
+	p.DropInvalid = c.Bool("dropInvalid")
+	p.IncludeOutboundCIDRs = v.cidrList("includeOutboundCidrs")
+	p.IncludeOutboundPorts = v.portList("includeOutboundPorts")
+	p.IncludeInboundPorts = v.portList("includeInboundPorts")
+	if len(p.IncludeInboundPorts) > 0 && !p.CaptureInbound {
+		v.fail("includeInboundPorts", c.Get("includeInboundPorts"), "inbound capture is disabled (noInbound)")
+	}
+	p.VNets = v.vnets("vnetInterfaces", p.ExcludeInterfaces)
+	p.PacketLog = v.packetLog("packetLog")
+	p.InboundTProxy = v.tproxy(p)
+	v.xtables()
 
 	for _, k := range []string{"inboundPort"} {
 		for _, r := range p.ExcludeInboundPorts {
@@ -448,4 +462,131 @@ func (v *validator) interfaces(key string) []string {
 		}
 	}
 	return out
+}
+
+// tproxy checks inboundMode and, for tproxy, its mark and routing table.
+func (v *validator) tproxy(p *Plan) *TProxy {
+	c := v.c
+	switch mode := strings.TrimSpace(c.Get("inboundMode")); mode {
+	case "redirect", "":
+		for _, k := range []string{"tproxyMark", "tproxyRouteTable"} {
+			if c.IsSet(k) {
+				v.fail(k, c.Get(k), "only used with inboundMode tproxy")
+			}
+		}
+		return nil
+	case "tproxy":
+		if !p.CaptureInbound {
+			v.fail("inboundMode", mode, "inbound capture is disabled (noInbound)")
+			return nil
+		}
+		t := &TProxy{Mark: v.uint32("tproxyMark"), RouteTable: v.uint32("tproxyRouteTable")}
+		switch {
+		case t.Mark == 0:
+			v.fail("tproxyMark", c.Get("tproxyMark"), "want a non-zero mark")
+		case t.Mark == p.BypassMark:
+			v.fail("tproxyMark", c.Get("tproxyMark"), "the same mark as bypassMark")
+		}
+		switch t.RouteTable {
+		case 0, 253, 254, 255:
+			// unspec, default, main and local belong to the system.
+			v.fail("tproxyRouteTable", c.Get("tproxyRouteTable"), "want a table of shunt's own, not 0, 253 (default), 254 (main) or 255 (local)")
+		}
+		return t
+	default:
+		v.fail("inboundMode", mode, "want redirect or tproxy")
+		return nil
+	}
+}
+
+// vnets parses IFACE or IFACE:CIDR entries.
+func (v *validator) vnets(key string, excluded []string) []VNet {
+	var out []VNet
+	for _, f := range splitList(v.c.Get(key)) {
+		name, cidr, hasCIDR := strings.Cut(f, ":")
+		if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ \t") {
+			v.fail(key, f, "want IFACE or IFACE:CIDR with an interface name of at most 15 characters")
+			continue
+		}
+		vn := VNet{Interface: name}
+		if hasCIDR {
+			pfx, err := ParsePrefix(cidr)
+			if err != nil {
+				v.fail(key, f, fmt.Sprintf("%q is not a CIDR", cidr))
+				continue
+			}
+			vn.CIDR = pfx
+		}
+		if contains(excluded, name) {
+			v.fail(key, f, "interface "+name+" is also in excludeInterfaces")
+			continue
+		}
+		if slices.ContainsFunc(out, func(o VNet) bool { return o.Interface == name && o.CIDR == vn.CIDR }) {
+			continue
+		}
+		out = append(out, vn)
+	}
+	return out
+}
+
+func (v *validator) packetLog(key string) *PacketLog {
+	s := strings.TrimSpace(v.c.Get(key))
+	target, arg, hasArg := strings.Cut(s, ":")
+	switch {
+	case s == "" || s == "off":
+		return nil
+	case s == "kernel":
+		return &PacketLog{Target: "kernel"}
+	case target == "nflog":
+		l := &PacketLog{Target: "nflog"}
+		if hasArg {
+			n, err := strconv.ParseUint(arg, 10, 16)
+			if err != nil {
+				v.fail(key, s, "the NFLOG group must be a number from 0 to 65535")
+				return nil
+			}
+			l.Group = uint16(n)
+		}
+		return l
+	}
+	v.fail(key, s, "want off, nflog, nflog:GROUP or kernel")
+	return nil
+}
+
+func (v *validator) xtables() {
+	if _, err := v.c.XtablesLockWait(); err != nil {
+		v.fail("xtablesLockWait", v.c.Get("xtablesLockWait"), err.Error())
+	}
+	if _, err := v.c.XtablesRetries(); err != nil {
+		v.fail("xtablesRetries", v.c.Get("xtablesRetries"), err.Error())
+	}
+}
+
+// XtablesLockWait is how long each iptables-restore waits for the xtables
+// lock: a Go duration or a number of seconds, whole seconds from 1s to 10m
+// (iptables counts in seconds).
+func (c *Config) XtablesLockWait() (time.Duration, error) {
+	s := strings.TrimSpace(c.Get("xtablesLockWait"))
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		n, nerr := strconv.ParseUint(s, 10, 32)
+		if nerr != nil {
+			return 0, errors.New("want a duration such as 5s, or a number of seconds")
+		}
+		d = time.Duration(n) * time.Second
+	}
+	if d < time.Second || d > 10*time.Minute || d%time.Second != 0 {
+		return 0, errors.New("want whole seconds from 1s to 10m")
+	}
+	return d, nil
+}
+
+// XtablesRetries is how often a change is retried after a transient
+// failure (lock timeout, a concurrent writer).
+func (c *Config) XtablesRetries() (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(c.Get("xtablesRetries")))
+	if err != nil || n < 0 || n > 20 {
+		return 0, errors.New("want a number from 0 to 20")
+	}
+	return n, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -54,6 +55,9 @@ func loadCaptureConfig(cmd *cobra.Command) (*redirect.Config, error) {
 	}
 	if err := cfg.LoadEnv(os.Environ(), envIgnored()...); err != nil {
 		return nil, err
+	}
+	for _, w := range cfg.Warnings() {
+		slog.Warn(w)
 	}
 	for _, o := range redirect.Options() {
 		f := cmd.Flags().Lookup(o.Flag)

@@ -255,10 +255,30 @@ func supported(p *redirect.Plan) error {
 	if err := p.Egress.Validate(); err != nil {
 		return err
 	}
-	if len(p.ExcludeInterfaces) > 0 {
-		return errors.New("excludeInterfaces is not supported by the eBPF engine (socket hooks run before routing picks an interface); use the iptables engine")
+	for _, f := range p.Features() {
+		if why, refused := refusedFeatures[f.Key]; refused {
+			return fmt.Errorf("%s: invalid value %q: not supported by the eBPF engine: %s", f.Key, f.Value, why)
+		}
 	}
 	return nil
+}
+
+// Supported reports whether the eBPF engine can implement the plan, and
+// if not which key it refuses and why.
+func Supported(p *redirect.Plan) error { return supported(p) }
+
+// refusedFeatures are the optional plan features the eBPF engine does not
+// implement, with the reason a user reads.
+var refusedFeatures = map[string]string{
+	"excludeInterfaces": "socket hooks run before routing picks an interface; use the iptables engine",
+	"inboundMode": "its inbound capture already keeps the client's and the destination's addresses " +
+		"(sk_lookup hands the connection to the proxy's listener unchanged), so TPROXY is not needed; leave inboundMode at redirect",
+	"dropInvalid":          "it does not NAT, so a packet conntrack finds invalid cannot escape capture and draw a reset; nothing to drop",
+	"includeOutboundCidrs": "not implemented by the eBPF programs; use the iptables engine, or excludeOutboundCidrs",
+	"includeOutboundPorts": "not implemented by the eBPF programs; use the iptables engine, or excludeOutboundPorts",
+	"includeInboundPorts":  "not implemented by the eBPF programs; use the iptables engine, or excludeInboundPorts",
+	"vnetInterfaces":       "a nested VM's or container's traffic is forwarded, never sent by a socket of the workload's cgroup, so cgroup hooks do not see it; use the iptables engine",
+	"packetLog":            "its programs count what they do instead (shunt status shows the stats map); use shunt explain, or the iptables engine",
 }
 
 func describeConfig(p *redirect.Plan) string {

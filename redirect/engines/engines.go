@@ -103,7 +103,21 @@ func iptablesPrograms() (string, bool) {
 }
 
 func newIptables(cfg *redirect.Config, log *slog.Logger) redirect.Engine {
-	return iptables.New(iptables.Options{NetnsPath: cfg.Get("netns"), StateDir: cfg.Get("stateDir"), Backend: cfg.Get("iptablesBackend"), Logger: log})
+	// Both were validated with the plan; a bad value here falls back to
+	// the default.
+	wait, _ := cfg.XtablesLockWait()
+	retries, _ := cfg.XtablesRetries()
+	if retries == 0 {
+		retries = -1 // none
+	}
+	return iptables.New(iptables.Options{
+		NetnsPath: cfg.Get("netns"),
+		StateDir:  cfg.Get("stateDir"),
+		Backend:   cfg.Get("iptablesBackend"),
+		LockWait:  wait,
+		Retries:   retries,
+		Logger:    log,
+	})
 }
 
 func newNftables(cfg *redirect.Config, log *slog.Logger) redirect.Engine {

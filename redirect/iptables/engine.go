@@ -31,7 +31,9 @@ type Options struct {
 	Backend string
 	// LockWait bounds the wait for the xtables lock.
 	LockWait time.Duration
-	// Retries bounds how often a transient failure is retried.
+	// Retries bounds how often a transient failure (the xtables lock still
+	// held after LockWait, a concurrent writer) is retried: 0 means the
+	// default, negative means never.
 	Retries int
 	Logger  *slog.Logger
 	// CommandsFor overrides the programs used (tests inject failures).
@@ -59,8 +61,11 @@ func New(opts Options) *Engine {
 	if opts.LockWait == 0 {
 		opts.LockWait = 10 * time.Second
 	}
-	if opts.Retries == 0 {
-		opts.Retries = 4
+	switch {
+	case opts.Retries == 0:
+		opts.Retries = redirect.DefaultXtablesRetries
+	case opts.Retries < 0:
+		opts.Retries = 0
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -226,10 +231,37 @@ func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.S
 			want[ipv6] = true
 		}
 	}
-	// A family installed before but not wanted now is emptied.
+	// A family installed before (or touched by an interrupted install)
+	// but not wanted now is emptied.
 	todo := []family{ipv4}
-	if want[ipv6] || (prev != nil && contains(prev.Families, string(ipv6))) {
+	if want[ipv6] || (prev != nil && (contains(prev.Families, string(ipv6)) || (prev.Intent != nil && contains(prev.Intent.Families, string(ipv6))))) {
 		todo = append(todo, ipv6)
+	}
+	// The intent is on disk before the first rule changes: killed at any
+	// point from here on, the install leaves a record that says so.
+	intent := redirect.Intent{Engine: e.Name(), Backend: string(backend), Plan: p.Clone()}
+	for _, f := range todo {
+		intent.Families = append(intent.Families, string(f))
+	}
+	if err := redirect.RecordIntent(e.opts.StateDir, prev, intent); err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+
+	// The policy route goes in first: TPROXY rules without it would send
+	// captured packets nowhere.
+	var tpFams []family
+	for _, f := range []family{ipv4, ipv6} {
+		if want[f] {
+			tpFams = append(tpFams, f)
+		}
+	}
+	undoRoutes := func() {}
+	if p.InboundTProxy != nil {
+		undo, err := e.ensureTProxyRoutes(p.InboundTProxy, tpFams)
+		if err != nil {
+			return nil, fmt.Errorf("install TPROXY routes: %w", err)
+		}
+		undoRoutes = undo
 	}
 
 	infos := make([]*familyInfo, len(todo))
@@ -267,9 +299,19 @@ func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.S
 			}
 			return e.applyFamily(ctx, infos[i].cmds, infos[i].before.Shunt, nil)
 		})
+		rolledBack := true
 		for i, rerr := range rerrs {
 			if rerr != nil {
+				rolledBack = false
 				failed = fmt.Errorf("%w; rolling back %s also failed: %v", failed, infos[i].f, rerr)
+			}
+		}
+		undoRoutes()
+		if rolledBack {
+			// The rules are as found: so is the record. Otherwise the
+			// intent stays, telling status and uninstall the truth.
+			if err := redirect.ClearIntent(e.opts.StateDir, prev); err != nil {
+				failed = fmt.Errorf("%w; %v", failed, err)
 			}
 		}
 		return nil, failed
@@ -283,17 +325,30 @@ func (e *Engine) install(ctx context.Context, p *redirect.Plan, prev *redirect.S
 			st.Applied[string(fi.f)] = fi.applied
 		}
 	}
+	if prev != nil && prev.Plan != nil && prev.Plan.InboundTProxy != nil {
+		// The rules no longer use what the previous plan routed.
+		if err := e.removeTProxyRoutes(prev.Plan.InboundTProxy, p.InboundTProxy, tpFams); err != nil {
+			e.log.Warn("could not remove the previous TPROXY routes", "err", err)
+		}
+	}
+	var stale []string
 	if prev != nil && prev.Backend != "" && prev.Backend != string(backend) {
+		stale = append(stale, prev.Backend)
+	}
+	if prev != nil && prev.Intent != nil && prev.Intent.Backend != "" && prev.Intent.Backend != string(backend) && !contains(stale, prev.Intent.Backend) {
+		stale = append(stale, prev.Intent.Backend)
+	}
+	for _, old := range stale {
 		// The backend changed (forced by --iptables-backend): the old
 		// variant's rules would otherwise keep capturing too.
 		fams := []family{ipv4, ipv6}
 		e.parallel(len(fams), func(i int) error {
-			cmds := e.commands(Backend(prev.Backend), fams[i])
+			cmds := e.commands(Backend(old), fams[i])
 			if !available(cmds) {
 				return nil
 			}
 			if err := e.applyFamily(ctx, cmds, newRuleset(), nil); err != nil {
-				e.log.Warn("could not remove rules of the previous backend", "backend", prev.Backend, "family", fams[i], "err", err)
+				e.log.Warn("could not remove rules of the previous backend", "backend", old, "family", fams[i], "err", err)
 			}
 			return nil
 		})

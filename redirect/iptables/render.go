@@ -18,6 +18,7 @@ const (
 	chainDNSZoneOut      = "SHUNT_DNS_ZONE_OUT"
 	chainDNSZoneIn       = "SHUNT_DNS_ZONE_IN"
 	chainEgress          = "SHUNT_EGRESS"
+	chainPortGuard       = "SHUNT_PORT_GUARD"
 )
 
 // DNS conntrack zones. The application's queries to a nameserver are
@@ -37,10 +38,20 @@ const multiportMax = 15
 // Render returns shunt's rules for one family.
 func Render(p *redirect.Plan, v6 bool) *Ruleset {
 	r := &renderer{p: p, v6: v6, rs: newRuleset()}
+	if p.DropInvalid {
+		r.dropInvalid()
+	}
+	if p.InboundTProxy != nil {
+		r.tproxy()
+	}
 	r.nat()
+	if len(p.VNets) > 0 {
+		r.vnets()
+	}
 	if p.DNSMode != redirect.DNSNone {
 		r.dnsZones()
 	}
+	r.portGuard()
 	if p.Egress != nil {
 		r.egress()
 	}
@@ -100,11 +111,20 @@ func (r *renderer) passthroughSource() string {
 func (r *renderer) nat() {
 	p := r.p
 	if p.CaptureInbound {
+		// The proxy's calls to the workload's own address come here in
+		// either inbound mode (see SHUNT_OUTPUT).
+		r.logged("nat", chainInboundRedirect, "in-redirect", "", "-p tcp -j REDIRECT --to-ports "+fmt.Sprint(p.InboundPort))
+	}
+	if p.CaptureInbound && p.InboundTProxy == nil {
 		r.jump("nat", "PREROUTING", "-p tcp", chainInbound)
-		r.rule("nat", chainInboundRedirect, "-p tcp -j REDIRECT --to-ports", fmt.Sprint(p.InboundPort))
 		r.rule("nat", chainInbound, "-i lo -j RETURN")
 		for _, ifc := range p.ExcludeInterfaces {
 			r.rule("nat", chainInbound, "-i "+ifc+" -j RETURN")
+		}
+		// Nested workloads' traffic is outbound (SHUNT_VNET), whichever
+		// jump comes first.
+		for _, v := range p.VNets {
+			r.rule("nat", chainInbound, "-i "+v.Interface+" -j RETURN")
 		}
 		for _, c := range redirect.PrefixesOf(p.ExcludeInboundCIDRs, r.v6) {
 			r.rule("nat", chainInbound, "-s "+c.String()+" -j RETURN")
@@ -112,17 +132,28 @@ func (r *renderer) nat() {
 		for _, ports := range multiport(p.ExcludeInboundPorts) {
 			r.rule("nat", chainInbound, "-p tcp -m multiport --dports "+ports+" -j RETURN")
 		}
-		r.rule("nat", chainInbound, "-p tcp -j "+chainInboundRedirect)
+		if groups := multiport(p.IncludeInboundPorts); len(groups) > 0 {
+			for _, ports := range groups {
+				r.rule("nat", chainInbound, "-p tcp -m multiport --dports "+ports+" -j "+chainInboundRedirect)
+			}
+		} else {
+			r.rule("nat", chainInbound, "-p tcp -j "+chainInboundRedirect)
+		}
 	}
 
 	r.jump("nat", "OUTPUT", "", chainOutput)
-	r.rule("nat", chainOutRedirect, "-p tcp -j REDIRECT --to-ports", fmt.Sprint(p.OutboundPort))
+	r.logged("nat", chainOutRedirect, "out-redirect", "", "-p tcp -j REDIRECT --to-ports "+fmt.Sprint(p.OutboundPort))
 	out := func(parts ...string) { r.rule("nat", chainOutput, parts...) }
 	for _, ifc := range p.ExcludeInterfaces {
 		out("-o " + ifc + " -j RETURN")
 	}
 	if p.BypassMark != 0 {
 		out(fmt.Sprintf("-m mark --mark %#x -j RETURN", p.BypassMark))
+	}
+	if t := p.InboundTProxy; t != nil {
+		// The proxy's connections to the application from the client's
+		// address: inbound traffic already, not to be captured again.
+		out(fmt.Sprintf("-m mark --mark %#x -j RETURN", t.Mark))
 	}
 	out("-s " + r.passthroughSource() + " -o lo -j RETURN")
 	uid := fmt.Sprint(p.ProxyUID)
@@ -145,12 +176,12 @@ func (r *renderer) nat() {
 	dnsTo := fmt.Sprintf("-j REDIRECT --to-ports %d", p.DNSPort)
 	switch p.DNSMode {
 	case redirect.DNSAll:
-		out("-p udp -m udp --dport 53", dnsTo)
-		out("-p tcp -m tcp --dport 53", dnsTo)
+		r.logged("nat", chainOutput, "dns-redirect", "-p udp -m udp --dport 53", dnsTo)
+		r.logged("nat", chainOutput, "dns-redirect", "-p tcp -m tcp --dport 53", dnsTo)
 	case redirect.DNSResolvers:
 		for _, ns := range p.DNSServersOf(r.v6) {
-			out("-d "+r.host(ns)+" -p udp -m udp --dport 53", dnsTo)
-			out("-d "+r.host(ns)+" -p tcp -m tcp --dport 53", dnsTo)
+			r.logged("nat", chainOutput, "dns-redirect", "-d "+r.host(ns)+" -p udp -m udp --dport 53", dnsTo)
+			r.logged("nat", chainOutput, "dns-redirect", "-d "+r.host(ns)+" -p tcp -m tcp --dport 53", dnsTo)
 		}
 	}
 	out("-o lo -j RETURN")
@@ -160,7 +191,7 @@ func (r *renderer) nat() {
 	for _, ports := range multiport(p.ExcludeOutboundPorts) {
 		out("-p tcp -m multiport --dports " + ports + " -j RETURN")
 	}
-	out("-p tcp -j " + chainOutRedirect)
+	r.outboundCapture(chainOutput, "")
 }
 
 func (r *renderer) dnsZones() {
@@ -199,6 +230,42 @@ func (r *renderer) dnsZones() {
 	}
 }
 
+// portGuard drops what a socket not owned by the proxy's UID or GID, root
+// or a process allowed to set the bypass mark sends from a port capture
+// redirects to. Another process of the pod can bind such a port while the
+// proxy or the agent is down; the captured traffic would reach it, but its
+// answers (the SYN-ACK of a TCP connection, a DNS reply) go no further, so
+// the workload's connections and lookups fail instead of being served by
+// an impostor. Packets the kernel sends with no socket of a process (a
+// reset from a closed port) pass: they serve no one.
+func (r *renderer) portGuard() {
+	p := r.p
+	tcp := []redirect.PortRange{{First: p.OutboundPort, Last: p.OutboundPort}}
+	if p.CaptureInbound {
+		tcp = append(tcp, redirect.PortRange{First: p.InboundPort, Last: p.InboundPort})
+	}
+	if p.DNSMode != redirect.DNSNone {
+		tcp = append(tcp, redirect.PortRange{First: p.DNSPort, Last: p.DNSPort})
+	}
+	r.jump("filter", "OUTPUT", "", chainPortGuard)
+	g := func(parts ...string) { r.rule("filter", chainPortGuard, parts...) }
+	g("-m owner ! --socket-exists -j RETURN")
+	g("-m owner --uid-owner 0 -j RETURN")
+	g("-m owner --uid-owner", fmt.Sprint(p.ProxyUID), "-j RETURN")
+	if p.ProxyGID != nil {
+		g("-m owner --gid-owner", fmt.Sprint(*p.ProxyGID), "-j RETURN")
+	}
+	if p.BypassMark != 0 {
+		g(fmt.Sprintf("-m mark --mark %#x -j RETURN", p.BypassMark))
+	}
+	for _, ports := range multiport(tcp) {
+		g("-p tcp -m multiport --sports " + ports + " -j DROP")
+	}
+	if p.DNSMode != redirect.DNSNone {
+		g(fmt.Sprintf("-p udp -m udp --sport %d -j DROP", p.DNSPort))
+	}
+}
+
 func (r *renderer) egress() {
 	p := r.p
 	r.jump("filter", "OUTPUT", "", chainEgress)
@@ -225,11 +292,11 @@ func (r *renderer) egress() {
 		e("-d " + r.host(ns) + " -p udp -m udp --dport 53 -j RETURN")
 		e("-d " + r.host(ns) + " -p tcp -m tcp --dport 53 -j RETURN")
 	}
-	e("-p tcp -j REJECT --reject-with tcp-reset")
+	r.logged("filter", chainEgress, "egress-reject", "-p tcp", "-j REJECT --reject-with tcp-reset")
 	if r.v6 {
-		e("-j REJECT --reject-with icmp6-port-unreachable")
+		r.logged("filter", chainEgress, "egress-reject", "", "-j REJECT --reject-with icmp6-port-unreachable")
 	} else {
-		e("-j REJECT --reject-with icmp-port-unreachable")
+		r.logged("filter", chainEgress, "egress-reject", "", "-j REJECT --reject-with icmp-port-unreachable")
 	}
 }
 

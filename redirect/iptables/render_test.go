@@ -47,6 +47,34 @@ func scenarios(t *testing.T) map[string]*redirect.Plan {
 		"all-dns-no-inbound":  mk(map[string]string{"redirectAllDNS": "true", "noInbound": "true", "bypassMark": "0"}, nil),
 		"no-dns-custom-ports": mk(map[string]string{"noDNS": "true", "inboundPort": "16006", "outboundPort": "16001", "dnsPort": "16053", "proxyUID": "1337"}, nil),
 		"ipv4-only":           mk(map[string]string{"ipFamily": "ipv4"}, nil),
+		"tproxy": mk(map[string]string{
+			"inboundMode":         "tproxy",
+			"excludeInboundPorts": "9090",
+			"excludeInboundCidrs": "192.168.0.0/16",
+			"includeInboundPorts": "8080,8443-8444",
+		}, nil),
+		"include-only": mk(map[string]string{
+			"includeOutboundCidrs": "10.0.0.0/8,192.168.1.0/24,fd00:10::/64",
+			"includeOutboundPorts": "80,443,8000-8100",
+			"includeInboundPorts":  "8080",
+			"excludeOutboundPorts": "8081",
+		}, nil),
+		"include-ports-v4-cidrs": mk(map[string]string{
+			"includeOutboundCidrs": "10.0.0.0/8",
+			"includeOutboundPorts": "443",
+		}, nil),
+		"vnet": mk(map[string]string{
+			"vnetInterfaces": "docker0:172.17.0.0/16,tap0,br1:fd00:17::/64",
+		}, nil),
+		"vnet-tproxy": mk(map[string]string{
+			"vnetInterfaces": "docker0:172.17.0.0/16",
+			"inboundMode":    "tproxy",
+			"tproxyMark":     "0x77",
+		}, nil),
+		"drop-invalid-nflog": mk(map[string]string{"dropInvalid": "true", "packetLog": "nflog:5", "inboundMode": "tproxy", "meshCidrs": "10.244.0.0/16"}, func(p *redirect.Plan) {
+			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{netip.MustParsePrefix("240.0.0.0/4")}}
+		}),
+		"packet-log-kernel": mk(map[string]string{"packetLog": "kernel", "redirectAllDNS": "true"}, nil),
 		"lockdown": mk(map[string]string{"meshCidrs": "10.244.0.0/16,10.96.0.0/12,fd00:244::/56"}, func(p *redirect.Plan) {
 			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{netip.MustParsePrefix("240.0.0.0/4"), netip.MustParsePrefix("10.1.0.9/32"), netip.MustParsePrefix("fd00:f::/48")},
 				Endpoints: []netip.AddrPort{netip.MustParseAddrPort("203.0.113.5:443"), netip.MustParseAddrPort("[::ffff:203.0.113.6]:8443"), netip.MustParseAddrPort("[fd00:e::5]:443")}}

@@ -16,7 +16,7 @@ const ChainPrefix = "SHUNT_"
 const Marker = "shunt-managed"
 
 // tables shunt may touch, in the order they are applied.
-var tableOrder = []string{"raw", "nat", "filter"}
+var tableOrder = []string{"raw", "mangle", "nat", "filter"}
 
 // Ruleset is shunt's own part of one family's tables: the jumps it adds to
 // built-in chains and the chains it owns. It is what install applies and

@@ -46,6 +46,11 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 	if failed != nil {
 		return failed
 	}
+	if prev != nil && prev.Plan != nil && prev.Plan.InboundTProxy != nil {
+		if err := e.removeTProxyRoutes(prev.Plan.InboundTProxy, nil, nil); err != nil {
+			return fmt.Errorf("uninstall TPROXY routes: %w", err)
+		}
+	}
 	if err := redirect.RemoveState(e.opts.StateDir); err != nil {
 		return err
 	}
@@ -76,12 +81,21 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	if st.Engine != e.Name() {
 		return nil, fmt.Errorf("status: the capture here was installed by the %s engine", st.Engine)
 	}
-	s.Installed = true
+	// A record holding only an intent is an install that never finished:
+	// nothing is known to be installed, but rules may be live.
+	s.Installed = len(st.Families) > 0
 	s.Backend = st.Backend
 	s.Plan = st.Plan
 	s.Notes = append(s.Notes, st.Skipped...)
 	if st.Plan != nil && st.Plan.ResolvConf != "" {
 		s.Notes = append(s.Notes, "nameservers read from "+st.Plan.ResolvConf)
+	}
+	if in := st.Intent; in != nil {
+		s.Drift = append(s.Drift, in.String())
+		if !s.Installed {
+			s.Backend = in.Backend
+			s.Plan = in.Plan
+		}
 	}
 	err = e.inNetns(func() error {
 		for _, fs := range st.Families {
@@ -93,6 +107,26 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 			}
 			s.Drift = append(s.Drift, diffLines(string(f), st.Applied[fs], d.Shunt.String())...)
 			s.Sections = append(s.Sections, e.counters(f, cmds, d.Shunt)...)
+		}
+		if in := st.Intent; in != nil {
+			// Show what the interrupted install left where the record
+			// says nothing.
+			for _, fs := range in.Families {
+				if in.Backend == st.Backend && contains(st.Families, fs) {
+					continue
+				}
+				cmds := e.commands(Backend(in.Backend), family(fs))
+				if !available(cmds) {
+					continue
+				}
+				d, err := e.dump(ctx, cmds)
+				if err != nil {
+					return err
+				}
+				if !d.Shunt.Empty() {
+					s.Sections = append(s.Sections, e.counters(family(fs), cmds, d.Shunt)...)
+				}
+			}
 		}
 		return nil
 	})

@@ -260,7 +260,7 @@ networking:
 	w.startEgress()
 	w.startAgent("", "--zone", "zone-1")
 	w.proxy = w.pod.Start(w.pod.CommandAs(context.Background(), proxyUID, proxyUID, bins.meshproxy,
-		"-xds", xdsAddr, "-node-id", "pod", "-zone", "zone-1", "-resolver", internetIP+":53"))
+		"-xds", w.xdsSocket(), "-node-id", "pod", "-zone", "zone-1", "-resolver", internetIP+":53"))
 	waitFor(t, "the proxy's configuration", func() bool { return strings.Contains(w.proxy.Output(), "routes") }, w.proxy.Output)
 
 	got, err := w.curl(appUID, "--cacert", w.dir+"/nginx/ca.crt", "https://example.com/")

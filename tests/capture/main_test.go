@@ -13,8 +13,9 @@ import (
 
 // binaries built once for the whole package.
 type binaries struct {
-	shunt   string
-	standin string
+	shunt    string
+	standin  string
+	squatter string
 }
 
 var bins binaries
@@ -34,8 +35,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bins = binaries{shunt: filepath.Join(dir, "shunt"), standin: filepath.Join(dir, "origdst")}
-	for out, pkg := range map[string]string{bins.shunt: "github.com/shunt-dev/shunt/cmd/shunt", bins.standin: "github.com/shunt-dev/shunt/tests/standin/origdst"} {
+	bins = binaries{shunt: filepath.Join(dir, "shunt"), standin: filepath.Join(dir, "origdst"), squatter: filepath.Join(dir, "squatter")}
+	for out, pkg := range map[string]string{
+		bins.shunt:    "github.com/shunt-dev/shunt/cmd/shunt",
+		bins.standin:  "github.com/shunt-dev/shunt/tests/standin/origdst",
+		bins.squatter: "github.com/shunt-dev/shunt/tests/standin/squatter",
+	} {
 		if err := testenv.BuildPackage(out, pkg); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1

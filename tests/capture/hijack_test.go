@@ -1,0 +1,59 @@
+package capture_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
+)
+
+// TestSquatterOnCapturedPortsServesNoOne: while the proxy and the DNS
+// interceptor are down, a process of the pod under the application's UID
+// binds their ports. Captured traffic reaches it, but nothing it sends back
+// reaches the workload or a remote client: lookups and connections fail
+// closed. Once the real owners listen, everything works again.
+func TestSquatterOnCapturedPortsServesNoOne(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			w := newWorld(t, backend)
+			w.serveHTTP(8080)
+			w.install()
+
+			sq := w.pod.Start(w.pod.CommandAs(context.Background(), appUID, appUID, bins.squatter,
+				"-dns", "127.0.0.1:15053", "-tcp", "127.0.0.1:15001,0.0.0.0:15006"))
+			testenv.WaitListening(t, w.pod, sq.Output, "127.0.0.1:15053", "127.0.0.1:15001", "*:15006")
+
+			for _, args := range [][]string{{"@10.1.0.2", "example.com"}, {"+tcp", "@10.1.0.2", "example.com"}} {
+				if got := w.dig(appUID, args...); strings.Contains(got, "192.0.2.66") {
+					t.Errorf("dig %v as uid %d was answered by the squatter: %q", args, appUID, got)
+				}
+			}
+			if got, err := w.curl(appUID, "http://10.1.0.2:8080/"); err == nil || strings.Contains(got, "impostor") {
+				t.Errorf("outbound connection reached the squatter on the proxy's port: %q, %v", got, err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			out, err := w.remote.Command(ctx, "curl", "-sS", "--max-time", "3", "http://"+w.podIf.IPv4.String()+":8080/").CombinedOutput()
+			if err == nil || strings.Contains(string(out), "impostor") {
+				t.Errorf("inbound connection reached the squatter on the proxy's port: %q, %v", out, err)
+			}
+			if strings.Contains(sq.Output(), "accepted") {
+				t.Errorf("the squatter completed a handshake:\n%s", sq.Output())
+			}
+			sq.Stop()
+
+			// The rightful owners: the interceptor (root) and the proxy
+			// (its UID).
+			serveDNS(t, w.pod, "127.0.0.1:15053", "192.0.2.53")
+			if got := w.dig(appUID, "@10.1.0.2", "example.com"); got != "192.0.2.53" {
+				t.Errorf("dig through the interceptor = %q, want 192.0.2.53", got)
+			}
+			w.startProxies()
+			if !w.fetch(appUID, "http://10.1.0.2:8080/", "remote:8080", "10.1.0.2:8080") {
+				t.Errorf("the proxy did not see the connection")
+			}
+		})
+	}
+}
