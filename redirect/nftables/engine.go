@@ -77,10 +77,27 @@ var supportedPlanKeys = []string{
 	"excludeOutboundPortsForUids", "excludeInterfaces", "ipFamily", "meshCidrs", "egress",
 }
 
-// Check reports a plan this engine cannot implement.
+// optionalPlanKeys are the plan fields of optional features, which Check
+// refuses by their configuration key (redirect.Plan.Features) unless
+// implemented.
+var optionalPlanKeys = []string{
+	"inboundTproxy", "dropInvalid", "includeOutboundCidrs", "includeOutboundPorts", "includeInboundPorts", "vnets", "packetLog",
+}
+
+// implementedFeatures are the optional features (by configuration key)
+// this engine implements.
+var implementedFeatures = []string{"excludeInterfaces"}
+
+// Check reports a plan this engine cannot implement, naming the
+// configuration key of what it refuses. It is the one place that decides.
 func Check(p *redirect.Plan) error {
 	if err := p.Egress.Validate(); err != nil {
 		return err
+	}
+	for _, f := range p.Features() {
+		if !slices.Contains(implementedFeatures, f.Key) {
+			return fmt.Errorf("%s: invalid value %q: not implemented by the nftables engine; use engine iptables", f.Key, f.Value)
+		}
 	}
 	b, err := json.Marshal(p)
 	if err != nil {
@@ -92,7 +109,7 @@ func Check(p *redirect.Plan) error {
 	}
 	var unsupported []string
 	for k, v := range fields {
-		if slices.Contains(supportedPlanKeys, k) {
+		if slices.Contains(supportedPlanKeys, k) || slices.Contains(optionalPlanKeys, k) {
 			continue
 		}
 		switch string(v) {

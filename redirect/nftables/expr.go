@@ -262,6 +262,8 @@ func ctEstablished() term {
 
 func ret() term { return term{"return", []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}} }
 
+func drop() term { return term{"drop", []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}} }
+
 func jump(chain string) term {
 	return term{"jump " + chain, []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chain}}}
 }
