@@ -253,6 +253,12 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	}
 	defer done()
 
+	gc, err := dialGen(e.opts.NetnsPath)
+	if err != nil {
+		e.log.Debug("nftables generation unavailable", "err", err)
+	}
+	defer gc.Close()
+
 	rs := Render(p)
 	if e.corrupt != nil {
 		e.corrupt(rs)
@@ -264,7 +270,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	var prevRS *Ruleset
 	if prev != nil && prev.Plan != nil {
 		if k != nil && k.gen != 0 {
-			if g, err := generation(e.opts.NetnsPath); err == nil && g == k.gen {
+			if g, err := gc.get(); err == nil && g == k.gen {
 				intact, unchangedGen, prevRS = true, true, k.rs
 			}
 		}
@@ -306,7 +312,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		st.Families = append(st.Families, f.label())
 	}
 	next := &known{st: st, rs: rs}
-	g, gerr := generation(e.opts.NetnsPath)
+	g, gerr := gc.get()
 	if incremental && unchangedGen && gerr == nil && g == k.gen+1 {
 		// Only this batch was committed since the table was last read:
 		// the rules are as recorded and the sets as sent.
@@ -318,7 +324,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			return fmt.Errorf("install: table written but %w", err)
 		}
 		st.Applied = map[string]string{"inet": applied}
-		if g2, err := generation(e.opts.NetnsPath); gerr == nil && err == nil && g2 == g {
+		if g2, err := gc.get(); gerr == nil && err == nil && g2 == g {
 			next.gen = g
 		}
 	}
