@@ -6,12 +6,12 @@ package nftables
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -99,22 +99,14 @@ func Check(p *redirect.Plan) error {
 			return fmt.Errorf("%s: invalid value %q: not implemented by the nftables engine; use engine iptables", f.Key, f.Value)
 		}
 	}
-	b, err := json.Marshal(p)
-	if err != nil {
-		return fmt.Errorf("encode plan: %w", err)
-	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(b, &fields); err != nil {
-		return fmt.Errorf("decode plan: %w", err)
-	}
+	// A field this engine does not know is set: found by reflection, not
+	// by encoding the plan (its lists may hold thousands of prefixes).
 	var unsupported []string
-	for k, v := range fields {
-		if slices.Contains(supportedPlanKeys, k) || slices.Contains(optionalPlanKeys, k) {
+	v := reflect.ValueOf(p).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		k, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("json"), ",")
+		if slices.Contains(supportedPlanKeys, k) || slices.Contains(optionalPlanKeys, k) || v.Field(i).IsZero() {
 			continue
-		}
-		switch string(v) {
-		case "null", "false", "0", `""`, "[]", "{}":
-			continue // not asked for
 		}
 		unsupported = append(unsupported, k)
 	}
