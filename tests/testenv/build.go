@@ -49,8 +49,9 @@ func BuildCNITool(dir string) (string, error) {
 }
 
 // ShuntRules returns every line mentioning shunt in n's rules, for each
-// iptables variant present, prefixed with the program that printed it:
-// empty when shunt left nothing behind.
+// iptables variant present, prefixed with the program that printed it, and
+// the nftables engine's table as nft lists it: empty when shunt left
+// nothing behind.
 func (n *Netns) ShuntRules() string {
 	n.t.Helper()
 	var b strings.Builder
@@ -61,6 +62,13 @@ func (n *Netns) ShuntRules() string {
 		for _, l := range strings.Split(n.MustRun(prog), "\n") {
 			if strings.Contains(strings.ToLower(l), "shunt") {
 				fmt.Fprintf(&b, "%s: %s\n", prog, l)
+			}
+		}
+	}
+	if _, err := exec.LookPath("nft"); err == nil {
+		if out, err := n.Run("nft", "list", "table", "inet", "shunt"); err == nil {
+			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+				fmt.Fprintf(&b, "nft: %s\n", l)
 			}
 		}
 	}
