@@ -89,7 +89,6 @@ type Proxy struct {
 	// envoyNode and localNode are the nodes the downstreams sent; the
 	// upstream identifies as Envoy's when known.
 	envoyNode, localNode *corev3.Node
-	nextID               int
 }
 
 // typeState is what the proxy keeps of one resource type.
