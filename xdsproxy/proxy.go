@@ -49,7 +49,8 @@ type Status struct {
 	// Connected is true while the upstream stream is open and has
 	// answered.
 	Connected bool
-	// Reconnects counts upstream streams opened after the first.
+	// Reconnects counts upstream streams opened after one failed or
+	// ended (not the one reopened as the local proxy's node).
 	Reconnects int
 	// LastError is why the last upstream stream ended or failed to open.
 	LastError string
@@ -84,6 +85,8 @@ type Proxy struct {
 	opened  int
 	fails   int
 	dialing bool
+	// handoff: the next stream replaces one closed on purpose.
+	handoff bool
 	envoy   *downstream
 	local   *downstream
 	// envoyNode and localNode are the nodes the downstreams sent; the
@@ -265,12 +268,16 @@ func (p *Proxy) upstreamOpened(gen int, stream xdsclient.ADSStream, cancel conte
 		// The local proxy connected while this stream was being
 		// opened: open it again as the proxy's node.
 		cancel()
+		p.handoff = true
 		return
 	}
 	p.opened++
-	if p.opened > 1 {
+	// A stream reopened to take the local proxy's node is no reconnect:
+	// nothing failed.
+	if p.opened > 1 && !p.handoff {
 		p.setStatus(func(s *Status) { s.Reconnects++ })
 	}
+	p.handoff = false
 	u := &upstream{gen: gen, stream: stream, cancel: cancel, node: node,
 		subscribed: map[string]bool{}, nonce: map[string]string{}, pending: map[string]bool{}}
 	p.up = u
@@ -322,6 +329,7 @@ func (p *Proxy) restartUpstream(why string) {
 	p.up.cancel()
 	p.up = nil
 	p.fails = 0
+	p.handoff = true
 	p.setStatus(func(s *Status) { s.Connected = false })
 }
 

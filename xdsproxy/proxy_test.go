@@ -400,6 +400,9 @@ func TestOneUpstreamStreamForEnvoyAndShunt(t *testing.T) {
 	if r := w.up.find(func(r *discoveryv3.DiscoveryRequest) bool { return r.GetNode().GetUserAgentName() == "envoy" }); r == nil {
 		t.Error("the upstream never saw Envoy's node")
 	}
+	if st := w.proxy.Status(); st.Reconnects != 0 || !st.Connected || !st.EnvoyConnected {
+		t.Errorf("status after the node handoff = %+v, want connected, Envoy connected, no reconnect", st)
+	}
 
 	w.up.set(t, "2", "240.0.0.2", route("r1", "backend-2"))
 	eventually(t, 5*time.Second, "version 2 at Envoy and shunt", func() bool {
@@ -493,6 +496,9 @@ func TestEnvoyReconnectIsReplayed(t *testing.T) {
 	})
 	if _, open := w.up.counts(); open != 1 {
 		t.Errorf("%d upstream streams open after the outage, want 1", open)
+	}
+	if st := w.proxy.Status(); st.Reconnects < 1 || !st.Connected {
+		t.Errorf("status after the outage = %+v, want connected again, reconnects counted", st)
 	}
 }
 
