@@ -47,6 +47,7 @@ struct {
 
 LPM_MAP(exclude_out_cidrs, 65536);
 LPM_MAP(exclude_in_cidrs, 65536);
+LPM_MAP(include_out_cidrs, 65536);
 /* Egress.Allowed and MeshCIDRs, when egress is locked down. */
 LPM_MAP(egress_allowed, 65536);
 
@@ -156,6 +157,8 @@ static __always_inline void *pod_trie(struct pod *p, enum trie which)
 		return &exclude_out_cidrs;
 	case TRIE_EXCLUDE_IN:
 		return &exclude_in_cidrs;
+	case TRIE_INCLUDE_OUT:
+		return &include_out_cidrs;
 	default:
 		return &egress_allowed;
 	}

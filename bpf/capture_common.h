@@ -39,6 +39,8 @@ enum trie {
 	TRIE_EXCLUDE_IN,
 	/* Egress.Allowed and MeshCIDRs, when egress is locked down. */
 	TRIE_EGRESS_ALLOWED,
+	/* IncludeOutboundCIDRs, read with CFG_INCLUDE_OUT_CIDRS. */
+	TRIE_INCLUDE_OUT,
 };
 
 /* Original destination by the application socket's cookie, written at
@@ -266,6 +268,10 @@ static __always_inline enum verdict decide(struct pod *p, struct bpf_sock *sk, c
 	if (in_trie(p, TRIE_EXCLUDE_OUT, dst))
 		return lockdown(p, dst, port, tcp, local);
 	if (pod_port_has(p, port, PORT_EXCLUDE_OUT))
+		return lockdown(p, dst, port, tcp, local);
+	if ((cfg->flags & CFG_INCLUDE_OUT_CIDRS) && !in_trie(p, TRIE_INCLUDE_OUT, dst))
+		return lockdown(p, dst, port, tcp, local);
+	if ((cfg->flags & CFG_INCLUDE_OUT_PORTS) && !pod_port_has(p, port, PORT_INCLUDE_OUT))
 		return lockdown(p, dst, port, tcp, local);
 	return REDIRECT_OUT;
 }
@@ -832,6 +838,8 @@ int inbound_lookup(struct bpf_sk_lookup *ctx)
 	if (in_trie(&p, TRIE_EXCLUDE_IN, &remote))
 		return SK_PASS;
 	if (pod_port_has(&p, (__u16)local_port, PORT_EXCLUDE_IN))
+		return SK_PASS;
+	if ((cfg->flags & CFG_INCLUDE_IN_PORTS) && !pod_port_has(&p, (__u16)local_port, PORT_INCLUDE_IN))
 		return SK_PASS;
 
 	struct bpf_sock *sk = pod_listener(&p, v6);

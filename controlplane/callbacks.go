@@ -18,7 +18,10 @@ const (
 	NodeMetadataZone = "kuma.io/zone"
 )
 
-type nodeKey struct{ mesh, zone string }
+// nodeKey is what decides a node's snapshot: its mesh and zone, its
+// service (its identity, in a mesh with mTLS), or, for a ZoneEgress, its
+// name.
+type nodeKey struct{ mesh, zone, service, egress string }
 
 // NodeKey returns the mesh and zone a node is served for: the zone from its
 // Locality, else from its metadata; the mesh from its metadata, else
@@ -37,6 +40,10 @@ func keyOf(n *core.Node) nodeKey {
 	if k.zone == "" {
 		k.zone = md[NodeMetadataZone].GetStringValue()
 	}
+	if md[NodeMetadataProxyType].GetStringValue() == ProxyTypeEgress {
+		return nodeKey{egress: n.GetId(), zone: k.zone}
+	}
+	k.service = serviceOf(n, k.mesh)
 	return k
 }
 

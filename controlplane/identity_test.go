@@ -1,210 +1,101 @@
 package controlplane
 
 import (
-	"bytes"
-	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/base64"
-	"io"
-	"log/slog"
-	"math/big"
-	"net"
+	"encoding/pem"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strings"
 	"testing"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
-type testCert struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	tls  tls.Certificate
-}
-
-func newTestCert(t *testing.T, tmpl *x509.Certificate, parent *testCert) *testCert {
+func identityOf(t *testing.T, s *Server, n *core.Node) (*x509.Certificate, string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	s.mu.Lock()
+	snap, err := s.snapshotLocked(s.gen, keyOf(n))
+	s.mu.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
-	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Minute), time.Now().Add(time.Hour)
-	signer, pc := key, tmpl
-	if parent != nil {
-		signer, pc = parent.key, parent.cert
+	sec := snap.GetResources(resource.SecretType)[IdentitySecretName("default")]
+	if sec == nil {
+		t.Fatalf("node %s got no %s secret", n.GetId(), IdentitySecretName("default"))
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, pc, &key.PublicKey, signer)
+	b, _ := pem.Decode(sec.(*tlsv3.Secret).GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+	c, err := x509.ParseCertificate(b.Bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCert{cert: cert, key: key, tls: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}}
+	if len(c.URIs) != 1 {
+		t.Fatalf("identity has URIs %v", c.URIs)
+	}
+	return c, snap.GetVersion(resource.SecretType)
 }
 
-// fixtureKey is the ExternalService client private key of the httpbin
-// fixture, as it appears in a cluster's configuration.
-func fixtureKey(t *testing.T) []byte {
+// The mesh CA is made once and kept in the state directory; each proxy gets
+// its identity (the egress its own) and a new one before the last expires.
+func TestMeshIdentities(t *testing.T) {
+	res := t.TempDir()
+	b, err := os.ReadFile(filepath.Join("testdata", "egress-tls", "egress.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(res, "egress.yaml"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	s, err := New(Options{ResourcesDir: res, StateDir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(filepath.Join(state, "mesh-ca", "default.ca-1.key"))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("CA key not kept private in the state directory: %v %v", st, err)
+	}
+	sidecar := &core.Node{Id: "default.web-1", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"kuma.io/service": structpb.NewStringValue("web")}}}
+	egress := &core.Node{Id: "zoneegress-1", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{NodeMetadataProxyType: structpb.NewStringValue(ProxyTypeEgress)}}}
+	c, v1 := identityOf(t, s, sidecar)
+	if got := c.URIs[0].String(); got != "spiffe://default/web" {
+		t.Errorf("sidecar identity %s, want spiffe://default/web", got)
+	}
+	if d := c.NotAfter.Sub(c.NotBefore); d < 24*time.Hour || d > 25*time.Hour {
+		t.Errorf("identity valid for %v, want the mesh's 1d", d)
+	}
+	e, _ := identityOf(t, s, egress)
+	if got := e.URIs[0].String(); got != "spiffe://default/zoneegress-1" {
+		t.Errorf("egress identity %s, want spiffe://default/zoneegress-1", got)
+	}
+	// The same CA signs both, and a restarted control plane keeps it.
+	s2, err := New(Options{ResourcesDir: res, StateDir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, _ := identityOf(t, s2, sidecar)
+	for _, cert := range []*x509.Certificate{c, e, c2} {
+		if err := cert.CheckSignatureFrom(caCert(t, s)); err != nil {
+			t.Errorf("%s not signed by the kept mesh CA: %v", cert.URIs[0], err)
+		}
+	}
+	// Four fifths into its life, the identity is replaced.
+	s.now = func() time.Time { return time.Now().Add(20 * time.Hour) }
+	s.rotateDue()
+	c3, v3 := identityOf(t, s, sidecar)
+	if c3.SerialNumber.Cmp(c.SerialNumber) == 0 || v3 == v1 {
+		t.Errorf("identity not rotated (serial %v, version %s -> %s)", c3.SerialNumber, v1, v3)
+	}
+}
+
+func caCert(t *testing.T, s *Server) *x509.Certificate {
 	t.Helper()
-	b, err := os.ReadFile("../tests/fixtures/externalservices/httpbin/universal/httpbin.yaml")
+	b, _ := pem.Decode(s.gen.cas["default"].CertPEM)
+	c, err := x509.ParseCertificate(b.Bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`name: clientKey\ndata: (\S+)`).FindSubmatch(b)
-	if m == nil {
-		t.Fatal("no clientKey secret in the fixture")
-	}
-	key, err := base64.StdEncoding.DecodeString(string(m[1]))
-	if err != nil || !bytes.Contains(key, []byte("PRIVATE KEY")) {
-		t.Fatalf("fixture key: %v", err)
-	}
-	return key
+	return c
 }
-
-// fetchAll opens an ADS stream as node and returns the bytes of every
-// response within a short while, or the stream's error.
-func fetchAll(addr string, creds credentials.TransportCredentials, node string) ([]byte, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		return nil, err
-	}
-	n := &core.Node{Id: node}
-	for _, typ := range []string{resource.ClusterType, resource.ListenerType, resource.SecretType} {
-		if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: typ, Node: n}); err != nil {
-			break
-		}
-		n = nil
-	}
-	var all []byte
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			if len(all) > 0 && ctx.Err() != nil {
-				return all, nil
-			}
-			return all, err
-		}
-		for _, r := range resp.GetResources() {
-			all = append(all, r.GetValue()...)
-		}
-	}
-}
-
-// `shunt controlplane` over mutual TLS: a node gets its configuration only
-// with a client certificate that names it; no certificate, another node's
-// id, or plaintext get nothing, and the private keys never cross in clear.
-func TestMTLSNodeIdentity(t *testing.T) {
-	dir := t.TempDir()
-	b, _ := os.ReadFile("../tests/fixtures/externalservices/httpbin/universal/httpbin.yaml")
-	if err := os.WriteFile(filepath.Join(dir, "httpbin.yaml"), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	key := fixtureKey(t)
-
-	ca := newTestCert(t, &x509.Certificate{Subject: pkix.Name{CommonName: "test CA"}, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}, nil)
-	other := newTestCert(t, &x509.Certificate{Subject: pkix.Name{CommonName: "other CA"}, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}, nil)
-	srvCert := newTestCert(t, &x509.Certificate{Subject: pkix.Name{CommonName: "cp"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, ca)
-	client := func(cn string, parent *testCert) *testCert {
-		return newTestCert(t, &x509.Certificate{Subject: pkix.Name{CommonName: cn}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, parent)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
-	srv, err := New(Options{ResourcesDir: dir, Logger: quietLog(),
-		Credentials: credentials.NewTLS(&tls.Config{
-			Certificates: []tls.Certificate{srvCert.tls}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12,
-		}),
-		RequireNodeIdentity: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, lis) }()
-	t.Cleanup(func() { cancel(); <-done })
-
-	tlsAs := func(c *testCert) credentials.TransportCredentials {
-		cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-		if c != nil {
-			cfg.Certificates = []tls.Certificate{c.tls}
-		}
-		return credentials.NewTLS(cfg)
-	}
-	for _, tc := range []struct {
-		name    string
-		creds   credentials.TransportCredentials
-		node    string
-		wantKey bool
-		wantErr string
-	}{
-		{"its own node", tlsAs(client("node-a", ca)), "node-a", true, ""},
-		{"another node's id", tlsAs(client("node-a", ca)), "node-b", false, "PermissionDenied"},
-		{"no client certificate", tlsAs(nil), "node-a", false, "Unavailable"},
-		{"a certificate of another CA", tlsAs(client("node-a", other)), "node-a", false, "Unavailable"},
-		{"plaintext", insecure.NewCredentials(), "node-a", false, "Unavailable"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := fetchAll(lis.Addr().String(), tc.creds, tc.node)
-			if hasKey := bytes.Contains(got, key); hasKey != tc.wantKey {
-				t.Errorf("private key served = %v, want %v (err %v)", hasKey, tc.wantKey, err)
-			}
-			if tc.wantErr == "" && err != nil {
-				t.Errorf("stream error %v", err)
-			}
-			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
-				t.Errorf("stream error %v, want %s", err, tc.wantErr)
-			}
-		})
-	}
-}
-
-func TestCheckListen(t *testing.T) {
-	for _, tc := range []struct {
-		addr string
-		p    ListenPolicy
-		ok   bool
-	}{
-		{"127.0.0.1:15680", ListenPolicy{}, true},
-		{"[::1]:15680", ListenPolicy{}, true},
-		{"localhost:15680", ListenPolicy{}, true},
-		{"0.0.0.0:15680", ListenPolicy{}, false},
-		{":15680", ListenPolicy{}, false},
-		{"10.0.0.1:15680", ListenPolicy{TLS: true}, false},
-		{"10.0.0.1:15680", ListenPolicy{TLS: true, ClientCerts: true}, true},
-		{"0.0.0.0:15680", ListenPolicy{AllowUnauthenticated: true}, true},
-	} {
-		err := CheckListen(tc.addr, tc.p)
-		if (err == nil) != tc.ok {
-			t.Errorf("CheckListen(%q, %+v) = %v, want ok=%v", tc.addr, tc.p, err, tc.ok)
-		}
-		if err != nil && !strings.Contains(err.Error(), tc.addr) {
-			t.Errorf("error %q does not name the address", err)
-		}
-	}
-}
-
-func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -84,7 +84,7 @@ func NewTable(entries map[string][]netip.Addr, opts TableOptions) (*Table, error
 				bad = true
 				continue
 			}
-			a = a.Unmap().WithZone("")
+			a = a.WithZone("")
 			// Lists are short: a linear scan beats a map per name.
 			if slices.Contains(e.v4, a) || slices.Contains(e.v6, a) {
 				continue

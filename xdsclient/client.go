@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/types/known/structpb"
+
 	"github.com/shunt-dev/shunt/mesh"
 )
 
@@ -25,14 +27,19 @@ type Config struct {
 	// NodeID, Cluster and Zone identify the node; Zone is sent as its
 	// locality.
 	NodeID, Cluster, Zone string
-	// Mesh is sent as node metadata kuma.io/mesh (default "default").
+	// Mesh is sent as node metadata kuma.io/mesh (default "default") when
+	// Metadata is nil.
 	Mesh string
-	// Metadata is extra node metadata.
-	Metadata map[string]string
+	// Metadata is the node metadata, as nodemeta.Build makes it; nil sends
+	// kuma.io/mesh alone.
+	Metadata *structpb.Struct
 	// TLS nil means plaintext.
 	TLS *tls.Config
-	// TokenFile holds a bearer token, re-read on each connect ("" = none).
+	// TokenFile holds a token, re-read on each connect ("" = none), sent as
+	// the authorization header: "Bearer TOKEN", or the token alone with
+	// TokenRaw (Kuma's dataplane tokens).
 	TokenFile string
+	TokenRaw  bool
 	// StateDir keeps the last good snapshot ("" = no persistence).
 	StateDir string
 	Logger   *slog.Logger
@@ -41,8 +48,9 @@ type Config struct {
 	// KeepaliveTime is the client's ping interval (default
 	// DefaultKeepaliveTime).
 	KeepaliveTime time.Duration
-	// Dialer, when set, connects to Server instead of the network (an
-	// in-process control plane); Server is then only a name.
+	// Dialer, when set, opens the connection to Server instead of the
+	// network (an in-process control plane, a server in another network
+	// namespace, a Unix socket); Server is then only passed to it.
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 	// Stream, when set, opens the client's streams instead of dialing
 	// Server: the xDS proxy hands the client its in-process stream.

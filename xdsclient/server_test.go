@@ -17,6 +17,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/shunt-dev/shunt/mesh"
 )
@@ -98,7 +99,7 @@ func TestNACKKeepsLastGoodSnapshot(t *testing.T) {
 
 	c, err := New(Config{
 		Server: srv.addr, NodeID: "node-1", Cluster: "vm", Zone: "zone-1", Mesh: "payments",
-		Metadata: map[string]string{"team": "a"},
+		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{MetadataMesh: structpb.NewStringValue("payments"), "team": structpb.NewStringValue("a")}},
 		Logger:   quietLogger(), Backoff: fastBackoff(),
 	})
 	if err != nil {

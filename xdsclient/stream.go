@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/shunt-dev/shunt/mesh"
+	"github.com/shunt-dev/shunt/wire"
 )
 
 // Type URLs of the resources the client subscribes to.
@@ -34,8 +35,8 @@ const (
 	EndpointType = resourcev3.EndpointType
 )
 
-// Node metadata key carrying the mesh.
-const MetadataMesh = "kuma.io/mesh"
+// MetadataMesh is the node metadata key carrying the mesh.
+const MetadataMesh = wire.MetadataMesh
 
 // session is one ADS stream: subscribe, then answer every response until
 // the stream or ctx ends. answered reports whether the server responded at
@@ -149,7 +150,10 @@ func OpenStream(ctx context.Context, cfg Config) (ADSStream, error) {
 		if err != nil {
 			return nil, err
 		}
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+		if !cfg.TokenRaw {
+			tok = "Bearer " + tok
+		}
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", tok)
 	}
 	ka := cfg.KeepaliveTime
 	if ka <= 0 {
@@ -198,15 +202,14 @@ func readToken(path string) (string, error) {
 }
 
 func (c *Client) node() *corev3.Node {
-	fields := map[string]*structpb.Value{}
-	for k, v := range c.cfg.Metadata {
-		fields[k] = structpb.NewStringValue(v)
+	md := c.cfg.Metadata
+	if md == nil {
+		md = &structpb.Struct{Fields: map[string]*structpb.Value{MetadataMesh: structpb.NewStringValue(c.cfg.Mesh)}}
 	}
-	fields[MetadataMesh] = structpb.NewStringValue(c.cfg.Mesh)
 	n := &corev3.Node{
 		Id:            c.cfg.NodeID,
 		Cluster:       c.cfg.Cluster,
-		Metadata:      &structpb.Struct{Fields: fields},
+		Metadata:      proto.Clone(md).(*structpb.Struct),
 		UserAgentName: "shunt",
 		// Servers that key on client features look for this one before
 		// sending more than one resource type per stream.

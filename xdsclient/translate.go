@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -11,20 +12,27 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	dnstablev3 "github.com/envoyproxy/go-control-plane/envoy/data/dns/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	dnsfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/shunt-dev/shunt/mesh"
+	"github.com/shunt-dev/shunt/wire"
 )
 
 // DNSFilterName is the UDP listener filter whose DnsTable holds the names
 // the mesh answers.
-const DNSFilterName = "envoy.filters.udp.dns_filter"
+const DNSFilterName = wire.DNSFilter
 
 // dnsFilterTypeURL identifies the filter by its config type, for servers
 // that give it another name.
-const dnsFilterTypeURL = "type.googleapis.com/envoy.extensions.filters.udp.dns_filter.v3.DnsFilterConfig"
+const dnsFilterTypeURL = wire.DNSFilterType
+
+// hcmTypeURL is the HTTP connection manager's config, whose inline routes
+// may carry Kuma's embedded-DNS table.
+const hcmTypeURL = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 // Translate distils listeners, clusters and the load assignments of EDS
 // clusters into an agent snapshot. Every resource is checked with its
@@ -77,6 +85,10 @@ func newListenerEntry(l *listenerv3.Listener) *listenerEntry {
 		e.err = fmt.Errorf("listener %s: %w", l.GetName(), err)
 		return e
 	}
+	if err := addEmbeddedDNS(names, &order, l); err != nil {
+		e.err = fmt.Errorf("listener %s: %w", l.GetName(), err)
+		return e
+	}
 	if len(order) > 0 {
 		e.names = make([]dnsName, len(order))
 		for i, n := range order {
@@ -110,9 +122,10 @@ func newClusterEntry(c *clusterv3.Cluster) *clusterEntry {
 	switch c.GetType() {
 	case clusterv3.Cluster_ORIGINAL_DST:
 		// A custom cluster_type also reads as ORIGINAL_DST (the zero
-		// value) through GetType; only a real one means passthrough.
+		// value) through GetType; only a real one means passthrough, and
+		// only for outbound traffic.
 		if _, ok := c.GetClusterDiscoveryType().(*clusterv3.Cluster_Type); ok {
-			e.passthrough = true
+			e.passthrough = wire.EgressPassthrough(c.GetName())
 		}
 	case clusterv3.Cluster_STATIC:
 		err = addEndpoints(egress, nil, c.GetLoadAssignment(), false)
@@ -312,16 +325,107 @@ func addTable(names map[string][]netip.Addr, order *[]string, t *dnstablev3.DnsT
 		// Names served through a cluster or SRV records have no VIP of
 		// their own to answer with.
 		for _, s := range d.GetEndpoint().GetAddressList().GetAddress() {
-			a, err := netip.ParseAddr(s)
-			if err != nil || a.Zone() != "" {
-				return fmt.Errorf("invalid address %q for name %s", s, name)
+			if err := addName(names, order, name, s); err != nil {
+				return err
 			}
-			a = a.Unmap()
-			if _, seen := names[name]; !seen {
-				*order = append(*order, name)
+		}
+	}
+	return nil
+}
+
+// addName adds one address of a name. An IPv4-mapped IPv6 address stays
+// IPv6 and is answered as AAAA, as Envoy's dns_filter answers it: Kuma
+// gives each VIP that way as its IPv6 form.
+func addName(names map[string][]netip.Addr, order *[]string, name, addr string) error {
+	a, err := netip.ParseAddr(addr)
+	if err != nil || a.Zone() != "" {
+		return fmt.Errorf("invalid address %q for name %s", addr, name)
+	}
+	if _, seen := names[name]; !seen {
+		*order = append(*order, name)
+	}
+	if !slices.Contains(names[name], a) {
+		names[name] = append(names[name], a)
+	}
+	return nil
+}
+
+// addEmbeddedDNS reads Kuma's embedded-DNS table: a JSON document
+// {"records":[{"name","ips"}],"ttl"} that kuma-cp serves to kuma-dp as the
+// direct response of route path /dns (on listener _kuma:dynamicconfig). It
+// is found by that structure, not by the listener's name, which Kuma's
+// naming schemes change; a /dns direct response that is not such a
+// document is someone else's route and is left alone.
+func addEmbeddedDNS(names map[string][]netip.Addr, order *[]string, l *listenerv3.Listener) error {
+	for _, fc := range l.GetFilterChains() {
+		for _, f := range fc.GetFilters() {
+			tc := f.GetTypedConfig()
+			if tc.GetTypeUrl() != hcmTypeURL {
+				continue
 			}
-			if !slices.Contains(names[name], a) {
-				names[name] = append(names[name], a)
+			var hcm hcmv3.HttpConnectionManager
+			if err := tc.UnmarshalTo(&hcm); err != nil {
+				return fmt.Errorf("http_connection_manager config: %w", err)
+			}
+			for _, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
+				for _, r := range vh.GetRoutes() {
+					body, ok := embeddedDNSBody(r)
+					if !ok {
+						continue
+					}
+					if err := addEmbeddedTable(names, order, body); err != nil {
+						return fmt.Errorf("route %s%s: embedded DNS table: %w", vh.GetName(), wire.KumaDNSRoute, err)
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// embeddedDNSBody returns the body of a route that answers GET /dns with
+// 200 whatever the request's headers (Kuma's ETag route answers 304 to a
+// matching If-None-Match and has no body).
+func embeddedDNSBody(r *routev3.Route) ([]byte, bool) {
+	m := r.GetMatch()
+	if m.GetPath() != wire.KumaDNSRoute || len(m.GetHeaders()) > 0 || len(m.GetQueryParameters()) > 0 {
+		return nil, false
+	}
+	dr := r.GetDirectResponse()
+	if dr == nil || dr.GetStatus() != 200 {
+		return nil, false
+	}
+	switch b := dr.GetBody(); {
+	case b.GetInlineString() != "":
+		return []byte(b.GetInlineString()), true
+	case len(b.GetInlineBytes()) > 0:
+		return b.GetInlineBytes(), true
+	}
+	return nil, false
+}
+
+// embeddedTable is the document kuma-dp's embedded DNS server reads.
+type embeddedTable struct {
+	Records *[]struct {
+		Name string   `json:"name"`
+		IPs  []string `json:"ips"`
+	} `json:"records"`
+}
+
+func addEmbeddedTable(names map[string][]netip.Addr, order *[]string, body []byte) error {
+	var t embeddedTable
+	if err := json.Unmarshal(body, &t); err != nil || t.Records == nil {
+		// Not a DNS table (see addEmbeddedDNS).
+		return nil
+	}
+	for i, rec := range *t.Records {
+		name := strings.TrimSuffix(strings.ToLower(rec.Name), ".")
+		if name == "" || strings.Contains(name, "..") {
+			return fmt.Errorf("record %d: invalid name %q", i, rec.Name)
+		}
+		for _, ip := range rec.IPs {
+			if err := addName(names, order, name, ip); err != nil {
+				return fmt.Errorf("record %d: %w", i, err)
 			}
 		}
 	}

@@ -148,7 +148,8 @@ func TestTranslate(t *testing.T) {
 			want: &mesh.AgentSnapshot{Names: map[string][]netip.Addr{
 				"httpbin.mesh":  addrs("240.0.0.1", "fd00:fd00::1"),
 				"*.example.com": addrs("240.0.0.2"),
-				"httpbin.org":   addrs("240.0.0.3"),
+				// IPv4-mapped stays IPv6: it is answered as AAAA.
+				"httpbin.org": addrs("::ffff:240.0.0.3"),
 			}},
 		},
 		{

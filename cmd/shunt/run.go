@@ -47,6 +47,7 @@ type runFlags struct {
 	dnsTTL        time.Duration
 	cacheSize     int
 	reconcile     time.Duration
+	envoy         envoyFlags
 }
 
 func newRunCommand() *cobra.Command {
@@ -95,6 +96,7 @@ the config file and apply it. See docs/agent.md.`,
 	fl.DurationVar(&f.dnsTTL, "dns-ttl", dnsproxy.DefaultTTL, "TTL of DNS answers for mesh names")
 	fl.IntVar(&f.cacheSize, "dns-cache-size", 10000, "forwarded answers cached by the DNS interceptor (0 disables)")
 	fl.DurationVar(&f.reconcile, "reconcile-interval", 2*time.Second, "how often the live rules are checked for drift")
+	addEnvoyFlags(cmd, &f.envoy)
 	return cmd
 }
 
@@ -110,6 +112,9 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	}
 	if f.reconcile <= 0 {
 		return usageErrorf("run: --reconcile-interval %v: must be positive", f.reconcile)
+	}
+	if err := checkRunEnvoyFlags(f.envoy); err != nil {
+		return err
 	}
 	log := slog.Default()
 	ctx := cmd.Context()
@@ -178,6 +183,10 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		return err
 	}
 
+	envoySup, err := prepareEnvoy(cmd, f, xcfg, plan, stateDir, log)
+	if err != nil {
+		return err
+	}
 	mark := plan.BypassMark
 	opts := agent.Options{
 		Source:       client,
@@ -194,6 +203,9 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		ReconcileInterval: f.reconcile,
 		CleanupOnExit:     f.cleanupOnExit,
 		Logger:            log,
+	}
+	if envoySup != nil {
+		opts.Proxy = envoySup
 	}
 	if !f.noCapture {
 		eng, err := newEngine(cfg)
@@ -232,7 +244,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	}()
 	log.Info("agent starting", "node", f.nodeID, "zone", f.zone, "mesh", f.meshName, "xds", server,
 		"embedded", f.resources != "", "capture", !f.noCapture, "stateDir", stateDir, "dns", opts.DNS.Listen)
-	return a.Run(ctx)
+	return runWithEnvoy(ctx, a, envoySup)
 }
 
 // reloadAgent re-reads the capture configuration (file, environment and

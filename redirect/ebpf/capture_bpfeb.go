@@ -95,6 +95,7 @@ const (
 	captureMapExcludeInCidrs  = "exclude_in_cidrs"
 	captureMapExcludeOutCidrs = "exclude_out_cidrs"
 	captureMapInboundListener = "inbound_listener"
+	captureMapIncludeOutCidrs = "include_out_cidrs"
 	captureMapLocalAddrs      = "local_addrs"
 	captureMapPeerOrig        = "peer_orig"
 	captureMapPortFlags       = "port_flags"
@@ -182,6 +183,7 @@ type captureMapSpecs struct {
 	ExcludeInCidrs  *ebpf.MapSpec `ebpf:"exclude_in_cidrs"`
 	ExcludeOutCidrs *ebpf.MapSpec `ebpf:"exclude_out_cidrs"`
 	InboundListener *ebpf.MapSpec `ebpf:"inbound_listener"`
+	IncludeOutCidrs *ebpf.MapSpec `ebpf:"include_out_cidrs"`
 	LocalAddrs      *ebpf.MapSpec `ebpf:"local_addrs"`
 	PeerOrig        *ebpf.MapSpec `ebpf:"peer_orig"`
 	PortFlags       *ebpf.MapSpec `ebpf:"port_flags"`
@@ -225,6 +227,7 @@ type captureMaps struct {
 	ExcludeInCidrs  *ebpf.Map `ebpf:"exclude_in_cidrs"`
 	ExcludeOutCidrs *ebpf.Map `ebpf:"exclude_out_cidrs"`
 	InboundListener *ebpf.Map `ebpf:"inbound_listener"`
+	IncludeOutCidrs *ebpf.Map `ebpf:"include_out_cidrs"`
 	LocalAddrs      *ebpf.Map `ebpf:"local_addrs"`
 	PeerOrig        *ebpf.Map `ebpf:"peer_orig"`
 	PortFlags       *ebpf.Map `ebpf:"port_flags"`
@@ -244,6 +247,7 @@ func (m *captureMaps) Close() error {
 		m.ExcludeInCidrs,
 		m.ExcludeOutCidrs,
 		m.InboundListener,
+		m.IncludeOutCidrs,
 		m.LocalAddrs,
 		m.PeerOrig,
 		m.PortFlags,

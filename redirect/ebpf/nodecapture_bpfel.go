@@ -128,6 +128,7 @@ const (
 	nodeCaptureMapPodEgressEndpoints = "pod_egress_endpoints"
 	nodeCaptureMapPodExcludeInCidrs  = "pod_exclude_in_cidrs"
 	nodeCaptureMapPodExcludeOutCidrs = "pod_exclude_out_cidrs"
+	nodeCaptureMapPodIncludeOutCidrs = "pod_include_out_cidrs"
 	nodeCaptureMapPodLocalAddrs      = "pod_local_addrs"
 	nodeCaptureMapPodPortFlags       = "pod_port_flags"
 	nodeCaptureMapPodUidRules        = "pod_uid_rules"
@@ -217,6 +218,7 @@ type nodeCaptureMapSpecs struct {
 	PodEgressEndpoints *ebpf.MapSpec `ebpf:"pod_egress_endpoints"`
 	PodExcludeInCidrs  *ebpf.MapSpec `ebpf:"pod_exclude_in_cidrs"`
 	PodExcludeOutCidrs *ebpf.MapSpec `ebpf:"pod_exclude_out_cidrs"`
+	PodIncludeOutCidrs *ebpf.MapSpec `ebpf:"pod_include_out_cidrs"`
 	PodLocalAddrs      *ebpf.MapSpec `ebpf:"pod_local_addrs"`
 	PodPortFlags       *ebpf.MapSpec `ebpf:"pod_port_flags"`
 	PodUidRules        *ebpf.MapSpec `ebpf:"pod_uid_rules"`
@@ -262,6 +264,7 @@ type nodeCaptureMaps struct {
 	PodEgressEndpoints *ebpf.Map `ebpf:"pod_egress_endpoints"`
 	PodExcludeInCidrs  *ebpf.Map `ebpf:"pod_exclude_in_cidrs"`
 	PodExcludeOutCidrs *ebpf.Map `ebpf:"pod_exclude_out_cidrs"`
+	PodIncludeOutCidrs *ebpf.Map `ebpf:"pod_include_out_cidrs"`
 	PodLocalAddrs      *ebpf.Map `ebpf:"pod_local_addrs"`
 	PodPortFlags       *ebpf.Map `ebpf:"pod_port_flags"`
 	PodUidRules        *ebpf.Map `ebpf:"pod_uid_rules"`
@@ -283,6 +286,7 @@ func (m *nodeCaptureMaps) Close() error {
 		m.PodEgressEndpoints,
 		m.PodExcludeInCidrs,
 		m.PodExcludeOutCidrs,
+		m.PodIncludeOutCidrs,
 		m.PodLocalAddrs,
 		m.PodPortFlags,
 		m.PodUidRules,

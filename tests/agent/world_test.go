@@ -58,9 +58,9 @@ type world struct {
 }
 
 // forEachEngine runs an end-to-end test once per capture engine: the same
-// assertions hold for both.
+// assertions hold for all.
 func forEachEngine(t *testing.T, test func(t *testing.T, engine string)) {
-	for _, engine := range []string{"iptables", "ebpf"} {
+	for _, engine := range []string{"iptables", "nftables", "ebpf"} {
 		t.Run(engine, func(t *testing.T) { test(t, engine) })
 	}
 }
@@ -264,6 +264,9 @@ func (w *world) startAgent(xds string, extra ...string) {
 			"--resolv-conf", filepath.Join("/etc/netns", w.pod.Name(), "resolv.conf"))
 		w.agent = testenv.StartProcess(w.t, exec.CommandContext(context.Background(), "nsenter", append([]string{"--net=" + w.pod.Path(), bins.shunt}, args...)...))
 	} else {
+		if w.engine == "nftables" {
+			args = append(args, "--engine", "nftables")
+		}
 		w.agent = w.pod.Start(w.pod.Command(context.Background(), bins.shunt, args...))
 	}
 	waitFor(w.t, "the agent to be ready", func() bool {

