@@ -49,8 +49,7 @@ type Status struct {
 	// Connected is true while the upstream stream is open and has
 	// answered.
 	Connected bool
-	// Reconnects counts upstream streams opened after one failed or
-	// ended (not the one reopened as the local proxy's node).
+	// Reconnects counts upstream streams opened after the first.
 	Reconnects int
 	// LastError is why the last upstream stream ended or failed to open.
 	LastError string
@@ -85,12 +84,10 @@ type Proxy struct {
 	opened  int
 	fails   int
 	dialing bool
-	// handoff: the next stream replaces one closed on purpose.
-	handoff bool
 	envoy   *downstream
 	local   *downstream
-	// envoyNode and localNode are the nodes the downstreams sent; the
-	// upstream identifies as Envoy's when known.
+	// envoyNode and localNode are the nodes the downstreams sent (see
+	// upstreamNode).
 	envoyNode, localNode *corev3.Node
 }
 
@@ -238,14 +235,16 @@ func (p *Proxy) ensureUpstream(ctx context.Context) {
 	}()
 }
 
-// upstreamNode is the node the upstream stream identifies as: the local
-// proxy's when it has connected (its bootstrap is what the control plane
-// expects of the node), shunt's own until then.
+// upstreamNode is the node the upstream stream identifies as: shunt's own
+// (its --node-id and metadata, which the bootstrap of the Envoy it runs
+// carries too), the local proxy's only when shunt's client is not there.
+// The stream is never reopened to change it: kuma-cp refuses a node's new
+// stream for 10 s after its last one closed.
 func (p *Proxy) upstreamNode() *corev3.Node {
-	if p.envoyNode != nil {
-		return p.envoyNode
+	if p.localNode != nil {
+		return p.localNode
 	}
-	return p.localNode
+	return p.envoyNode
 }
 
 func (p *Proxy) upstreamFailed(gen int, err error) {
@@ -264,20 +263,10 @@ func (p *Proxy) upstreamOpened(gen int, stream xdsclient.ADSStream, cancel conte
 		cancel()
 		return
 	}
-	if want := p.upstreamNode(); !proto.Equal(want, node) {
-		// The local proxy connected while this stream was being
-		// opened: open it again as the proxy's node.
-		cancel()
-		p.handoff = true
-		return
-	}
 	p.opened++
-	// A stream reopened to take the local proxy's node is no reconnect:
-	// nothing failed.
-	if p.opened > 1 && !p.handoff {
+	if p.opened > 1 {
 		p.setStatus(func(s *Status) { s.Reconnects++ })
 	}
-	p.handoff = false
 	u := &upstream{gen: gen, stream: stream, cancel: cancel, node: node,
 		subscribed: map[string]bool{}, nonce: map[string]string{}, pending: map[string]bool{}}
 	p.up = u
@@ -317,20 +306,6 @@ func (p *Proxy) upstreamEnded(u *upstream, err error) {
 	p.fails++
 	p.setStatus(func(s *Status) { s.Connected = false; s.LastError = err.Error() })
 	p.log.Warn("xDS upstream stream ended; Envoy and shunt keep their configuration, reconnecting", "server", p.cfg.Server, "error", err)
-}
-
-// restartUpstream closes the stream so that the next one identifies with
-// the current node.
-func (p *Proxy) restartUpstream(why string) {
-	if p.up == nil {
-		return
-	}
-	p.log.Info("reopening the xDS upstream stream", "reason", why)
-	p.up.cancel()
-	p.up = nil
-	p.fails = 0
-	p.handoff = true
-	p.setStatus(func(s *Status) { s.Connected = false })
 }
 
 func (p *Proxy) sendUp(req *request) {
@@ -454,14 +429,8 @@ func (p *Proxy) attach(d *downstream) {
 			p.detach(old)
 		}
 		p.envoy = d
-		changed := p.envoyNode != nil && !proto.Equal(p.envoyNode, d.node)
 		p.envoyNode = d.node
 		p.setStatus(func(s *Status) { s.EnvoyConnected = true })
-		if p.up != nil && !proto.Equal(p.up.node, d.node) {
-			p.restartUpstream("the local proxy's node differs from the one the stream was opened with")
-		} else if changed {
-			p.restartUpstream("the local proxy's node changed")
-		}
 		p.log.Info("local proxy connected", "node", d.node.GetId())
 	case kindLocal:
 		if old := p.local; old != nil {
