@@ -32,6 +32,23 @@ func testExternalServicesThroughTheProxy(t *testing.T, engine string) {
 	w.startAgent("")
 	w.startProxy()
 
+	t.Run("the node's xDS reaches the proxy's user only", func(t *testing.T) {
+		// A workload process subscribing as the node, through the
+		// socket, gets nothing; shunt has no xDS port on TCP.
+		thief := w.pod.Start(w.pod.CommandAs(context.Background(), appUID, appUID, bins.meshproxy,
+			"-xds", w.xdsSocket(), "-node-id", "pod", "-resolver", internetIP+":53", "-listen", "127.0.0.1:25001"))
+		time.Sleep(3 * time.Second)
+		thief.Stop()
+		if out := thief.Output(); strings.Contains(out, "routes") || !strings.Contains(out, "permission denied") {
+			t.Errorf("UID %d on the xDS socket:\n%s", appUID, out)
+		}
+		out, _ := w.pod.Run("ss", "-Hltnp")
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if strings.Contains(l, "\"shunt\"") && !strings.Contains(l, ":15053 ") && !strings.Contains(l, adminAddr+" ") {
+				t.Errorf("shunt listens on TCP beyond DNS and the admin endpoint: %s", l)
+			}
+		}
+	})
 	t.Run("mesh name, TLS originated by the proxy", func(t *testing.T) {
 		got, err := w.curl(appUID, "http://httpbin.mesh/")
 		if err != nil || got != "httpbin sni=httpbin.org client=" {
