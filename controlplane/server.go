@@ -58,6 +58,14 @@ type Options struct {
 	// Credentials secure the gRPC server (nil: plaintext, for loopback
 	// and in-process listeners).
 	Credentials credentials.TransportCredentials
+	// RequireNodeIdentity makes every stream's verified client
+	// certificate name (common name, DNS or URI SAN) the node id it asks
+	// for; set it with client certificates required in Credentials.
+	RequireNodeIdentity bool
+	// MaxStreams and MaxStreamsPerPeer bound the open streams, in total
+	// and per remote host (defaults DefaultMaxStreams and
+	// DefaultMaxStreamsPerPeer).
+	MaxStreams, MaxStreamsPerPeer int
 	// KeepaliveMinTime is the shortest client ping interval tolerated
 	// (default DefaultKeepaliveMinTime); tests shorten it.
 	KeepaliveMinTime time.Duration
@@ -92,6 +100,10 @@ type Server struct {
 	cas map[string]*meshca.Authority
 	ids map[identityKey]meshca.Identity
 	now func() time.Time
+
+	limits   streamLimits
+	limitLog rateLog
+	nodeLog  rateLog
 }
 
 type generation struct {

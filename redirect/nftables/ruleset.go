@@ -184,6 +184,13 @@ func Render(p *redirect.Plan) *Ruleset {
 		if p.Egress != nil {
 			c := rs.addChain("egress"+f.suffix(), nil)
 			c.add(ifname(false, "lo"), ret())
+			if f.v6 {
+				// Neighbour discovery runs through the output hook
+				// too: refused, no IPv6 address on the link would
+				// be reachable, allowed ones included.
+				c.add(icmpv6Type("nd-neighbor-solicit", 135), ret())
+				c.add(icmpv6Type("nd-neighbor-advert", 136), ret())
+			}
 			// What capture redirected still carries the interface its
 			// first route chose: recognise it by its NAT state.
 			c.add(ctDNAT(), ret())
