@@ -9,12 +9,13 @@ import (
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 
 	"github.com/shunt-dev/shunt/mesh"
+	contract "github.com/shunt-dev/shunt/wire"
 )
 
 // Node metadata keys. A node says which mesh it belongs to and, when its
 // Locality has no zone, which zone it runs in.
 const (
-	NodeMetadataMesh = "kuma.io/mesh"
+	NodeMetadataMesh = contract.MetadataMesh
 	NodeMetadataZone = "kuma.io/zone"
 )
 

@@ -30,15 +30,16 @@ import (
 
 	"github.com/shunt-dev/shunt/controlplane/meshca"
 	"github.com/shunt-dev/shunt/mesh"
+	contract "github.com/shunt-dev/shunt/wire"
 )
 
 // Names of the resources every node receives. The agent finds its DNS table
 // in the listener named DNSListenerName (or, equivalently, in any listener
 // carrying the DNSFilterName UDP listener filter).
 const (
-	DNSListenerName      = "shunt:dns"
+	DNSListenerName      = contract.ShuntDNSListener
 	OutboundListenerName = "shunt:outbound"
-	PassthroughCluster   = "outbound:passthrough"
+	PassthroughCluster   = contract.ShuntPassthroughCluster
 	BlackholeCluster     = "outbound:blackhole"
 	// ExternalClusterPrefix + ExternalService name is the cluster of each
 	// ExternalService the node can reach.
@@ -46,7 +47,7 @@ const (
 	// OutboundListenerPrefix + name:port (or ip:port) is the listener of
 	// each route.
 	OutboundListenerPrefix = "outbound:"
-	DNSFilterName          = "envoy.filters.udp.dns_filter"
+	DNSFilterName          = contract.DNSFilter
 	// MetadataNamespace holds, on each external cluster, the ExternalService
 	// it stands for and its real address (for people reading a config
 	// dump: the endpoints may be ZoneEgress proxies).
@@ -74,9 +75,9 @@ type TranslateOptions struct {
 // docs/controlplane.md.
 func DefaultTranslateOptions() TranslateOptions {
 	return TranslateOptions{
-		OutboundPort:   15001,
+		OutboundPort:   contract.OutboundPort,
 		DNSAddress:     netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 15054),
-		DNSTTL:         60 * time.Second,
+		DNSTTL:         contract.MeshNameTTL,
 		SystemCAFile:   "/etc/ssl/certs/ca-certificates.crt",
 		ConnectTimeout: 5 * time.Second,
 	}

@@ -6,11 +6,13 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shunt-dev/shunt/wire"
 )
 
 // DefaultUpstreamMark is the socket mark the capture rules exempt, so that
 // shunt's own upstream queries are not captured back into shunt. ("SH")
-const DefaultUpstreamMark = 0x5348
+const DefaultUpstreamMark = wire.BypassMark
 
 // markControl sets SO_MARK on a socket before it connects.
 func markControl(mark uint32) func(string, string, syscall.RawConn) error {

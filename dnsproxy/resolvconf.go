@@ -1,90 +1,10 @@
 package dnsproxy
 
-import (
-	"bufio"
-	"bytes"
-	"fmt"
-	"net/netip"
-	"strconv"
-	"strings"
+import "github.com/shunt-dev/shunt/resolvconf"
 
-	"github.com/miekg/dns"
-)
+// ResolvConf is what the interceptor takes from a workload's resolv.conf.
+type ResolvConf = resolvconf.Config
 
-// ResolvConf is what shunt needs from a workload's resolv.conf: the
-// resolvers to forward to and the search list used for the search-domain
-// shortcut.
-type ResolvConf struct {
-	Nameservers []netip.AddrPort // port 53 unless the address carried one
-	Search      []string         // fully qualified, lower case
-	Ndots       int              // 1 when not set, as in glibc
-	Options     []string         // every option as written, ndots included
-}
-
-// ParseResolvConf parses resolv.conf(5) content. Unknown keywords are
-// ignored like glibc does; a nameserver that is not an IP address is an
-// error, because silently dropping it would change where queries go.
-func ParseResolvConf(b []byte) (ResolvConf, error) {
-	rc := ResolvConf{Ndots: 1}
-	s := bufio.NewScanner(bytes.NewReader(b))
-	line := 0
-	for s.Scan() {
-		line++
-		text := s.Text()
-		if i := strings.IndexAny(text, "#;"); i >= 0 {
-			text = text[:i]
-		}
-		f := strings.Fields(text)
-		if len(f) == 0 {
-			continue
-		}
-		switch f[0] {
-		case "nameserver":
-			if len(f) < 2 {
-				return ResolvConf{}, fmt.Errorf("resolv.conf line %d: nameserver without an address", line)
-			}
-			ap, err := parseNameserver(f[1])
-			if err != nil {
-				return ResolvConf{}, fmt.Errorf("resolv.conf line %d: nameserver %q: %w", line, f[1], err)
-			}
-			rc.Nameservers = append(rc.Nameservers, ap)
-		case "search", "domain":
-			// The last search or domain line wins, as in glibc.
-			rc.Search = rc.Search[:0]
-			for _, d := range f[1:] {
-				if _, ok := dns.IsDomainName(d); !ok {
-					return ResolvConf{}, fmt.Errorf("resolv.conf line %d: search domain %q is not a domain name", line, d)
-				}
-				rc.Search = append(rc.Search, strings.ToLower(dns.Fqdn(d)))
-			}
-		case "options":
-			for _, o := range f[1:] {
-				rc.Options = append(rc.Options, o)
-				if v, ok := strings.CutPrefix(o, "ndots:"); ok {
-					n, err := strconv.Atoi(v)
-					if err != nil || n < 0 {
-						return ResolvConf{}, fmt.Errorf("resolv.conf line %d: option %q: ndots must be a non-negative integer", line, o)
-					}
-					rc.Ndots = min(n, 15) // glibc caps ndots at 15
-				}
-			}
-		}
-	}
-	if err := s.Err(); err != nil {
-		return ResolvConf{}, fmt.Errorf("read resolv.conf: %w", err)
-	}
-	return rc, nil
-}
-
-// parseNameserver accepts an address, an address with a port, or an IPv6
-// address with a zone.
-func parseNameserver(s string) (netip.AddrPort, error) {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("not an IP address")
-	}
-	return netip.AddrPortFrom(a.Unmap(), 53), nil
-}
+// ParseResolvConf parses resolv.conf content with resolvconf.Parse, the
+// rules the capture reads nameservers by.
+func ParseResolvConf(b []byte) (ResolvConf, error) { return resolvconf.Parse(b) }

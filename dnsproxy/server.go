@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/shunt-dev/shunt/wire"
 )
 
 // UnknownPolicy says what to do with a name that is not in the table.
@@ -96,7 +98,7 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if len(c.Listen) == 0 {
-		c.Listen = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:15053"), netip.MustParseAddrPort("[::1]:15053")}
+		c.Listen = []netip.AddrPort{netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), wire.DNSPort), netip.AddrPortFrom(netip.IPv6Loopback(), wire.DNSPort)}
 	}
 	if c.UDPSockets <= 0 {
 		c.UDPSockets = runtime.NumCPU()

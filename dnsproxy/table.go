@@ -10,12 +10,14 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/shunt-dev/shunt/wire"
 )
 
 // DefaultTTL is the TTL of table answers when TableOptions.TTL is zero:
 // short, so that a VIP change reaches clients quickly, long enough that a
 // busy client does not ask for every connection.
-const DefaultTTL = 30 * time.Second
+const DefaultTTL = wire.MeshNameTTL
 
 // TableOptions tune how a Table answers.
 type TableOptions struct {

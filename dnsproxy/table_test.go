@@ -93,42 +93,6 @@ func TestNewTableErrorsNameTheEntry(t *testing.T) {
 	}
 }
 
-func TestParseResolvConf(t *testing.T) {
-	rc, err := ParseResolvConf([]byte(`# kubelet
-nameserver 10.96.0.10
-nameserver fd00::53
-nameserver 127.0.0.1:5353 ; comment
-search default.svc.cluster.local svc.cluster.local Cluster.Local
-options ndots:5 timeout:2
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []string{"10.96.0.10:53", "[fd00::53]:53", "127.0.0.1:5353"}
-	if len(rc.Nameservers) != len(want) {
-		t.Fatalf("nameservers %v, want %v", rc.Nameservers, want)
-	}
-	for i, w := range want {
-		if rc.Nameservers[i].String() != w {
-			t.Errorf("nameserver %d = %s, want %s", i, rc.Nameservers[i], w)
-		}
-	}
-	if strings.Join(rc.Search, " ") != "default.svc.cluster.local. svc.cluster.local. cluster.local." {
-		t.Errorf("search = %v", rc.Search)
-	}
-	if rc.Ndots != 5 || len(rc.Options) != 2 {
-		t.Errorf("ndots %d options %v", rc.Ndots, rc.Options)
-	}
-	for _, bad := range []string{"nameserver dns.google\n", "nameserver\n", "options ndots:x\n", "search bad..name\n"} {
-		if _, err := ParseResolvConf([]byte(bad)); err == nil {
-			t.Errorf("ParseResolvConf(%q) succeeded", bad)
-		}
-	}
-	if rc, _ := ParseResolvConf(nil); rc.Ndots != 1 {
-		t.Errorf("default ndots = %d, want 1", rc.Ndots)
-	}
-}
-
 func TestParseTableFile(t *testing.T) {
 	good := []string{
 		"httpbin.mesh: [240.0.0.1, \"fd00::1\"]\n\"*.example.com\": 240.0.0.2\n",

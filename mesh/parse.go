@@ -7,6 +7,8 @@ import (
 	"io"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/shunt-dev/shunt/wire"
 )
 
 // File is one resource file's name and contents. Name is only used in
@@ -20,7 +22,7 @@ type File struct {
 const (
 	kumaAPIVersion   = "kuma.io/v1alpha1"
 	kubeSecretType   = "system.kuma.io/secret"
-	labelMesh        = "kuma.io/mesh"
+	labelMesh        = wire.MetadataMesh
 	kindExternal     = "ExternalService"
 	kindMesh         = "Mesh"
 	kindZoneEgress   = "ZoneEgress"

@@ -6,19 +6,21 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/shunt-dev/shunt/wire"
 )
 
 // Defaults a Kuma user knows.
 const (
-	DefaultInboundPort  = 15006
-	DefaultOutboundPort = 15001
-	DefaultDNSPort      = 15053
+	DefaultInboundPort  = wire.InboundPort
+	DefaultOutboundPort = wire.OutboundPort
+	DefaultDNSPort      = wire.DNSPort
 	DefaultProxyUID     = 5678
 	// DefaultBypassMark is the socket mark (SO_MARK) that exempts a socket's
 	// packets from capture. shunt's own DNS interceptor sets it on its
 	// upstream queries, so they leave even when it does not run as the
 	// proxy's UID.
-	DefaultBypassMark = 0x5348
+	DefaultBypassMark = wire.BypassMark
 	DefaultStateDir   = "/run/shunt"
 	// DefaultLockDir holds one lock per network namespace, shared by every
 	// shunt process on the machine whatever its state directory.

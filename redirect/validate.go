@@ -1,8 +1,6 @@
 package redirect
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/shunt-dev/shunt/resolvconf"
 )
 
 // Host gives validation what it needs from the machine: files and the user
@@ -212,35 +212,15 @@ func (c *Config) Plan(h Host) (*Plan, error) {
 	return p, nil
 }
 
-// Nameservers parses the nameserver lines of a resolv.conf. A zone suffix
+// Nameservers returns the nameserver addresses of a resolv.conf, parsed
+// by resolvconf.Parse, the interceptor's rules. A zone suffix
 // (fe80::1%eth0) is dropped, as the kernel rules match addresses only.
 func Nameservers(data []byte) ([]netip.Addr, error) {
-	var out []netip.Addr
-	s := bufio.NewScanner(bytes.NewReader(data))
-	for line := 1; s.Scan(); line++ {
-		f := strings.Fields(s.Text())
-		if len(f) < 2 || f[0] != "nameserver" {
-			continue
-		}
-		a, err := netip.ParseAddr(f[1])
-		if err != nil {
-			return nil, fmt.Errorf("line %d: nameserver %q is not an IP address", line, f[1])
-		}
-		a = a.WithZone("").Unmap()
-		if !containsAddr(out, a) {
-			out = append(out, a)
-		}
+	rc, err := resolvconf.Parse(data)
+	if err != nil {
+		return nil, err
 	}
-	return out, s.Err()
-}
-
-func containsAddr(l []netip.Addr, a netip.Addr) bool {
-	for _, x := range l {
-		if x == a {
-			return true
-		}
-	}
-	return false
+	return rc.Addrs(), nil
 }
 
 type validator struct {

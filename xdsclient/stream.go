@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -95,7 +96,7 @@ func (c *Client) session(ctx context.Context) (answered bool, err error) {
 				if errors.Is(err, io.EOF) {
 					err = errors.New("server closed the stream")
 				}
-				return s.answered, fmt.Errorf("receive from %s: %w", c.cfg.Server, err)
+				return s.answered, fmt.Errorf("receive from %s: %w", c.cfg.Server, c.authHint(err))
 			}
 			if !s.answered {
 				s.answered = true
@@ -188,6 +189,21 @@ func OpenStream(ctx context.Context, cfg Config) (ADSStream, error) {
 // SettleDelay is how long the client waits for the rest of a change whose
 // parts carry different versions before publishing what it has.
 const SettleDelay = 100 * time.Millisecond
+
+// authHint says what to do about a refused authentication: kuma-cp, for
+// one, answers a missing token with "token is malformed", which does not
+// say that a token is wanted at all.
+func (c *Client) authHint(err error) error {
+	st, _ := grpcstatus.FromError(err)
+	if st.Code() != codes.Unauthenticated && st.Code() != codes.PermissionDenied &&
+		!strings.Contains(st.Message(), "authentication failed") {
+		return err
+	}
+	if c.cfg.TokenFile == "" {
+		return fmt.Errorf("the server refused the node's authentication and no token is configured (give the dataplane token with --xds-token-file): %w", err)
+	}
+	return fmt.Errorf("the server refused the token from %s: %w", c.cfg.TokenFile, err)
+}
 
 func readToken(path string) (string, error) {
 	b, err := os.ReadFile(path)

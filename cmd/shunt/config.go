@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
 
 	"github.com/shunt-dev/shunt/redirect"
 )
@@ -49,7 +50,7 @@ func loadCaptureConfig(cmd *cobra.Command) (*redirect.Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read config file: %w", err)
 		}
-		if err := cfg.LoadFile(file, data); err != nil {
+		if err := loadConfigFile(cfg, file, data); err != nil {
 			return nil, err
 		}
 	}
@@ -92,4 +93,27 @@ func containsString(l []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// loadConfigFile merges a config file into cfg, leaving out the keys that
+// `shunt run` reads itself (runOnlyConfigKeys).
+func loadConfigFile(cfg *redirect.Config, file string, data []byte) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("parse config %s: %w", file, err)
+	}
+	if len(doc.Content) == 0 {
+		return nil
+	}
+	m := doc.Content[0]
+	if m.Kind == yaml.MappingNode {
+		kept := m.Content[:0:0]
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			if !containsString(runOnlyConfigKeys, m.Content[i].Value) {
+				kept = append(kept, m.Content[i], m.Content[i+1])
+			}
+		}
+		m.Content = kept
+	}
+	return cfg.LoadNode(file, m)
 }

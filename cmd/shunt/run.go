@@ -48,6 +48,7 @@ type runFlags struct {
 	cacheSize     int
 	reconcile     time.Duration
 	envoy         envoyFlags
+	node          nodeFlags
 }
 
 func newRunCommand() *cobra.Command {
@@ -97,6 +98,7 @@ the config file and apply it. See docs/agent.md.`,
 	fl.IntVar(&f.cacheSize, "dns-cache-size", 10000, "forwarded answers cached by the DNS interceptor (0 disables)")
 	fl.DurationVar(&f.reconcile, "reconcile-interval", 2*time.Second, "how often the live rules are checked for drift")
 	addEnvoyFlags(cmd, &f.envoy)
+	addNodeFlags(fl, &f.node)
 	return cmd
 }
 
@@ -159,12 +161,22 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		}
 		server = "embedded"
 	}
+	node, err := resolveNode(cmd, f.node, f.nodeID, f.meshName, plan)
+	if err != nil {
+		return err
+	}
+	f.nodeID, f.meshName = node.ID, node.Mesh
+	if err := checkDNSPortFree(plan.DNSPort); err != nil {
+		return err
+	}
 	upCfg := xdsclient.Config{
 		Server:    server,
 		NodeID:    f.nodeID,
 		Zone:      f.zone,
 		Mesh:      f.meshName,
+		Metadata:  node.Metadata,
 		TokenFile: f.xdsToken,
+		TokenRaw:  node.TokenRaw,
 		TLS:       tlsCfg,
 		Dialer:    dial,
 		Logger:    log.With("component", "xds"),
@@ -242,7 +254,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 			}
 		}
 	}()
-	log.Info("agent starting", "node", f.nodeID, "zone", f.zone, "mesh", f.meshName, "xds", server,
+	log.Info("agent starting", "node", f.nodeID, "flavor", node.Flavor, "zone", f.zone, "mesh", f.meshName, "xds", server,
 		"embedded", f.resources != "", "capture", !f.noCapture, "stateDir", stateDir, "dns", opts.DNS.Listen)
 	return runWithEnvoy(ctx, a, envoySup)
 }

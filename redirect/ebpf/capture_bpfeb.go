@@ -101,6 +101,8 @@ const (
 	captureMapPortFlags       = "port_flags"
 	captureMapStats           = "stats"
 	captureMapUidRules        = "uid_rules"
+	captureProgBind4          = "bind4"
+	captureProgBind6          = "bind6"
 	captureProgConnect4       = "connect4"
 	captureProgConnect6       = "connect6"
 	captureProgDnsEgress      = "dns_egress"
@@ -156,6 +158,8 @@ type captureSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureProgramSpecs struct {
+	Bind4         *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6         *ebpf.ProgramSpec `ebpf:"bind6"`
 	Connect4      *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6      *ebpf.ProgramSpec `ebpf:"connect6"`
 	DnsEgress     *ebpf.ProgramSpec `ebpf:"dns_egress"`
@@ -266,6 +270,8 @@ type captureVariables struct {
 //
 // It can be passed to loadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type capturePrograms struct {
+	Bind4         *ebpf.Program `ebpf:"bind4"`
+	Bind6         *ebpf.Program `ebpf:"bind6"`
 	Connect4      *ebpf.Program `ebpf:"connect4"`
 	Connect6      *ebpf.Program `ebpf:"connect6"`
 	DnsEgress     *ebpf.Program `ebpf:"dns_egress"`
@@ -281,6 +287,8 @@ type capturePrograms struct {
 
 func (p *capturePrograms) Close() error {
 	return _CaptureClose(
+		p.Bind4,
+		p.Bind6,
 		p.Connect4,
 		p.Connect6,
 		p.DnsEgress,

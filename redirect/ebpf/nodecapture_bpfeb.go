@@ -134,6 +134,8 @@ const (
 	nodeCaptureMapPodUidRules        = "pod_uid_rules"
 	nodeCaptureMapPods               = "pods"
 	nodeCaptureMapStats              = "stats"
+	nodeCaptureProgBind4             = "bind4"
+	nodeCaptureProgBind6             = "bind6"
 	nodeCaptureProgConnect4          = "connect4"
 	nodeCaptureProgConnect6          = "connect6"
 	nodeCaptureProgDnsEgress         = "dns_egress"
@@ -189,6 +191,8 @@ type nodeCaptureSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeCaptureProgramSpecs struct {
+	Bind4         *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6         *ebpf.ProgramSpec `ebpf:"bind6"`
 	Connect4      *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6      *ebpf.ProgramSpec `ebpf:"connect6"`
 	DnsEgress     *ebpf.ProgramSpec `ebpf:"dns_egress"`
@@ -305,6 +309,8 @@ type nodeCaptureVariables struct {
 //
 // It can be passed to loadNodeCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeCapturePrograms struct {
+	Bind4         *ebpf.Program `ebpf:"bind4"`
+	Bind6         *ebpf.Program `ebpf:"bind6"`
 	Connect4      *ebpf.Program `ebpf:"connect4"`
 	Connect6      *ebpf.Program `ebpf:"connect6"`
 	DnsEgress     *ebpf.Program `ebpf:"dns_egress"`
@@ -320,6 +326,8 @@ type nodeCapturePrograms struct {
 
 func (p *nodeCapturePrograms) Close() error {
 	return _NodeCaptureClose(
+		p.Bind4,
+		p.Bind6,
 		p.Connect4,
 		p.Connect6,
 		p.DnsEgress,

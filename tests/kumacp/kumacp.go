@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -96,7 +97,7 @@ func Start(t testing.TB, opts Options) *CP {
 		ns = testenv.NewNetns(t, "kcp")
 	}
 	cp := &CP{t: t, bin: bin, opts: opts, Ns: ns, Dir: testenv.ReadableTempDir(t)}
-	cp.start()
+	cp.Start()
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("kuma-cp log (tail):\n%s", tail(cp.Log(), 60))
@@ -105,7 +106,10 @@ func Start(t testing.TB, opts Options) *CP {
 	return cp
 }
 
-func (cp *CP) start() {
+// Start starts a stopped kuma-cp again. Its in-memory store starts empty,
+// as after any restart of a memory-backed kuma-cp; its certificate and
+// keys stay in Dir.
+func (cp *CP) Start() {
 	cp.t.Helper()
 	authn := "none"
 	if cp.opts.DPToken {
@@ -122,7 +126,7 @@ func (cp *CP) start() {
 	cp.proc = cp.Ns.Start(cmd)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if _, err := cp.do("GET", "/", nil); err == nil {
+		if _, err := cp.Do("GET", "/", nil); err == nil {
 			break
 		}
 		if cp.proc.Exited() || time.Now().After(deadline) {
@@ -159,7 +163,7 @@ func (cp *CP) waitXDS(deadline time.Time) {
 func (cp *CP) Restart() {
 	cp.t.Helper()
 	cp.Stop()
-	cp.start()
+	cp.Start()
 }
 
 // Stop stops kuma-cp; its log so far stays readable.
@@ -198,7 +202,7 @@ func (cp *CP) client() *http.Client {
 	}}
 }
 
-func (cp *CP) do(method, path string, body any) ([]byte, error) {
+func (cp *CP) Do(method, path string, body any) ([]byte, error) {
 	var r io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -232,7 +236,7 @@ func (cp *CP) do(method, path string, body any) ([]byte, error) {
 // Put PUTs a resource, as kumactl apply does.
 func (cp *CP) Put(path string, body any) {
 	cp.t.Helper()
-	if _, err := cp.do("PUT", path, body); err != nil {
+	if _, err := cp.Do("PUT", path, body); err != nil {
 		cp.t.Fatal(err)
 	}
 }
@@ -240,14 +244,14 @@ func (cp *CP) Put(path string, body any) {
 // Delete deletes a resource.
 func (cp *CP) Delete(path string) {
 	cp.t.Helper()
-	if _, err := cp.do("DELETE", path, nil); err != nil {
+	if _, err := cp.Do("DELETE", path, nil); err != nil {
 		cp.t.Fatal(err)
 	}
 }
 
 // Get GETs path and decodes the JSON answer into v.
 func (cp *CP) Get(path string, v any) error {
-	b, err := cp.do("GET", path, nil)
+	b, err := cp.Do("GET", path, nil)
 	if err != nil {
 		return err
 	}
@@ -257,25 +261,11 @@ func (cp *CP) Get(path string, v any) error {
 // DataplaneToken issues a dataplane token for name in mesh.
 func (cp *CP) DataplaneToken(meshName, name string) string {
 	cp.t.Helper()
-	b, err := cp.do("POST", "/tokens/dataplane", map[string]any{"name": name, "mesh": meshName})
+	b, err := cp.Do("POST", "/tokens/dataplane", map[string]any{"name": name, "mesh": meshName})
 	if err != nil {
 		cp.t.Fatal(err)
 	}
 	return strings.TrimSpace(string(b))
-}
-
-// VIPs returns the VIPs kuma-cp allocated, by hostname, from its own
-// API (the inspect endpoint of a dataplane's DNS table is not in 2.14's
-// universal API, so the outbounds of the VIPs view are read).
-func (cp *CP) VIPs(meshName string) (map[string]string, error) {
-	var v struct {
-		Items []struct {
-			Hostname string `json:"hostname"`
-			IP       string `json:"ip"`
-		} `json:"items"`
-	}
-	_ = v
-	return nil, fmt.Errorf("not implemented")
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
@@ -286,4 +276,58 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// DNSRecords finds, in xDS that kuma-cp generated (its _config API), the
+// DNS table it gives the dataplane, in either form: the embedded-DNS JSON
+// {"records":[{"name","ips"}]} or the dns_filter's inline table.
+func DNSRecords(xds []byte) map[string][]string {
+	out := map[string][]string{}
+	var walk func(v any)
+	walk = func(v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			if vds, ok := x["virtualDomains"].([]any); ok {
+				for _, d := range vds {
+					dm, _ := d.(map[string]any)
+					name, _ := dm["name"].(string)
+					addrs, _ := dm["endpoint"].(map[string]any)["addressList"].(map[string]any)["address"].([]any)
+					for _, a := range addrs {
+						out[name] = append(out[name], fmt.Sprint(a))
+					}
+				}
+			}
+			for _, e := range x {
+				walk(e)
+			}
+		case []any:
+			for _, e := range x {
+				walk(e)
+			}
+		case string:
+			if !strings.HasPrefix(x, `{"records":`) {
+				return
+			}
+			var t struct {
+				Records []struct {
+					Name string   `json:"name"`
+					IPs  []string `json:"ips"`
+				} `json:"records"`
+			}
+			if json.Unmarshal([]byte(x), &t) == nil {
+				for _, r := range t.Records {
+					out[r.Name] = append(out[r.Name], r.IPs...)
+				}
+			}
+		}
+	}
+	var doc any
+	if json.Unmarshal(xds, &doc) == nil {
+		walk(doc)
+	}
+	for k := range out {
+		slices.Sort(out[k])
+		out[k] = slices.Compact(out[k])
+	}
+	return out
 }
