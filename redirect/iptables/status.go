@@ -50,9 +50,15 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 	if failed != nil {
 		return failed
 	}
-	if prev != nil && prev.Plan != nil && prev.Plan.InboundTProxy != nil {
-		if err := e.removeTProxyRoutes(prev.Plan.InboundTProxy, nil, nil); err != nil {
-			return fmt.Errorf("uninstall TPROXY routes: %w", err)
+	if prev != nil {
+		// An install that never finished may have routed its plan too.
+		for _, p := range []*redirect.Plan{prev.Plan, intentPlan(prev)} {
+			if p == nil || p.InboundTProxy == nil {
+				continue
+			}
+			if err := e.removeTProxyRoutes(p.InboundTProxy, nil, nil); err != nil {
+				return fmt.Errorf("uninstall TPROXY routes: %w", err)
+			}
 		}
 	}
 	if err := redirect.RemoveState(e.opts.StateDir); err != nil {
@@ -134,6 +140,17 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 		}
 		return nil
 	})
+	if err == nil && s.Installed && st.Plan != nil && st.Plan.InboundTProxy != nil {
+		var fams []family
+		for _, f := range st.Families {
+			fams = append(fams, family(f))
+		}
+		drift, derr := e.tproxyDrift(st.Plan.InboundTProxy, fams)
+		if derr != nil {
+			return s, derr
+		}
+		s.Drift = append(s.Drift, drift...)
+	}
 	return s, err
 }
 
