@@ -528,6 +528,11 @@ func (s *session) publish() {
 	if !haveL || !haveC || s.edsPending {
 		return
 	}
+	// With NDS the names come in the NameTable: a snapshot before it would
+	// answer none of them.
+	if _, haveN := s.versions[NameTableType]; s.c.cfg.NameTable && !haveN {
+		return
+	}
 	eds := edsServices(s.clusters)
 	if s.candidate == nil {
 		return
@@ -538,6 +543,9 @@ func (s *session) publish() {
 	v := s.versions[ListenerType] + "/" + s.versions[ClusterType]
 	if len(eds) > 0 {
 		v += "/" + s.versions[EndpointType]
+	}
+	if s.c.cfg.NameTable {
+		v += "/nds:" + s.versions[NameTableType]
 	}
 	snap.Version = v
 	snap.ReceivedAt = time.Now()
