@@ -9,6 +9,7 @@
  *   sockops        remembers, per proxy-side peer, the original destination
  *   getsockopt     answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST from it
  *   sk_lookup      steers inbound TCP to the proxy's inbound listener
+ *   bind4/6        keeps the captured ports for the proxy and shunt
  *
  * The programs themselves are in capture_common.h, shared with
  * capture_node.c; this file holds the maps of one cgroup and the functions
@@ -47,6 +48,7 @@ struct {
 
 LPM_MAP(exclude_out_cidrs, 65536);
 LPM_MAP(exclude_in_cidrs, 65536);
+LPM_MAP(include_out_cidrs, 65536);
 /* Egress.Allowed and MeshCIDRs, when egress is locked down. */
 LPM_MAP(egress_allowed, 65536);
 
@@ -156,6 +158,8 @@ static __always_inline void *pod_trie(struct pod *p, enum trie which)
 		return &exclude_out_cidrs;
 	case TRIE_EXCLUDE_IN:
 		return &exclude_in_cidrs;
+	case TRIE_INCLUDE_OUT:
+		return &include_out_cidrs;
 	default:
 		return &egress_allowed;
 	}

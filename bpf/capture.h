@@ -27,10 +27,15 @@
 #define CFG_PROXY_GID (1 << 3)     /* proxy_gid is set */
 #define CFG_DNS_RESOLVERS (1 << 4) /* DNS to dns_servers goes to dns_port */
 #define CFG_DNS_ALL (1 << 5)       /* DNS to any server goes to dns_port */
+#define CFG_INCLUDE_OUT_CIDRS (1 << 6) /* capture outbound TCP to include_out_cidrs only */
+#define CFG_INCLUDE_OUT_PORTS (1 << 7) /* capture outbound TCP to PORT_INCLUDE_OUT ports only */
+#define CFG_INCLUDE_IN_PORTS (1 << 8)  /* capture inbound TCP to PORT_INCLUDE_IN ports only */
 
 /* port_flags values */
 #define PORT_EXCLUDE_OUT (1 << 0)
 #define PORT_EXCLUDE_IN (1 << 1)
+#define PORT_INCLUDE_OUT (1 << 2)
+#define PORT_INCLUDE_IN (1 << 3)
 
 /* uid_rule.proto */
 #define RULE_TCP (1 << 0)

@@ -39,6 +39,8 @@ enum trie {
 	TRIE_EXCLUDE_IN,
 	/* Egress.Allowed and MeshCIDRs, when egress is locked down. */
 	TRIE_EGRESS_ALLOWED,
+	/* IncludeOutboundCIDRs, read with CFG_INCLUDE_OUT_CIDRS. */
+	TRIE_INCLUDE_OUT,
 };
 
 /* Original destination by the application socket's cookie, written at
@@ -267,6 +269,10 @@ static __always_inline enum verdict decide(struct pod *p, struct bpf_sock *sk, c
 		return lockdown(p, dst, port, tcp, local);
 	if (pod_port_has(p, port, PORT_EXCLUDE_OUT))
 		return lockdown(p, dst, port, tcp, local);
+	if ((cfg->flags & CFG_INCLUDE_OUT_CIDRS) && !in_trie(p, TRIE_INCLUDE_OUT, dst))
+		return lockdown(p, dst, port, tcp, local);
+	if ((cfg->flags & CFG_INCLUDE_OUT_PORTS) && !pod_port_has(p, port, PORT_INCLUDE_OUT))
+		return lockdown(p, dst, port, tcp, local);
 	return REDIRECT_OUT;
 }
 
@@ -413,6 +419,45 @@ SEC("cgroup/connect6")
 int connect6(struct bpf_sock_addr *ctx)
 {
 	return connect_common(ctx, 1);
+}
+
+/* The ports capture sends traffic to (the proxy's outbound and inbound
+ * listeners, the DNS interceptor) may be bound only by the proxy's UID or
+ * GID, or by root (shunt). A process of the workload that bound one while
+ * the proxy or the agent was down would receive what capture sends there
+ * and answer in their place; its bind fails with EPERM instead. */
+static __always_inline int bind_common(struct bpf_sock_addr *ctx)
+{
+	struct pod p;
+
+	if (!task_pod(&p))
+		return 1;
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	struct config *cfg = p.cfg;
+	int guarded = port != 0 && (port == cfg->outbound_port ||
+				    ((cfg->flags & CFG_INBOUND) && port == cfg->inbound_port) ||
+				    ((cfg->flags & (CFG_DNS_RESOLVERS | CFG_DNS_ALL)) && port == cfg->dns_port));
+	if (!guarded)
+		return 1;
+	__u64 ug = bpf_get_current_uid_gid();
+	__u32 uid = (__u32)ug, gid = (__u32)(ug >> 32);
+	if (uid == 0 || uid == cfg->proxy_uid)
+		return 1;
+	if ((cfg->flags & CFG_PROXY_GID) && gid == cfg->proxy_gid)
+		return 1;
+	return 0;
+}
+
+SEC("cgroup/bind4")
+int bind4(struct bpf_sock_addr *ctx)
+{
+	return bind_common(ctx);
+}
+
+SEC("cgroup/bind6")
+int bind6(struct bpf_sock_addr *ctx)
+{
+	return bind_common(ctx);
 }
 
 static __always_inline int sendmsg_common(struct bpf_sock_addr *ctx, int v6)
@@ -832,6 +877,8 @@ int inbound_lookup(struct bpf_sk_lookup *ctx)
 	if (in_trie(&p, TRIE_EXCLUDE_IN, &remote))
 		return SK_PASS;
 	if (pod_port_has(&p, (__u16)local_port, PORT_EXCLUDE_IN))
+		return SK_PASS;
+	if ((cfg->flags & CFG_INCLUDE_IN_PORTS) && !pod_port_has(&p, (__u16)local_port, PORT_INCLUDE_IN))
 		return SK_PASS;
 
 	struct bpf_sock *sk = pod_listener(&p, v6);

@@ -124,6 +124,7 @@ struct lpm_inner {
 
 POD_TRIES(pod_exclude_out_cidrs);
 POD_TRIES(pod_exclude_in_cidrs);
+POD_TRIES(pod_include_out_cidrs);
 POD_TRIES(pod_egress_allowed);
 
 struct {
@@ -275,6 +276,8 @@ static __always_inline void *pod_trie(struct pod *p, enum trie which)
 		return bpf_map_lookup_elem(&pod_exclude_out_cidrs, &p->id);
 	case TRIE_EXCLUDE_IN:
 		return bpf_map_lookup_elem(&pod_exclude_in_cidrs, &p->id);
+	case TRIE_INCLUDE_OUT:
+		return bpf_map_lookup_elem(&pod_include_out_cidrs, &p->id);
 	default:
 		return bpf_map_lookup_elem(&pod_egress_allowed, &p->id);
 	}

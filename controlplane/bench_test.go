@@ -90,8 +90,9 @@ func BenchmarkSnapshot10k(b *testing.B) {
 	b.ReportMetric(first.Seconds(), "first-s")
 }
 
-// The same targets as a test, so that a regression fails CI rather than
-// waiting for someone to read benchmark output.
+// The memory target as a test, so that a regression fails CI rather than
+// waiting for someone to read benchmark output. Time is BenchmarkSnapshot10k's
+// to measure: on a loaded machine a wall-clock bound would only flake.
 func TestSnapshot10kWithinBudget(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("scale test skipped in -short and -race runs")
@@ -107,9 +108,6 @@ func TestSnapshot10kWithinBudget(t *testing.T) {
 	runtime.ReadMemStats(&ms)
 	allocated := float64(ms.TotalAlloc-base) / (1 << 20)
 	t.Logf("10,000 ExternalServices: %v, %.0f MB allocated in total", took, allocated)
-	if took > 2*time.Second {
-		t.Errorf("snapshot took %v (target under 1 s)", took)
-	}
 	if allocated > 600 {
 		t.Errorf("allocated %.0f MB (target under 300 MB live)", allocated)
 	}

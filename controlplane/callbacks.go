@@ -19,7 +19,10 @@ const (
 	NodeMetadataZone = "kuma.io/zone"
 )
 
-type nodeKey struct{ mesh, zone string }
+// nodeKey is what decides a node's snapshot: its mesh and zone, its
+// service (its identity, in a mesh with mTLS), or, for a ZoneEgress, its
+// name.
+type nodeKey struct{ mesh, zone, service, egress string }
 
 // NodeKey returns the mesh and zone a node is served for: the zone from its
 // Locality, else from its metadata; the mesh from its metadata, else
@@ -38,6 +41,10 @@ func keyOf(n *core.Node) nodeKey {
 	if k.zone == "" {
 		k.zone = md[NodeMetadataZone].GetStringValue()
 	}
+	if md[NodeMetadataProxyType].GetStringValue() == ProxyTypeEgress {
+		return nodeKey{egress: n.GetId(), zone: k.zone}
+	}
+	k.service = serviceOf(n, k.mesh)
 	return k
 }
 
@@ -64,12 +71,43 @@ type callbacks struct {
 	// last response sent per stream and type, to name the version a NACK
 	// rejects; guarded by s.mu.
 	last map[streamKey]map[string]sent
+	// names are what each stream's client certificate names, kept from
+	// the stream's open for its first request; guarded by s.mu.
+	names map[streamKey][]string
+}
+
+// openStream remembers who is at the other end of a new stream.
+func (c *callbacks) openStream(ctx context.Context, k streamKey) error {
+	if err := c.s.admit(ctx, k); err != nil {
+		return err
+	}
+	if !c.s.opts.RequireNodeIdentity {
+		return nil
+	}
+	names := peerNames(ctx)
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	if c.names == nil {
+		c.names = map[streamKey][]string{}
+	}
+	c.names[k] = names
+	return nil
 }
 
 func (c *callbacks) opened(k streamKey, n *core.Node) error {
 	s := c.s
+	s.mu.Lock()
+	if _, ok := s.streams[k]; ok {
+		s.mu.Unlock()
+		return nil
+	}
+	names := c.names[k]
+	s.mu.Unlock()
 	if n == nil || n.GetId() == "" {
 		return fmt.Errorf("stream %d: the first request must carry a node id", k.id)
+	}
+	if err := s.checkIdentity(names, n.GetId()); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	if _, ok := s.streams[k]; ok {
@@ -98,16 +136,18 @@ func (c *callbacks) opened(k streamKey, n *core.Node) error {
 		s.log.Error("no snapshot for node", "node", id, "mesh", st.key.mesh, "zone", st.key.zone, "error", err)
 		return nil
 	}
-	s.log.Info("node connected", "node", id, "mesh", st.key.mesh, "zone", st.key.zone, "version", version)
+	s.nodeLog.info(s.log, "node connected", "node", id, "mesh", st.key.mesh, "zone", st.key.zone, "version", version)
 	return s.cache.SetSnapshot(context.Background(), id, snap)
 }
 
 func (c *callbacks) closed(k streamKey) {
 	s := c.s
+	s.release(k)
 	s.mu.Lock()
 	id, ok := s.streams[k]
 	delete(s.streams, k)
 	delete(c.last, k)
+	delete(c.names, k)
 	if !ok {
 		s.mu.Unlock()
 		return
@@ -121,7 +161,7 @@ func (c *callbacks) closed(k streamKey) {
 	s.mu.Unlock()
 	if gone {
 		s.cache.ClearSnapshot(id)
-		s.log.Info("node disconnected", "node", id)
+		s.nodeLog.info(s.log, "node disconnected", "node", id)
 	}
 }
 
@@ -174,7 +214,9 @@ func (c *callbacks) sentResponse(k streamKey, typeURL, nonce, version string) {
 	c.last[k][typeURL] = sent{nonce: nonce, version: version}
 }
 
-func (c *callbacks) OnStreamOpen(context.Context, int64, string) error { return nil }
+func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.openStream(ctx, streamKey{id: id})
+}
 
 func (c *callbacks) OnStreamClosed(id int64, _ *core.Node) { c.closed(streamKey{id: id}) }
 
@@ -191,7 +233,9 @@ func (c *callbacks) OnStreamResponse(_ context.Context, id int64, req *discovery
 	c.sentResponse(streamKey{id: id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
 }
 
-func (c *callbacks) OnDeltaStreamOpen(context.Context, int64, string) error { return nil }
+func (c *callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.openStream(ctx, streamKey{id: id, delta: true})
+}
 
 func (c *callbacks) OnDeltaStreamClosed(id int64, _ *core.Node) {
 	c.closed(streamKey{id: id, delta: true})
@@ -224,11 +268,14 @@ func (c *callbacks) OnStreamDeltaResponse(id int64, _ *discovery.DeltaDiscoveryR
 
 // OnFetchRequest serves REST fetches from the same per-node snapshots,
 // without registering the node: a fetch has no stream to close.
-func (c *callbacks) OnFetchRequest(_ context.Context, req *discovery.DiscoveryRequest) error {
+func (c *callbacks) OnFetchRequest(ctx context.Context, req *discovery.DiscoveryRequest) error {
 	s := c.s
 	n := req.GetNode()
 	if n.GetId() == "" {
 		return fmt.Errorf("fetch without a node id")
+	}
+	if err := s.checkIdentity(peerNames(ctx), n.GetId()); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	snap, err := s.snapshotLocked(s.gen, keyOf(n))

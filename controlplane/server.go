@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/shunt-dev/shunt/controlplane/meshca"
 	"github.com/shunt-dev/shunt/internal/memlisten"
 	"github.com/shunt-dev/shunt/mesh"
 )
@@ -57,6 +58,14 @@ type Options struct {
 	// Credentials secure the gRPC server (nil: plaintext, for loopback
 	// and in-process listeners).
 	Credentials credentials.TransportCredentials
+	// RequireNodeIdentity makes every stream's verified client
+	// certificate name (common name, DNS or URI SAN) the node id it asks
+	// for; set it with client certificates required in Credentials.
+	RequireNodeIdentity bool
+	// MaxStreams and MaxStreamsPerPeer bound the open streams, in total
+	// and per remote host (defaults DefaultMaxStreams and
+	// DefaultMaxStreamsPerPeer).
+	MaxStreams, MaxStreamsPerPeer int
 	// KeepaliveMinTime is the shortest client ping interval tolerated
 	// (default DefaultKeepaliveMinTime); tests shorten it.
 	KeepaliveMinTime time.Duration
@@ -86,6 +95,15 @@ type Server struct {
 	streams   map[streamKey]string
 	// tcache holds the resources of recent translations; guarded by mu.
 	tcache translateCache
+	// cas are the mesh CAs by mesh and backend (reloadMu); ids the
+	// identities issued (mu). now is the clock certificates are made by.
+	cas map[string]*meshca.Authority
+	ids map[identityKey]meshca.Identity
+	now func() time.Time
+
+	limits   streamLimits
+	limitLog rateLog
+	nodeLog  rateLog
 }
 
 type generation struct {
@@ -93,6 +111,8 @@ type generation struct {
 	res       *mesh.Resources
 	vips      mesh.VIPs
 	snapshots map[nodeKey]*cache.Snapshot
+	// cas are the CAs of the meshes with mTLS, by mesh.
+	cas map[string]*meshca.Authority
 }
 
 // New reads the state and the resources once. Invalid resources at start are
@@ -131,6 +151,7 @@ func New(opts Options) (*Server, error) {
 		alloc:   alloc,
 		nodes:   map[string]*nodeState{},
 		streams: map[streamKey]string{},
+		now:     time.Now,
 	}
 	prev, err := loadVIPs(opts.StateDir)
 	if err != nil {
@@ -284,6 +305,7 @@ func (s *Server) Watch(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			s.rotateDue()
 		case <-events:
 			// Let the burst end; what arrives meanwhile is covered by
 			// the scan that follows.
@@ -371,6 +393,10 @@ func (s *Server) apply(files []*mesh.ParsedFile, contentFP string, prevVIPs mesh
 	for _, w := range warns {
 		s.log.Warn("resource warning", "where", w.Origin.String(), "field", w.Field, "warning", w.Message)
 	}
+	cas, err := s.authorities(res)
+	if err != nil {
+		return err
+	}
 	vips, err := s.alloc.Allocate(mesh.Hostnames(res), prevVIPs)
 	if err != nil {
 		return fmt.Errorf("allocate VIPs: %w", err)
@@ -381,7 +407,7 @@ func (s *Server) apply(files []*mesh.ParsedFile, contentFP string, prevVIPs mesh
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00%+v\x00", contentFP, vj, s.tr)
-	gen := &generation{version: hex.EncodeToString(h.Sum(nil))[:16], res: res, vips: vips, snapshots: map[nodeKey]*cache.Snapshot{}}
+	gen := &generation{version: hex.EncodeToString(h.Sum(nil))[:16], res: res, vips: vips, snapshots: map[nodeKey]*cache.Snapshot{}, cas: cas}
 
 	s.mu.Lock()
 	s.tcache.rotate()
@@ -420,28 +446,89 @@ func (s *Server) apply(files []*mesh.ParsedFile, contentFP string, prevVIPs mesh
 }
 
 // snapshotLocked builds, once per generation, the snapshot of a mesh and
-// zone. Callers hold s.mu.
+// zone (and, in a mesh with mTLS, service: the identity differs), or of a
+// ZoneEgress. Callers hold s.mu.
 func (s *Server) snapshotLocked(gen *generation, k nodeKey) (*cache.Snapshot, error) {
+	if k.egress == "" && gen.res.Mesh(k.mesh).MTLS == nil {
+		k.service = ""
+	}
 	if snap, ok := gen.snapshots[k]; ok {
 		return snap, nil
 	}
-	view := gen.res.View(k.mesh, k.zone)
-	for _, w := range view.Warnings {
-		s.log.Warn("resource conflict", "mesh", k.mesh, "zone", k.zone, "where", w.Origin.String(), "warning", w.Message)
+	var out Resources
+	var secrets []types.Resource
+	var ids []meshca.Identity
+	if k.egress != "" {
+		var err error
+		out, secrets, ids, err = s.egressLocked(gen, k.egress)
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		view := gen.res.View(k.mesh, k.zone)
+		for _, w := range view.Warnings {
+			s.log.Warn("resource conflict", "mesh", k.mesh, "zone", k.zone, "where", w.Origin.String(), "warning", w.Message)
+		}
+		var err error
+		out, err = translateCached(view, gen.vips, s.tr, &s.tcache)
+		if err != nil {
+			return nil, fmt.Errorf("translate for mesh %q zone %q: %w", k.mesh, k.zone, err)
+		}
+		// The pre-built snapshot of a mesh (no node yet) has no service
+		// and needs no identity.
+		if view.Mesh.MTLS != nil && k.service != "" {
+			id, err := s.identityLocked(gen, view.Mesh, k.service)
+			if err != nil {
+				return nil, fmt.Errorf("identity of %s in mesh %q: %w", k.service, k.mesh, err)
+			}
+			secrets, ids = MeshSecrets(gen.cas[k.mesh], id), []meshca.Identity{id}
+		}
 	}
-	out, err := translateCached(view, gen.vips, s.tr, &s.tcache)
-	if err != nil {
-		return nil, fmt.Errorf("translate for mesh %q zone %q: %w", k.mesh, k.zone, err)
-	}
-	snap, err := cache.NewSnapshot(gen.version, map[resource.Type][]types.Resource{
+	snap, err := cache.NewSnapshot(secretsVersion(gen.version, ids), map[resource.Type][]types.Resource{
 		resource.ListenerType: out.Listeners,
 		resource.ClusterType:  out.Clusters,
+		resource.SecretType:   secrets,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot for mesh %q zone %q: %w", k.mesh, k.zone, err)
 	}
 	gen.snapshots[k] = snap
 	return snap, nil
+}
+
+// egressLocked is the configuration of the ZoneEgress named name: every
+// mesh that routes through zone egress, seen from the egress's zone.
+func (s *Server) egressLocked(gen *generation, name string) (Resources, []types.Resource, []meshca.Identity, error) {
+	var eg *mesh.ZoneEgress
+	for i := range gen.res.ZoneEgresses {
+		if gen.res.ZoneEgresses[i].Name == name {
+			eg = &gen.res.ZoneEgresses[i]
+		}
+	}
+	if eg == nil {
+		return Resources{}, nil, nil, fmt.Errorf("node %s says it is a ZoneEgress (%s: %s) but no ZoneEgress resource has that name", name, NodeMetadataProxyType, ProxyTypeEgress)
+	}
+	var views []mesh.View
+	var secrets []types.Resource
+	var ids []meshca.Identity
+	for _, m := range gen.res.MeshNames() {
+		cfg := gen.res.Mesh(m)
+		if !cfg.ZoneEgress || cfg.MTLS == nil {
+			continue
+		}
+		views = append(views, gen.res.View(m, eg.Zone))
+		id, err := s.identityLocked(gen, cfg, eg.Name)
+		if err != nil {
+			return Resources{}, nil, nil, fmt.Errorf("identity of ZoneEgress %s in mesh %q: %w", eg.Name, m, err)
+		}
+		secrets = append(secrets, MeshSecrets(gen.cas[m], id)...)
+		ids = append(ids, id)
+	}
+	out, err := TranslateEgress(*eg, views, s.tr)
+	if err != nil {
+		return Resources{}, nil, nil, fmt.Errorf("translate for ZoneEgress %s: %w", eg.Name, err)
+	}
+	return out, secrets, ids, nil
 }
 
 // NodeStatus is what the control plane knows of a connected node.

@@ -89,6 +89,8 @@ func clusterKey(es *mesh.ExternalService, zoneEgress bool, egressKey string) str
 func egressKey(egresses []mesh.ZoneEgress) string {
 	var b strings.Builder
 	for _, eg := range egresses {
+		b.WriteString(eg.Name)
+		b.WriteByte(0)
 		b.WriteString(eg.Zone)
 		b.WriteByte(0)
 		b.WriteString(eg.Address)

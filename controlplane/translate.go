@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/shunt-dev/shunt/controlplane/meshca"
 	"github.com/shunt-dev/shunt/mesh"
 	contract "github.com/shunt-dev/shunt/wire"
 )
@@ -48,8 +49,8 @@ const (
 	OutboundListenerPrefix = "outbound:"
 	DNSFilterName          = contract.DNSFilter
 	// MetadataNamespace holds, on each external cluster, the ExternalService
-	// it stands for and its real address, which matters when the cluster's
-	// endpoints are ZoneEgress proxies.
+	// it stands for and its real address (for people reading a config
+	// dump: the endpoints may be ZoneEgress proxies).
 	MetadataNamespace = "shunt"
 )
 
@@ -397,74 +398,162 @@ func hostAddress(host string, port uint32) *core.Address {
 }
 
 func (t *translator) externalCluster(es *mesh.ExternalService) (*cluster.Cluster, error) {
+	if t.view.Mesh.ZoneEgress {
+		return t.egressBoundCluster(es)
+	}
+	return directCluster(es, ExternalClusterName(es.Name), t.opts)
+}
+
+// egressBoundCluster is a sidecar's cluster of an ExternalService reached
+// through the zone's egresses, as Kuma builds it: the endpoints are the
+// egresses, the connection is mesh mTLS (the sidecar's identity, the egress
+// verified against the mesh CA and by its own identity), and the SNI names
+// the service and mesh, which is all the egress routes by. The
+// ExternalService's own TLS is the egress's to originate.
+func (t *translator) egressBoundCluster(es *mesh.ExternalService) (*cluster.Cluster, error) {
 	name := ExternalClusterName(es.Name)
 	c := &cluster.Cluster{
 		Name:           name,
 		ConnectTimeout: durationpb.New(t.opts.ConnectTimeout),
 		LbPolicy:       cluster.Cluster_ROUND_ROBIN,
-		Metadata: &core.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataNamespace: {Fields: map[string]*structpb.Value{
-			"external_service": structpb.NewStringValue(es.Name),
-			"service":          structpb.NewStringValue(es.Service),
-			"address":          structpb.NewStringValue(es.Address.String()),
-		}}}},
+		Metadata:       externalMetadata(es),
 	}
 	cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
-	if t.view.Mesh.ZoneEgress {
-		// The egress relays to the real address, which it learns from the
-		// TLS server name or, for plain traffic, from the cluster metadata.
-		c.Metadata.FilterMetadata[MetadataNamespace].Fields["via_zone_egress"] = structpb.NewBoolValue(true)
-		dns := false
-		for _, eg := range t.view.Egresses {
-			if _, err := netip.ParseAddr(eg.Address); err != nil {
-				dns = true
-			}
-			cla.Endpoints = append(cla.Endpoints, &endpoint.LocalityLbEndpoints{
-				Locality:    &core.Locality{Zone: eg.Zone},
-				LbEndpoints: []*endpoint.LbEndpoint{lbEndpoint(hostAddress(eg.Address, uint32(eg.Port)))},
-			})
+	dns := false
+	var sans []string
+	for _, eg := range t.view.Egresses {
+		if _, err := netip.ParseAddr(eg.Address); err != nil {
+			dns = true
 		}
-		if dns {
-			c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_STRICT_DNS}
-			c.DnsLookupFamily = cluster.Cluster_V4_PREFERRED
-		} else {
-			c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_STATIC}
-		}
+		cla.Endpoints = append(cla.Endpoints, &endpoint.LocalityLbEndpoints{
+			Locality:    &core.Locality{Zone: eg.Zone},
+			LbEndpoints: []*endpoint.LbEndpoint{lbEndpoint(hostAddress(eg.Address, uint32(eg.Port)))},
+		})
+		sans = append(sans, meshca.SPIFFEID(es.Mesh, eg.Name))
+	}
+	if dns {
+		c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_STRICT_DNS}
+		c.DnsLookupFamily = cluster.Cluster_V4_PREFERRED
 	} else {
-		locality := &core.Locality{Zone: es.Zone}
-		cla.Endpoints = []*endpoint.LocalityLbEndpoints{{
-			Locality:    locality,
-			LbEndpoints: []*endpoint.LbEndpoint{lbEndpoint(hostAddress(es.Address.Host, uint32(es.Address.Port)))},
-		}}
-		if es.Address.IsIP() {
-			c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_STATIC}
-		} else {
-			// One name, possibly many addresses behind it: LOGICAL_DNS
-			// keeps one connection target at a time, as Envoy recommends
-			// for large external web services.
-			c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_LOGICAL_DNS}
-			c.DnsLookupFamily = cluster.Cluster_V4_PREFERRED
-		}
+		c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_STATIC}
 	}
 	c.LoadAssignment = cla
+	if err := setProtocol(c, es.Protocol); err != nil {
+		return nil, err
+	}
+	vc := &tlsv3.CertificateValidationContext{}
+	for _, san := range sans {
+		vc.MatchTypedSubjectAltNames = append(vc.MatchTypedSubjectAltNames, &tlsv3.SubjectAltNameMatcher{
+			SanType: tlsv3.SubjectAltNameMatcher_URI,
+			Matcher: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: san}},
+		})
+	}
+	ctx := &tlsv3.UpstreamTlsContext{
+		Sni:              EgressSNI(es.Mesh, es.Service),
+		CommonTlsContext: meshTLSContext(es.Mesh, vc),
+	}
+	ts, err := transportSocket(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.TransportSocket = ts
+	return c, nil
+}
 
-	switch es.Protocol {
-	case mesh.ProtocolHTTP2, mesh.ProtocolGRPC:
-		if err := setProtocolOptions(c, &httpopts.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}}}); err != nil {
-			return nil, err
-		}
-	case mesh.ProtocolHTTP:
-		if err := setProtocolOptions(c, &httpopts.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &core.Http1ProtocolOptions{}}}); err != nil {
-			return nil, err
-		}
+// EgressSNI is the server name a sidecar sends to the ZoneEgress for an
+// ExternalService: Kuma's form, the service with the mesh as a tag,
+// service{mesh=name}.
+func EgressSNI(meshName, service string) string {
+	return service + "{mesh=" + meshName + "}"
+}
+
+// Names of the SDS secrets of a mesh, Kuma's: every proxy of the mesh asks
+// for the same names and gets its own identity under the first.
+func IdentitySecretName(meshName string) string { return "identity_cert:secret:" + meshName }
+
+// MeshCASecretName is the SDS secret holding the mesh CA's certificate.
+func MeshCASecretName(meshName string) string { return "mesh_ca:secret:" + meshName }
+
+func adsSecret(name string) *tlsv3.SdsSecretConfig {
+	return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: &core.ConfigSource{
+		ResourceApiVersion:    core.ApiVersion_V3,
+		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+	}}
+}
+
+// meshTLSContext presents the proxy's mesh identity and verifies the peer
+// against the mesh CA plus vc's name checks, both secrets over SDS on the
+// ADS stream.
+func meshTLSContext(meshName string, vc *tlsv3.CertificateValidationContext) *tlsv3.CommonTlsContext {
+	return &tlsv3.CommonTlsContext{
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{adsSecret(IdentitySecretName(meshName))},
+		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			DefaultValidationContext:         vc,
+			ValidationContextSdsSecretConfig: adsSecret(MeshCASecretName(meshName)),
+		}},
+	}
+}
+
+func externalMetadata(es *mesh.ExternalService) *core.Metadata {
+	return &core.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataNamespace: {Fields: map[string]*structpb.Value{
+		"external_service": structpb.NewStringValue(es.Name),
+		"service":          structpb.NewStringValue(es.Service),
+		"address":          structpb.NewStringValue(es.Address.String()),
+	}}}}
+}
+
+// directCluster connects to the ExternalService itself, originating its TLS
+// when it has some: a sidecar's cluster without zone egress, and the
+// egress's own cluster of the service.
+func directCluster(es *mesh.ExternalService, name string, opts TranslateOptions) (*cluster.Cluster, error) {
+	c := &cluster.Cluster{
+		Name:           name,
+		ConnectTimeout: durationpb.New(opts.ConnectTimeout),
+		LbPolicy:       cluster.Cluster_ROUND_ROBIN,
+		Metadata:       externalMetadata(es),
+	}
+	c.LoadAssignment = &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{
+		Locality:    &core.Locality{Zone: es.Zone},
+		LbEndpoints: []*endpoint.LbEndpoint{lbEndpoint(hostAddress(es.Address.Host, uint32(es.Address.Port)))},
+	}}}
+	if es.Address.IsIP() {
+		c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_STATIC}
+	} else {
+		// One name, possibly many addresses behind it: LOGICAL_DNS
+		// keeps one connection target at a time, as Envoy recommends
+		// for large external web services.
+		c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_LOGICAL_DNS}
+		c.DnsLookupFamily = cluster.Cluster_V4_PREFERRED
+	}
+	if err := setProtocol(c, es.Protocol); err != nil {
+		return nil, err
 	}
 	if es.TLS != nil {
-		ts, err := t.upstreamTLS(es)
+		ts, err := upstreamTLS(es, opts)
 		if err != nil {
 			return nil, err
 		}
 		c.TransportSocket = ts
 	}
 	return c, nil
+}
+
+func setProtocol(c *cluster.Cluster, p mesh.Protocol) error {
+	switch p {
+	case mesh.ProtocolHTTP2, mesh.ProtocolGRPC:
+		return setProtocolOptions(c, &httpopts.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}}})
+	case mesh.ProtocolHTTP:
+		return setProtocolOptions(c, &httpopts.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &core.Http1ProtocolOptions{}}})
+	}
+	return nil
+}
+
+func transportSocket(m proto.Message) (*core.TransportSocket, error) {
+	a, err := anypb.New(m)
+	if err != nil {
+		return nil, fmt.Errorf("marshal TLS context: %w", err)
+	}
+	return &core.TransportSocket{Name: wellknown.TransportSocketTLS, ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: a}}, nil
 }
 
 func lbEndpoint(a *core.Address) *endpoint.LbEndpoint {
@@ -481,7 +570,7 @@ func setProtocolOptions(c *cluster.Cluster, cfg *httpopts.HttpProtocolOptions_Ex
 	return nil
 }
 
-func (t *translator) upstreamTLS(es *mesh.ExternalService) (*core.TransportSocket, error) {
+func upstreamTLS(es *mesh.ExternalService, opts TranslateOptions) (*core.TransportSocket, error) {
 	ctx := &tlsv3.UpstreamTlsContext{
 		Sni:                es.TLS.SNI,
 		AllowRenegotiation: es.TLS.AllowRenegotiation,
@@ -497,8 +586,8 @@ func (t *translator) upstreamTLS(es *mesh.ExternalService) (*core.TransportSocke
 	switch {
 	case len(es.TLS.CACert) > 0:
 		trusted = &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: es.TLS.CACert}}
-	case t.opts.SystemCAFile != "":
-		trusted = &core.DataSource{Specifier: &core.DataSource_Filename{Filename: t.opts.SystemCAFile}}
+	case opts.SystemCAFile != "":
+		trusted = &core.DataSource{Specifier: &core.DataSource_Filename{Filename: opts.SystemCAFile}}
 	}
 	if trusted != nil {
 		vc := &tlsv3.CertificateValidationContext{TrustedCa: trusted}
@@ -515,11 +604,7 @@ func (t *translator) upstreamTLS(es *mesh.ExternalService) (*core.TransportSocke
 			PrivateKey:       &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: es.TLS.ClientKey}},
 		}}
 	}
-	a, err := anypb.New(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("marshal TLS context: %w", err)
-	}
-	return &core.TransportSocket{Name: wellknown.TransportSocketTLS, ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: a}}, nil
+	return transportSocket(ctx)
 }
 
 // verifyName picks the identity the server's certificate must carry: the

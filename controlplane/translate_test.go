@@ -230,3 +230,40 @@ func TestListenersPerRoute(t *testing.T) {
 		t.Errorf("listeners %v, want %v", names, want)
 	}
 }
+
+// The egress node's own configuration, and the sidecar's clusters that lead
+// to it, in a mesh with mTLS shared by two meshes.
+func TestGoldenEgressNode(t *testing.T) {
+	dir := filepath.Join("testdata", "egress-tls")
+	res, _, err := mesh.Load(readDir(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var views []mesh.View
+	for _, m := range res.MeshNames() {
+		views = append(views, res.View(m, "zone-1"))
+	}
+	out, err := TranslateEgress(res.ZoneEgresses[0], views, DefaultTranslateOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, filepath.Join("testdata", "egress-node.golden"), toJSON(t, out))
+	side := translateDir(t, dir, "zone-1")
+	checkGolden(t, filepath.Join("testdata", "egress-sidecar.golden"), toJSON(t, side))
+}
+
+func checkGolden(t *testing.T, golden string, got []byte) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from the output; run go test -run TestGolden -update and review the diff", golden)
+	}
+}

@@ -29,7 +29,7 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	}
 	for _, want := range []string{
 		"ExecStopPost=/usr/local/bin/shunt uninstall", "NoNewPrivileges=yes", "ProtectSystem=strict",
-		"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW\n", "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX",
+		"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_CHOWN\n", "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX",
 		"EnvironmentFile=-/etc/default/shunt",
 	} {
 		if !strings.Contains(string(unit), want) {

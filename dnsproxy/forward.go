@@ -21,6 +21,7 @@ var ErrAllUpstreamsFailed = errors.New("every upstream failed")
 // upstream is one resolver and what shunt has learnt about its health.
 type upstream struct {
 	addr      netip.AddrPort
+	dial      string // addr as the dialer takes it, formatted once
 	m         *upstreamMetrics
 	fails     atomic.Int32 // consecutive failures
 	downUntil atomic.Int64 // unix nanos; skipped to the back of the order until then
@@ -99,6 +100,16 @@ func (f *forwarder) exchange(ctx context.Context, req *dns.Msg, tcp bool) (*dns.
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel() // also stops the attempts still running
+	if len(ups) == 1 {
+		// Nothing to hedge with: ask in this goroutine, which saves a
+		// goroutine, a channel and a timer per query (and their memory
+		// while the queue is full).
+		m, err := f.attempt(ctx, ups[0], req, tcp)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrAllUpstreamsFailed, err)
+		}
+		return m, nil
+	}
 	ch := make(chan attemptResult, len(ups))
 	next := 0
 	launch := func() {
@@ -175,7 +186,7 @@ func (f *forwarder) ask(ctx context.Context, u *upstream, req *dns.Msg, tcp bool
 	if tcp {
 		network = "tcp"
 	}
-	conn, err := f.dialer.DialContext(ctx, network, u.addr.String())
+	conn, err := f.dialer.DialContext(ctx, network, u.dial)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: dial %s: %w", u.addr, network, err)
 	}

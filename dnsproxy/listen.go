@@ -52,6 +52,8 @@ func (s *Server) serveUDP(stop, work context.Context, pc net.PacketConn, handler
 	}
 	var nb [256]byte
 	var q query
+	adm := newAdmission()
+	write := func(b []byte, to netip.AddrPort) { _, _ = uc.WriteToUDPAddrPort(b, to) }
 	for {
 		n, err := bc.ReadBatch(in, 0)
 		if err != nil {
@@ -60,6 +62,7 @@ func (s *Server) serveUDP(stop, work context.Context, pc net.PacketConn, handler
 			}
 			continue
 		}
+		adm.batch(time.Now(), n == len(in))
 		out = out[:0]
 		for i := 0; i < n; i++ {
 			req := bufs[i][:in[i].N]
@@ -78,7 +81,11 @@ func (s *Server) serveUDP(stop, work context.Context, pc net.PacketConn, handler
 			if from == nil {
 				continue
 			}
-			s.slowUDP(work, req, from.AddrPort(), func(b []byte, to netip.AddrPort) { _, _ = uc.WriteToUDPAddrPort(b, to) }, handlers)
+			if !adm.allow() {
+				s.metrics.query(0, OutcomeDropped)
+				continue
+			}
+			s.slowUDP(work, req, from.AddrPort(), write, handlers)
 		}
 		for len(out) > 0 {
 			w, err := bc.WriteBatch(out, 0)

@@ -271,7 +271,7 @@ func (s *Server) SetUpstreams(addrs ...netip.AddrPort) error {
 		seen[ap] = true
 		u := old[ap]
 		if u == nil {
-			u = &upstream{addr: ap, m: s.metrics.upstream(ap)}
+			u = &upstream{addr: ap, dial: ap.String(), m: s.metrics.upstream(ap)}
 		}
 		ups = append(ups, u)
 	}

@@ -242,7 +242,7 @@ func TestWarnings(t *testing.T) {
 	}{
 		{"shared service name without zones", "type: ExternalService\nname: a\ntags:\n  kuma.io/service: s\nnetworking:\n  address: a.example:80\n---\ntype: ExternalService\nname: b\ntags:\n  kuma.io/service: s\nnetworking:\n  address: b.example:80\n", "also provided by ExternalService \"a\""},
 		{"service named like another resource", "type: ExternalService\nname: a\ntags:\n  kuma.io/service: b\nnetworking:\n  address: a.example:80\n---\ntype: ExternalService\nname: b\ntags:\n  kuma.io/service: c\nnetworking:\n  address: b.example:80\n", "also the name of ExternalService \"b\""},
-		{"ignored Kuma mesh feature", "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n", "not implemented by shunt"},
+		{"ignored Kuma mesh feature", "type: Mesh\nname: default\nlogging:\n  defaultBackend: file\n", "not implemented by shunt"},
 		{"unknown type skipped", "type: TrafficPermission\nname: x\n", "not a resource shunt uses"},
 	}
 	for _, c := range cases {

@@ -35,7 +35,7 @@ const (
 // Kuma Mesh features that shunt does not act on. They are accepted with a
 // warning so that a Mesh written for Kuma can be used as it is, while a typo
 // in a field shunt does act on is still an error.
-var ignoredMeshFields = []string{"mtls", "logging", "metrics", "tracing", "constraints", "skipCreatingInitialPolicies", "meshServices"}
+var ignoredMeshFields = []string{"logging", "metrics", "tracing", "constraints", "skipCreatingInitialPolicies", "meshServices"}
 
 // Fields the Kubernetes API server adds; accepted so that the output of
 // `kubectl get -o yaml` can be used directly.
@@ -141,7 +141,7 @@ func (p *parsed) parseUniversal(w *walker, n *yaml.Node, typ string) {
 		name := resourceName(f, "name")
 		p.addExternal(w, meshName, name, f, "")
 	case kindMesh:
-		allowed := append([]string{"type", "name", "networking", "routing"}, ignoredMeshFields...)
+		allowed := append([]string{"type", "name", "networking", "routing", "mtls"}, ignoredMeshFields...)
 		f := w.mapping(n, "", allowed...)
 		name := resourceName(f, "name")
 		p.addMesh(w, name, f, "")
@@ -201,7 +201,7 @@ func (p *parsed) parseKube(w *walker, n *yaml.Node, apiVersion, kind string) {
 		}
 		p.addExternal(w, meshName, name, spec, "spec.")
 	case kindMesh:
-		spec := w.mapping(top.m["spec"], "spec", append([]string{"networking", "routing"}, ignoredMeshFields...)...)
+		spec := w.mapping(top.m["spec"], "spec", append([]string{"networking", "routing", "mtls"}, ignoredMeshFields...)...)
 		p.addMesh(w, name, spec, "spec.")
 	case kindZoneEgress:
 		spec := w.mapping(top.m["spec"], "spec", "zone", "networking")
@@ -421,6 +421,12 @@ func (p *parsed) addMesh(w *walker, name string, f fields, prefix string) {
 	}
 	if rf.has("defaultForbidMutualTlsOrigination") {
 		w.warn(prefix+"routing.defaultForbidMutualTlsOrigination", "not implemented by shunt; ignored")
+	}
+	if f.has("mtls") {
+		m.MTLS = parseMTLS(w, f.m["mtls"], prefix+"mtls")
+	}
+	if m.ZoneEgress && m.MTLS == nil {
+		w.fail(deref(rf.m["zoneEgress"]), prefix+"routing.zoneEgress", "true", "needs mtls.enabledBackend: the ZoneEgress admits sidecars by their mesh certificate, as in Kuma")
 	}
 	p.meshes = append(p.meshes, m)
 }

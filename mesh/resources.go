@@ -3,6 +3,7 @@ package mesh
 import (
 	"net/netip"
 	"strconv"
+	"time"
 )
 
 // Well-known tags. They keep Kuma's names so that resources written for Kuma
@@ -109,8 +110,35 @@ type MeshConfig struct {
 	// LocalityAware restricts zone-pinned ExternalServices to agents of their
 	// zone (routing.localityAwareLoadBalancing).
 	LocalityAware bool
-	Origin        Origin
+	// MTLS is set when the mesh enables mutual TLS (mtls.enabledBackend):
+	// the control plane's CA gives every proxy of the mesh an identity, and
+	// the ZoneEgress authenticates sidecars by it.
+	MTLS   *MTLS
+	Origin Origin
 }
+
+// MTLS is the mesh's enabled certificate authority backend. Only Kuma's
+// builtin type exists in shunt: the control plane creates the CA itself and
+// keeps it in its state directory.
+type MTLS struct {
+	// Backend is the name of the enabled backend (mtls.enabledBackend).
+	Backend string
+	// CertLifetime is how long an identity certificate is valid
+	// (dpCert.rotation.expiration; Kuma's default is 24h).
+	CertLifetime time.Duration
+	// CALifetime is how long a new CA certificate is valid
+	// (conf.caCert.expiration; Kuma's default is 10y).
+	CALifetime time.Duration
+	// CAKeyBits is the RSA size of a new CA key (conf.caCert.RSAbits).
+	CAKeyBits int
+}
+
+// Defaults of a builtin CA backend, Kuma's.
+const (
+	DefaultCertLifetime = 24 * time.Hour
+	DefaultCALifetime   = 10 * 365 * 24 * time.Hour
+	DefaultCAKeyBits    = 2048
+)
 
 // DefaultMeshConfig is what a mesh without a Mesh resource behaves like;
 // Kuma's defaults: passthrough on, no egress, no locality awareness.

@@ -99,6 +99,14 @@ func (p *Plan) explainInbound(pkt Packet) Verdict {
 // which is that workload's outbound traffic.
 func (p *Plan) explainVNet(pkt Packet, v VNet) Verdict {
 	dst := pkt.Dst.Addr().Unmap()
+	if pkt.Dst.Port() == 53 {
+		switch {
+		case p.DNSMode == DNSAll:
+			return Verdict{Action: Redirect, Port: p.DNSPort, Reason: fmt.Sprintf("DNS arriving on %s goes to shunt's DNS interceptor (vnetInterfaces, redirectAllDNS)", v.Interface)}
+		case p.DNSMode == DNSResolvers && slices.Contains(p.DNSServersOf(dst.Is6()), dst):
+			return Verdict{Action: Redirect, Port: p.DNSPort, Reason: fmt.Sprintf("DNS arriving on %s to %s, a nameserver of %s, goes to shunt's DNS interceptor (vnetInterfaces)", v.Interface, dst, p.ResolvConf)}
+		}
+	}
 	switch {
 	case pkt.Proto != "tcp":
 		return Verdict{Action: Pass, Reason: fmt.Sprintf("only TCP arriving on %s is captured (vnetInterfaces)", v.Interface)}

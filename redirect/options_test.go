@@ -161,6 +161,8 @@ func TestExplainOptionalFeatures(t *testing.T) {
 		{"vnet outbound", in("docker0", "10.1.0.2:443"), Redirect, 15001, "vnetInterfaces"},
 		{"vnet inside", in("docker0", "172.17.0.5:443"), Pass, 0, "nested network"},
 		{"vnet not included", in("docker0", "192.0.2.1:443"), Pass, 0, "includeOutboundCidrs"},
+		{"vnet dns", func() Packet { p := in("docker0", "10.96.0.10:53"); p.Proto = "udp"; return p }(), Redirect, 15053, "nameserver"},
+		{"vnet dns elsewhere", func() Packet { p := in("docker0", "192.0.2.53:53"); p.Proto = "udp"; return p }(), Pass, 0, "only TCP"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -77,7 +77,7 @@ mkdir -p /etc/netns/$app
 printf 'nameserver 10.200.0.2\nsearch demo.svc.cluster.local\noptions ndots:5\n' > /etc/netns/$app/resolv.conf
 
 # The proxy stand-in: Envoy would take its configuration from the embedded
-# control plane (shunt run --xds-listen); HAProxy forwards each captured
+# control plane (through shunt run's xDS socket); HAProxy forwards each captured
 # connection to its original destination and logs it.
 cat > "$work/haproxy.cfg" <<CONF
 global

@@ -52,8 +52,9 @@ type Config struct {
 	// KeepaliveTime is the client's ping interval (default
 	// DefaultKeepaliveTime).
 	KeepaliveTime time.Duration
-	// Dialer, when set, connects to Server instead of the network (an
-	// in-process control plane); Server is then only a name.
+	// Dialer, when set, opens the connection to Server instead of the
+	// network (an in-process control plane, a server in another network
+	// namespace, a Unix socket); Server is then only passed to it.
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 	// Stream, when set, opens the client's streams instead of dialing
 	// Server: the xDS proxy hands the client its in-process stream.

@@ -180,6 +180,7 @@ type world struct {
 	proxy  *Proxy
 	client *xdsclient.Client
 	sock   string
+	ln     net.Listener
 }
 
 func shortTempDir(t *testing.T) string {
@@ -196,6 +197,12 @@ func shortTempDir(t *testing.T) string {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
+	return newWorldAt(t, uint32(os.Getuid()), uint32(os.Getgid()))
+}
+
+// newWorldAt is newWorld with the socket given to uid:gid.
+func newWorldAt(t *testing.T, uid, gid uint32) *world {
+	t.Helper()
 	w := &world{t: t, up: startUpstream(t, "127.0.0.1:0"), sock: SocketPath(shortTempDir(t))}
 	w.up.set(t, "1", "240.0.0.1")
 	upCfg := xdsclient.Config{Server: w.up.addr, NodeID: nodeID}
@@ -209,10 +216,11 @@ func newWorld(t *testing.T) *world {
 	}
 	w.proxy = p
 	ctx, cancel := context.WithCancel(context.Background())
-	ln, err := Listen(w.sock, uint32(os.Getuid()), uint32(os.Getgid()), quiet())
+	ln, err := Listen(w.sock, uid, gid, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
+	w.ln = ln
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = p.Run(ctx) }()
@@ -507,4 +515,3 @@ func TestOtherNodeRefused(t *testing.T) {
 		t.Errorf("another node received %d responses", n)
 	}
 }
-

@@ -54,23 +54,31 @@ func Listen(path string, uid, gid uint32, log *slog.Logger) (net.Listener, error
 	ln.SetUnlinkOnClose(true)
 	// Between bind and chmod the file has the umask's mode; a peer that
 	// connects in that window is still checked by its credentials.
-	if err := os.Chown(path, int(uid), int(gid)); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("xDS socket %s: give it to the proxy's user %d:%d: %w", path, uid, gid, err)
-	}
 	if err := os.Chmod(path, 0o660); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("xDS socket %s: chmod 0660: %w", path, err)
 	}
+	// chmod first: once the file is the proxy's, changing its mode would
+	// take CAP_FOWNER; the chown takes CAP_CHOWN (in shunt's systemd unit).
+	if err := os.Chown(path, int(uid), int(gid)); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("xDS socket %s: give it to the proxy's user %d:%d: %w (shunt needs CAP_CHOWN)", path, uid, gid, err)
+	}
 	allowed := map[uint32]bool{uid: true, 0: true, uint32(os.Geteuid()): true}
-	return &credListener{UnixListener: ln, allowed: allowed, log: log}, nil
+	return &credListener{UnixListener: ln, allowed: allowed, log: log, slots: make(chan struct{}, MaxConnections)}, nil
 }
+
+// MaxConnections bounds the socket's open connections: Envoy holds one
+// (two across a hot restart); a runaway client must not grow the agent,
+// which also answers the pod's DNS.
+const MaxConnections = 16
 
 // credListener hands out only connections whose peer is an allowed UID.
 type credListener struct {
 	*net.UnixListener
 	allowed map[uint32]bool
 	log     *slog.Logger
+	slots   chan struct{}
 
 	mu         sync.Mutex
 	refused    int
@@ -85,17 +93,37 @@ func (l *credListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		cred, err := peerCred(c)
-		if err == nil && l.allowed[cred.Uid] {
-			return c, nil
+		if err != nil || !l.allowed[cred.Uid] {
+			c.Close()
+			l.noteRefused(cred, err, "the peer is not the proxy's user or root")
+			continue
 		}
-		c.Close()
-		l.noteRefused(cred, err)
+		select {
+		case l.slots <- struct{}{}:
+			return &slotConn{UnixConn: c, release: func() { <-l.slots }}, nil
+		default:
+			c.Close()
+			l.noteRefused(cred, nil, "too many connections")
+		}
 	}
+}
+
+// slotConn gives its slot back when closed.
+type slotConn struct {
+	*net.UnixConn
+	once    sync.Once
+	release func()
+}
+
+func (c *slotConn) Close() error {
+	err := c.UnixConn.Close()
+	c.once.Do(c.release)
+	return err
 }
 
 // noteRefused logs a refused peer, at most once every 10 s: a process
 // hammering the socket must not fill the log.
-func (l *credListener) noteRefused(cred *unix.Ucred, err error) {
+func (l *credListener) noteRefused(cred *unix.Ucred, err error, why string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.refused++
@@ -103,13 +131,13 @@ func (l *credListener) noteRefused(cred *unix.Ucred, err error) {
 		l.suppressed++
 		return
 	}
-	args := []any{"socket", l.Addr().String(), "refused_before", l.suppressed}
+	args := []any{"socket", l.Addr().String(), "reason", why, "refused_before", l.suppressed}
 	if err != nil {
 		args = append(args, "error", err)
 	} else {
 		args = append(args, "pid", cred.Pid, "uid", cred.Uid, "gid", cred.Gid)
 	}
-	l.log.Warn("refused a connection to the xDS socket: the peer is not the proxy's user or root", args...)
+	l.log.Warn("refused a connection to the xDS socket", args...)
 	l.lastLog, l.suppressed = time.Now(), 0
 }
 

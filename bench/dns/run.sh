@@ -5,12 +5,19 @@
 #      local-data with 2 threads and so-reuseport, dnsmasq addn-hosts);
 #   2. forwarded names with a warm cache: 10,000 names of a bind9 zone,
 #      through shunt and through Unbound forwarding to the same bind9.
+# First QPS flat out; then the tails: p99 and p99.9 latency at fixed
+# offered rates (20k and 50k q/s), shunt and Unbound back to back for each
+# scenario and rate, repeated three times, with each server's CPU time per
+# answered query (utime + stime from /proc/PID/stat over the run); it
+# prints the shunt/Unbound ratios per run and their median and spread.
 # Every server listens on 127.0.0.1 only; everything started here is
 # stopped by PID on exit. Needs: dnsperf, unbound, dnsmasq, bind9 (named), go.
 #
 # Knobs: DUR (seconds per measured run, default 10), CLIENTS (dnsperf -c,
 # default 16), THREADS (dnsperf -T, default 2), OUTSTANDING (dnsperf -q,
-# default 500), RATE (queries/s offered for the latency run, default 20000),
+# default 500), RATES (queries/s offered for the latency runs, default
+# "20000 50000"), LATDUR (seconds per latency run, default 5), REPEAT (how
+# many times the latency runs are repeated, default 3),
 # SERVER_CPUS (taskset list every server under test runs on, default 0) and
 # CLIENT_CPUS (dnsperf and the bind9 upstream, default 1): with the servers
 # and the load generator on separate cores, each server gets the same CPU
@@ -21,7 +28,9 @@ DUR=${DUR:-10}
 CLIENTS=${CLIENTS:-16}
 THREADS=${THREADS:-2}
 OUTSTANDING=${OUTSTANDING:-500}
-RATE=${RATE:-20000}
+RATES=${RATES:-20000 50000}
+LATDUR=${LATDUR:-5}
+REPEAT=${REPEAT:-3}
 SERVER_CPUS=${SERVER_CPUS-0}
 CLIENT_CPUS=${CLIENT_CPUS-1}
 SRV=()
@@ -121,11 +130,13 @@ forward-zone:
   forward-addr: 127.0.0.1@$NAMED
 CONF
 
+declare -A PID_OF
 start() { # name, command...
 	local name=$1
 	shift
 	"$@" >"$WORK/$name.log" 2>&1 &
 	PIDS+=($!)
+	PID_OF[$name]=$!
 }
 
 start named "${CLI[@]}" /usr/sbin/named -g -n 1 -c "$WORK/named.conf"
@@ -149,46 +160,88 @@ wait_for $SHUNT svc-1.bench.mesh 240.0.0.1
 wait_for $UNBOUND svc-1.bench.mesh 240.0.0.1
 wait_for $DNSMASQ svc-1.bench.mesh 240.0.0.1
 
-# measure NAME PORT QUERYFILE: prints "QPS P99_MS LOST%": QPS flat out, then
-# p99 latency at the same offered rate (RATE) for every server.
-measure() {
-	local out="$WORK/perf-$1.txt" lat="$WORK/lat-$1.txt"
+# qps NAME PORT QUERYFILE: prints "QPS LOST%", flat out.
+qps() {
+	local out="$WORK/perf-$1.txt"
 	"${CLI[@]}" dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l "$DUR" -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" >"$out" 2>&1 || true
-	"${CLI[@]}" dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l 5 -c "$CLIENTS" -T "$THREADS" -Q "$RATE" -v >"$lat" 2>&1 || true
-	local qps lost p99
-	qps=$(awk '/Queries per second/ {printf "%.0f", $4}' "$out")
-	lost=$(awk '/Queries lost/ {gsub(/[()%]/, "", $4); print $4}' "$out")
-	p99=$(awk '/^> / {print $NF}' "$lat" | sort -g | awk '{a[NR] = $1} END {if (NR) printf "%.3f", a[int(NR * 0.99)] * 1000; else print "n/a"}')
-	echo "$qps $p99 $lost"
+	awk '/Queries per second/ {q = $4} /Queries lost/ {gsub(/[()%]/, "", $4); l = $4} END {printf "%.0f %s\n", q, l}' "$out"
 }
 
-row() { printf "%-28s %12s %10s %8s\n" "$@"; }
+# lat NAME PORT QUERYFILE RATE PID: prints "P99_MS P999_MS CPU_US_PER_QUERY
+# LOST%" at a fixed offered RATE: every answer's latency from dnsperf -v,
+# and the server's CPU time (utime + stime of every thread, from
+# /proc/PID/stat) over the run divided by the queries it answered.
+lat() {
+	local out="$WORK/lat-$1-$4.txt" t0 t1
+	t0=$(awk '{print $14 + $15}' "/proc/$5/stat")
+	"${CLI[@]}" dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l "$LATDUR" -c "$CLIENTS" -T "$THREADS" -Q "$4" -v >"$out" 2>&1 || true
+	t1=$(awk '{print $14 + $15}' "/proc/$5/stat")
+	local done lost
+	done=$(awk '/Queries completed/ {print $3}' "$out")
+	lost=$(awk '/Queries lost/ {gsub(/[()%]/, "", $4); print $4}' "$out")
+	awk '/^> / {print $NF}' "$out" | sort -g | awk -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v done="${done:-0}" -v lost="${lost:-n/a}" '
+		{a[NR] = $1}
+		END {
+			if (!NR) { print "n/a n/a n/a " lost; exit }
+			printf "%.3f %.3f %.2f %s\n", a[int(NR * 0.99)] * 1000, a[int(NR * 0.999)] * 1000,
+				(done > 0 ? ticks / hz * 1e6 / done : 0), lost
+		}'
+}
+
+row() { printf "%-28s %12s %8s\n" "$@"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 echo
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg); servers on CPUs ${SERVER_CPUS:-any}, dnsperf on CPUs ${CLIENT_CPUS:-any}"
-echo "cores: $(nproc); dnsperf -c $CLIENTS -T $THREADS -q $OUTSTANDING -l $DUR; latency at $RATE q/s"
-row "scenario / server" "QPS" "p99 ms" "lost %"
+echo "cores: $(nproc); dnsperf -c $CLIENTS -T $THREADS -q $OUTSTANDING -l $DUR flat out; latency at ${RATES// /, } q/s, ${LATDUR}s each, $REPEAT runs"
+row "flat out: scenario / server" "QPS" "lost %"
 
-read -r s_q s_p s_l < <(measure shunt-table $SHUNT "$WORK/q-table.txt")
-read -r u_q u_p u_l < <(measure unbound-table $UNBOUND "$WORK/q-table.txt")
-read -r d_q d_p d_l < <(measure dnsmasq-table $DNSMASQ "$WORK/q-table.txt")
-row "table: shunt" "$s_q" "$s_p" "$s_l"
-row "table: unbound local-data" "$u_q" "$u_p" "$u_l"
-row "table: dnsmasq" "$d_q" "$d_p" "$d_l"
+read -r s_q s_l < <(qps shunt-table $SHUNT "$WORK/q-table.txt")
+read -r u_q u_l < <(qps unbound-table $UNBOUND "$WORK/q-table.txt")
+read -r d_q d_l < <(qps dnsmasq-table $DNSMASQ "$WORK/q-table.txt")
+row "table: shunt" "$s_q" "$s_l"
+row "table: unbound local-data" "$u_q" "$u_l"
+row "table: dnsmasq" "$d_q" "$d_l"
 
 # Warm both caches with every forwarded name before measuring.
 for port in $SHUNT $UNBOUND; do
 	"${CLI[@]}" dnsperf -s 127.0.0.1 -p $port -d "$WORK/q-fwd.txt" -n 1 -c 4 -q 100 >/dev/null 2>&1 || true
 done
-read -r sf_q sf_p sf_l < <(measure shunt-fwd $SHUNT "$WORK/q-fwd.txt")
-read -r uf_q uf_p uf_l < <(measure unbound-fwd $UNBOUND "$WORK/q-fwd.txt")
-row "forwarded (warm): shunt" "$sf_q" "$sf_p" "$sf_l"
-row "forwarded (warm): unbound" "$uf_q" "$uf_p" "$uf_l"
-
-echo
+read -r sf_q sf_l < <(qps shunt-fwd $SHUNT "$WORK/q-fwd.txt")
+read -r uf_q uf_l < <(qps unbound-fwd $UNBOUND "$WORK/q-fwd.txt")
+row "forwarded (warm): shunt" "$sf_q" "$sf_l"
+row "forwarded (warm): unbound" "$uf_q" "$uf_l"
 echo "ratios (QPS): table shunt/unbound $(ratio "$s_q" "$u_q"), shunt/dnsmasq $(ratio "$s_q" "$d_q"); forwarded shunt/unbound $(ratio "$sf_q" "$uf_q")"
-echo "ratios (p99, lower is better): table shunt/unbound $(ratio "$s_p" "$u_p"); forwarded shunt/unbound $(ratio "$sf_p" "$uf_p")"
+
+# Tails: every run measures shunt and Unbound back to back for each
+# scenario and rate, so both see the same machine; ratios are per run.
+echo
+printf "%-4s %-9s %6s  %-24s %-24s %-22s\n" run scenario "q/s" "p99 ms shunt/unbound" "p99.9 ms shunt/unbound" "CPU us/q shunt/unbound"
+RES="$WORK/tails.txt"
+: >"$RES"
+for run in $(seq "$REPEAT"); do
+	for sc in table fwd; do
+		for rate in $RATES; do
+			read -r sp sp9 sc_cpu sl < <(lat "shunt-$sc" $SHUNT "$WORK/q-$sc.txt" "$rate" "${PID_OF[shunt]}")
+			read -r up up9 uc_cpu ul < <(lat "unbound-$sc" $UNBOUND "$WORK/q-$sc.txt" "$rate" "${PID_OF[unbound]}")
+			printf "%-4s %-9s %6s  %-24s %-24s %-22s\n" "$run" "$sc" "$rate" "$sp / $up" "$sp9 / $up9" "$sc_cpu / $uc_cpu"
+			echo "$sc $rate $(ratio "$sp" "$up") $(ratio "$sp9" "$up9") $(ratio "$sc_cpu" "$uc_cpu")" >>"$RES"
+		done
+	done
+done
+echo
+echo "shunt/unbound ratios over $REPEAT runs (lower is better; targets: p99 and p99.9 <= 1, CPU <= 0.7): median [min-max]"
+for sc in table fwd; do
+	for rate in $RATES; do
+		printf "%-9s %6s q/s:" "$sc" "$rate"
+		for col in 3 4 5; do
+			name=$( [ $col = 3 ] && echo p99 || { [ $col = 4 ] && echo p99.9 || echo CPU; })
+			awk -v sc=$sc -v r=$rate -v c=$col '$1 == sc && $2 == r && $c != "n/a" {print $c}' "$RES" | sort -g |
+				awk -v n="$name" '{a[NR] = $1} END {if (NR) printf "  %s %.2f [%.2f-%.2f]", n, a[int((NR + 1) / 2)], a[1], a[NR]; else printf "  %s n/a", n}'
+		done
+		echo
+	done
+done
 
 echo
 echo "table of 100,000 names (go test -bench):"

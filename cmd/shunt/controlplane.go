@@ -33,6 +33,7 @@ type cpFlags struct {
 	dnsTTL       time.Duration
 	systemCA     string
 	check        bool
+	allowUnauth  bool
 }
 
 func newControlPlaneCommand() *cobra.Command {
@@ -54,7 +55,7 @@ See docs/controlplane.md and docs/resources.md.`,
 	fl.StringVar(&f.listen, "listen", controlplane.DefaultListenAddress, "address to serve ADS on")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "serve TLS with this PEM certificate (needs --tls-key)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
-	fl.StringVar(&f.clientCA, "client-ca", "", "require client certificates signed by this PEM CA (needs --tls-cert)")
+	fl.StringVar(&f.clientCA, "client-ca", "", "require client certificates signed by this PEM CA (needs --tls-cert); each must name (CN, DNS or URI SAN) the node id it asks for")
 	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/shunt/controlplane", "directory keeping VIP assignments across restarts (empty: keep them in memory)")
 	fl.StringVar(&f.vipCIDR, "vip-cidr", mesh.DefaultVIPv4CIDR, "IPv4 range of VIPs")
 	fl.StringVar(&f.vip6CIDR, "vip6-cidr", mesh.DefaultVIPv6CIDR, `IPv6 range of VIPs ("none" to give names IPv4 VIPs only)`)
@@ -64,6 +65,7 @@ See docs/controlplane.md and docs/resources.md.`,
 	fl.DurationVar(&f.dnsTTL, "dns-ttl", def.DNSTTL, "TTL of DNS answers for mesh names")
 	fl.StringVar(&f.systemCA, "system-ca-file", def.SystemCAFile, "CA bundle, on the proxy's host, verifying TLS ExternalServices without caCert (empty: do not verify them)")
 	fl.BoolVar(&f.check, "check", false, "validate the resources, print names and VIPs, and exit")
+	fl.BoolVar(&f.allowUnauth, "allow-unauthenticated", false, "serve a non-loopback --listen without client certificates (anyone who reaches it gets every node's configuration, private keys included)")
 	return cmd
 }
 
@@ -108,6 +110,16 @@ func runControlPlane(cmd *cobra.Command, f cpFlags) error {
 	if f.check {
 		// Checking must not move the VIPs of a running control plane.
 		opts.StateDir = ""
+	}
+	if !f.check {
+		if err := controlplane.CheckListen(f.listen, controlplane.ListenPolicy{TLS: f.tlsCert != "", ClientCerts: f.clientCA != "", AllowUnauthenticated: f.allowUnauth}); err != nil {
+			return cpUsageErrorf("controlplane: --listen: %v", err)
+		}
+		// With client certificates, each names the nodes it may be.
+		opts.RequireNodeIdentity = f.clientCA != ""
+		if f.clientCA == "" {
+			slog.Warn("serving without client certificates: every process that reaches the port can ask for any node's configuration, private keys included", "listen", f.listen)
+		}
 	}
 	if f.tlsCert != "" && !f.check {
 		creds, err := cpServerTLS(f.tlsCert, f.tlsKey, f.clientCA)

@@ -34,6 +34,7 @@ func newRootCommand() *cobra.Command {
 		newDNSCommand(),
 		newControlPlaneCommand(),
 		newRunCommand(),
+		newEnvoyBootstrapCommand(),
 		newCNICommand(),
 		newNodeCommand(),
 	)

@@ -25,6 +25,7 @@ import (
 	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/sockowner"
 	"github.com/shunt-dev/shunt/xdsclient"
+	"github.com/shunt-dev/shunt/xdsproxy"
 )
 
 type runFlags struct {
@@ -35,7 +36,7 @@ type runFlags struct {
 	xdsServerName string
 	xdsToken      string
 	resources     string
-	xdsListen     string
+	xdsSocket     string
 	nodeID        string
 	zone          string
 	meshName      string
@@ -47,6 +48,7 @@ type runFlags struct {
 	dnsTTL        time.Duration
 	cacheSize     int
 	reconcile     time.Duration
+	envoy         envoyFlags
 	node          nodeFlags
 }
 
@@ -61,15 +63,17 @@ passthrough, and follow the control plane's changes live.
 
 The configuration comes either from a remote control plane (--xds) or, by
 default, from resource files (--resources) served by an in-process control
-plane that the agent consumes over the same xDS client. The last good
-snapshot is kept in the state directory, so a restarted agent answers DNS and
-applies its rules before the control plane is reachable.
+plane that the agent consumes over the same xDS client. shunt holds the
+node's one ADS stream and serves it to the local proxy on a Unix socket
+(--xds-socket, owned by the proxy's user): point Envoy's ADS there. The last
+good snapshot is kept in the state directory, so a restarted agent answers
+DNS and applies its rules before the control plane is reachable.
 
 SIGTERM/SIGINT: stop (rules stay unless --cleanup-on-exit). SIGHUP: re-read
 the config file and apply it. See docs/agent.md.`,
 		Example: `  shunt run --resources /etc/shunt/resources
   shunt run --xds cp.example:15680 --xds-ca /etc/shunt/ca.pem --node-id vm-1 --zone zone-1 --cleanup-on-exit
-  ip netns exec pod1 shunt run --resources ./res --state-dir /run/shunt/pod1 --xds-listen 127.0.0.1:15680`,
+  ip netns exec pod1 shunt run --resources ./res --state-dir /run/shunt/pod1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, f) },
 	}
@@ -82,7 +86,7 @@ the config file and apply it. See docs/agent.md.`,
 	fl.StringVar(&f.xdsServerName, "xds-server-name", "", "name expected in the ADS server's certificate (default: the host of --xds)")
 	fl.StringVar(&f.xdsToken, "xds-token-file", "", "file holding a bearer token sent to the ADS server, re-read on each connect")
 	fl.StringVar(&f.resources, "resources", "", "directory of resource files served by the embedded control plane (instead of --xds)")
-	fl.StringVar(&f.xdsListen, "xds-listen", "", "with --resources: also serve the embedded control plane here, for the local proxy")
+	fl.StringVar(&f.xdsSocket, "xds-socket", "", `Unix socket serving the node's xDS to the local proxy (default: xds.sock in the state directory; "off": shunt subscribes alone)`)
 	fl.StringVar(&f.nodeID, "node-id", "", "node id sent to the control plane (default: the host name); the local proxy should use the same")
 	fl.StringVar(&f.zone, "zone", "", "zone of this node (sent as its locality)")
 	fl.StringVar(&f.meshName, "mesh", mesh.DefaultMesh, "mesh this node belongs to")
@@ -94,6 +98,7 @@ the config file and apply it. See docs/agent.md.`,
 	fl.DurationVar(&f.dnsTTL, "dns-ttl", dnsproxy.DefaultTTL, "TTL of DNS answers for mesh names")
 	fl.IntVar(&f.cacheSize, "dns-cache-size", 10000, "forwarded answers cached by the DNS interceptor (0 disables)")
 	fl.DurationVar(&f.reconcile, "reconcile-interval", 2*time.Second, "how often the live rules are checked for drift")
+	addEnvoyFlags(cmd, &f.envoy)
 	addNodeFlags(fl, &f.node)
 	return cmd
 }
@@ -101,9 +106,6 @@ the config file and apply it. See docs/agent.md.`,
 func runAgent(cmd *cobra.Command, f runFlags) error {
 	if (f.xds == "") == (f.resources == "") {
 		return usageErrorf("run: give either --xds (a remote control plane) or --resources (the embedded one)")
-	}
-	if f.xdsListen != "" && f.resources == "" {
-		return usageErrorf("run: --xds-listen serves the embedded control plane: it needs --resources")
 	}
 	if f.xds == "" && (f.xdsCA != "" || f.xdsCert != "" || f.xdsKey != "" || f.xdsToken != "") {
 		return usageErrorf("run: --xds-ca, --xds-cert, --xds-key and --xds-token-file need --xds")
@@ -113,6 +115,9 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	}
 	if f.reconcile <= 0 {
 		return usageErrorf("run: --reconcile-interval %v: must be positive", f.reconcile)
+	}
+	if err := checkRunEnvoyFlags(f.envoy); err != nil {
+		return err
 	}
 	log := slog.Default()
 	ctx := cmd.Context()
@@ -165,7 +170,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	if err := checkDNSPortFree(plan.DNSPort); err != nil {
 		return err
 	}
-	xcfg := xdsclient.Config{
+	upCfg := xdsclient.Config{
 		Server:    server,
 		NodeID:    f.nodeID,
 		Zone:      f.zone,
@@ -174,20 +179,32 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		NameTable: node.Flavor == nodemeta.Istio,
 		TokenFile: f.xdsToken,
 		TokenRaw:  node.TokenRaw,
-		StateDir:  filepath.Join(stateDir, "agent"),
 		TLS:       tlsCfg,
 		Dialer:    dial,
 		Logger:    log.With("component", "xds"),
+	}
+	xcfg := upCfg
+	xcfg.StateDir = filepath.Join(stateDir, "agent")
+	var proxy *xdsproxy.Proxy
+	if f.xdsSocket != "off" {
+		if proxy, err = startXDSProxy(ctx, f, upCfg, plan, stateDir, log); err != nil {
+			return err
+		}
+		xcfg.Stream = proxy.LocalStream
 	}
 	client, err := xdsclient.New(xcfg)
 	if err != nil {
 		return err
 	}
 
+	envoySup, err := prepareEnvoy(cmd, f, xcfg, plan, stateDir, log)
+	if err != nil {
+		return err
+	}
 	mark := plan.BypassMark
 	opts := agent.Options{
 		Source:       client,
-		SourceStatus: func() agent.SourceStatus { return sourceStatus(client.Status()) },
+		SourceStatus: func() agent.SourceStatus { return sourceStatus(client, proxy) },
 		DNS: dnsproxy.Config{
 			Listen:       dnsListen(plan.DNSPort),
 			Upstreams:    rc.Nameservers,
@@ -200,6 +217,9 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		ReconcileInterval: f.reconcile,
 		CleanupOnExit:     f.cleanupOnExit,
 		Logger:            log,
+	}
+	if envoySup != nil {
+		opts.Proxy = envoySup
 	}
 	if !f.noCapture {
 		eng, err := newEngine(cfg)
@@ -238,7 +258,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	}()
 	log.Info("agent starting", "node", f.nodeID, "flavor", node.Flavor, "zone", f.zone, "mesh", f.meshName, "xds", server,
 		"embedded", f.resources != "", "capture", !f.noCapture, "stateDir", stateDir, "dns", opts.DNS.Listen)
-	return a.Run(ctx)
+	return runWithEnvoy(ctx, a, envoySup)
 }
 
 // reloadAgent re-reads the capture configuration (file, environment and
@@ -323,8 +343,8 @@ func runVIPRanges(f runFlags) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// startEmbeddedControlPlane serves the resources inside the process (and on
-// --xds-listen) and returns the dialer the agent subscribes with: the
+// startEmbeddedControlPlane serves the resources inside the process and
+// returns the dialer the agent subscribes with: the
 // embedded default takes the same xDS path as a remote one, and no port of
 // its own is open to other processes.
 func startEmbeddedControlPlane(ctx context.Context, f runFlags, plan *redirect.Plan, stateDir string, log *slog.Logger) (func(context.Context, string) (net.Conn, error), error) {
@@ -344,15 +364,7 @@ func startEmbeddedControlPlane(ctx context.Context, f runFlags, plan *redirect.P
 	if err != nil {
 		return nil, fmt.Errorf("run: embedded control plane: %w", err)
 	}
-	var extra []net.Listener
-	if f.xdsListen != "" {
-		ln, err := net.Listen("tcp", f.xdsListen)
-		if err != nil {
-			return nil, fmt.Errorf("run: --xds-listen %s: %w", f.xdsListen, err)
-		}
-		extra = append(extra, ln)
-	}
-	dial, done := cp.ServeInProcess(ctx, extra...)
+	dial, done := cp.ServeInProcess(ctx)
 	go func() {
 		if err := <-done; err != nil {
 			log.Error("embedded control plane stopped", "err", err)
@@ -383,12 +395,63 @@ func serveAdmin(addr string, h http.Handler, log *slog.Logger) (func(), error) {
 	}, nil
 }
 
-func sourceStatus(s xdsclient.Status) agent.SourceStatus {
-	return agent.SourceStatus{
+// sourceStatus reports the upstream stream: the proxy's when shunt serves
+// the local proxy (the client's own stream is then in-process), the
+// client's otherwise.
+func sourceStatus(c *xdsclient.Client, p *xdsproxy.Proxy) agent.SourceStatus {
+	s := c.Status()
+	out := agent.SourceStatus{
 		Connected:       s.Connected,
 		Reconnects:      s.Reconnects,
 		LastError:       s.LastError,
 		LastNACK:        s.LastNACK,
 		SnapshotVersion: s.SnapshotVersion,
 	}
+	if p != nil {
+		ps := p.Status()
+		out.Connected, out.Reconnects, out.LastError = ps.Connected, ps.Reconnects, ps.LastError
+		if out.LastNACK == "" && ps.LastEnvoyNACK != "" {
+			out.LastNACK = "local proxy: " + ps.LastEnvoyNACK
+		}
+	}
+	return out
+}
+
+// startXDSProxy serves the node's xDS to the local proxy on the socket and
+// holds the one upstream stream; it runs until ctx ends.
+func startXDSProxy(ctx context.Context, f runFlags, upCfg xdsclient.Config, plan *redirect.Plan, stateDir string, log *slog.Logger) (*xdsproxy.Proxy, error) {
+	path := f.xdsSocket
+	if path == "" {
+		if err := os.MkdirAll(stateDir, 0o755); err != nil {
+			return nil, fmt.Errorf("run: state directory: %w", err)
+		}
+		path = xdsproxy.SocketPath(stateDir)
+	}
+	p, err := xdsproxy.New(xdsproxy.Config{
+		Upstream: func(ctx context.Context) (xdsclient.ADSStream, error) { return xdsclient.OpenStream(ctx, upCfg) },
+		Server:   upCfg.Server,
+		NodeID:   upCfg.NodeID,
+		Logger:   log.With("component", "xdsproxy"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("run: %w", err)
+	}
+	// The proxy's group is its UID's namesake unless the plan names one,
+	// as with Kuma's 5678:5678.
+	gid := plan.ProxyUID
+	if plan.ProxyGID != nil {
+		gid = *plan.ProxyGID
+	}
+	ln, err := xdsproxy.Listen(path, plan.ProxyUID, gid, log.With("component", "xdsproxy"))
+	if err != nil {
+		return nil, fmt.Errorf("run: --xds-socket: %w", err)
+	}
+	go func() { _ = p.Run(ctx) }()
+	go func() {
+		if err := p.Serve(ctx, ln); err != nil {
+			log.Error("xDS socket stopped serving", "path", path, "err", err)
+		}
+	}()
+	log.Info("serving xDS to the local proxy", "socket", path, "uid", plan.ProxyUID, "gid", gid)
+	return p, nil
 }

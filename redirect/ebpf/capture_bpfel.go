@@ -95,11 +95,14 @@ const (
 	captureMapExcludeInCidrs  = "exclude_in_cidrs"
 	captureMapExcludeOutCidrs = "exclude_out_cidrs"
 	captureMapInboundListener = "inbound_listener"
+	captureMapIncludeOutCidrs = "include_out_cidrs"
 	captureMapLocalAddrs      = "local_addrs"
 	captureMapPeerOrig        = "peer_orig"
 	captureMapPortFlags       = "port_flags"
 	captureMapStats           = "stats"
 	captureMapUidRules        = "uid_rules"
+	captureProgBind4          = "bind4"
+	captureProgBind6          = "bind6"
 	captureProgConnect4       = "connect4"
 	captureProgConnect6       = "connect6"
 	captureProgDnsEgress      = "dns_egress"
@@ -155,6 +158,8 @@ type captureSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureProgramSpecs struct {
+	Bind4         *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6         *ebpf.ProgramSpec `ebpf:"bind6"`
 	Connect4      *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6      *ebpf.ProgramSpec `ebpf:"connect6"`
 	DnsEgress     *ebpf.ProgramSpec `ebpf:"dns_egress"`
@@ -182,6 +187,7 @@ type captureMapSpecs struct {
 	ExcludeInCidrs  *ebpf.MapSpec `ebpf:"exclude_in_cidrs"`
 	ExcludeOutCidrs *ebpf.MapSpec `ebpf:"exclude_out_cidrs"`
 	InboundListener *ebpf.MapSpec `ebpf:"inbound_listener"`
+	IncludeOutCidrs *ebpf.MapSpec `ebpf:"include_out_cidrs"`
 	LocalAddrs      *ebpf.MapSpec `ebpf:"local_addrs"`
 	PeerOrig        *ebpf.MapSpec `ebpf:"peer_orig"`
 	PortFlags       *ebpf.MapSpec `ebpf:"port_flags"`
@@ -225,6 +231,7 @@ type captureMaps struct {
 	ExcludeInCidrs  *ebpf.Map `ebpf:"exclude_in_cidrs"`
 	ExcludeOutCidrs *ebpf.Map `ebpf:"exclude_out_cidrs"`
 	InboundListener *ebpf.Map `ebpf:"inbound_listener"`
+	IncludeOutCidrs *ebpf.Map `ebpf:"include_out_cidrs"`
 	LocalAddrs      *ebpf.Map `ebpf:"local_addrs"`
 	PeerOrig        *ebpf.Map `ebpf:"peer_orig"`
 	PortFlags       *ebpf.Map `ebpf:"port_flags"`
@@ -244,6 +251,7 @@ func (m *captureMaps) Close() error {
 		m.ExcludeInCidrs,
 		m.ExcludeOutCidrs,
 		m.InboundListener,
+		m.IncludeOutCidrs,
 		m.LocalAddrs,
 		m.PeerOrig,
 		m.PortFlags,
@@ -262,6 +270,8 @@ type captureVariables struct {
 //
 // It can be passed to loadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type capturePrograms struct {
+	Bind4         *ebpf.Program `ebpf:"bind4"`
+	Bind6         *ebpf.Program `ebpf:"bind6"`
 	Connect4      *ebpf.Program `ebpf:"connect4"`
 	Connect6      *ebpf.Program `ebpf:"connect6"`
 	DnsEgress     *ebpf.Program `ebpf:"dns_egress"`
@@ -277,6 +287,8 @@ type capturePrograms struct {
 
 func (p *capturePrograms) Close() error {
 	return _CaptureClose(
+		p.Bind4,
+		p.Bind6,
 		p.Connect4,
 		p.Connect6,
 		p.DnsEgress,

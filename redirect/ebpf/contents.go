@@ -17,15 +17,20 @@ import (
 
 // Flags of captureConfig.Flags; they mirror CFG_* in bpf/capture.h.
 const (
-	cfgInbound      = 1 << 0
-	cfgIPv6         = 1 << 1
-	cfgEgress       = 1 << 2
-	cfgProxyGID     = 1 << 3
-	cfgDNSResolvers = 1 << 4
-	cfgDNSAll       = 1 << 5
+	cfgInbound         = 1 << 0
+	cfgIPv6            = 1 << 1
+	cfgEgress          = 1 << 2
+	cfgProxyGID        = 1 << 3
+	cfgDNSResolvers    = 1 << 4
+	cfgDNSAll          = 1 << 5
+	cfgIncludeOutCIDRs = 1 << 6
+	cfgIncludeOutPorts = 1 << 7
+	cfgIncludeInPorts  = 1 << 8
 
 	portExcludeOut = 1 << 0
 	portExcludeIn  = 1 << 1
+	portIncludeOut = 1 << 2
+	portIncludeIn  = 1 << 3
 
 	ruleTCP = 1 << 0
 	ruleUDP = 1 << 1
@@ -136,6 +141,15 @@ func desired(p *redirect.Plan, local []netip.Addr) ([]*contents, error) {
 		cfg.Flags |= cfgProxyGID
 		cfg.ProxyGid = *p.ProxyGID
 	}
+	if len(p.IncludeOutboundCIDRs) > 0 {
+		cfg.Flags |= cfgIncludeOutCIDRs
+	}
+	if len(p.IncludeOutboundPorts) > 0 {
+		cfg.Flags |= cfgIncludeOutPorts
+	}
+	if len(p.IncludeInboundPorts) > 0 {
+		cfg.Flags |= cfgIncludeInPorts
+	}
 	switch p.DNSMode {
 	case redirect.DNSAll:
 		cfg.Flags |= cfgDNSAll
@@ -181,6 +195,16 @@ func desired(p *redirect.Plan, local []netip.Addr) ([]*contents, error) {
 			flags[port] |= portExcludeIn
 		}
 	}
+	for _, r := range p.IncludeOutboundPorts {
+		for port := int(r.First); port <= int(r.Last); port++ {
+			flags[port] |= portIncludeOut
+		}
+	}
+	for _, r := range p.IncludeInboundPorts {
+		for port := int(r.First); port <= int(r.Last); port++ {
+			flags[port] |= portIncludeIn
+		}
+	}
 	for port, f := range flags {
 		if f != 0 {
 			var what []string
@@ -189,6 +213,12 @@ func desired(p *redirect.Plan, local []netip.Addr) ([]*contents, error) {
 			}
 			if f&portExcludeIn != 0 {
 				what = append(what, "inbound excluded")
+			}
+			if f&portIncludeOut != 0 {
+				what = append(what, "outbound included")
+			}
+			if f&portIncludeIn != 0 {
+				what = append(what, "inbound included")
 			}
 			ports.put(uint32(port), f, fmt.Sprintf("%5d: %s", port, strings.Join(what, ", ")))
 		}
@@ -242,6 +272,7 @@ func desired(p *redirect.Plan, local []netip.Addr) ([]*contents, error) {
 		rules,
 		trie("exclude_out_cidrs", p.ExcludeOutboundCIDRs, "(excludeOutboundCidrs)"),
 		trie("exclude_in_cidrs", p.ExcludeInboundCIDRs, "(excludeInboundCidrs)"),
+		trie("include_out_cidrs", p.IncludeOutboundCIDRs, "(includeOutboundCidrs)"),
 		trie("egress_allowed", allowed, "(egress allowed)"),
 		endpoints,
 		locals,
@@ -273,12 +304,9 @@ var refusedFeatures = map[string]string{
 	"excludeInterfaces": "socket hooks run before routing picks an interface; use the iptables engine",
 	"inboundMode": "its inbound capture already keeps the client's and the destination's addresses " +
 		"(sk_lookup hands the connection to the proxy's listener unchanged), so TPROXY is not needed; leave inboundMode at redirect",
-	"dropInvalid":          "it does not NAT, so a packet conntrack finds invalid cannot escape capture and draw a reset; nothing to drop",
-	"includeOutboundCidrs": "not implemented by the eBPF programs; use the iptables engine, or excludeOutboundCidrs",
-	"includeOutboundPorts": "not implemented by the eBPF programs; use the iptables engine, or excludeOutboundPorts",
-	"includeInboundPorts":  "not implemented by the eBPF programs; use the iptables engine, or excludeInboundPorts",
-	"vnetInterfaces":       "a nested VM's or container's traffic is forwarded, never sent by a socket of the workload's cgroup, so cgroup hooks do not see it; use the iptables engine",
-	"packetLog":            "its programs count what they do instead (shunt status shows the stats map); use shunt explain, or the iptables engine",
+	"dropInvalid":    "it does not NAT, so a packet conntrack finds invalid cannot escape capture and draw a reset; nothing to drop",
+	"vnetInterfaces": "a nested VM's or container's traffic is forwarded, never sent by a socket of the workload's cgroup, so cgroup hooks do not see it; use the iptables engine",
+	"packetLog":      "its programs count what they do instead (shunt status shows the stats map); use shunt explain, or the iptables engine",
 }
 
 func describeConfig(p *redirect.Plan) string {
@@ -296,6 +324,15 @@ func describeConfig(p *redirect.Plan) string {
 	fmt.Fprintf(&b, " dns=%s:%d ipFamily=%s", p.DNSMode, p.DNSPort, p.IPFamily)
 	if p.Egress != nil {
 		b.WriteString(" egress=locked")
+	}
+	if len(p.IncludeOutboundCIDRs) > 0 {
+		b.WriteString(" includeOutboundCidrs")
+	}
+	if len(p.IncludeOutboundPorts) > 0 {
+		b.WriteString(" includeOutboundPorts")
+	}
+	if len(p.IncludeInboundPorts) > 0 {
+		b.WriteString(" includeInboundPorts")
 	}
 	return b.String()
 }

@@ -96,6 +96,8 @@ var attachments = []attachment{
 	{prog: "sendmsg6", attach: ebpf.AttachCGroupUDP6Sendmsg},
 	{prog: "recvmsg4", attach: ebpf.AttachCGroupUDP4Recvmsg},
 	{prog: "recvmsg6", attach: ebpf.AttachCGroupUDP6Recvmsg},
+	{prog: "bind4", attach: ebpf.AttachCGroupInet4Bind},
+	{prog: "bind6", attach: ebpf.AttachCGroupInet6Bind},
 	{prog: "sock_ops", attach: ebpf.AttachCGroupSockOps},
 	{prog: "get_sockopt", attach: ebpf.AttachCGroupGetsockopt},
 	{prog: "dns_egress", attach: ebpf.AttachCGroupInetEgress},

@@ -256,6 +256,7 @@ var (
 		"port_flags":        "pod_port_flags",
 		"exclude_out_cidrs": "pod_exclude_out_cidrs",
 		"exclude_in_cidrs":  "pod_exclude_in_cidrs",
+		"include_out_cidrs": "pod_include_out_cidrs",
 		"egress_allowed":    "pod_egress_allowed",
 	}
 	nodeFlat = map[string]string{ // shared, keys prefixed with the cgroup id

@@ -128,11 +128,14 @@ const (
 	nodeCaptureMapPodEgressEndpoints = "pod_egress_endpoints"
 	nodeCaptureMapPodExcludeInCidrs  = "pod_exclude_in_cidrs"
 	nodeCaptureMapPodExcludeOutCidrs = "pod_exclude_out_cidrs"
+	nodeCaptureMapPodIncludeOutCidrs = "pod_include_out_cidrs"
 	nodeCaptureMapPodLocalAddrs      = "pod_local_addrs"
 	nodeCaptureMapPodPortFlags       = "pod_port_flags"
 	nodeCaptureMapPodUidRules        = "pod_uid_rules"
 	nodeCaptureMapPods               = "pods"
 	nodeCaptureMapStats              = "stats"
+	nodeCaptureProgBind4             = "bind4"
+	nodeCaptureProgBind6             = "bind6"
 	nodeCaptureProgConnect4          = "connect4"
 	nodeCaptureProgConnect6          = "connect6"
 	nodeCaptureProgDnsEgress         = "dns_egress"
@@ -188,6 +191,8 @@ type nodeCaptureSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeCaptureProgramSpecs struct {
+	Bind4         *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6         *ebpf.ProgramSpec `ebpf:"bind6"`
 	Connect4      *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6      *ebpf.ProgramSpec `ebpf:"connect6"`
 	DnsEgress     *ebpf.ProgramSpec `ebpf:"dns_egress"`
@@ -217,6 +222,7 @@ type nodeCaptureMapSpecs struct {
 	PodEgressEndpoints *ebpf.MapSpec `ebpf:"pod_egress_endpoints"`
 	PodExcludeInCidrs  *ebpf.MapSpec `ebpf:"pod_exclude_in_cidrs"`
 	PodExcludeOutCidrs *ebpf.MapSpec `ebpf:"pod_exclude_out_cidrs"`
+	PodIncludeOutCidrs *ebpf.MapSpec `ebpf:"pod_include_out_cidrs"`
 	PodLocalAddrs      *ebpf.MapSpec `ebpf:"pod_local_addrs"`
 	PodPortFlags       *ebpf.MapSpec `ebpf:"pod_port_flags"`
 	PodUidRules        *ebpf.MapSpec `ebpf:"pod_uid_rules"`
@@ -262,6 +268,7 @@ type nodeCaptureMaps struct {
 	PodEgressEndpoints *ebpf.Map `ebpf:"pod_egress_endpoints"`
 	PodExcludeInCidrs  *ebpf.Map `ebpf:"pod_exclude_in_cidrs"`
 	PodExcludeOutCidrs *ebpf.Map `ebpf:"pod_exclude_out_cidrs"`
+	PodIncludeOutCidrs *ebpf.Map `ebpf:"pod_include_out_cidrs"`
 	PodLocalAddrs      *ebpf.Map `ebpf:"pod_local_addrs"`
 	PodPortFlags       *ebpf.Map `ebpf:"pod_port_flags"`
 	PodUidRules        *ebpf.Map `ebpf:"pod_uid_rules"`
@@ -283,6 +290,7 @@ func (m *nodeCaptureMaps) Close() error {
 		m.PodEgressEndpoints,
 		m.PodExcludeInCidrs,
 		m.PodExcludeOutCidrs,
+		m.PodIncludeOutCidrs,
 		m.PodLocalAddrs,
 		m.PodPortFlags,
 		m.PodUidRules,
@@ -301,6 +309,8 @@ type nodeCaptureVariables struct {
 //
 // It can be passed to loadNodeCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeCapturePrograms struct {
+	Bind4         *ebpf.Program `ebpf:"bind4"`
+	Bind6         *ebpf.Program `ebpf:"bind6"`
 	Connect4      *ebpf.Program `ebpf:"connect4"`
 	Connect6      *ebpf.Program `ebpf:"connect6"`
 	DnsEgress     *ebpf.Program `ebpf:"dns_egress"`
@@ -316,6 +326,8 @@ type nodeCapturePrograms struct {
 
 func (p *nodeCapturePrograms) Close() error {
 	return _NodeCaptureClose(
+		p.Bind4,
+		p.Bind6,
 		p.Connect4,
 		p.Connect6,
 		p.DnsEgress,

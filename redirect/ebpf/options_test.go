@@ -1,6 +1,8 @@
 package ebpf
 
 import (
+	"bytes"
+	"encoding/binary"
 	"net/netip"
 	"strings"
 	"testing"
@@ -18,9 +20,6 @@ func TestOptionalFeaturesAreRefusedByName(t *testing.T) {
 	}{
 		{"inboundMode", redirect.Plan{InboundTProxy: &redirect.TProxy{Mark: 1, RouteTable: 133}}, "already keeps the client's"},
 		{"dropInvalid", redirect.Plan{DropInvalid: true}, "does not NAT"},
-		{"includeOutboundCidrs", redirect.Plan{IncludeOutboundCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, "iptables"},
-		{"includeOutboundPorts", redirect.Plan{IncludeOutboundPorts: []redirect.PortRange{{First: 443, Last: 443}}}, "iptables"},
-		{"includeInboundPorts", redirect.Plan{IncludeInboundPorts: []redirect.PortRange{{First: 80, Last: 80}}}, "iptables"},
 		{"vnetInterfaces", redirect.Plan{VNets: []redirect.VNet{{Interface: "docker0"}}}, "forwarded"},
 		{"packetLog", redirect.Plan{PacketLog: &redirect.PacketLog{Target: "nflog"}}, "stats"},
 	}
@@ -37,5 +36,42 @@ func TestOptionalFeaturesAreRefusedByName(t *testing.T) {
 	}
 	if err := Supported(&redirect.Plan{}); err != nil {
 		t.Errorf("Supported refused a plain plan: %v", err)
+	}
+}
+
+// The include-only lists are implemented: a config flag each and the
+// port table's include bits, plus a trie of included CIDRs.
+func TestIncludeOnlyListsFillTheMaps(t *testing.T) {
+	p := &redirect.Plan{
+		IncludeOutboundCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
+		IncludeOutboundPorts: []redirect.PortRange{{First: 443, Last: 444}},
+		IncludeInboundPorts:  []redirect.PortRange{{First: 8080, Last: 8080}},
+		ExcludeOutboundPorts: []redirect.PortRange{{First: 444, Last: 444}},
+	}
+	cs, err := desired(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]*contents{}
+	for _, c := range cs {
+		byName[c.name] = c
+	}
+	var cfg captureConfig
+	for _, e := range byName["config_map"].entries {
+		if err := binary.Read(bytes.NewReader(e.value), binary.NativeEndian, &cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := uint32(cfgIncludeOutCIDRs | cfgIncludeOutPorts | cfgIncludeInPorts); cfg.Flags&want != want {
+		t.Errorf("config flags %#x lack the include flags %#x", cfg.Flags, want)
+	}
+	ports := strings.Join(byName["port_flags"].lines(), "\n")
+	for _, want := range []string{"  443: outbound included", "  444: outbound excluded, outbound included", " 8080: inbound included"} {
+		if !strings.Contains(ports, want) {
+			t.Errorf("port_flags lacks %q:\n%s", want, ports)
+		}
+	}
+	if got := byName["include_out_cidrs"].lines(); len(got) != 1 || !strings.HasPrefix(got[0], "10.0.0.0/8") {
+		t.Errorf("include_out_cidrs = %v", got)
 	}
 }

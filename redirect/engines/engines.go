@@ -68,6 +68,8 @@ func choose(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, Choice, er
 			why = "no cgroup given for eBPF"
 		case cfg.Get("excludeInterfaces") != "":
 			why = "excludeInterfaces needs a netfilter engine"
+		case ebpfRefuses(cfg) != nil:
+			why = ebpfRefuses(cfg).Error()
 		default:
 			if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
 				why = err.Error()
@@ -89,6 +91,18 @@ func choose(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, Choice, er
 	default:
 		return nil, Choice{}, fmt.Errorf("engine: invalid value %q: want iptables, nftables, ebpf or auto", e)
 	}
+}
+
+// ebpfRefuses reports the first plan feature the eBPF engine does not
+// implement (tproxy inbound, include-only lists, vnet interfaces...).
+// Callers validated the configuration already; an invalid one refuses
+// nothing here.
+func ebpfRefuses(cfg *redirect.Config) error {
+	p, err := cfg.Plan(redirect.OSHost{})
+	if err != nil {
+		return nil
+	}
+	return ebpf.Supported(p)
 }
 
 // iptablesPrograms reports whether an iptables-restore of either variant

@@ -76,6 +76,16 @@ func (r *renderer) jump(table, chain, match, target string) {
 	}
 }
 
+// jumpOnce is jump for a jump several features need.
+func (r *renderer) jumpOnce(table, chain, match, target string) {
+	if t, ok := r.rs.Tables[table]; ok {
+		if _, ok := t.Chains[target]; ok {
+			return
+		}
+	}
+	r.jump(table, chain, match, target)
+}
+
 func (r *renderer) rule(table, chain string, parts ...string) {
 	t := r.rs.table(table)
 	var nonEmpty []string
@@ -208,7 +218,7 @@ func (r *renderer) dnsZones() {
 		servers = []string{""}
 	}
 	r.jump("raw", "OUTPUT", "-p udp", chainDNSZoneOut)
-	r.jump("raw", "PREROUTING", "-p udp", chainDNSZoneIn)
+	r.jumpOnce("raw", "PREROUTING", "-p udp", chainDNSZoneIn)
 	uid := fmt.Sprint(p.ProxyUID)
 	// The interceptor's replies to the workload belong with the
 	// workload's redirected queries.

@@ -106,10 +106,31 @@ func (r *renderer) tproxy() {
 }
 
 // vnets treats TCP arriving on a nested VM's or container's interface as
-// that workload's outbound traffic.
+// that workload's outbound traffic, and its DNS as the workload's DNS.
 func (r *renderer) vnets() {
 	p := r.p
-	r.jump("nat", "PREROUTING", "-p tcp", chainVNet)
+	r.jump("nat", "PREROUTING", "", chainVNet)
+	dnsTo := fmt.Sprintf("-j REDIRECT --to-ports %d", p.DNSPort)
+	var servers []string
+	switch p.DNSMode {
+	case redirect.DNSAll:
+		servers = []string{""}
+	case redirect.DNSResolvers:
+		for _, ns := range p.DNSServersOf(r.v6) {
+			servers = append(servers, "-d "+r.host(ns)+" ")
+		}
+	}
+	for _, v := range p.VNets {
+		for _, s := range servers {
+			in := "-i " + v.Interface + " "
+			r.logged("nat", chainVNet, "dns-redirect", s+in+"-p udp -m udp --dport 53", dnsTo)
+			r.logged("nat", chainVNet, "dns-redirect", s+in+"-p tcp -m tcp --dport 53", dnsTo)
+			// The nested workload's queries, like the pod's, are tracked
+			// in the zone of the interceptor's replies (see dnsZones).
+			r.jumpOnce("raw", "PREROUTING", "-p udp", chainDNSZoneIn)
+			r.rule("raw", chainDNSZoneIn, fmt.Sprintf("%s%s-p udp -m udp --dport 53 -j CT --zone %d", s, in, zoneWorkload))
+		}
+	}
 	for _, v := range p.VNets {
 		if v.CIDR.IsValid() && v.CIDR.Addr().Is6() == r.v6 {
 			r.rule("nat", chainVNet, "-d "+v.CIDR.String()+" -i "+v.Interface+" -j RETURN")

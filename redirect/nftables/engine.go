@@ -10,8 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/nftables"
@@ -37,6 +40,11 @@ type Options struct {
 type Engine struct {
 	opts Options
 	log  *slog.Logger
+	// last is what this engine knows from its own last change, so that a
+	// long-lived engine (the agent's) changing a set neither re-reads the
+	// record nor the table while neither changed.
+	mu   sync.Mutex
+	last *known
 	// corrupt, set by tests, spoils a batch before it is sent, so that
 	// the kernel refuses it.
 	corrupt func(*Ruleset)
@@ -153,6 +161,48 @@ func (e *Engine) begin(ctx context.Context, op string) (func(), *redirect.State,
 	return unlock, prev, nil
 }
 
+// known is an installation as this engine last recorded it.
+type known struct {
+	// size and mod identify the record file as written.
+	size int64
+	mod  time.Time
+	st   *redirect.State
+	rs   *Ruleset
+	// gen is the nftables generation the record describes; 0 unknown.
+	gen uint32
+}
+
+func (e *Engine) recordPath() string { return filepath.Join(e.opts.StateDir, "capture.json") }
+
+// cached returns what the engine knows when the record file is still the
+// one it wrote.
+func (e *Engine) cached() *known {
+	e.mu.Lock()
+	k := e.last
+	e.mu.Unlock()
+	if k == nil {
+		return nil
+	}
+	fi, err := os.Stat(e.recordPath())
+	if err != nil || fi.Size() != k.size || !fi.ModTime().Equal(k.mod) {
+		return nil
+	}
+	return k
+}
+
+func (e *Engine) remember(k *known) {
+	if k != nil {
+		if fi, err := os.Stat(e.recordPath()); err == nil {
+			k.size, k.mod = fi.Size(), fi.ModTime()
+		} else {
+			k = nil
+		}
+	}
+	e.mu.Lock()
+	e.last = k
+	e.mu.Unlock()
+}
+
 // Install implements redirect.Engine. The change is one netlink batch: the
 // whole table replaced, or, when only set contents changed and the live
 // table is as recorded, just the elements added and removed.
@@ -160,11 +210,26 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	if err := Check(p); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
-	unlock, prev, err := e.begin(ctx, "install")
+	unlockNS, err := redirect.LockNetns(ctx, e.opts.LockDir, e.opts.NetnsPath)
 	if err != nil {
 		return err
 	}
-	defer unlock()
+	defer unlockNS()
+	unlockState, err := redirect.LockState(ctx, e.opts.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlockState()
+	k := e.cached()
+	var prev *redirect.State
+	if k != nil {
+		prev = k.st
+	} else if prev, err = redirect.LoadState(e.opts.StateDir); err != nil {
+		return err
+	}
+	if prev != nil && prev.Engine != Name {
+		return fmt.Errorf("install: the capture here is held by the %s engine; use it, or uninstall it first", prev.Engine)
+	}
 	c, done, err := dial(e.opts.NetnsPath)
 	if err != nil {
 		return fmt.Errorf("install: %w", err)
@@ -175,59 +240,106 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	if e.corrupt != nil {
 		e.corrupt(rs)
 	}
-	live, err := readTable(c)
-	if err != nil && !errors.Is(err, errNoTable) {
-		return fmt.Errorf("install: %w", err)
+	// intact: the live table is the recorded one. Proved by the
+	// generation when nothing at all was committed since shunt's last
+	// change, else by reading the table back.
+	intact, unchangedGen := false, false
+	var prevRS *Ruleset
+	if prev != nil && prev.Plan != nil {
+		if k != nil && k.gen != 0 {
+			if g, err := generation(e.opts.NetnsPath); err == nil && g == k.gen {
+				intact, unchangedGen, prevRS = true, true, k.rs
+			}
+		}
+		if !intact {
+			live, err := readTable(c)
+			if err != nil && !errors.Is(err, errNoTable) {
+				return fmt.Errorf("install: %w", err)
+			}
+			intact = live != nil && live.record(textsOf(prev)) == prev.Applied["inet"]
+		}
+	}
+	incremental := false
+	if intact {
+		if prevRS == nil {
+			prevRS = Render(prev.Plan)
+		}
+		incremental = prevRS.skeleton() == rs.skeleton()
 	}
 	how := "table written"
-	switch {
-	case live != nil && prev != nil && prev.Plan != nil && live.record(textsOf(prev)) == prev.Applied["inet"]:
-		if prev.Plan.Equal(p) {
+	if incremental {
+		n, err := queueElementChanges(c, prevRS, rs)
+		if err != nil {
+			return fmt.Errorf("install: %w", err)
+		}
+		if n == 0 && prev.Plan.Equal(p) {
 			e.log.Debug("nftables capture already installed")
 			return nil
 		}
-		if old := Render(prev.Plan); old.skeleton() == rs.skeleton() {
-			n, err := queueElementChanges(c, old, rs)
-			if err != nil {
-				return fmt.Errorf("install: %w", err)
-			}
-			how = fmt.Sprintf("%d set elements changed", n)
-			break
-		}
-		fallthrough
-	default:
-		if err := queueTable(c, rs); err != nil {
-			return fmt.Errorf("install: %w", err)
-		}
+		how = fmt.Sprintf("%d set elements changed", n)
+	} else if err := queueTable(c, rs); err != nil {
+		return fmt.Errorf("install: %w", err)
 	}
 	if err := c.Flush(); err != nil {
+		e.remember(nil)
 		return fmt.Errorf("install: apply table inet %s (nothing was changed): %w", TableName, err)
 	}
-	st, err := e.readBack(c, rs, p)
-	if err != nil {
-		return fmt.Errorf("install: table written but %w", err)
+	st := &redirect.State{Engine: Name, Netns: e.opts.NetnsPath, Plan: p.Clone(), InstalledAt: time.Now().UTC()}
+	for _, f := range families(p) {
+		st.Families = append(st.Families, f.label())
+	}
+	next := &known{st: st, rs: rs}
+	g, gerr := generation(e.opts.NetnsPath)
+	if incremental && unchangedGen && gerr == nil && g == k.gen+1 {
+		// Only this batch was committed since the table was last read:
+		// the rules are as recorded and the sets as sent.
+		st.Applied = map[string]string{"inet": withSets(prev.Applied["inet"], sentSets(rs))}
+		next.gen = g
+	} else {
+		applied, err := e.readBack(c, rs)
+		if err != nil {
+			return fmt.Errorf("install: table written but %w", err)
+		}
+		st.Applied = map[string]string{"inet": applied}
+		if g2, err := generation(e.opts.NetnsPath); gerr == nil && err == nil && g2 == g {
+			next.gen = g
+		}
+	}
+	if prev != nil {
+		st.Chosen = prev.Chosen
 	}
 	if err := redirect.SaveState(e.opts.StateDir, st); err != nil {
+		e.remember(nil)
 		return fmt.Errorf("install: table written but %w", err)
 	}
+	e.remember(next)
 	e.log.Debug("nftables capture installed", "how", how)
 	return nil
 }
 
+// withSets replaces a record's set lines.
+func withSets(record string, sets []setSnap) string {
+	var b strings.Builder
+	for _, s := range sets {
+		b.WriteString(s.line() + "\n")
+	}
+	for _, l := range strings.Split(record, "\n") {
+		if l != "" && !strings.HasPrefix(l, "set ") {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
 // readBack records the table as the kernel now holds it: the reference for
 // drift detection.
-func (e *Engine) readBack(c *nftables.Conn, rs *Ruleset, p *redirect.Plan) (*redirect.State, error) {
+func (e *Engine) readBack(c *nftables.Conn, rs *Ruleset) (string, error) {
 	snap, err := readTable(c)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	texts := snap.texts(rs)
-	applied := snap.record(func(d string) (string, bool) { t, ok := texts[d]; return t, ok })
-	st := &redirect.State{Engine: Name, Netns: e.opts.NetnsPath, Plan: p.Clone(), Applied: map[string]string{"inet": applied}, InstalledAt: time.Now().UTC()}
-	for _, f := range families(p) {
-		st.Families = append(st.Families, f.label())
-	}
-	return st, nil
+	return snap.record(func(d string) (string, bool) { t, ok := texts[d]; return t, ok }), nil
 }
 
 // textsOf recovers the digest-to-text map from a record.
@@ -337,6 +449,7 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 			return fmt.Errorf("uninstall: delete table inet %s: %w", TableName, err)
 		}
 	}
+	e.remember(nil)
 	if err := redirect.RemoveState(e.opts.StateDir); err != nil {
 		return err
 	}
@@ -383,42 +496,68 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	}
 	rec := live.record(textsOf(st))
 	s.Drift = diffLines(st.Applied["inet"], rec)
-	s.Sections = sections(rec)
+	if st.Plan != nil && strings.Contains(strings.Join(s.Drift, "\n"), ": set ") {
+		s.Drift = append(s.Drift, elementDrift(sentSets(Render(st.Plan)), live.sets)...)
+	}
+	s.Sections = sections(live, textsOf(st))
 	return s, nil
 }
 
-// sections lists each chain's rules and each set's size.
-func sections(rec string) []redirect.Section {
-	var out []redirect.Section
-	var cur *redirect.Section
-	sizes := map[string]int{}
-	var setOrder []string
-	for _, l := range strings.Split(rec, "\n") {
-		switch {
-		case strings.HasPrefix(l, "set "):
-			name := strings.Fields(l)[1]
-			if strings.Contains(l, " element ") {
-				sizes[name]++
-			} else {
-				setOrder = append(setOrder, name)
+// elementDrift names the elements that differ in sets whose contents
+// drifted (at most a few per set: a report, not a dump).
+func elementDrift(want, live []setSnap) []string {
+	const most = 10
+	var out []string
+	byName := map[string]setSnap{}
+	for _, l := range live {
+		byName[l.name] = l
+	}
+	for _, w := range want {
+		l, ok := byName[w.name]
+		if !ok || l.line() == w.line() {
+			continue
+		}
+		lt, wt := l.texts(), w.texts()
+		have := map[string]bool{}
+		for _, x := range lt {
+			have[x] = true
+		}
+		should := map[string]bool{}
+		n := 0
+		for _, x := range wt {
+			should[x] = true
+			if !have[x] && n < most {
+				out = append(out, fmt.Sprintf("set %s: missing element %s", w.name, x))
+				n++
 			}
-		case strings.HasPrefix(l, "chain "):
-			out = append(out, redirect.Section{Name: "inet " + TableName + " " + strings.TrimPrefix(l, "chain ")})
-			cur = &out[len(out)-1]
-		case strings.HasPrefix(l, "rule ") && cur != nil:
-			_, text, _ := strings.Cut(l, ": ")
-			if i := strings.LastIndex(text, " #"); i >= 0 {
-				text = text[:i]
+		}
+		for _, x := range lt {
+			if !should[x] && n < most {
+				out = append(out, fmt.Sprintf("set %s: unexpected element %s", w.name, x))
+				n++
 			}
-			cur.Lines = append(cur.Lines, text)
 		}
 	}
-	if len(setOrder) > 0 {
-		sec := redirect.Section{Name: "inet " + TableName + " sets (kernel elements, interval ends included)"}
-		for _, n := range setOrder {
-			sec.Lines = append(sec.Lines, fmt.Sprintf("%s: %d", n, sizes[n]))
+	return out
+}
+
+// sections lists each set's size and each chain's rules.
+func sections(live *snapshot, textOf func(string) (string, bool)) []redirect.Section {
+	sets := redirect.Section{Name: "inet " + TableName + " sets (kernel elements, interval ends included)"}
+	for _, st := range live.sets {
+		sets.Lines = append(sets.Lines, fmt.Sprintf("%s: %d", st.name, len(st.elems)))
+	}
+	out := []redirect.Section{sets}
+	for _, c := range live.chains {
+		sec := redirect.Section{Name: "inet " + TableName + " " + strings.TrimPrefix(c.line, "chain ")}
+		for _, r := range c.rules {
+			text, ok := textOf(r.digest)
+			if !ok {
+				text = fmt.Sprintf("(a rule shunt did not write, handle %d)", r.handle)
+			}
+			sec.Lines = append(sec.Lines, text)
 		}
-		out = append([]redirect.Section{sec}, out...)
+		out = append(out, sec)
 	}
 	return out
 }

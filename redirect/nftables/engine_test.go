@@ -51,6 +51,24 @@ func TestInstallIsWhatNftMakesOfTheDryRun(t *testing.T) {
 			if err != nil || !st.Installed || len(st.Drift) > 0 {
 				t.Fatalf("status after install: %+v %v", st, err)
 			}
+			// The kernel lists each set as it was sent: what lets a set
+			// change be recorded without reading the table back.
+			rec, err := redirect.LoadState(eng.opts.StateDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var read, sent []string
+			for _, l := range strings.Split(rec.Applied["inet"], "\n") {
+				if strings.HasPrefix(l, "set ") {
+					read = append(read, l)
+				}
+			}
+			for _, s := range sentSets(Render(p)) {
+				sent = append(sent, s.line())
+			}
+			if strings.Join(read, "\n") != strings.Join(sent, "\n") {
+				t.Errorf("sets read back differ from the sets sent:\n%s\nsent:\n%s", read, sent)
+			}
 			if err := eng.Install(ctx, p); err != nil {
 				t.Fatalf("second install: %v", err)
 			}

@@ -260,6 +260,8 @@ func ctEstablished() term {
 
 // Statements.
 
+func drop() term { return term{"drop", []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}} }
+
 func ret() term { return term{"return", []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}} }
 
 func jump(chain string) term {
@@ -291,4 +293,11 @@ func rejectUnreachable(f fam) term {
 		return term{"reject with icmpv6 port-unreachable", append(nfprotoDep(f), &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 4})}
 	}
 	return term{"reject with icmp port-unreachable", append(nfprotoDep(f), &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3})}
+}
+
+// icmpv6Type matches an ICMPv6 message type.
+func icmpv6Type(name string, typ byte) term {
+	ex := append(nfprotoDep(v6), metaLoad(expr.MetaKeyL4PROTO), cmpEq([]byte{unix.IPPROTO_ICMPV6}),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1}, cmpEq([]byte{typ}))
+	return term{"icmpv6 type " + name, ex}
 }

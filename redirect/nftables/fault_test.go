@@ -132,7 +132,7 @@ func TestDriftIsReportedAndRestored(t *testing.T) {
 	}{
 		{"rule deleted", []string{"delete", "rule", "inet", "shunt", "output4", "handle", handle("output4", "redirect to :15001")}, "missing: rule output4: meta l4proto tcp redirect to :15001"},
 		{"rule added", []string{"insert", "rule", "inet", "shunt", "egress4", "accept"}, "unexpected: rule egress4: (a rule shunt did not write"},
-		{"element added", []string{"add", "element", "inet", "shunt", "allowed4", "{", "192.0.2.1", "}"}, "unexpected: set allowed4 element 192.0.2.1"},
+		{"element added", []string{"add", "element", "inet", "shunt", "allowed4", "{", "192.0.2.1", "}"}, "set allowed4: unexpected element 192.0.2.1"},
 		{"chain flushed", []string{"flush", "chain", "inet", "shunt", "egress6"}, "missing: rule egress6: reject with icmpv6 port-unreachable"},
 		{"table deleted", []string{"delete", "table", "inet", "shunt"}, "table inet shunt is missing"},
 	}

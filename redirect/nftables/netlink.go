@@ -2,15 +2,18 @@ package nftables
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"slices"
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,8 +90,71 @@ func isNotExist(err error) bool { return errors.Is(err, unix.ENOENT) }
 // compare equal exactly when the table is the same: chains with their
 // hooks, each rule's expressions (by digest), each set's type and elements.
 type snapshot struct {
-	sets   []string
+	sets   []setSnap
 	chains []chainSnap
+}
+
+// setSnap is one set: its declaration and its elements.
+type setSnap struct {
+	name, decl string
+	kind       setKind
+	elems      []nftables.SetElement
+}
+
+// line is the set's line in a record: its declaration, size and a digest
+// of its elements (a record stays small however large the sets are).
+func (s setSnap) line() string {
+	return fmt.Sprintf("set %s elements %d #%016x", s.decl, len(s.elems), elementsSum(s.elems))
+}
+
+// elementsSum digests elements whatever their order (the kernel lists an
+// interval set in its tree's order): the sum of each element's hash.
+func elementsSum(elems []nftables.SetElement) uint64 {
+	var sum uint64
+	for _, e := range elems {
+		h := fnv.New64a()
+		h.Write(e.Key)
+		if e.IntervalEnd {
+			h.Write([]byte{1})
+		} else {
+			h.Write([]byte{0})
+		}
+		sum += h.Sum64()
+	}
+	return sum
+}
+
+// texts prints the elements, sorted.
+func (s setSnap) texts() []string {
+	out := make([]string, len(s.elems))
+	for i, e := range s.elems {
+		out[i] = elementText(s.kind, e)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// sentSets is what the record's set lines are once rs is in the kernel: the
+// kernel lists an interval set's elements as they were sent.
+func sentSets(rs *Ruleset) []setSnap {
+	var out []setSnap
+	for _, s := range rs.sets {
+		out = append(out, s.snap())
+	}
+	slices.SortFunc(out, func(a, b setSnap) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+func (s *set) snap() setSnap {
+	return setSnap{name: s.name, decl: setDecl(s.name, s.kind.keyType().Name, s.interval), kind: s.kind, elems: s.elems}
+}
+
+func setDecl(name, typ string, interval bool) string {
+	d := name + " type " + typ
+	if interval {
+		d += " flags interval"
+	}
+	return d
 }
 
 type chainSnap struct {
@@ -127,25 +193,11 @@ func readTable(c *nftables.Conn) (*snapshot, error) {
 	slices.SortFunc(sets, func(a, b *nftables.Set) int { return strings.Compare(a.Name, b.Name) })
 	for _, s := range sets {
 		kind := kindOf(s)
-		flags := ""
-		if s.Interval {
-			flags = " flags interval"
-		}
-		snap.sets = append(snap.sets, fmt.Sprintf("set %s type %s%s", s.Name, s.KeyType.Name, flags))
 		elems, err := c.GetSetElements(s)
 		if err != nil {
 			return nil, fmt.Errorf("read elements of set %s: %w", s.Name, err)
 		}
-		texts := make([]string, len(elems))
-		for i, e := range elems {
-			texts[i] = elementText(kind, e)
-		}
-		// The kernel lists interval elements in its tree's order; the set
-		// is the same whatever the order.
-		slices.Sort(texts)
-		for _, tx := range texts {
-			snap.sets = append(snap.sets, fmt.Sprintf("set %s element %s", s.Name, tx))
-		}
+		snap.sets = append(snap.sets, setSnap{name: s.Name, decl: setDecl(s.Name, s.KeyType.Name, s.Interval), kind: kind, elems: elems})
 	}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -185,8 +237,8 @@ func readTable(c *nftables.Conn) (*snapshot, error) {
 // digest stays on the line: a rule someone changed no longer compares equal.
 func (s *snapshot) record(textOf func(digest string) (string, bool)) string {
 	var b strings.Builder
-	for _, l := range s.sets {
-		b.WriteString(l + "\n")
+	for _, st := range s.sets {
+		b.WriteString(st.line() + "\n")
 	}
 	for _, c := range s.chains {
 		b.WriteString(c.line + "\n")
@@ -250,4 +302,47 @@ func hookName(h nftables.ChainHook) string {
 		return "postrouting"
 	}
 	return fmt.Sprint(uint32(h))
+}
+
+// generation returns the namespace's nftables ruleset generation, which
+// every committed batch, of any table, increments: equal to the one seen
+// right after shunt's last change, it proves nothing changed since.
+func generation(path string) (uint32, error) {
+	cfg := &netlink.Config{}
+	if path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return 0, fmt.Errorf("netns %s: %w", path, err)
+		}
+		defer f.Close()
+		cfg.NetNS = int(f.Fd())
+	}
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+	if err != nil {
+		return 0, fmt.Errorf("read nftables generation: %w", err)
+	}
+	defer conn.Close()
+	msgs, err := conn.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read nftables generation: %w", err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, fmt.Errorf("read nftables generation: %w", err)
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				return ad.Uint32(), nil
+			}
+		}
+	}
+	return 0, errors.New("read nftables generation: no generation in the kernel's answer")
 }

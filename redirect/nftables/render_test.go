@@ -83,7 +83,7 @@ func TestIntervalsMergeAndEndElements(t *testing.T) {
 		netip.MustParsePrefix("192.168.1.7/32"),
 		netip.MustParsePrefix("fd00::/8"), // other family: left out
 	})
-	if got := strings.Join(s.text, ", "); got != "10.0.0.0/7, 192.168.1.7" {
+	if got := strings.Join(s.text(), ", "); got != "10.0.0.0/7, 192.168.1.7" {
 		t.Errorf("elements %q", got)
 	}
 	// nft's encoding: an end at zero, then start and end+1 of each interval.
@@ -95,12 +95,12 @@ func TestIntervalsMergeAndEndElements(t *testing.T) {
 		t.Errorf("keys %s", got)
 	}
 	all := newAddrSet("all", v6, []netip.Prefix{netip.MustParsePrefix("::/0")})
-	if len(all.elems) != 1 || all.elems[0].IntervalEnd || all.text[0] != "::/0" {
-		t.Errorf("::/0 gives %v %v", all.text, all.elems)
+	if len(all.elems) != 1 || all.elems[0].IntervalEnd || all.text()[0] != "::/0" {
+		t.Errorf("::/0 gives %v %v", all.text(), all.elems)
 	}
 	r := newAddrSet("r", v4, []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32"), netip.MustParsePrefix("10.0.0.2/31")})
-	if r.text[0] != "10.0.0.1-10.0.0.3" {
-		t.Errorf("range printed %q", r.text)
+	if r.text()[0] != "10.0.0.1-10.0.0.3" {
+		t.Errorf("range printed %q", r.text())
 	}
 }
 

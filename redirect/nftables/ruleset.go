@@ -147,6 +147,7 @@ func Render(p *redirect.Plan) *Ruleset {
 		rawPre = rs.addChain("raw_prerouting", &hook{nftables.ChainTypeFilter, "prerouting", priorityRaw})
 		rawOut = rs.addChain("raw_output", &hook{nftables.ChainTypeFilter, "output", priorityRaw})
 	}
+	renderPortGuard(rs.addChain("port_guard", &hook{nftables.ChainTypeFilter, "output", priorityFilter}), p)
 	var egress *chain
 	if p.Egress != nil {
 		egress = rs.addChain("egress", &hook{nftables.ChainTypeFilter, "output", priorityFilter})
@@ -184,6 +185,13 @@ func Render(p *redirect.Plan) *Ruleset {
 		if p.Egress != nil {
 			c := rs.addChain("egress"+f.suffix(), nil)
 			c.add(ifname(false, "lo"), ret())
+			if f.v6 {
+				// Neighbour discovery runs through the output hook
+				// too: refused, no IPv6 address on the link would
+				// be reachable, allowed ones included.
+				c.add(icmpv6Type("nd-neighbor-solicit", 135), ret())
+				c.add(icmpv6Type("nd-neighbor-advert", 136), ret())
+			}
 			// What capture redirected still carries the interface its
 			// first route chose: recognise it by its NAT state.
 			c.add(ctDNAT(), ret())
@@ -291,6 +299,39 @@ func renderZones(out, in *chain, p *redirect.Plan, f fam, dns *set) {
 		src = append(src, addrIn(f, true, dns))
 	}
 	in.add(append(src, port("udp", false, portRange{53, 53}), ctZone(zoneUpstream))...)
+}
+
+// renderPortGuard drops what a socket not owned by the proxy's UID or GID,
+// root or a process allowed to set the bypass mark sends from a port
+// capture redirects to, as the iptables engine's SHUNT_PORT_GUARD does: a
+// process of the pod that binds such a port while the proxy or the agent is
+// down receives captured traffic but cannot answer it. meta skuid does not
+// match a packet without a socket (a reset the kernel sends for a closed
+// port), so those pass.
+func renderPortGuard(c *chain, p *redirect.Plan) {
+	c.add(skid(false, idRange{0, 0}, false), ret())
+	c.add(skid(false, idRange{p.ProxyUID, p.ProxyUID}, false), ret())
+	if p.ProxyGID != nil {
+		c.add(skid(true, idRange{*p.ProxyGID, *p.ProxyGID}, false), ret())
+	}
+	if p.BypassMark != 0 {
+		c.add(mark(p.BypassMark, false), ret())
+	}
+	// Any socket's UID is now != 0; without a socket, no match.
+	owned := skid(false, idRange{0, 0}, true)
+	tcp := []uint16{p.OutboundPort}
+	if p.CaptureInbound {
+		tcp = append(tcp, p.InboundPort)
+	}
+	if p.DNSMode != redirect.DNSNone {
+		tcp = append(tcp, p.DNSPort)
+	}
+	for _, pt := range tcp {
+		c.add(port("tcp", false, portRange{pt, pt}), owned, drop())
+	}
+	if p.DNSMode != redirect.DNSNone {
+		c.add(port("udp", false, portRange{p.DNSPort, p.DNSPort}), owned, drop())
+	}
 }
 
 func portRanges(l []redirect.PortRange) []portRange {

@@ -59,8 +59,9 @@ type set struct {
 	id       uint32
 	kind     setKind
 	interval bool
-	text     []string
-	elems    []nftables.SetElement
+	// text prints the elements as nft does; computed only for --dry-run.
+	text  func() []string
+	elems []nftables.SetElement
 }
 
 // span is an inclusive range of big-endian keys of one length.
@@ -158,14 +159,28 @@ func addrSpanText(s span) string {
 	if lo == hi {
 		return lo.String()
 	}
-	for bits := 0; bits < lo.BitLen(); bits++ {
-		p := netip.PrefixFrom(lo, bits)
-		if p.Masked().Addr() == lo && bytes.Equal(prefixSpan(p, len(s.lo)).hi, s.hi) {
-			return p.String()
-		}
+	if bits, ok := prefixLen(s); ok {
+		return netip.PrefixFrom(lo, bits).String()
 	}
 	return lo.String() + "-" + hi.String()
 }
+
+// prefixLen reports whether a span is exactly one prefix, and its length:
+// equal leading bits, then lo all zeros and hi all ones.
+func prefixLen(s span) (int, bool) {
+	i := 0
+	for i < len(s.lo)*8 && bit(s.lo, i) == bit(s.hi, i) {
+		i++
+	}
+	for j := i; j < len(s.lo)*8; j++ {
+		if bit(s.lo, j) != 0 || bit(s.hi, j) != 1 {
+			return 0, false
+		}
+	}
+	return i, true
+}
+
+func bit(b []byte, i int) byte { return b[i/8] >> (7 - i%8) & 1 }
 
 // newAddrSet is an interval set of prefixes of one family.
 func newAddrSet(name string, f fam, prefixes []netip.Prefix) *set {
@@ -181,8 +196,12 @@ func newAddrSet(name string, f fam, prefixes []netip.Prefix) *set {
 		}
 	}
 	spans = merge(spans)
-	for _, sp := range spans {
-		s.text = append(s.text, addrSpanText(sp))
+	s.text = func() []string {
+		out := make([]string, len(spans))
+		for i, sp := range spans {
+			out[i] = addrSpanText(sp)
+		}
+		return out
 	}
 	s.elems = intervalElements(spans)
 	return s
@@ -202,8 +221,14 @@ func newHostSet(name string, f fam, addrs []netip.Addr) *set {
 	}
 	slices.SortFunc(keys, bytes.Compare)
 	keys = slices.CompactFunc(keys, bytes.Equal)
+	s.text = func() []string {
+		out := make([]string, len(keys))
+		for i, k := range keys {
+			out[i] = addrOf(k).String()
+		}
+		return out
+	}
 	for _, k := range keys {
-		s.text = append(s.text, addrOf(k).String())
 		s.elems = append(s.elems, nftables.SetElement{Key: k})
 	}
 	return s
@@ -230,9 +255,12 @@ func newPortSet(name string, ranges []portRange) *set {
 		spans = append(spans, span{lo: be16(r.first), hi: be16(r.last)})
 	}
 	spans = merge(spans)
-	for _, sp := range spans {
-		r := portRange{binary.BigEndian.Uint16(sp.lo), binary.BigEndian.Uint16(sp.hi)}
-		s.text = append(s.text, r.String())
+	s.text = func() []string {
+		out := make([]string, len(spans))
+		for i, sp := range spans {
+			out[i] = portRange{binary.BigEndian.Uint16(sp.lo), binary.BigEndian.Uint16(sp.hi)}.String()
+		}
+		return out
 	}
 	s.elems = intervalElements(spans)
 	return s
@@ -256,8 +284,14 @@ func newEndpointSet(name string, f fam, eps []netip.AddrPort) *set {
 	slices.SortFunc(keys, bytes.Compare)
 	keys = slices.CompactFunc(keys, bytes.Equal)
 	n := f.addrLen()
+	s.text = func() []string {
+		out := make([]string, len(keys))
+		for i, k := range keys {
+			out[i] = fmt.Sprintf("%s . %d", addrOf(k[:n]), binary.BigEndian.Uint16(k[n:n+2]))
+		}
+		return out
+	}
 	for _, k := range keys {
-		s.text = append(s.text, fmt.Sprintf("%s . %d", addrOf(k[:n]), binary.BigEndian.Uint16(k[n:n+2])))
 		s.elems = append(s.elems, nftables.SetElement{Key: k})
 	}
 	return s
@@ -297,8 +331,8 @@ func (s *set) String() string {
 	if s.interval {
 		b.WriteString("\t\tflags interval\n")
 	}
-	if len(s.text) > 0 {
-		fmt.Fprintf(&b, "\t\telements = { %s }\n", strings.Join(s.text, ", "))
+	if t := s.text(); len(t) > 0 {
+		fmt.Fprintf(&b, "\t\telements = { %s }\n", strings.Join(t, ", "))
 	}
 	b.WriteString("\t}\n")
 	return b.String()

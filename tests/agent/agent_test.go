@@ -139,6 +139,9 @@ func testExternalServicesThroughTheProxy(t *testing.T, engine string) {
 			if out, err := exec.Command(bpftool, "link", "detach", "pinned", filepath.Join(w.pinDir, "link_connect4")).CombinedOutput(); err != nil {
 				t.Fatalf("bpftool link detach: %v\n%s", err, out)
 			}
+		} else if engine == "nftables" {
+			testenv.RequireBinary(t, "nft")
+			w.pod.MustRun("nft", "flush", "chain", "inet", "shunt", "output4")
 		} else if _, err := w.pod.Run("iptables", "-t", "nat", "-F", "SHUNT_OUTPUT"); err != nil {
 			t.Skip("cannot flush with the default iptables in this namespace")
 		}
@@ -257,7 +260,7 @@ networking:
 	w.startEgress()
 	w.startAgent("", "--zone", "zone-1")
 	w.proxy = w.pod.Start(w.pod.CommandAs(context.Background(), proxyUID, proxyUID, bins.meshproxy,
-		"-xds", xdsAddr, "-node-id", "pod", "-zone", "zone-1", "-resolver", internetIP+":53"))
+		"-xds", w.xdsSocket(), "-node-id", "pod", "-zone", "zone-1", "-resolver", internetIP+":53"))
 	waitFor(t, "the proxy's configuration", func() bool { return strings.Contains(w.proxy.Output(), "routes") }, w.proxy.Output)
 
 	got, err := w.curl(appUID, "--cacert", w.dir+"/nginx/ca.crt", "https://example.com/")

@@ -58,9 +58,9 @@ type world struct {
 }
 
 // forEachEngine runs an end-to-end test once per capture engine: the same
-// assertions hold for both.
+// assertions hold for all.
 func forEachEngine(t *testing.T, test func(t *testing.T, engine string)) {
-	for _, engine := range []string{"iptables", "ebpf"} {
+	for _, engine := range []string{"iptables", "nftables", "ebpf"} {
 		t.Run(engine, func(t *testing.T) { test(t, engine) })
 	}
 }
@@ -98,7 +98,9 @@ func newWorld(t *testing.T) *world {
 	testenv.RequireBinary(t, "nginx")
 	testenv.RequireBinary(t, "curl")
 	testenv.RequireBinary(t, "dig")
-	w := &world{t: t, dir: testenv.ReadableTempDir(t), stateDir: t.TempDir()}
+	// The state directory holds the xDS socket: the proxy's user must
+	// reach it.
+	w := &world{t: t, dir: testenv.ReadableTempDir(t), stateDir: testenv.ReadableTempDir(t)}
 	w.resources = filepath.Join(w.dir, "resources")
 	must(t, os.MkdirAll(w.resources, 0o755))
 	w.pod = testenv.NewNetns(t, "pod")
@@ -248,7 +250,7 @@ func (w *world) startAgent(xds string, extra ...string) {
 	w.t.Helper()
 	args := []string{"run", "--state-dir", w.stateDir, "--node-id", "pod", "--admin", adminAddr, "--reconcile-interval", "500ms"}
 	if xds == "" {
-		args = append(args, "--resources", w.resources, "--xds-listen", xdsAddr)
+		args = append(args, "--resources", w.resources)
 	} else {
 		args = append(args, "--xds", xds)
 	}
@@ -262,6 +264,9 @@ func (w *world) startAgent(xds string, extra ...string) {
 			"--resolv-conf", filepath.Join("/etc/netns", w.pod.Name(), "resolv.conf"))
 		w.agent = testenv.StartProcess(w.t, exec.CommandContext(context.Background(), "nsenter", append([]string{"--net=" + w.pod.Path(), bins.shunt}, args...)...))
 	} else {
+		if w.engine == "nftables" {
+			args = append(args, "--engine", "nftables")
+		}
 		w.agent = w.pod.Start(w.pod.Command(context.Background(), bins.shunt, args...))
 	}
 	waitFor(w.t, "the agent to be ready", func() bool {
@@ -274,12 +279,15 @@ func (w *world) stopAgent() {
 	w.agent.Stop()
 }
 
-// startProxy runs the proxy stand-in as the proxy's user, subscribed to the
-// same control plane as the pod's node.
+// xdsSocket is the agent's xDS socket, as the proxy's ADS address.
+func (w *world) xdsSocket() string { return "unix://" + filepath.Join(w.stateDir, "xds.sock") }
+
+// startProxy runs the proxy stand-in as the proxy's user, subscribed
+// through the agent's xDS socket as the pod's node.
 func (w *world) startProxy() {
 	w.t.Helper()
 	w.proxy = w.pod.Start(w.pod.CommandAs(context.Background(), proxyUID, proxyUID, bins.meshproxy,
-		"-xds", xdsAddr, "-node-id", "pod", "-resolver", internetIP+":53", "-listen", "127.0.0.1:15001,[::1]:15001"))
+		"-xds", w.xdsSocket(), "-node-id", "pod", "-resolver", internetIP+":53", "-listen", "127.0.0.1:15001,[::1]:15001"))
 	waitFor(w.t, "the proxy to have its configuration", func() bool {
 		return strings.Contains(w.proxy.Output(), "routes")
 	}, w.proxy.Output)

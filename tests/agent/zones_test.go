@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
 // The page's zone-pinned pair: with locality-aware load balancing,
@@ -37,10 +39,10 @@ networking:
   address: zone-2.httpbin.org:80
 `)
 	for _, zone := range []string{"zone-1", "zone-2"} {
-		w.stateDir = t.TempDir()
+		w.stateDir = testenv.ReadableTempDir(t)
 		w.startAgent("", "--zone", zone)
 		w.proxy = w.pod.Start(w.pod.CommandAs(context.Background(), proxyUID, proxyUID, bins.meshproxy,
-			"-xds", xdsAddr, "-node-id", "pod", "-zone", zone, "-resolver", internetIP+":53"))
+			"-xds", w.xdsSocket(), "-node-id", "pod", "-zone", zone, "-resolver", internetIP+":53"))
 		waitFor(t, "the proxy's configuration", func() bool { return strings.Contains(w.proxy.Output(), "routes") }, w.proxy.Output)
 
 		got, err := w.curl(appUID, "http://httpbin.mesh/")

@@ -41,6 +41,17 @@ func TestVNetTrafficIsCapturedAsOutbound(t *testing.T) {
 				{"vm to its own network", "http://10.3.0.1:8080/", "app:8080", "10.3.0.1:8080", false},
 				{"vm to its own network v6", "http://[fd00:3::1]:8080/", "app:8080", "[fd00:3::1]:8080", false},
 			}
+			// The nested workload's DNS to the pod's nameservers goes to the
+			// interceptor (a stand-in here, listening where REDIRECT sends),
+			// and its reply comes back from the nameserver's address.
+			serveDNS(t, w.pod, podEnd.IPv4.String()+":15053", "192.0.2.77")
+			for _, proto := range []string{"+notcp", "+tcp"} {
+				out, err := vm.Run("dig", "+short", "+tries=1", "+time=2", proto, "@10.1.0.2", "vm.example.")
+				if err != nil || strings.TrimSpace(out) != "192.0.2.77" {
+					t.Errorf("vm dig %s @10.1.0.2 = %q, %v; want the interceptor's answer 192.0.2.77", proto, out, err)
+				}
+			}
+
 			for _, c := range cases {
 				before := strings.Count(logs(), "-> "+c.dst)
 				got, err := curlFrom(vm, c.url)

@@ -118,7 +118,7 @@ func TestNodeTwoPods(t *testing.T) {
 
 	// Loaded once: both cgroups run the node's programs.
 	want := nodeCgroupProgIDs(t, node)
-	if len(want) != 10 {
+	if len(want) != 12 {
 		t.Fatalf("node programs: %v", want)
 	}
 	for _, pod := range []*ebpftest.Pod{a, b} {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/shunt-dev/shunt/dnsproxy"
@@ -22,9 +23,32 @@ func main() {
 	table := flag.String("table", "", "table file")
 	upstream := flag.String("upstream", "", "upstream IP:PORT")
 	cacheSize := flag.Int("cache-size", 10000, "cache entries")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	memProfile := flag.String("memprofile", "", "write an allocation profile to this file at exit")
 	flag.Parse()
+	if *memProfile != "" {
+		defer func() {
+			if f, err := os.Create(*memProfile); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "dnsserve:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "dnsserve:", err)
+			os.Exit(1)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	if err := run(*listen, *table, *upstream, *cacheSize); err != nil {
 		fmt.Fprintln(os.Stderr, "dnsserve:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
