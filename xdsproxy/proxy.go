@@ -246,6 +246,17 @@ func (p *Proxy) upstreamNode() *corev3.Node {
 	return p.localNode
 }
 
+// sameIdentity reports whether two nodes tell a control plane the same
+// thing: id, cluster, locality and metadata. The user agent and client
+// features differ between shunt and Envoy for the very same node; opening
+// the stream again for them would cost a stream, and kuma-cp refuses a new
+// stream for a node whose previous one it has not let go of yet ("there is
+// already an active stream from this node") for about ten seconds.
+func sameIdentity(a, b *corev3.Node) bool {
+	return a.GetId() == b.GetId() && a.GetCluster() == b.GetCluster() &&
+		proto.Equal(a.GetLocality(), b.GetLocality()) && proto.Equal(a.GetMetadata(), b.GetMetadata())
+}
+
 func (p *Proxy) upstreamFailed(gen int, err error) {
 	if gen != p.gen {
 		return
@@ -262,7 +273,7 @@ func (p *Proxy) upstreamOpened(gen int, stream xdsclient.ADSStream, cancel conte
 		cancel()
 		return
 	}
-	if want := p.upstreamNode(); !proto.Equal(want, node) {
+	if want := p.upstreamNode(); !sameIdentity(want, node) {
 		// The local proxy connected while this stream was being
 		// opened: open it again as the proxy's node.
 		cancel()
@@ -447,10 +458,10 @@ func (p *Proxy) attach(d *downstream) {
 			p.detach(old)
 		}
 		p.envoy = d
-		changed := p.envoyNode != nil && !proto.Equal(p.envoyNode, d.node)
+		changed := p.envoyNode != nil && !sameIdentity(p.envoyNode, d.node)
 		p.envoyNode = d.node
 		p.setStatus(func(s *Status) { s.EnvoyConnected = true })
-		if p.up != nil && !proto.Equal(p.up.node, d.node) {
+		if p.up != nil && !sameIdentity(p.up.node, d.node) {
 			p.restartUpstream("the local proxy's node differs from the one the stream was opened with")
 		} else if changed {
 			p.restartUpstream("the local proxy's node changed")

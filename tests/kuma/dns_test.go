@@ -145,6 +145,32 @@ func TestKumaCP(t *testing.T) {
 	})
 }
 
+// The Dataplane's Envoy (the Envoy double) started by shunt connects to
+// shunt's xDS socket, and shunt holds the node's one stream to kuma-cp:
+// kuma-cp sees one stream, refuses none, and both shunt and the proxy get
+// their configuration.
+func TestKumaCPEnvoyBehindShunt(t *testing.T) {
+	w := newWorld(t, kumacp.Options{})
+	w.cp.Put("/meshes/default", seedMesh(true))
+	w.cp.Put("/meshes/default/external-services/httpbin", externalService("httpbin", "httpbin.org:443"))
+	w.startShunt("dp-1", "--envoy-binary", fakeEnvoy, "--envoy-admin", "127.0.0.1:0", "--proxy-uid", "5678")
+	w.waitResolves(t, 20*time.Second, "dp-1", "httpbin.mesh", "httpbin.org")
+	// The proxy got its configuration through shunt: its admin /ready is
+	// LIVE once it has clusters and listeners, which shunt's readiness
+	// includes.
+	if code, body := w.admin("/readyz"); code != "200" {
+		t.Fatalf("/readyz = %s %s", code, body)
+	}
+	time.Sleep(2 * time.Second) // a refused or second stream would show by now
+	log := w.cp.Log()
+	if strings.Contains(log, "already an active stream") || strings.Contains(w.agent.Output(), "already an active stream") {
+		t.Errorf("kuma-cp refused a second stream for the node")
+	}
+	if c := strings.Count(log, "proxy connected"); c != 1 {
+		t.Errorf("kuma-cp saw %d streams connect, want 1", c)
+	}
+}
+
 // Dataplane tokens: kuma-cp with dpToken authentication takes the token
 // from POST /tokens/dataplane, sent raw; without one shunt says why.
 func TestKumaCPDataplaneToken(t *testing.T) {
