@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shunt-dev/shunt/envoy/bootstrap"
+	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/xdsclient"
 )
 
@@ -17,6 +18,7 @@ import (
 var envoyBootstrapFlags = []string{
 	"xds", "xds-ca", "xds-cert", "xds-key", "xds-server-name", "xds-token-file",
 	"node-id", "zone", "mesh", "state-dir", "envoy-admin",
+	"xds-flavor", "xds-node-metadata", "dataplane-file",
 }
 
 func newEnvoyBootstrapCommand() *cobra.Command {
@@ -68,8 +70,23 @@ Envoy validates its bootstrap. See docs/envoy.md.`,
 			if err != nil {
 				return err
 			}
-			// The node as `shunt run` would send it.
-			xcfg := xdsclient.Config{NodeID: f.nodeID, Zone: f.zone, Mesh: f.meshName, TokenFile: f.xdsToken}
+			// The node as `shunt run` would send it: the same flavour,
+			// metadata and token form.
+			plan, err := cfg.Plan(redirect.OSHost{})
+			if err != nil {
+				return err
+			}
+			f.node.flavor = str("xds-flavor")
+			f.node.dataplaneFile = str("dataplane-file")
+			if f.node.metadata, err = fl.GetStringArray("xds-node-metadata"); err != nil {
+				return err
+			}
+			node, err := resolveNode(cmd, f.node, f.nodeID, f.meshName, plan)
+			if err != nil {
+				return err
+			}
+			xcfg := xdsclient.Config{NodeID: node.ID, Zone: f.zone, Mesh: node.Mesh, TokenFile: f.xdsToken,
+				Metadata: node.Metadata, TokenRaw: node.TokenRaw}
 			var x bootstrap.XDS
 			if f.xds != "" {
 				if x, err = remoteXDS(f, xcfg); err != nil {
