@@ -15,6 +15,16 @@ func BuildShunt(path string) error {
 	return goBuild(path, "github.com/shunt-dev/shunt/cmd/shunt")
 }
 
+// BuildShuntLean builds the lean build of shunt (-tags lean: the capture
+// commands and the CNI plugin alone), as the init container and the CNI
+// plugin ship it.
+func BuildShuntLean(path string) error {
+	if out, err := exec.Command("go", "build", "-tags", "lean", "-o", path, "github.com/shunt-dev/shunt/cmd/shunt").CombinedOutput(); err != nil {
+		return fmt.Errorf("build lean shunt: %v\n%s", err, out)
+	}
+	return nil
+}
+
 // BuildPackage builds a main package of this module to path.
 func BuildPackage(path, pkg string) error { return goBuild(path, pkg) }
 
