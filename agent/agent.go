@@ -17,6 +17,7 @@ import (
 	"github.com/shunt-dev/shunt/dnsproxy"
 	"github.com/shunt-dev/shunt/mesh"
 	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/rulewatch"
 	"github.com/shunt-dev/shunt/sockowner"
 )
 
@@ -114,7 +115,17 @@ type Agent struct {
 	installed *redirect.Plan
 	hosts     map[string]*hostEntry
 	resolving bool
+	// legacy: the rules are in iptables-legacy, whose changes are not
+	// announced, so they are polled every legacyPollInterval.
+	legacy bool
 }
+
+// legacyPollInterval is how often legacy iptables rules are read for drift;
+// minChangeGap spaces repairs triggered by change notifications.
+const (
+	legacyPollInterval = 200 * time.Millisecond
+	minChangeGap       = 50 * time.Millisecond
+)
 
 type reload struct {
 	plan      *redirect.Plan
@@ -283,6 +294,21 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	resolved := make(chan map[string]resolution, 1)
 	reconcile := time.NewTicker(a.opts.ReconcileInterval)
+	// nf_tables announces each ruleset change: drift is repaired as soon
+	// as it happens instead of at the next tick. The legacy backend
+	// announces nothing, so its rules are read more often (legacyPoll).
+	var changes <-chan struct{}
+	if a.opts.Engine != nil {
+		ch, err := rulewatch.Watch(ctx)
+		if err != nil {
+			a.log.Warn("ruleset changes are not announced here; drift is found by polling", "err", err, "interval", a.opts.ReconcileInterval)
+		}
+		changes = ch
+	}
+	legacyPoll := time.NewTicker(legacyPollInterval)
+	defer legacyPoll.Stop()
+	var changed <-chan time.Time
+	var lastChange time.Time
 	refresh := time.NewTicker(time.Second)
 	defer reconcile.Stop()
 	defer refresh.Stop()
@@ -306,6 +332,24 @@ loop:
 			}
 		case <-refresh.C:
 			a.refreshHosts(ctx, resolved)
+		case _, ok := <-changes:
+			if !ok {
+				changes = nil
+				break
+			}
+			// Repairs follow a change at once, but at most one per
+			// minChangeGap, so a tool fighting shunt over the rules
+			// cannot make it spin.
+			if changed == nil {
+				changed = time.After(time.Until(lastChange.Add(minChangeGap)))
+			}
+		case <-changed:
+			changed, lastChange = nil, time.Now()
+			a.reconcile(ctx)
+		case <-legacyPoll.C:
+			if a.legacy {
+				a.reconcile(ctx)
+			}
 		case <-reconcile.C:
 			a.reconcile(ctx)
 		case err := <-dnsDone:
@@ -456,6 +500,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 			}
 			return
 		}
+		a.legacy = st.Backend == "legacy"
 		if st.Installed && len(st.Drift) == 0 {
 			return
 		}

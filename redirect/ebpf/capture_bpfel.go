@@ -101,12 +101,15 @@ const (
 	captureMapPortFlags       = "port_flags"
 	captureMapStats           = "stats"
 	captureMapUidRules        = "uid_rules"
+	captureProgBind4          = "bind4"
+	captureProgBind6          = "bind6"
 	captureProgConnect4       = "connect4"
 	captureProgConnect6       = "connect6"
 	captureProgDnsEgress      = "dns_egress"
 	captureProgDnsIngress     = "dns_ingress"
 	captureProgGetSockopt     = "get_sockopt"
 	captureProgInboundLookup  = "inbound_lookup"
+	captureProgInboundTc      = "inbound_tc"
 	captureProgRecvmsg4       = "recvmsg4"
 	captureProgRecvmsg6       = "recvmsg6"
 	captureProgSendmsg4       = "sendmsg4"
@@ -156,12 +159,15 @@ type captureSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureProgramSpecs struct {
+	Bind4         *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6         *ebpf.ProgramSpec `ebpf:"bind6"`
 	Connect4      *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6      *ebpf.ProgramSpec `ebpf:"connect6"`
 	DnsEgress     *ebpf.ProgramSpec `ebpf:"dns_egress"`
 	DnsIngress    *ebpf.ProgramSpec `ebpf:"dns_ingress"`
 	GetSockopt    *ebpf.ProgramSpec `ebpf:"get_sockopt"`
 	InboundLookup *ebpf.ProgramSpec `ebpf:"inbound_lookup"`
+	InboundTc     *ebpf.ProgramSpec `ebpf:"inbound_tc"`
 	Recvmsg4      *ebpf.ProgramSpec `ebpf:"recvmsg4"`
 	Recvmsg6      *ebpf.ProgramSpec `ebpf:"recvmsg6"`
 	Sendmsg4      *ebpf.ProgramSpec `ebpf:"sendmsg4"`
@@ -266,12 +272,15 @@ type captureVariables struct {
 //
 // It can be passed to loadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type capturePrograms struct {
+	Bind4         *ebpf.Program `ebpf:"bind4"`
+	Bind6         *ebpf.Program `ebpf:"bind6"`
 	Connect4      *ebpf.Program `ebpf:"connect4"`
 	Connect6      *ebpf.Program `ebpf:"connect6"`
 	DnsEgress     *ebpf.Program `ebpf:"dns_egress"`
 	DnsIngress    *ebpf.Program `ebpf:"dns_ingress"`
 	GetSockopt    *ebpf.Program `ebpf:"get_sockopt"`
 	InboundLookup *ebpf.Program `ebpf:"inbound_lookup"`
+	InboundTc     *ebpf.Program `ebpf:"inbound_tc"`
 	Recvmsg4      *ebpf.Program `ebpf:"recvmsg4"`
 	Recvmsg6      *ebpf.Program `ebpf:"recvmsg6"`
 	Sendmsg4      *ebpf.Program `ebpf:"sendmsg4"`
@@ -281,12 +290,15 @@ type capturePrograms struct {
 
 func (p *capturePrograms) Close() error {
 	return _CaptureClose(
+		p.Bind4,
+		p.Bind6,
 		p.Connect4,
 		p.Connect6,
 		p.DnsEgress,
 		p.DnsIngress,
 		p.GetSockopt,
 		p.InboundLookup,
+		p.InboundTc,
 		p.Recvmsg4,
 		p.Recvmsg6,
 		p.Sendmsg4,

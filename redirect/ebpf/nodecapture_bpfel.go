@@ -134,12 +134,15 @@ const (
 	nodeCaptureMapPodUidRules        = "pod_uid_rules"
 	nodeCaptureMapPods               = "pods"
 	nodeCaptureMapStats              = "stats"
+	nodeCaptureProgBind4             = "bind4"
+	nodeCaptureProgBind6             = "bind6"
 	nodeCaptureProgConnect4          = "connect4"
 	nodeCaptureProgConnect6          = "connect6"
 	nodeCaptureProgDnsEgress         = "dns_egress"
 	nodeCaptureProgDnsIngress        = "dns_ingress"
 	nodeCaptureProgGetSockopt        = "get_sockopt"
 	nodeCaptureProgInboundLookup     = "inbound_lookup"
+	nodeCaptureProgInboundTc         = "inbound_tc"
 	nodeCaptureProgRecvmsg4          = "recvmsg4"
 	nodeCaptureProgRecvmsg6          = "recvmsg6"
 	nodeCaptureProgSendmsg4          = "sendmsg4"
@@ -189,12 +192,15 @@ type nodeCaptureSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeCaptureProgramSpecs struct {
+	Bind4         *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6         *ebpf.ProgramSpec `ebpf:"bind6"`
 	Connect4      *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6      *ebpf.ProgramSpec `ebpf:"connect6"`
 	DnsEgress     *ebpf.ProgramSpec `ebpf:"dns_egress"`
 	DnsIngress    *ebpf.ProgramSpec `ebpf:"dns_ingress"`
 	GetSockopt    *ebpf.ProgramSpec `ebpf:"get_sockopt"`
 	InboundLookup *ebpf.ProgramSpec `ebpf:"inbound_lookup"`
+	InboundTc     *ebpf.ProgramSpec `ebpf:"inbound_tc"`
 	Recvmsg4      *ebpf.ProgramSpec `ebpf:"recvmsg4"`
 	Recvmsg6      *ebpf.ProgramSpec `ebpf:"recvmsg6"`
 	Sendmsg4      *ebpf.ProgramSpec `ebpf:"sendmsg4"`
@@ -305,12 +311,15 @@ type nodeCaptureVariables struct {
 //
 // It can be passed to loadNodeCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeCapturePrograms struct {
+	Bind4         *ebpf.Program `ebpf:"bind4"`
+	Bind6         *ebpf.Program `ebpf:"bind6"`
 	Connect4      *ebpf.Program `ebpf:"connect4"`
 	Connect6      *ebpf.Program `ebpf:"connect6"`
 	DnsEgress     *ebpf.Program `ebpf:"dns_egress"`
 	DnsIngress    *ebpf.Program `ebpf:"dns_ingress"`
 	GetSockopt    *ebpf.Program `ebpf:"get_sockopt"`
 	InboundLookup *ebpf.Program `ebpf:"inbound_lookup"`
+	InboundTc     *ebpf.Program `ebpf:"inbound_tc"`
 	Recvmsg4      *ebpf.Program `ebpf:"recvmsg4"`
 	Recvmsg6      *ebpf.Program `ebpf:"recvmsg6"`
 	Sendmsg4      *ebpf.Program `ebpf:"sendmsg4"`
@@ -320,12 +329,15 @@ type nodeCapturePrograms struct {
 
 func (p *nodeCapturePrograms) Close() error {
 	return _NodeCaptureClose(
+		p.Bind4,
+		p.Bind6,
 		p.Connect4,
 		p.Connect6,
 		p.DnsEgress,
 		p.DnsIngress,
 		p.GetSockopt,
 		p.InboundLookup,
+		p.InboundTc,
 		p.Recvmsg4,
 		p.Recvmsg6,
 		p.Sendmsg4,

@@ -260,6 +260,8 @@ func ctEstablished() term {
 
 // Statements.
 
+func drop() term { return term{"drop", []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}} }
+
 func ret() term { return term{"return", []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}} }
 
 func jump(chain string) term {

@@ -33,6 +33,26 @@ func testExternalServicesThroughTheProxy(t *testing.T, engine string) {
 	w.startAgent("")
 	w.startProxy()
 
+	t.Run("the node's xDS reaches the proxy's user only", func(t *testing.T) {
+		// A workload process subscribing as the node, through the
+		// socket, gets nothing; shunt has no xDS port on TCP.
+		sock := filepath.Join(w.stateDir, "xds.sock")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := w.pod.CommandAs(ctx, appUID, appUID, "curl", "-sS", "--http2-prior-knowledge", "--unix-socket", sock,
+			"-X", "POST", "-H", "content-type: application/grpc", "http://pod/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources").CombinedOutput()
+		// curl exits 7 when it cannot connect (root's curl gets an
+		// answer).
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
+			t.Errorf("UID %d on the xDS socket: %v, want curl unable to connect\n%s", appUID, err, out)
+		}
+		listening, _ := w.pod.Run("ss", "-Hltnp")
+		for _, l := range strings.Split(strings.TrimSpace(listening), "\n") {
+			if strings.Contains(l, "\"shunt\"") && !strings.Contains(l, ":15053 ") && !strings.Contains(l, adminAddr+" ") {
+				t.Errorf("shunt listens on TCP beyond DNS and the admin endpoint: %s", l)
+			}
+		}
+	})
 	t.Run("mesh name, TLS originated by the proxy", func(t *testing.T) {
 		got, err := w.curl(appUID, "http://httpbin.mesh/")
 		if err != nil || got != "httpbin sni=httpbin.org client=" {

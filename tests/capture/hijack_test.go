@@ -15,7 +15,7 @@ import (
 // reaches the workload or a remote client: lookups and connections fail
 // closed. Once the real owners listen, everything works again.
 func TestSquatterOnCapturedPortsServesNoOne(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range engines {
 		t.Run(backend, func(t *testing.T) {
 			w := newWorld(t, backend)
 			w.serveHTTP(8080)

@@ -35,8 +35,8 @@ func TestLifecycle(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = pod.Engine().Uninstall(context.Background()) })
 	linkIDs := cgroupLinks(t, bpftool, pod.Cgroup)
-	if len(linkIDs) != 10 {
-		t.Fatalf("want 10 programs attached to the cgroup, got %v", linkIDs)
+	if len(linkIDs) != 12 {
+		t.Fatalf("want 12 programs attached to the cgroup, got %v", linkIDs)
 	}
 
 	// A long-lived connection through the proxy, opened by a client in the

@@ -1,0 +1,54 @@
+package agent_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestFlushedNatTableIsRestoredAtOnce flushes the whole nat table under a
+// running agent whose periodic check is far away (10 s), and measures how
+// long the capture rules stay gone. With iptables-nft the agent hears of the
+// change from nf_tables and repairs it at once; legacy iptables announces
+// nothing, so its rules are read five times a second.
+func TestFlushedNatTableIsRestoredAtOnce(t *testing.T) {
+	for _, c := range []struct {
+		backend string
+		bound   time.Duration // generous: the figures are in the log
+	}{
+		{"nft", time.Second},
+		{"legacy", 2 * time.Second},
+	} {
+		t.Run(c.backend, func(t *testing.T) {
+			w := newWorldWith(t, "iptables")
+			w.writeResource("services.yaml", externalService("httpbin", "httpbin", "http", "httpbin.org:443", tlsBlock("httpbin.org", w.ca.cert, nil)))
+			w.startAgent("", "--iptables-backend", c.backend, "--reconcile-interval", "10s")
+			save, ipt := "iptables-"+c.backend+"-save", "iptables-"+c.backend
+			captured := func() bool {
+				out, _ := w.pod.Run(save, "-t", "nat")
+				return strings.Contains(out, "-j SHUNT_OUTPUT") && strings.Contains(out, "-A SHUNT_OUTBOUND_REDIRECT")
+			}
+			if !captured() {
+				t.Fatalf("no capture rules in the pod:\n%s", w.pod.MustRun(save))
+			}
+			var worst time.Duration
+			for i := 0; i < 5; i++ {
+				start := time.Now()
+				w.pod.MustRun(ipt, "-t", "nat", "-F")
+				for !captured() {
+					if time.Since(start) > 5*time.Second {
+						t.Fatalf("flush %d: the rules were not restored within 5s\n%s", i, w.agent.Output())
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+				took := time.Since(start)
+				worst = max(worst, took)
+				t.Logf("flush %d: rules back after %v", i, took.Round(time.Millisecond))
+				time.Sleep(200 * time.Millisecond)
+			}
+			if worst > c.bound {
+				t.Errorf("rules came back after up to %v, want under %v", worst, c.bound)
+			}
+		})
+	}
+}
