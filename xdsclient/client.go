@@ -40,6 +40,10 @@ type Config struct {
 	// TokenRaw (Kuma's dataplane tokens).
 	TokenFile string
 	TokenRaw  bool
+	// NameTables subscribes to Istio's NDS (NameTableType) too and merges
+	// its names into the snapshot's, as istiod serves them to a node whose
+	// metadata asks for DNS capture (the istio flavour).
+	NameTables bool
 	// StateDir keeps the last good snapshot ("" = no persistence).
 	StateDir string
 	Logger   *slog.Logger

@@ -250,7 +250,10 @@ type session struct {
 	// The accepted state, as the entries of each resource.
 	listeners []*listenerEntry
 	clusters  []*clusterEntry
-	endpoints map[string]*endpointEntry
+	// nameTables are Istio's NDS tables (Config.NameTables), merged as
+	// listeners' DNS tables are.
+	nameTables []*listenerEntry
+	endpoints  map[string]*endpointEntry
 	// memo keeps, per type, the entries of the last response received by
 	// the hash of their bytes: a resource the next response repeats is not
 	// decoded or validated again.
@@ -276,7 +279,10 @@ func (s *session) subscribe() error {
 	if err := s.send(&discoveryv3.DiscoveryRequest{TypeUrl: ListenerType}); err != nil {
 		return err
 	}
-	return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: ClusterType})
+	if err := s.send(&discoveryv3.DiscoveryRequest{TypeUrl: ClusterType}); err != nil {
+		return err
+	}
+	return s.subscribeNDS()
 }
 
 func (s *session) send(req *discoveryv3.DiscoveryRequest) error {
@@ -296,12 +302,12 @@ func (s *session) send(req *discoveryv3.DiscoveryRequest) error {
 // stream's state changed and may be published.
 func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, err error) {
 	typ := resp.GetTypeUrl()
-	if typ != ListenerType && typ != ClusterType && typ != EndpointType {
+	if typ != ListenerType && typ != ClusterType && typ != EndpointType && (typ != NameTableType || !s.c.cfg.NameTables) {
 		s.c.log.Warn("ignoring response of a type not subscribed to", "type", typ)
 		return false, nil
 	}
 	// Build the candidate state; the current one stays until it is good.
-	listeners, clusters, endpoints := s.listeners, s.clusters, s.endpoints
+	listeners, clusters, endpoints, tables := s.listeners, s.clusters, s.endpoints, s.nameTables
 	var snap *mesh.AgentSnapshot
 	err = func() error {
 		var err error
@@ -310,6 +316,8 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, er
 			listeners, err = decodeAll(s, resp, newListenerEntry)
 		case ClusterType:
 			clusters, err = decodeAll(s, resp, newClusterEntry)
+		case NameTableType:
+			tables, err = decodeNameTables(s, resp)
 		case EndpointType:
 			var list []*endpointEntry
 			list, err = decodeAll(s, resp, newEndpointEntry)
@@ -324,7 +332,7 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, er
 		if err != nil {
 			return err
 		}
-		snap, err = compose(listeners, clusters, subscribed(endpoints, edsServices(clusters)))
+		snap, err = compose(slices.Concat(listeners, tables), clusters, subscribed(endpoints, edsServices(clusters)))
 		return err
 	}()
 	if err != nil {
@@ -332,7 +340,7 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, er
 		return typ == EndpointType, s.nack(resp, err)
 	}
 
-	s.listeners, s.clusters, s.endpoints = listeners, clusters, endpoints
+	s.listeners, s.clusters, s.endpoints, s.nameTables = listeners, clusters, endpoints, tables
 	s.candidate = snap
 	s.versions[typ] = resp.GetVersionInfo()
 	if typ == EndpointType {
@@ -353,7 +361,7 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, er
 // consistent reports whether every type received carries one version.
 func (s *session) consistent() bool {
 	v, ok := s.versions[ListenerType]
-	if !ok || s.versions[ClusterType] != v {
+	if !ok || s.versions[ClusterType] != v || !s.ndsConsistent(v) {
 		return false
 	}
 	if len(edsServices(s.clusters)) > 0 {
@@ -508,7 +516,7 @@ func (s *session) nack(resp *discoveryv3.DiscoveryResponse, cause error) error {
 func (s *session) publish() {
 	_, haveL := s.versions[ListenerType]
 	_, haveC := s.versions[ClusterType]
-	if !haveL || !haveC || s.edsPending {
+	if !haveL || !haveC || s.edsPending || !s.ndsReceived() {
 		return
 	}
 	eds := edsServices(s.clusters)
@@ -522,6 +530,7 @@ func (s *session) publish() {
 	if len(eds) > 0 {
 		v += "/" + s.versions[EndpointType]
 	}
+	v += s.ndsVersion()
 	snap.Version = v
 	snap.ReceivedAt = time.Now()
 	s.c.accept(&snap)
@@ -535,6 +544,8 @@ func shortType(url string) string {
 		return "CDS"
 	case EndpointType:
 		return "EDS"
+	case NameTableType:
+		return "NDS"
 	}
 	return url
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/shunt-dev/shunt/controlplane"
 	"github.com/shunt-dev/shunt/dnsproxy"
 	"github.com/shunt-dev/shunt/mesh"
+	"github.com/shunt-dev/shunt/nodemeta"
 	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/sockowner"
 	"github.com/shunt-dev/shunt/xdsclient"
@@ -180,6 +181,9 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		TLS:       tlsCfg,
 		Dialer:    dial,
 		Logger:    log.With("component", "xds"),
+
+		// istiod serves the names in NDS, not in listeners.
+		NameTables: node.Flavor == nodemeta.Istio,
 	}
 	xcfg := upCfg
 	xcfg.StateDir = filepath.Join(stateDir, "agent")

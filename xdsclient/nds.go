@@ -1,0 +1,266 @@
+package xdsclient
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/shunt-dev/shunt/wire"
+)
+
+// NameTableType is Istio's NDS resource: the names istiod wants its agent's
+// DNS proxy to answer, with their VIPs.
+const NameTableType = wire.IstioNameTableType
+
+// The NameTable proto (package istio.networking.nds.v1, nds.proto in
+// Istio's pkg/dns/proto) is not published in istio.io/api, and the module
+// that holds it (istio.io/istio) would bring all of Istio with it; its
+// layout is small and stable, so it is read with protowire:
+//
+//	message NameTable {
+//	  message NameInfo {
+//	    repeated string ips = 1;
+//	    string registry = 2;
+//	    string shortname = 3;
+//	    string namespace = 4;
+//	    repeated string alt_hosts = 5; // deprecated
+//	  }
+//	  map<string, NameInfo> table = 1; // entry: key = 1, value = 2
+//	}
+//
+// Fields it does not know are skipped, as any proto3 reader does.
+const (
+	ndsTableField    protowire.Number = 1
+	ndsEntryKey      protowire.Number = 1
+	ndsEntryValue    protowire.Number = 2
+	ndsInfoIPs       protowire.Number = 1
+	ndsInfoRegistry  protowire.Number = 2
+	ndsInfoShortname protowire.Number = 3
+	ndsInfoNamespace protowire.Number = 4
+	ndsInfoAltHosts  protowire.Number = 5
+)
+
+// NameInfo is one host of a NameTable.
+type NameInfo struct {
+	IPs       []string
+	Registry  string
+	Shortname string
+	Namespace string
+	AltHosts  []string
+}
+
+// DecodeNameTable reads the wire form of an istio.networking.nds.v1.NameTable
+// into its host → info map. As with the generated code, a key repeated in
+// the map keeps its last value.
+func DecodeNameTable(b []byte) (map[string]NameInfo, error) {
+	table := map[string]NameInfo{}
+	err := eachField(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
+		if num != ndsTableField {
+			return nil
+		}
+		if typ != protowire.BytesType {
+			return fmt.Errorf("table: wire type %d, want bytes", typ)
+		}
+		var key string
+		var info NameInfo
+		err := eachField(v, func(num protowire.Number, typ protowire.Type, v []byte) error {
+			switch num {
+			case ndsEntryKey:
+				s, err := wireString("table key", typ, v)
+				key = s
+				return err
+			case ndsEntryValue:
+				if typ != protowire.BytesType {
+					return fmt.Errorf("table value: wire type %d, want bytes", typ)
+				}
+				// A repeated value field merges, as protobuf does.
+				return decodeNameInfo(&info, v)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("table entry %q: %w", key, err)
+		}
+		table[key] = info
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("decode NameTable: %w", err)
+	}
+	return table, nil
+}
+
+func decodeNameInfo(info *NameInfo, b []byte) error {
+	return eachField(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
+		var dst *string
+		switch num {
+		case ndsInfoIPs, ndsInfoAltHosts:
+			s, err := wireString(map[protowire.Number]string{ndsInfoIPs: "ips", ndsInfoAltHosts: "alt_hosts"}[num], typ, v)
+			if err != nil {
+				return err
+			}
+			if num == ndsInfoIPs {
+				info.IPs = append(info.IPs, s)
+			} else {
+				info.AltHosts = append(info.AltHosts, s)
+			}
+			return nil
+		case ndsInfoRegistry:
+			dst = &info.Registry
+		case ndsInfoShortname:
+			dst = &info.Shortname
+		case ndsInfoNamespace:
+			dst = &info.Namespace
+		default:
+			return nil
+		}
+		s, err := wireString(fmt.Sprintf("name info field %d", num), typ, v)
+		*dst = s
+		return err
+	})
+}
+
+// eachField calls fn with each field of a message; v is the payload of a
+// length-delimited field and nil for the others, which are only checked
+// and skipped.
+func eachField(b []byte, fn func(protowire.Number, protowire.Type, []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		if num > protowire.MaxValidNumber {
+			return fmt.Errorf("field number %d out of range", num)
+		}
+		b = b[n:]
+		var v []byte
+		if typ == protowire.BytesType {
+			v, n = protowire.ConsumeBytes(b)
+		} else {
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
+		}
+		b = b[n:]
+		if err := fn(num, typ, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func wireString(what string, typ protowire.Type, v []byte) (string, error) {
+	if typ != protowire.BytesType {
+		return "", fmt.Errorf("%s: wire type %d, want bytes", what, typ)
+	}
+	if !utf8.Valid(v) {
+		// proto3 strings are UTF-8; the generated code refuses others.
+		return "", fmt.Errorf("%s: invalid UTF-8", what)
+	}
+	return string(v), nil
+}
+
+// newNameTableEntry is what one NameTable contributes: its names and VIPs,
+// in the same form as a listener's DNS tables, so that they merge alike.
+// Hosts are taken in sorted order (a map has none on the wire); hosts
+// without addresses (headless services with no ready endpoint) add nothing.
+func newNameTableEntry(b []byte) *listenerEntry {
+	e := &listenerEntry{name: "NameTable"}
+	table, err := DecodeNameTable(b)
+	if err != nil {
+		e.err = err
+		return e
+	}
+	names := map[string][]netip.Addr{}
+	var order []string
+	for _, host := range slices.Sorted(maps.Keys(table)) {
+		name := strings.TrimSuffix(strings.ToLower(host), ".")
+		if name == "" || strings.Contains(name, "..") {
+			e.err = fmt.Errorf("NameTable: invalid host %q", host)
+			return e
+		}
+		for _, ip := range table[host].IPs {
+			if err := addName(names, &order, name, ip); err != nil {
+				e.err = fmt.Errorf("NameTable: host %s: %w", host, err)
+				return e
+			}
+		}
+	}
+	for _, n := range order {
+		e.names = append(e.names, dnsName{name: n, addrs: slices.Clip(names[n])})
+	}
+	return e
+}
+
+// decodeNameTables is decodeAll for NameTables, which have no Go type
+// here: an entry per resource, reused by the hash of its bytes.
+func decodeNameTables(s *session, resp *discoveryv3.DiscoveryResponse) ([]*listenerEntry, error) {
+	prev := s.memo[NameTableType]
+	next := make(map[resourceHash]any, len(resp.GetResources()))
+	out := make([]*listenerEntry, 0, len(resp.GetResources()))
+	for i, a := range resp.GetResources() {
+		if a.GetTypeUrl() != NameTableType {
+			return nil, fmt.Errorf("resource %d has type %s in an NDS response", i, a.GetTypeUrl())
+		}
+		h := resourceHash(sha256.Sum256(a.GetValue()))
+		e, ok := next[h].(*listenerEntry)
+		if !ok {
+			e, ok = prev[h].(*listenerEntry)
+		}
+		if !ok {
+			e = newNameTableEntry(a.GetValue())
+		}
+		next[h] = e
+		if e.err != nil {
+			return nil, fmt.Errorf("NDS resource %d: %w", i, e.err)
+		}
+		out = append(out, e)
+	}
+	s.memo[NameTableType] = next
+	return out, nil
+}
+
+// subscribeNDS asks for the NameTable when configured; like Istio's agent,
+// with no resource names (istiod sends one table per proxy).
+func (s *session) subscribeNDS() error {
+	if !s.c.cfg.NameTables {
+		return nil
+	}
+	return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: NameTableType})
+}
+
+// ndsReceived says the NameTable, when subscribed to, has been accepted:
+// until then a snapshot would lack the names istiod serves, and replace a
+// persisted one that has them.
+func (s *session) ndsReceived() bool {
+	if !s.c.cfg.NameTables {
+		return true
+	}
+	_, ok := s.versions[NameTableType]
+	return ok
+}
+
+// ndsConsistent says the NameTable, if any, has the listeners' version v.
+func (s *session) ndsConsistent(v string) bool {
+	if !s.c.cfg.NameTables {
+		return true
+	}
+	nv, ok := s.versions[NameTableType]
+	return ok && nv == v
+}
+
+// ndsVersion is the NameTable's part of the snapshot's version.
+func (s *session) ndsVersion() string {
+	if !s.c.cfg.NameTables {
+		return ""
+	}
+	return "/" + s.versions[NameTableType]
+}
