@@ -2,26 +2,48 @@ package istio_test
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/shunt-dev/shunt/tests/istiod"
 )
 
-// istiod itself, read as shunt reads it: a ServiceEntry without addresses
-// gets a VIP in the NameTable, and a new file is served within 2 s.
-func TestIstiodNameTable(t *testing.T) {
-	cp := istiod.Start(t)
-	cp.ServiceEntry("httpbin", "httpbin.org")
+// shunt as an Istio sidecar's DNS proxy: a ServiceEntry's host resolves in
+// the workload to the VIP istiod allocated (read from istiod's own NDS
+// answer to another sidecar), and a new ServiceEntry file within 2 s.
+func TestIstiod(t *testing.T) {
+	w := newWorld(t)
+	w.cp.ServiceEntry("httpbin", "httpbin.org")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ch, err := cp.Watch(ctx, istiod.NodeID("10.0.0.9", "probe"))
+	// A second sidecar of the same namespace: istiod's VIPs are the
+	// ServiceEntry's, the same for every proxy that sees it.
+	ch, err := w.cp.Watch(ctx, istiod.NodeID("10.0.0.9", "probe"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	vip := waitVIP(t, ch, "httpbin.org", 30*time.Second)
-	t.Logf("httpbin.org: %v", vip)
-	cp.ServiceEntry("example", "www.example.com")
-	vip2 := waitVIP(t, ch, "www.example.com", 2*time.Second)
-	t.Logf("www.example.com: %v", vip2)
+
+	w.startShunt("app")
+	waitFor(t, 10*time.Second, "httpbin.org to resolve to "+strings.Join(vip, ","), func() bool {
+		return slices.Equal(w.dig("A", "httpbin.org"), vip)
+	})
+
+	t.Run("new ServiceEntry resolves within 2s", func(t *testing.T) {
+		start := time.Now()
+		w.cp.ServiceEntry("example", "www.example.com")
+		vip := waitVIP(t, ch, "www.example.com", 2*time.Second)
+		served := time.Now()
+		waitFor(t, 2*time.Second-served.Sub(start), "www.example.com to resolve to "+strings.Join(vip, ","), func() bool {
+			return slices.Equal(w.dig("A", "www.example.com"), vip)
+		})
+		t.Logf("www.example.com %v: served by istiod %v after the file, resolved %v after that",
+			vip, served.Sub(start).Round(time.Millisecond), time.Since(served).Round(time.Millisecond))
+		// Still the first one too.
+		if got := w.dig("A", "httpbin.org"); len(got) == 0 {
+			t.Errorf("httpbin.org stopped resolving: %v", got)
+		}
+	})
 }
