@@ -35,7 +35,9 @@ const NameTableType = wire.IstioNameTableType
 //	  map<string, NameInfo> table = 1; // entry: key = 1, value = 2
 //	}
 //
-// Fields it does not know are skipped, as any proto3 reader does.
+// Fields it does not know are skipped, as any proto3 reader does; so is a
+// known field of another wire type, which the generated code also keeps as
+// an unknown field. Every field read here is length-delimited.
 const (
 	ndsTableField    protowire.Number = 1
 	ndsEntryKey      protowire.Number = 1
@@ -61,25 +63,19 @@ type NameInfo struct {
 // the map keeps its last value.
 func DecodeNameTable(b []byte) (map[string]NameInfo, error) {
 	table := map[string]NameInfo{}
-	err := eachField(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
+	err := eachField(b, func(num protowire.Number, v []byte) error {
 		if num != ndsTableField {
 			return nil
 		}
-		if typ != protowire.BytesType {
-			return fmt.Errorf("table: wire type %d, want bytes", typ)
-		}
 		var key string
 		var info NameInfo
-		err := eachField(v, func(num protowire.Number, typ protowire.Type, v []byte) error {
+		err := eachField(v, func(num protowire.Number, v []byte) error {
 			switch num {
 			case ndsEntryKey:
-				s, err := wireString("table key", typ, v)
+				s, err := wireString("table key", v)
 				key = s
 				return err
 			case ndsEntryValue:
-				if typ != protowire.BytesType {
-					return fmt.Errorf("table value: wire type %d, want bytes", typ)
-				}
 				// A repeated value field merges, as protobuf does.
 				return decodeNameInfo(&info, v)
 			}
@@ -98,11 +94,11 @@ func DecodeNameTable(b []byte) (map[string]NameInfo, error) {
 }
 
 func decodeNameInfo(info *NameInfo, b []byte) error {
-	return eachField(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
+	return eachField(b, func(num protowire.Number, v []byte) error {
 		var dst *string
 		switch num {
 		case ndsInfoIPs, ndsInfoAltHosts:
-			s, err := wireString(map[protowire.Number]string{ndsInfoIPs: "ips", ndsInfoAltHosts: "alt_hosts"}[num], typ, v)
+			s, err := wireString(map[protowire.Number]string{ndsInfoIPs: "ips", ndsInfoAltHosts: "alt_hosts"}[num], v)
 			if err != nil {
 				return err
 			}
@@ -121,16 +117,15 @@ func decodeNameInfo(info *NameInfo, b []byte) error {
 		default:
 			return nil
 		}
-		s, err := wireString(fmt.Sprintf("name info field %d", num), typ, v)
+		s, err := wireString(fmt.Sprintf("name info field %d", num), v)
 		*dst = s
 		return err
 	})
 }
 
-// eachField calls fn with each field of a message; v is the payload of a
-// length-delimited field and nil for the others, which are only checked
-// and skipped.
-func eachField(b []byte, fn func(protowire.Number, protowire.Type, []byte) error) error {
+// eachField calls fn with each length-delimited field of a message and its
+// payload; the other fields are only checked and skipped.
+func eachField(b []byte, fn func(protowire.Number, []byte) error) error {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -150,17 +145,17 @@ func eachField(b []byte, fn func(protowire.Number, protowire.Type, []byte) error
 			return fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
 		}
 		b = b[n:]
-		if err := fn(num, typ, v); err != nil {
+		if typ != protowire.BytesType {
+			continue
+		}
+		if err := fn(num, v); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func wireString(what string, typ protowire.Type, v []byte) (string, error) {
-	if typ != protowire.BytesType {
-		return "", fmt.Errorf("%s: wire type %d, want bytes", what, typ)
-	}
+func wireString(what string, v []byte) (string, error) {
 	if !utf8.Valid(v) {
 		// proto3 strings are UTF-8; the generated code refuses others.
 		return "", fmt.Errorf("%s: invalid UTF-8", what)

@@ -182,6 +182,13 @@ spec:
     name: http
     protocol: HTTP
 `, name, host)
+	cp.WriteConfig(name, doc)
+}
+
+// WriteConfig writes an Istio configuration document as file name.yaml of
+// the config directory.
+func (cp *CP) WriteConfig(name, doc string) {
+	cp.t.Helper()
 	tmp := filepath.Join(filepath.Dir(cp.ConfigDir), name+".yaml.tmp")
 	if err := os.WriteFile(tmp, []byte(doc), 0o644); err != nil {
 		cp.t.Fatal(err)
