@@ -152,7 +152,7 @@ func TestIstioFixtures(t *testing.T) {
 	raw, _ := proto.Marshal(tables[0])
 	want := readNameTable(t, raw)
 
-	c, err := New(Config{Server: srv.addr, NodeID: node, NameTables: true, Logger: quietLogger(), Backoff: fastBackoff()})
+	c, err := New(Config{Server: srv.addr, NodeID: node, NameTable: true, Logger: quietLogger(), Backoff: fastBackoff()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,9 +182,8 @@ func TestIstioFixtures(t *testing.T) {
 	if !first.Passthrough || !slices.Contains(first.AllowedEndpoints, netip.MustParseAddrPort("192.0.2.11:443")) {
 		t.Errorf("passthrough %v, endpoints %v; want true and 192.0.2.11:443", first.Passthrough, first.AllowedEndpoints)
 	}
-	// LDS/CDS/EDS/NDS.
-	if strings.Count(first.Version, "/") != 3 || !strings.HasPrefix(first.Version, "1/1/1/") {
-		t.Errorf("version %q, want 1/1/1/<NDS version>", first.Version)
+	if !strings.HasPrefix(first.Version, "1/1/1/nds:") {
+		t.Errorf("version %q, want 1/1/1/nds:<NDS version>", first.Version)
 	}
 	// NDS is asked for as Istio's agent asks: no names; and ACKed.
 	if r := srv.find(func(r *discoveryv3.DiscoveryRequest) bool { return r.GetTypeUrl() == NameTableType }); r == nil || len(r.GetResourceNames()) != 0 {

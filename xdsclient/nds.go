@@ -1,7 +1,6 @@
 package xdsclient
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -9,7 +8,6 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/shunt-dev/shunt/wire"
@@ -193,69 +191,4 @@ func newNameTableEntry(b []byte) *listenerEntry {
 		e.names = append(e.names, dnsName{name: n, addrs: slices.Clip(names[n])})
 	}
 	return e
-}
-
-// decodeNameTables is decodeAll for NameTables, which have no Go type
-// here: an entry per resource, reused by the hash of its bytes.
-func decodeNameTables(s *session, resp *discoveryv3.DiscoveryResponse) ([]*listenerEntry, error) {
-	prev := s.memo[NameTableType]
-	next := make(map[resourceHash]any, len(resp.GetResources()))
-	out := make([]*listenerEntry, 0, len(resp.GetResources()))
-	for i, a := range resp.GetResources() {
-		if a.GetTypeUrl() != NameTableType {
-			return nil, fmt.Errorf("resource %d has type %s in an NDS response", i, a.GetTypeUrl())
-		}
-		h := resourceHash(sha256.Sum256(a.GetValue()))
-		e, ok := next[h].(*listenerEntry)
-		if !ok {
-			e, ok = prev[h].(*listenerEntry)
-		}
-		if !ok {
-			e = newNameTableEntry(a.GetValue())
-		}
-		next[h] = e
-		if e.err != nil {
-			return nil, fmt.Errorf("NDS resource %d: %w", i, e.err)
-		}
-		out = append(out, e)
-	}
-	s.memo[NameTableType] = next
-	return out, nil
-}
-
-// subscribeNDS asks for the NameTable when configured; like Istio's agent,
-// with no resource names (istiod sends one table per proxy).
-func (s *session) subscribeNDS() error {
-	if !s.c.cfg.NameTables {
-		return nil
-	}
-	return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: NameTableType})
-}
-
-// ndsReceived says the NameTable, when subscribed to, has been accepted:
-// until then a snapshot would lack the names istiod serves, and replace a
-// persisted one that has them.
-func (s *session) ndsReceived() bool {
-	if !s.c.cfg.NameTables {
-		return true
-	}
-	_, ok := s.versions[NameTableType]
-	return ok
-}
-
-// ndsConsistent says the NameTable, if any, has the listeners' version v.
-func (s *session) ndsConsistent(v string) bool {
-	if !s.c.cfg.NameTables {
-		return true
-	}
-	nv, ok := s.versions[NameTableType]
-	return ok && nv == v
-}
-
-// ndsVersion is the NameTable's part of the snapshot's version.
-func (s *session) ndsVersion() string {
-	if !s.c.cfg.NameTables {
-		return ""
-	}
-	return "/" + s.versions[NameTableType]
 }

@@ -1,62 +1,59 @@
 package xdsclient
 
 import (
+	"context"
+	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
-	"google.golang.org/protobuf/encoding/protowire"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
+
+	"github.com/shunt-dev/shunt/mesh"
 )
 
-// nameTableDesc describes istio.networking.nds.v1.NameTable as nds.proto
-// declares it, so that the tests encode and decode with the protobuf
-// runtime itself, not with the code under test.
-func nameTableDesc(t testing.TB) protoreflect.MessageDescriptor {
+// nameTableType is istio.networking.nds.v1.NameTable built by protobuf-go
+// from the message's published descriptor (Istio's pkg/dns/proto/nds.proto),
+// so the test's encoder is protobuf's own, not the decoder under test.
+func nameTableType(t *testing.T) protoreflect.MessageType {
 	t.Helper()
 	str := descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum()
 	msg := descriptorpb.FieldDescriptorProto_TYPE_MESSAGE.Enum()
-	opt := descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()
 	rep := descriptorpb.FieldDescriptorProto_LABEL_REPEATED.Enum()
-	field := func(name string, n int32, typ *descriptorpb.FieldDescriptorProto_Type, label *descriptorpb.FieldDescriptorProto_Label, typeName string) *descriptorpb.FieldDescriptorProto {
-		f := &descriptorpb.FieldDescriptorProto{Name: proto.String(name), JsonName: proto.String(name), Number: proto.Int32(n), Type: typ, Label: label}
+	opt := descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum()
+	field := func(name string, n int32, l *descriptorpb.FieldDescriptorProto_Label, ty *descriptorpb.FieldDescriptorProto_Type, typeName string) *descriptorpb.FieldDescriptorProto {
+		f := &descriptorpb.FieldDescriptorProto{Name: proto.String(name), Number: proto.Int32(n), Label: l, Type: ty, JsonName: proto.String(name)}
 		if typeName != "" {
 			f.TypeName = proto.String(typeName)
 		}
 		return f
 	}
 	fd := &descriptorpb.FileDescriptorProto{
-		Name:    proto.String("pkg/dns/proto/nds.proto"),
-		Package: proto.String("istio.networking.nds.v1"),
-		Syntax:  proto.String("proto3"),
+		Name: proto.String("nds.proto"), Package: proto.String("istio.networking.nds.v1"), Syntax: proto.String("proto3"),
 		MessageType: []*descriptorpb.DescriptorProto{{
 			Name: proto.String("NameTable"),
 			Field: []*descriptorpb.FieldDescriptorProto{
-				field("table", 1, msg, rep, ".istio.networking.nds.v1.NameTable.TableEntry"),
+				field("table", 1, rep, msg, ".istio.networking.nds.v1.NameTable.TableEntry"),
 			},
 			NestedType: []*descriptorpb.DescriptorProto{
-				{
-					Name: proto.String("NameInfo"),
-					Field: []*descriptorpb.FieldDescriptorProto{
-						field("ips", 1, str, rep, ""),
-						field("registry", 2, str, opt, ""),
-						field("shortname", 3, str, opt, ""),
-						field("namespace", 4, str, opt, ""),
-						field("alt_hosts", 5, str, rep, ""),
-					},
-				},
-				{
-					Name: proto.String("TableEntry"),
-					Field: []*descriptorpb.FieldDescriptorProto{
-						field("key", 1, str, opt, ""),
-						field("value", 2, msg, opt, ".istio.networking.nds.v1.NameTable.NameInfo"),
-					},
-					Options: &descriptorpb.MessageOptions{MapEntry: proto.Bool(true)},
-				},
+				{Name: proto.String("NameInfo"), Field: []*descriptorpb.FieldDescriptorProto{
+					field("ips", 1, rep, str, ""), field("registry", 2, opt, str, ""), field("shortname", 3, opt, str, ""),
+					field("namespace", 4, opt, str, ""), field("alt_hosts", 5, rep, str, ""),
+				}},
+				{Name: proto.String("TableEntry"), Options: &descriptorpb.MessageOptions{MapEntry: proto.Bool(true)},
+					Field: []*descriptorpb.FieldDescriptorProto{field("key", 1, opt, str, ""), field("value", 2, opt, msg, ".istio.networking.nds.v1.NameTable.NameInfo")}},
 			},
 		}},
 	}
@@ -64,179 +61,138 @@ func nameTableDesc(t testing.TB) protoreflect.MessageDescriptor {
 	if err != nil {
 		t.Fatal(err)
 	}
-	md := f.Messages().ByName("NameTable")
-	if string(md.FullName()) != "istio.networking.nds.v1.NameTable" || "type.googleapis.com/"+string(md.FullName()) != NameTableType {
-		t.Fatalf("descriptor %s does not match %s", md.FullName(), NameTableType)
-	}
-	return md
+	return dynamicpb.NewMessageType(f.Messages().ByName("NameTable"))
 }
 
-// newNameTable builds a NameTable message with the protobuf runtime.
-func newNameTable(t testing.TB, hosts map[string]NameInfo) *dynamicpb.Message {
+func nameTable(t *testing.T, entries map[string][]string) proto.Message {
 	t.Helper()
-	md := nameTableDesc(t)
-	m := dynamicpb.NewMessage(md)
-	tf := md.Fields().ByName("table")
-	table := m.Mutable(tf).Map()
-	infoDesc := md.Messages().ByName("NameInfo")
-	for h, info := range hosts {
-		v := dynamicpb.NewMessage(infoDesc)
-		for _, ip := range info.IPs {
-			v.Mutable(infoDesc.Fields().ByName("ips")).List().Append(protoreflect.ValueOfString(ip))
+	mt := nameTableType(t)
+	m := mt.New()
+	table := m.Mutable(mt.Descriptor().Fields().ByName("table")).Map()
+	infoDesc := mt.Descriptor().Messages().ByName("NameInfo")
+	for host, ips := range entries {
+		info := dynamicpb.NewMessage(infoDesc)
+		list := info.Mutable(infoDesc.Fields().ByName("ips")).List()
+		for _, ip := range ips {
+			list.Append(protoreflect.ValueOfString(ip))
 		}
-		for _, a := range info.AltHosts {
-			v.Mutable(infoDesc.Fields().ByName("alt_hosts")).List().Append(protoreflect.ValueOfString(a))
-		}
-		for name, s := range map[protoreflect.Name]string{"registry": info.Registry, "shortname": info.Shortname, "namespace": info.Namespace} {
-			if s != "" {
-				v.Set(infoDesc.Fields().ByName(name), protoreflect.ValueOfString(s))
-			}
-		}
-		table.Set(protoreflect.ValueOfString(h).MapKey(), protoreflect.ValueOfMessage(v))
+		info.Set(infoDesc.Fields().ByName("registry"), protoreflect.ValueOfString("External"))
+		table.Set(protoreflect.ValueOfString(host).MapKey(), protoreflect.ValueOfMessage(info))
 	}
-	return m
-}
-
-// readNameTable decodes a NameTable with the protobuf runtime.
-func readNameTable(t testing.TB, b []byte) map[string]NameInfo {
-	t.Helper()
-	md := nameTableDesc(t)
-	m := dynamicpb.NewMessage(md)
-	if err := proto.Unmarshal(b, m); err != nil {
-		t.Fatal(err)
+	if got := mt.Descriptor().FullName(); got != "istio.networking.nds.v1.NameTable" {
+		t.Fatalf("descriptor %s", got)
 	}
-	infoDesc := md.Messages().ByName("NameInfo")
-	strs := func(l protoreflect.List) []string {
-		var out []string
-		for i := range l.Len() {
-			out = append(out, l.Get(i).String())
-		}
-		return out
-	}
-	out := map[string]NameInfo{}
-	m.Get(md.Fields().ByName("table")).Map().Range(func(k protoreflect.MapKey, v protoreflect.Value) bool {
-		im := v.Message()
-		out[k.String()] = NameInfo{
-			IPs:       strs(im.Get(infoDesc.Fields().ByName("ips")).List()),
-			Registry:  im.Get(infoDesc.Fields().ByName("registry")).String(),
-			Shortname: im.Get(infoDesc.Fields().ByName("shortname")).String(),
-			Namespace: im.Get(infoDesc.Fields().ByName("namespace")).String(),
-			AltHosts:  strs(im.Get(infoDesc.Fields().ByName("alt_hosts")).List()),
-		}
-		return true
-	})
-	return out
+	return m.Interface()
 }
 
 func TestDecodeNameTable(t *testing.T) {
-	hosts := map[string]NameInfo{
-		"httpbin.org":                       {IPs: []string{"240.240.0.1", "2001:2::f0f0:1"}, Registry: "External"},
-		"reviews.default.svc.cluster.local": {IPs: []string{"10.96.0.12"}, Registry: "Kubernetes", Shortname: "reviews", Namespace: "default"},
-		"old.example":                       {IPs: []string{"240.240.0.2"}, AltHosts: []string{"old"}},
-		"headless.example":                  {},
-	}
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(newNameTable(t, hosts))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := DecodeNameTable(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for h, want := range hosts {
-		g := got[h]
-		if !slices.Equal(g.IPs, want.IPs) || g.Registry != want.Registry || g.Shortname != want.Shortname ||
-			g.Namespace != want.Namespace || !slices.Equal(g.AltHosts, want.AltHosts) {
-			t.Errorf("%s = %+v, want %+v", h, g, want)
-		}
-	}
-	if len(got) != len(hosts) {
-		t.Errorf("%d hosts, want %d: %v", len(got), len(hosts), got)
-	}
-
-	// Fields a later nds.proto may add are skipped, as the generated code
-	// skips them.
-	extra := protowire.AppendTag(slices.Clone(b), 7, protowire.VarintType)
-	extra = protowire.AppendVarint(extra, 42)
-	extra = protowire.AppendTag(extra, 8, protowire.BytesType)
-	extra = protowire.AppendString(extra, "later")
-	if got, err := DecodeNameTable(extra); err != nil || len(got) != len(hosts) {
-		t.Errorf("with unknown fields: %v, %v", got, err)
-	}
-	// So is a known field of another wire type.
-	odd := protowire.AppendVarint(protowire.AppendTag(slices.Clone(b), 1, protowire.VarintType), 3)
-	if got, err := DecodeNameTable(odd); err != nil || len(got) != len(readNameTable(t, odd)) {
-		t.Errorf("table field as a varint: %v, %v; the runtime reads %v", got, err, readNameTable(t, odd))
-	}
-
-	// A repeated key keeps its last value, as in the generated code.
-	entry := func(key, ip string) []byte {
-		var info []byte
-		info = protowire.AppendTag(info, 1, protowire.BytesType)
-		info = protowire.AppendString(info, ip)
-		var e []byte
-		e = protowire.AppendTag(e, 1, protowire.BytesType)
-		e = protowire.AppendString(e, key)
-		e = protowire.AppendTag(e, 2, protowire.BytesType)
-		e = protowire.AppendBytes(e, info)
-		out := protowire.AppendTag(nil, 1, protowire.BytesType)
-		return protowire.AppendBytes(out, e)
-	}
-	dup := append(entry("a.example", "240.240.0.1"), entry("a.example", "240.240.0.9")...)
-	if got, err := DecodeNameTable(dup); err != nil || !slices.Equal(got["a.example"].IPs, readNameTable(t, dup)["a.example"].IPs) {
-		t.Errorf("repeated key: %v, %v; the runtime reads %v", got, err, readNameTable(t, dup))
-	}
-}
-
-func TestDecodeNameTableErrors(t *testing.T) {
-	good, err := proto.Marshal(newNameTable(t, map[string]NameInfo{"a.example": {IPs: []string{"240.240.0.1"}}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	badUTF8 := protowire.AppendTag(nil, 1, protowire.BytesType)
-	badUTF8 = protowire.AppendBytes(badUTF8, protowire.AppendString(protowire.AppendTag(nil, 1, protowire.BytesType), "\xff.example"))
-	groupEnd := protowire.AppendTag(nil, 1, protowire.EndGroupType)
-	tests := []struct {
-		name string
-		b    []byte
-		want string
-	}{
-		{"truncated", good[:len(good)-3], "decode NameTable"},
-		{"unmatched end of group", groupEnd, "decode NameTable"},
-		{"key not UTF-8", badUTF8, "invalid UTF-8"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if _, err := DecodeNameTable(tt.b); err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("err = %v, want %q", err, tt.want)
-			}
-			// The protobuf runtime refuses it too.
-			if err := proto.Unmarshal(tt.b, dynamicpb.NewMessage(nameTableDesc(t))); err == nil {
-				t.Errorf("the runtime accepts it")
-			}
-		})
-	}
-}
-
-func TestNameTableEntry(t *testing.T) {
-	b, _ := proto.Marshal(newNameTable(t, map[string]NameInfo{
-		"HTTPBin.org.":     {IPs: []string{"240.240.0.1", "240.240.0.1", "2001:2::1"}},
-		"headless.example": {},
+	b, err := proto.Marshal(nameTable(t, map[string][]string{
+		"httpbin.org":     {"240.240.0.1", "2001:2::1"},
+		"Example.COM.":    {"240.240.0.2"},
+		"details.default": {"10.96.0.7"},
 	}))
+	if err != nil {
+		t.Fatal(err)
+	}
 	e := newNameTableEntry(b)
 	if e.err != nil {
 		t.Fatal(e.err)
 	}
-	if len(e.names) != 1 || e.names[0].name != "httpbin.org" || len(e.names[0].addrs) != 2 ||
-		e.names[0].addrs[0].String() != "240.240.0.1" || e.names[0].addrs[1].String() != "2001:2::1" {
-		t.Errorf("names = %+v", e.names)
+	got := map[string][]netip.Addr{}
+	for _, n := range e.names {
+		got[n.name] = n.addrs
+	}
+	want := map[string][]netip.Addr{
+		"httpbin.org":     addrs("240.240.0.1", "2001:2::1"),
+		"example.com":     addrs("240.240.0.2"),
+		"details.default": addrs("10.96.0.7"),
+	}
+	if len(got) != len(want) {
+		t.Fatalf("names = %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if !slices.Equal(got[k], v) {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+	bad, _ := proto.Marshal(nameTable(t, map[string][]string{"x.example": {"not-an-ip"}}))
+	if e := newNameTableEntry(bad); e.err == nil || !strings.Contains(e.err.Error(), `invalid address "not-an-ip" for name x.example`) {
+		t.Errorf("bad address: %v", e.err)
+	}
+	if e := newNameTableEntry([]byte{0x0a, 0x05, 0x01}); e.err == nil {
+		t.Error("a truncated message decoded")
+	}
+}
+
+// A go-control-plane server serving NameTables beside LDS and CDS, as
+// istiod does: with Config.NameTable the client subscribes to NDS and
+// answers its names; a new table replaces the old.
+func TestNameTableOverADS(t *testing.T) {
+	snaps := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	nds := cachev3.NewLinearCache(NameTableType)
+	mux := &cachev3.MuxCache{
+		Classify: func(r *cachev3.Request) string {
+			if r.GetTypeUrl() == NameTableType {
+				return "nds"
+			}
+			return "rest"
+		},
+		Caches: map[string]cachev3.Cache{"nds": nds, "rest": snaps},
+	}
+	var requests []*discoveryv3.DiscoveryRequest
+	reqs := make(chan *discoveryv3.DiscoveryRequest, 100)
+	srv := serverv3.NewServer(context.Background(), mux, serverv3.CallbackFuncs{StreamRequestFunc: func(_ int64, r *discoveryv3.DiscoveryRequest) error {
+		reqs <- r
+		return nil
+	}})
+	g := grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, srv)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+
+	snap, err := cachev3.NewSnapshot("1", map[resourcev3.Type][]types.Resource{
+		resourcev3.ListenerType: {}, resourcev3.ClusterType: {},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snaps.SetSnapshot(context.Background(), "sidecar~10.0.0.1~app.default~default.svc.cluster.local", snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := nds.UpdateResource("", nameTable(t, map[string][]string{"httpbin.org": {"240.240.0.1"}})); err != nil {
+		t.Fatal(err)
 	}
 
-	for host, ip := range map[string]string{"bad.example": "240.240.0.300", "a..example": "240.240.0.1", "": "240.240.0.1"} {
-		b, _ := proto.Marshal(newNameTable(t, map[string]NameInfo{host: {IPs: []string{ip}}}))
-		e := newNameTableEntry(b)
-		if e.err == nil || !strings.Contains(e.err.Error(), "NameTable") || !strings.Contains(e.err.Error(), strings.TrimSuffix(host, ".")) {
-			t.Errorf("host %q ip %q: err = %v, want one naming the host", host, ip, e.err)
+	c, err := New(Config{Server: lis.Addr().String(), NodeID: "sidecar~10.0.0.1~app.default~default.svc.cluster.local",
+		NameTable: true, Logger: quietLogger(), Backoff: fastBackoff()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	nextUpdate(t, c, 5*time.Second, func(s *mesh.AgentSnapshot) bool {
+		return slices.Equal(s.Names["httpbin.org"], addrs("240.240.0.1"))
+	})
+	if err := nds.UpdateResource("", nameTable(t, map[string][]string{"httpbin.org": {"240.240.0.1"}, "example.com": {"240.240.0.2"}})); err != nil {
+		t.Fatal(err)
+	}
+	nextUpdate(t, c, 5*time.Second, func(s *mesh.AgentSnapshot) bool {
+		return slices.Equal(s.Names["example.com"], addrs("240.240.0.2"))
+	})
+	// The NameTable responses were ACKed.
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case r := <-reqs:
+			requests = append(requests, r)
+			if r.GetTypeUrl() == NameTableType && r.GetResponseNonce() != "" && r.GetErrorDetail() == nil && r.GetVersionInfo() != "" {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no ACK of a NameTable among %d requests", len(requests))
 		}
 	}
 }

@@ -250,10 +250,9 @@ type session struct {
 	// The accepted state, as the entries of each resource.
 	listeners []*listenerEntry
 	clusters  []*clusterEntry
-	// nameTables are Istio's NDS tables (Config.NameTables), merged as
-	// listeners' DNS tables are.
+	endpoints map[string]*endpointEntry
+	// nameTables are Istio's NDS tables, with Config.NameTable.
 	nameTables []*listenerEntry
-	endpoints  map[string]*endpointEntry
 	// memo keeps, per type, the entries of the last response received by
 	// the hash of their bytes: a resource the next response repeats is not
 	// decoded or validated again.
@@ -282,7 +281,10 @@ func (s *session) subscribe() error {
 	if err := s.send(&discoveryv3.DiscoveryRequest{TypeUrl: ClusterType}); err != nil {
 		return err
 	}
-	return s.subscribeNDS()
+	if s.c.cfg.NameTable {
+		return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: NameTableType})
+	}
+	return nil
 }
 
 func (s *session) send(req *discoveryv3.DiscoveryRequest) error {
@@ -302,7 +304,7 @@ func (s *session) send(req *discoveryv3.DiscoveryRequest) error {
 // stream's state changed and may be published.
 func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, err error) {
 	typ := resp.GetTypeUrl()
-	if typ != ListenerType && typ != ClusterType && typ != EndpointType && (typ != NameTableType || !s.c.cfg.NameTables) {
+	if typ != ListenerType && typ != ClusterType && typ != EndpointType && (typ != NameTableType || !s.c.cfg.NameTable) {
 		s.c.log.Warn("ignoring response of a type not subscribed to", "type", typ)
 		return false, nil
 	}
@@ -316,8 +318,6 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, er
 			listeners, err = decodeAll(s, resp, newListenerEntry)
 		case ClusterType:
 			clusters, err = decodeAll(s, resp, newClusterEntry)
-		case NameTableType:
-			tables, err = decodeNameTables(s, resp)
 		case EndpointType:
 			var list []*endpointEntry
 			list, err = decodeAll(s, resp, newEndpointEntry)
@@ -328,11 +328,20 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, er
 			for _, e := range list {
 				endpoints[e.name] = e
 			}
+		case NameTableType:
+			tables = nil
+			for i, a := range resp.GetResources() {
+				if a.GetTypeUrl() != typ {
+					return fmt.Errorf("resource %d has type %s in a NameTable response", i, a.GetTypeUrl())
+				}
+				tables = append(tables, newNameTableEntry(a.GetValue()))
+			}
 		}
 		if err != nil {
 			return err
 		}
-		snap, err = compose(slices.Concat(listeners, tables), clusters, subscribed(endpoints, edsServices(clusters)))
+		// NameTables contribute names as DNS listeners do.
+		snap, err = compose(append(slices.Clip(listeners), tables...), clusters, subscribed(endpoints, edsServices(clusters)))
 		return err
 	}()
 	if err != nil {
@@ -361,7 +370,7 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, er
 // consistent reports whether every type received carries one version.
 func (s *session) consistent() bool {
 	v, ok := s.versions[ListenerType]
-	if !ok || s.versions[ClusterType] != v || !s.ndsConsistent(v) {
+	if !ok || s.versions[ClusterType] != v {
 		return false
 	}
 	if len(edsServices(s.clusters)) > 0 {
@@ -516,7 +525,12 @@ func (s *session) nack(resp *discoveryv3.DiscoveryResponse, cause error) error {
 func (s *session) publish() {
 	_, haveL := s.versions[ListenerType]
 	_, haveC := s.versions[ClusterType]
-	if !haveL || !haveC || s.edsPending || !s.ndsReceived() {
+	if !haveL || !haveC || s.edsPending {
+		return
+	}
+	// With NDS the names come in the NameTable: a snapshot before it would
+	// answer none of them.
+	if _, haveN := s.versions[NameTableType]; s.c.cfg.NameTable && !haveN {
 		return
 	}
 	eds := edsServices(s.clusters)
@@ -530,7 +544,9 @@ func (s *session) publish() {
 	if len(eds) > 0 {
 		v += "/" + s.versions[EndpointType]
 	}
-	v += s.ndsVersion()
+	if s.c.cfg.NameTable {
+		v += "/nds:" + s.versions[NameTableType]
+	}
 	snap.Version = v
 	snap.ReceivedAt = time.Now()
 	s.c.accept(&snap)

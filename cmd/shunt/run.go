@@ -1,3 +1,5 @@
+//go:build !lean
+
 package main
 
 import (
@@ -176,14 +178,12 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		Zone:      f.zone,
 		Mesh:      f.meshName,
 		Metadata:  node.Metadata,
+		NameTable: node.Flavor == nodemeta.Istio,
 		TokenFile: f.xdsToken,
 		TokenRaw:  node.TokenRaw,
 		TLS:       tlsCfg,
 		Dialer:    dial,
 		Logger:    log.With("component", "xds"),
-
-		// istiod serves the names in NDS, not in listeners.
-		NameTables: node.Flavor == nodemeta.Istio,
 	}
 	xcfg := upCfg
 	xcfg.StateDir = filepath.Join(stateDir, "agent")
