@@ -31,6 +31,12 @@ func TestIstiod(t *testing.T) {
 		return slices.Equal(w.dig("A", "httpbin.org"), vip)
 	})
 
+	t.Cleanup(func() {
+		if out := w.agent.Output(); strings.Contains(out, "NACK") {
+			t.Errorf("shunt rejected some of istiod's configuration:\n%s", out)
+		}
+	})
+
 	t.Run("new ServiceEntry resolves within 2s", func(t *testing.T) {
 		start := time.Now()
 		w.cp.ServiceEntry("example", "www.example.com")
@@ -45,5 +51,18 @@ func TestIstiod(t *testing.T) {
 		if got := w.dig("A", "httpbin.org"); len(got) == 0 {
 			t.Errorf("httpbin.org stopped resolving: %v", got)
 		}
+	})
+
+	// The default above is shunt's xDS proxy holding the stream; without
+	// it shunt subscribes to istiod alone.
+	t.Run("direct mode", func(t *testing.T) {
+		if out := w.agent.Output(); strings.Contains(out, "NACK") {
+			t.Errorf("shunt rejected some of istiod's configuration:\n%s", out)
+		}
+		w.stopShunt()
+		w.startShunt("app2", "--xds-socket", "off")
+		waitFor(t, 10*time.Second, "httpbin.org to resolve to "+strings.Join(vip, ","), func() bool {
+			return slices.Equal(w.dig("A", "httpbin.org"), vip)
+		})
 	})
 }

@@ -105,6 +105,12 @@ func (w *world) startShunt(pod string, extra ...string) {
 	})
 }
 
+func (w *world) stopShunt() {
+	if w.agent != nil {
+		w.agent.Stop()
+	}
+}
+
 // admin GETs an admin path inside the pod.
 func (w *world) admin(path string) (string, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
