@@ -12,7 +12,8 @@ import (
 
 // shunt as an Istio sidecar's DNS proxy: a ServiceEntry's host resolves in
 // the workload to the VIP istiod allocated (read from istiod's own NDS
-// answer to another sidecar), and a new ServiceEntry file within 2 s.
+// answer to another sidecar), a new ServiceEntry file within 2 s, and a
+// removed one stops resolving.
 func TestIstiod(t *testing.T) {
 	w := newWorld(t)
 	w.cp.ServiceEntry("httpbin", "httpbin.org")
@@ -37,7 +38,7 @@ func TestIstiod(t *testing.T) {
 		}
 	})
 
-	t.Run("new ServiceEntry resolves within 2s", func(t *testing.T) {
+	t.Run("new ServiceEntry resolves within 2s, a removed one stops", func(t *testing.T) {
 		start := time.Now()
 		w.cp.ServiceEntry("example", "www.example.com")
 		vip := waitVIP(t, ch, "www.example.com", 2*time.Second)
@@ -51,6 +52,12 @@ func TestIstiod(t *testing.T) {
 		if got := w.dig("A", "httpbin.org"); len(got) == 0 {
 			t.Errorf("httpbin.org stopped resolving: %v", got)
 		}
+
+		// Its file removed, istiod's next table leaves it out.
+		w.cp.RemoveConfig("example")
+		waitFor(t, 5*time.Second, "www.example.com to stop resolving to its VIP", func() bool {
+			return !slices.Equal(w.dig("A", "www.example.com"), vip)
+		})
 	})
 
 	// The default above is shunt's xDS proxy holding the stream; without

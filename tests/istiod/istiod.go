@@ -257,3 +257,11 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// RemoveConfig deletes the file WriteConfig or ServiceEntry wrote.
+func (cp *CP) RemoveConfig(name string) {
+	cp.t.Helper()
+	if err := os.Remove(filepath.Join(cp.ConfigDir, name+".yaml")); err != nil {
+		cp.t.Fatal(err)
+	}
+}
