@@ -392,21 +392,24 @@ func TestOneUpstreamStreamForEnvoyAndShunt(t *testing.T) {
 	if err := e.lastAccepted(resourcev3.RouteType).GetResources()[0].UnmarshalTo(&got); err != nil || !proto.Equal(&got, route("r1", "backend")) {
 		t.Errorf("route through the proxy = %v (%v), want it unchanged", &got, err)
 	}
-	// Envoy's node differs from shunt's: the stream was reopened once
-	// with Envoy's, and that is the only stream open.
-	if streams, open := w.up.counts(); streams != 2 || open != 1 {
-		t.Errorf("upstream streams: %d opened, %d open; want 2 (shunt's, then Envoy's node) and 1", streams, open)
+	// The stream shunt opened carries Envoy's subscriptions too: never
+	// reopened (kuma-cp would refuse the node for 10 s), one node.
+	if streams, open := w.up.counts(); streams != 1 || open != 1 {
+		t.Errorf("upstream streams: %d opened, %d open; want 1 and 1", streams, open)
 	}
-	if r := w.up.find(func(r *discoveryv3.DiscoveryRequest) bool { return r.GetNode().GetUserAgentName() == "envoy" }); r == nil {
-		t.Error("the upstream never saw Envoy's node")
+	if r := w.up.find(func(r *discoveryv3.DiscoveryRequest) bool { return r.GetNode().GetUserAgentName() == "envoy" }); r != nil {
+		t.Error("a second node went upstream")
+	}
+	if st := w.proxy.Status(); st.Reconnects != 0 || !st.Connected || !st.EnvoyConnected {
+		t.Errorf("status with Envoy = %+v, want connected, Envoy connected, no reconnect", st)
 	}
 
 	w.up.set(t, "2", "240.0.0.2", route("r1", "backend-2"))
 	eventually(t, 5*time.Second, "version 2 at Envoy and shunt", func() bool {
 		return e.version(resourcev3.RouteType) == "2" && w.shuntVIP() == "240.0.0.2"
 	})
-	if streams, open := w.up.counts(); streams != 2 || open != 1 {
-		t.Errorf("upstream streams after an update: %d opened, %d open; want 2 and 1", streams, open)
+	if streams, open := w.up.counts(); streams != 1 || open != 1 {
+		t.Errorf("upstream streams after an update: %d opened, %d open; want 1 and 1", streams, open)
 	}
 	// Envoy's ACKs reached the upstream.
 	if r := w.up.find(func(r *discoveryv3.DiscoveryRequest) bool {
@@ -493,6 +496,9 @@ func TestEnvoyReconnectIsReplayed(t *testing.T) {
 	})
 	if _, open := w.up.counts(); open != 1 {
 		t.Errorf("%d upstream streams open after the outage, want 1", open)
+	}
+	if st := w.proxy.Status(); st.Reconnects < 1 || !st.Connected {
+		t.Errorf("status after the outage = %+v, want connected again, reconnects counted", st)
 	}
 }
 
