@@ -27,8 +27,24 @@ type fakeUpstream struct {
 func startUpstream(t *testing.T, h func(w dns.ResponseWriter, r *dns.Msg)) *fakeUpstream {
 	t.Helper()
 	f := &fakeUpstream{handler: h}
-	pc, ln := listenPair(t)
-	f.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	var pc net.PacketConn
+	var ln net.Listener
+	// The same port number for UDP and TCP; another process on this
+	// machine may hold the TCP one: pick again.
+	for try := 1; ; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		f.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
+		if ln, err = net.Listen("tcp", f.addr.String()); err == nil {
+			break
+		}
+		pc.Close()
+		if try == 10 {
+			t.Fatal(err)
+		}
+	}
 	mux := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		f.queries.Add(1)
 		f.mu.Lock()
@@ -152,25 +168,3 @@ func (r *running) ask(t *testing.T, net, name string, qtype uint16, edns uint16)
 }
 
 func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// listenPair binds UDP and TCP on one loopback port, as a DNS server does.
-// The UDP port is the kernel's pick; the same TCP port may be in use by
-// another program on a shared machine, so a collision picks again.
-func listenPair(t *testing.T) (net.PacketConn, net.Listener) {
-	t.Helper()
-	var last error
-	for range 20 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err == nil {
-			return pc, ln
-		}
-		last = err
-		pc.Close()
-	}
-	t.Fatalf("no loopback port free for both UDP and TCP: %v", last)
-	return nil, nil
-}
