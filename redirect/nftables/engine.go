@@ -45,6 +45,8 @@ type Engine struct {
 	// record nor the table while neither changed.
 	mu   sync.Mutex
 	last *known
+	// chosen is why the engine was chosen, kept in the record.
+	chosen string
 	// corrupt, set by tests, spoils a batch before it is sent, so that
 	// the kernel refuses it.
 	corrupt func(*Ruleset)
@@ -66,6 +68,9 @@ func New(opts Options) *Engine {
 
 // Name implements redirect.Engine.
 func (e *Engine) Name() string { return Name }
+
+// RecordChoice implements redirect.ChoiceRecorder.
+func (e *Engine) RecordChoice(reason string) { e.chosen = reason }
 
 // supportedPlanKeys are the plan fields this engine implements. A field
 // added to the plan later is refused, naming its key, until the engine
@@ -320,7 +325,8 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			next.gen = g
 		}
 	}
-	if prev != nil {
+	st.Chosen = e.chosen
+	if st.Chosen == "" && prev != nil {
 		st.Chosen = prev.Chosen
 	}
 	if err := redirect.SaveState(e.opts.StateDir, st); err != nil {
