@@ -151,11 +151,7 @@ func isZero(b []byte) bool {
 	return true
 }
 
-func prefixSpan(p netip.Prefix, n int) span {
-	return prefixSpanIn(make([]byte, 2*n), p, n)
-}
-
-// prefixSpanIn is prefixSpan with its keys in buf (2n bytes).
+// prefixSpanIn is the span of a prefix, its keys (n bytes each) in buf.
 func prefixSpanIn(buf []byte, p netip.Prefix, n int) span {
 	p = p.Masked()
 	a := p.Addr()
