@@ -351,6 +351,9 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	if err != nil || s == nil {
 		return s, err
 	}
+	if _, ok := e.Engine.(redirect.ChoiceRecorder); ok {
+		return s, nil // the engine says it itself
+	}
 	if st, _ := redirect.LoadState(e.cfg.Get("stateDir")); st != nil && st.Chosen != "" {
 		s.Notes = append([]string{"engine " + st.Engine + ": " + st.Chosen}, s.Notes...)
 	}
