@@ -23,6 +23,7 @@ import (
 	"github.com/shunt-dev/shunt/controlplane"
 	"github.com/shunt-dev/shunt/dnsproxy"
 	"github.com/shunt-dev/shunt/mesh"
+	"github.com/shunt-dev/shunt/nodemeta"
 	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/sockowner"
 	"github.com/shunt-dev/shunt/xdsclient"
@@ -177,6 +178,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		Zone:      f.zone,
 		Mesh:      f.meshName,
 		Metadata:  node.Metadata,
+		NameTable: node.Flavor == nodemeta.Istio,
 		TokenFile: f.xdsToken,
 		TokenRaw:  node.TokenRaw,
 		TLS:       tlsCfg,
