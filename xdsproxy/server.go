@@ -51,7 +51,9 @@ func (s adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDiscov
 		return err
 	}
 	if err := p.checkNode(first); err != nil {
-		p.log.Warn("refused a local proxy's stream", "error", err)
+		if ok, n := p.refuseLog.allow(); ok {
+			p.log.Warn("refused a local proxy's stream", "error", err, "similar_lines_suppressed", n)
+		}
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
 	d := newDownstream(kindEnvoy, first.GetNode())
