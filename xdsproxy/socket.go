@@ -62,7 +62,7 @@ func Listen(path string, uid, gid uint32, log *slog.Logger) (net.Listener, error
 	// take CAP_FOWNER; the chown takes CAP_CHOWN (in shunt's systemd unit).
 	if err := os.Chown(path, int(uid), int(gid)); err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("xDS socket %s: give it to the proxy's user %d:%d: %w (shunt needs CAP_CHOWN)", path, uid, gid, err)
+		return nil, fmt.Errorf("xDS socket %s: give it to the proxy's user %d:%d: %w (shunt needs CAP_CHOWN; --xds-socket off if no local proxy subscribes)", path, uid, gid, err)
 	}
 	allowed := map[uint32]bool{uid: true, 0: true, uint32(os.Geteuid()): true}
 	return &credListener{UnixListener: ln, allowed: allowed, log: log, slots: make(chan struct{}, MaxConnections)}, nil
