@@ -17,6 +17,8 @@ packages=(
   # proxies, servers and clients the tests drive
   haproxy nginx openssl socat
   bind9 bind9-utils dnsutils knot-dnsutils unbound dnsperf dnsmasq-base
+  # the real kuma-cp and istiod of ../shared/tools come xz-compressed
+  xz-utils
   # deployment: CNI reference plugins, OCI image tools, unit verification
   containernetworking-plugins umoci skopeo systemd
 )

@@ -33,6 +33,10 @@ type Config struct {
 	// Metadata is the node metadata, as nodemeta.Build makes it; nil sends
 	// kuma.io/mesh alone.
 	Metadata *structpb.Struct
+	// NameTable subscribes to Istio's NDS too: its NameTables add names,
+	// as a DNS listener's table does (istiod sends them to a node whose
+	// metadata has DNS_CAPTURE).
+	NameTable bool
 	// TLS nil means plaintext.
 	TLS *tls.Config
 	// TokenFile holds a token, re-read on each connect ("" = none), sent as

@@ -251,6 +251,8 @@ type session struct {
 	listeners []*listenerEntry
 	clusters  []*clusterEntry
 	endpoints map[string]*endpointEntry
+	// nameTables are Istio's NDS tables, with Config.NameTable.
+	nameTables []*listenerEntry
 	// memo keeps, per type, the entries of the last response received by
 	// the hash of their bytes: a resource the next response repeats is not
 	// decoded or validated again.
@@ -276,7 +278,13 @@ func (s *session) subscribe() error {
 	if err := s.send(&discoveryv3.DiscoveryRequest{TypeUrl: ListenerType}); err != nil {
 		return err
 	}
-	return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: ClusterType})
+	if err := s.send(&discoveryv3.DiscoveryRequest{TypeUrl: ClusterType}); err != nil {
+		return err
+	}
+	if s.c.cfg.NameTable {
+		return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: NameTableType})
+	}
+	return nil
 }
 
 func (s *session) send(req *discoveryv3.DiscoveryRequest) error {
@@ -296,12 +304,12 @@ func (s *session) send(req *discoveryv3.DiscoveryRequest) error {
 // stream's state changed and may be published.
 func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, err error) {
 	typ := resp.GetTypeUrl()
-	if typ != ListenerType && typ != ClusterType && typ != EndpointType {
+	if typ != ListenerType && typ != ClusterType && typ != EndpointType && (typ != NameTableType || !s.c.cfg.NameTable) {
 		s.c.log.Warn("ignoring response of a type not subscribed to", "type", typ)
 		return false, nil
 	}
 	// Build the candidate state; the current one stays until it is good.
-	listeners, clusters, endpoints := s.listeners, s.clusters, s.endpoints
+	listeners, clusters, endpoints, tables := s.listeners, s.clusters, s.endpoints, s.nameTables
 	var snap *mesh.AgentSnapshot
 	err = func() error {
 		var err error
@@ -320,11 +328,20 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, er
 			for _, e := range list {
 				endpoints[e.name] = e
 			}
+		case NameTableType:
+			tables = nil
+			for i, a := range resp.GetResources() {
+				if a.GetTypeUrl() != typ {
+					return fmt.Errorf("resource %d has type %s in a NameTable response", i, a.GetTypeUrl())
+				}
+				tables = append(tables, newNameTableEntry(a.GetValue()))
+			}
 		}
 		if err != nil {
 			return err
 		}
-		snap, err = compose(listeners, clusters, subscribed(endpoints, edsServices(clusters)))
+		// NameTables contribute names as DNS listeners do.
+		snap, err = compose(append(slices.Clip(listeners), tables...), clusters, subscribed(endpoints, edsServices(clusters)))
 		return err
 	}()
 	if err != nil {
@@ -332,7 +349,7 @@ func (s *session) handle(resp *discoveryv3.DiscoveryResponse) (accepted bool, er
 		return typ == EndpointType, s.nack(resp, err)
 	}
 
-	s.listeners, s.clusters, s.endpoints = listeners, clusters, endpoints
+	s.listeners, s.clusters, s.endpoints, s.nameTables = listeners, clusters, endpoints, tables
 	s.candidate = snap
 	s.versions[typ] = resp.GetVersionInfo()
 	if typ == EndpointType {
@@ -511,6 +528,11 @@ func (s *session) publish() {
 	if !haveL || !haveC || s.edsPending {
 		return
 	}
+	// With NDS the names come in the NameTable: a snapshot before it would
+	// answer none of them.
+	if _, haveN := s.versions[NameTableType]; s.c.cfg.NameTable && !haveN {
+		return
+	}
 	eds := edsServices(s.clusters)
 	if s.candidate == nil {
 		return
@@ -521,6 +543,9 @@ func (s *session) publish() {
 	v := s.versions[ListenerType] + "/" + s.versions[ClusterType]
 	if len(eds) > 0 {
 		v += "/" + s.versions[EndpointType]
+	}
+	if s.c.cfg.NameTable {
+		v += "/nds:" + s.versions[NameTableType]
 	}
 	snap.Version = v
 	snap.ReceivedAt = time.Now()
@@ -535,6 +560,8 @@ func shortType(url string) string {
 		return "CDS"
 	case EndpointType:
 		return "EDS"
+	case NameTableType:
+		return "NDS"
 	}
 	return url
 }

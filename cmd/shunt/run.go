@@ -1,3 +1,5 @@
+//go:build !lean
+
 package main
 
 import (
@@ -21,6 +23,7 @@ import (
 	"github.com/shunt-dev/shunt/controlplane"
 	"github.com/shunt-dev/shunt/dnsproxy"
 	"github.com/shunt-dev/shunt/mesh"
+	"github.com/shunt-dev/shunt/nodemeta"
 	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/sockowner"
 	"github.com/shunt-dev/shunt/xdsclient"
@@ -115,7 +118,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	if f.reconcile <= 0 {
 		return usageErrorf("run: --reconcile-interval %v: must be positive", f.reconcile)
 	}
-	if err := checkRunEnvoyFlags(f.envoy); err != nil {
+	if err := checkRunEnvoyFlags(f); err != nil {
 		return err
 	}
 	log := slog.Default()
@@ -175,6 +178,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		Zone:      f.zone,
 		Mesh:      f.meshName,
 		Metadata:  node.Metadata,
+		NameTable: node.Flavor == nodemeta.Istio,
 		TokenFile: f.xdsToken,
 		TokenRaw:  node.TokenRaw,
 		TLS:       tlsCfg,
@@ -195,7 +199,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		return err
 	}
 
-	envoySup, err := prepareEnvoy(cmd, f, xcfg, plan, stateDir, log)
+	envoySup, err := prepareEnvoy(f, xcfg, plan, stateDir, log)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,10 @@
+//go:build !lean
+
 package main
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -22,9 +25,6 @@ type nodeFlags struct {
 	dataplaneFile string
 }
 
-// runOnlyConfigKeys are config file keys that `shunt run` reads itself;
-// the capture configuration ignores them.
-var runOnlyConfigKeys = []string{"xdsNodeMetadata"}
 
 func addNodeFlags(fl *pflag.FlagSet, f *nodeFlags) {
 	fl.StringVar(&f.flavor, "xds-flavor", "auto", `control plane kind, for the node metadata and token it wants: "generic" (shunt's own, any go-control-plane server), "kuma" (kuma-cp: kuma-dp's metadata, raw dataplane token), "istio" (istiod: DNS capture switches); "auto" detects kuma from --dataplane-file or a node id "<mesh>.<name>", istio from a node id "sidecar~IP~POD.NS~DOMAIN"`)
@@ -89,10 +89,18 @@ func resolveNode(cmd *cobra.Command, f nodeFlags, nodeID, meshName string, plan 
 			return xdsNode{}, fmt.Errorf("run: --dataplane-file %s: %w", f.dataplaneFile, err)
 		}
 	}
+	// kuma-cp learns the local Envoy's admin port (kuma-dp's default,
+	// 9901, is also --envoy-admin's).
+	var admin uint16
+	if fl := cmd.Flags().Lookup("envoy-admin"); fl != nil {
+		if ap, err := netip.ParseAddrPort(fl.Value.String()); err == nil {
+			admin = ap.Port()
+		}
+	}
 	md, err := nodemeta.Build(nodemeta.Options{
 		Flavor: flavor,
 		Mesh:   meshName,
-		Kuma:   nodemeta.KumaOptions{DNSPort: plan.DNSPort, Dataplane: dp, IPv6Enabled: ipv6},
+		Kuma:   nodemeta.KumaOptions{DNSPort: plan.DNSPort, AdminPort: admin, Dataplane: dp, IPv6Enabled: ipv6},
 		// shunt always answers DNS itself, so it asks istiod for the
 		// tables and for VIPs of ServiceEntries without addresses.
 		Istio: nodemeta.IstioOptions{DNSCapture: true, AutoAllocate: true},

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/shunt-dev/shunt/tests/kumacp"
+	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
 // normalise spells addresses one way (kuma-cp writes ::ffff:f000:1, dig
@@ -145,6 +146,32 @@ func TestKumaCP(t *testing.T) {
 	})
 }
 
+// The Dataplane's Envoy (the Envoy double) started by shunt connects to
+// shunt's xDS socket, and shunt holds the node's one stream to kuma-cp:
+// kuma-cp sees one stream, refuses none, and both shunt and the proxy get
+// their configuration.
+func TestKumaCPEnvoyBehindShunt(t *testing.T) {
+	w := newWorld(t, kumacp.Options{})
+	w.cp.Put("/meshes/default", seedMesh(true))
+	w.cp.Put("/meshes/default/external-services/httpbin", externalService("httpbin", "httpbin.org:443"))
+	w.startShunt("dp-1", "--envoy-binary", fakeEnvoy, "--envoy-admin", "127.0.0.1:0", "--proxy-uid", "5678")
+	w.waitResolves(t, 20*time.Second, "dp-1", "httpbin.mesh", "httpbin.org")
+	// The proxy got its configuration through shunt: its admin /ready is
+	// LIVE once it has clusters and listeners, which shunt's readiness
+	// includes.
+	if code, body := w.admin("/readyz"); code != "200" {
+		t.Fatalf("/readyz = %s %s", code, body)
+	}
+	time.Sleep(2 * time.Second) // a refused or second stream would show by now
+	log := w.cp.Log()
+	if strings.Contains(log, "already an active stream") || strings.Contains(w.agent.Output(), "already an active stream") {
+		t.Errorf("kuma-cp refused a second stream for the node")
+	}
+	if c := strings.Count(log, "proxy connected"); c != 1 {
+		t.Errorf("kuma-cp saw %d streams connect, want 1", c)
+	}
+}
+
 // Dataplane tokens: kuma-cp with dpToken authentication takes the token
 // from POST /tokens/dataplane, sent raw; without one shunt says why.
 func TestKumaCPDataplaneToken(t *testing.T) {
@@ -173,4 +200,43 @@ func TestKumaCPDataplaneToken(t *testing.T) {
 	}
 	w.startShunt("dp-1", "--xds-token-file", token)
 	w.waitResolves(t, 20*time.Second, "dp-1", "httpbin.mesh", "httpbin.org")
+}
+
+// kuma-dp's DNS server holds the port shunt's interceptor uses by default:
+// shunt refuses to start and says why, rather than sharing the port.
+func TestKumaDPDNSPortClash(t *testing.T) {
+	testenv.RequireRoot(t)
+	socat := testenv.RequireBinary(t, "socat")
+	pod := testenv.NewNetns(t, "kclash")
+	pod.WriteResolvConf("nameserver 192.0.2.53\n")
+	dir := testenv.ReadableTempDir(t)
+	// A stand-in holding the port under kuma-dp's process name, which is
+	// all shunt reads of it.
+	kumaDP := filepath.Join(dir, "kuma-dp")
+	b, err := os.ReadFile(socat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(kumaDP, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	holder := pod.Start(pod.Command(t.Context(), kumaDP, "UDP-RECVFROM:15053,bind=127.0.0.1,fork", "/dev/null"))
+	waitFor(t, 5*time.Second, "the stand-in to bind 15053", func() bool {
+		out, _ := pod.Run("ss", "-Hlun")
+		return strings.Contains(out, ":15053 ")
+	})
+	dp := filepath.Join(dir, "dp.yaml")
+	if err := os.WriteFile(dp, []byte(strings.ReplaceAll(dataplaneYAML, "%s", "dp-1")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := pod.Run(shuntBin, "run", "--xds", "127.0.0.1:5678", "--dataplane-file", dp, "--state-dir", filepath.Join(dir, "state"), "--admin", "off")
+	if err == nil {
+		t.Fatalf("shunt started beside kuma-dp's DNS:\n%s", out)
+	}
+	if !strings.Contains(out, "DNS port 15053 is held by") || !strings.Contains(out, "(kuma-dp)") || !strings.Contains(out, "shunt replaces kuma-dp's DNS server") {
+		t.Errorf("error does not say who holds the port and why it matters:\n%s", out)
+	}
+	if holder.Exited() {
+		t.Errorf("the port's holder exited: %s", holder.Output())
+	}
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
-var shuntBin string
+var shuntBin, fakeEnvoy string
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
@@ -26,10 +26,18 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	shuntBin = filepath.Join(dir, "shunt")
-	if err := testenv.BuildShunt(shuntBin); err != nil {
+	// The Envoy double runs as the proxy's user and must be able to
+	// execute.
+	if err := os.Chmod(dir, 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	shuntBin, fakeEnvoy = filepath.Join(dir, "shunt"), filepath.Join(dir, "envoy")
+	for out, pkg := range map[string]string{shuntBin: "github.com/shunt-dev/shunt/cmd/shunt", fakeEnvoy: "github.com/shunt-dev/shunt/tests/standin/fakeenvoy"} {
+		if err := testenv.BuildPackage(out, pkg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	return m.Run()
 }
