@@ -41,6 +41,13 @@ func Listen(path string, uid, gid uint32, log *slog.Logger) (net.Listener, error
 		if fi.Mode()&fs.ModeSocket == 0 {
 			return nil, fmt.Errorf("xDS socket %s: a file that is not a socket is in the way", path)
 		}
+		// A socket someone still accepts on belongs to a running agent
+		// (the same --state-dir twice): taking it over would cut that
+		// agent's proxy off.
+		if c, err := net.DialTimeout("unix", path, 500*time.Millisecond); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("xDS socket %s: another process is serving it (is another shunt run using this --state-dir?)", path)
+		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("xDS socket %s: remove the stale socket: %w", path, err)
 		}
