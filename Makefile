@@ -13,8 +13,12 @@ deps:
 	./scripts/deps.sh
 
 ## build: the shunt binary, static, in build/
+## build/shunt-cni is the lean build (-tags lean): install, uninstall, status,
+## explain, version and the CNI plugin, without the agent's dependencies, for
+## the init container and the CNI plugin, which start once per pod.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/shunt
+	CGO_ENABLED=0 $(GO) build -trimpath -tags lean -ldflags "-s -w -X main.version=$(VERSION)" -o build/shunt-cni ./cmd/shunt
 
 ## test: the whole suite, as CI runs it (needs root)
 test:

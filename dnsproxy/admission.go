@@ -12,9 +12,14 @@ import "time"
 // unlimited. Queries over the limit are dropped (the client retries):
 // dropping at the reader costs next to nothing, while a backlog in the
 // socket would drop table queries along with the flood.
+//
+// Under a limit, clients that hold no forwarding slot yet (a stub resolver
+// asking now and then, not the flood) have a budget of their own, as large
+// again: a flooding client cannot use up the whole window.
 type admission struct {
 	limit      int // admissions per window; < 0: unlimited
 	used       int
+	light      int // of used: admitted from the light clients' budget
 	batches    int
 	full       int
 	windowEnds time.Time
@@ -44,7 +49,7 @@ func (a *admission) batch(now time.Time, full bool) {
 				a.limit = -1
 			}
 		}
-		a.used, a.batches, a.full = 0, 0, 0
+		a.used, a.light, a.batches, a.full = 0, 0, 0, 0
 		a.windowEnds = now.Add(admissionWindow)
 	}
 	a.batches++
@@ -53,9 +58,14 @@ func (a *admission) batch(now time.Time, full bool) {
 	}
 }
 
-// allow reports whether one more query may start on the slow path.
-func (a *admission) allow() bool {
-	if a.limit >= 0 && a.used >= a.limit {
+// allow reports whether one more query may start on the slow path; light:
+// its client holds no forwarding slot.
+func (a *admission) allow(light bool) bool {
+	switch {
+	case a.limit < 0 || a.used-a.light < a.limit:
+	case light && a.light < a.limit:
+		a.light++
+	default:
 		return false
 	}
 	a.used++

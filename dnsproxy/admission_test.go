@@ -16,7 +16,7 @@ func TestAdmissionShedsWhenBehind(t *testing.T) {
 		a.batch(now, full)
 		n := 0
 		for i := 0; i < tries; i++ {
-			if a.allow() {
+			if a.allow(false) {
 				n++
 			}
 		}
@@ -41,5 +41,31 @@ func TestAdmissionShedsWhenBehind(t *testing.T) {
 	}
 	if a.limit >= 0 {
 		t.Errorf("the limit is still %d after the reader kept up for 60 windows", a.limit)
+	}
+}
+
+// TestAdmissionLightClients: under a limit, clients holding no slot have a
+// budget of their own that the heavy ones cannot use up.
+func TestAdmissionLightClients(t *testing.T) {
+	a := newAdmission()
+	now := time.Unix(0, 0)
+	for i := 0; i < 30; i++ { // behind for long: down to the floor
+		now = now.Add(admissionWindow + time.Millisecond)
+		a.batch(now, true)
+		for j := 0; j < 1000 && a.allow(false); j++ {
+		}
+	}
+	now = now.Add(admissionWindow + time.Millisecond)
+	a.batch(now, true)
+	heavy := 0
+	for j := 0; j < 1000 && a.allow(false); j++ {
+		heavy++
+	}
+	light := 0
+	for j := 0; j < 1000 && a.allow(true); j++ {
+		light++
+	}
+	if heavy != admissionFloor || light != admissionFloor {
+		t.Errorf("at the floor a window admitted %d from heavy clients and then %d light ones; want %d and %d", heavy, light, admissionFloor, admissionFloor)
 	}
 }

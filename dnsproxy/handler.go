@@ -244,8 +244,14 @@ func (s *Server) forward(ctx context.Context, m *dns.Msg, tcp bool) (*dns.Msg, O
 // failing nobody waits for them: the stale answer goes out at once and the
 // refresh finds out when they are back.
 func (s *Server) forwardStale(ctx context.Context, m *dns.Msg, tcp bool, key cacheKey, stale *dns.Msg) (*dns.Msg, Outcome) {
-	ref := s.refresh(ctx, m, tcp, key)
-	if ref == nil || !s.fwd.anyHealthy(time.Now()) {
+	if !s.fwd.anyHealthy(time.Now()) {
+		// One refresh at a time is enough to notice the upstreams are back
+		// (its success marks them healthy); more would only wait on them.
+		s.refresh(ctx, m, tcp, key, true)
+		return fromUpstream(m, stale), OutcomeStale
+	}
+	ref := s.refresh(ctx, m, tcp, key, false)
+	if ref == nil {
 		return fromUpstream(m, stale), OutcomeStale
 	}
 	timer := time.NewTimer(s.cache.opts.StaleAnswerTimeout)
@@ -270,14 +276,15 @@ type refreshing struct {
 }
 
 // refresh starts (or joins) the upstream query that refreshes key. It
-// returns nil when as many refreshes as MaxInFlight are running already.
-func (s *Server) refresh(ctx context.Context, m *dns.Msg, tcp bool, key cacheKey) *refreshing {
+// returns nil when as many refreshes as MaxInFlight are running already,
+// or, with alone, when any other refresh is.
+func (s *Server) refresh(ctx context.Context, m *dns.Msg, tcp bool, key cacheKey, alone bool) *refreshing {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
 	if r := s.refreshes[key]; r != nil {
 		return r
 	}
-	if len(s.refreshes) >= s.cfg.MaxInFlight {
+	if len(s.refreshes) >= s.cfg.MaxInFlight || (alone && len(s.refreshes) > 0) {
 		return nil
 	}
 	r := &refreshing{done: make(chan struct{})}

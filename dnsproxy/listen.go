@@ -81,7 +81,7 @@ func (s *Server) serveUDP(stop, work context.Context, pc net.PacketConn, handler
 			if from == nil {
 				continue
 			}
-			if !adm.allow() {
+			if !adm.allow(s.clients.holds(from.AddrPort()) == 0) {
 				s.metrics.query(0, OutcomeDropped)
 				continue
 			}
@@ -165,6 +165,14 @@ func (c *clientShares) acquire(a netip.AddrPort) bool {
 	}
 	sh.n[a]++
 	return true
+}
+
+// holds returns how many slots a holds.
+func (c *clientShares) holds(a netip.AddrPort) int {
+	sh := &c.shards[c.shard(a)]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.n[a]
 }
 
 func (c *clientShares) release(a netip.AddrPort) {

@@ -73,7 +73,22 @@ func TestServeStaleEarly(t *testing.T) {
 	if answers(m) != "192.0.2.11" || m.Answer[0].Header().Ttl != staleTTL {
 		t.Errorf("want the stale answer, got %v", m)
 	}
-	if s := r.srv.Metrics().Snapshot(); s.Queries["A"]["stale"] != 4 {
-		t.Errorf("stale answers counted %v, want 4", s.Queries)
+	// And no more waiting on it in the background either: while that
+	// one refresh is out, other stale names start none of their own.
+	sent := up.queries.Load()
+	for _, n := range names[:3] {
+		start := time.Now()
+		if m := r.ask(t, "udp", n, dns.TypeA, 0); answers(m) != "192.0.2.11" {
+			t.Errorf("%s: want the stale answer, got %v", n, m)
+		}
+		if d := time.Since(start); d >= time.Second {
+			t.Errorf("%s: stale answer took %v with the upstream known to be failing", n, d)
+		}
+	}
+	if more := up.queries.Load() - sent; more > 0 {
+		t.Errorf("%d more queries sent to the upstream known to be failing while one refresh was out, want none", more)
+	}
+	if s := r.srv.Metrics().Snapshot(); s.Queries["A"]["stale"] != 7 {
+		t.Errorf("stale answers counted %v, want 7", s.Queries)
 	}
 }

@@ -56,7 +56,7 @@ func TestTCPHoarderDoesNotDenyOthers(t *testing.T) {
 // never closed to make room; a new connection is refused instead.
 func TestTCPBusyConnectionsKept(t *testing.T) {
 	up := startUpstream(t, func(w dns.ResponseWriter, r *dns.Msg) {
-		time.Sleep(700 * time.Millisecond)
+		time.Sleep(1500 * time.Millisecond)
 		zone(w, r)
 	})
 	r := startServer(t, Config{Upstreams: []netip.AddrPort{up.addr}, MaxTCPConns: 4, MaxTCPConnsPerPeer: 4})
@@ -84,7 +84,10 @@ func TestTCPBusyConnectionsKept(t *testing.T) {
 			errs <- err
 		}()
 	}
-	time.Sleep(200 * time.Millisecond) // the four queries are in flight
+	// The four queries are in flight once the upstream has them.
+	for deadline := time.Now().Add(5 * time.Second); up.queries.Load() < 4 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	extra, err := net.Dial("tcp", r.udp)
 	if err != nil {
 		t.Fatal(err)

@@ -20,7 +20,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 version=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
-(cd "$repo" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/shunt" ./cmd/shunt)
+(cd "$repo" && CGO_ENABLED=0 go build -trimpath -tags lean -ldflags "-s -w" -o "$work/shunt" ./cmd/shunt)
 
 umoci init --layout "$work/oci"
 umoci new --image "$work/oci:$tag"

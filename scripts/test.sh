@@ -16,14 +16,14 @@ echo "== lint"
 "$top/scripts/lint.sh"
 
 # Packages whose goroutines share state run under the race detector.
-race=(./dnsproxy/... ./xdsclient/... ./controlplane/... ./agent/... ./redirect/...)
+race=(./dnsproxy/... ./xdsclient/... ./controlplane/... ./agent/... ./redirect/... ./envoy/...)
 status=0
 echo "== go test -race ${race[*]}"
 go test -race -count=1 -timeout 15m "${race[@]}" || status=1
 
 echo "== go test (everything else)"
 module=$(go list -m)
-mapfile -t rest < <(go list ./... | grep -v -E "^$module/(dnsproxy|xdsclient|controlplane|agent|redirect)(/|\$)")
+mapfile -t rest < <(go list ./... | grep -v -E "^$module/(dnsproxy|xdsclient|controlplane|agent|redirect|envoy)(/|\$)")
 go test -count=1 -p 2 -timeout 20m "${rest[@]}" || status=1
 
 if [ "$status" -ne 0 ]; then

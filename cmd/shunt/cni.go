@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shunt-dev/shunt/cni"
-	"github.com/shunt-dev/shunt/node"
+	"github.com/shunt-dev/shunt/cni/kubeapi"
 	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/redirect/ebpf"
 )
@@ -39,7 +39,7 @@ binary behaves as this command whatever its arguments.`,
 // error goes to standard output, logs to standard error.
 func runCNIPlugin() {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	p := &cni.Plugin{NewEngine: cniEngine, Pods: node.KubePodLookup, Logger: slog.Default()}
+	p := &cni.Plugin{NewEngine: cniEngine, Pods: kubeapi.PodLookup, Logger: slog.Default()}
 	skel.PluginMainFuncs(p.Funcs(), cni.Versions(), "shunt-cni: captures a pod's traffic into the mesh proxy")
 }
 

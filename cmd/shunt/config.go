@@ -117,3 +117,9 @@ func loadConfigFile(cfg *redirect.Config, file string, data []byte) error {
 	}
 	return cfg.LoadNode(file, m)
 }
+
+// runOnlyConfigKeys are config file keys that `shunt run` reads itself;
+// the capture configuration ignores them.
+// They live here, not with run, because the lean build (which has no run)
+// reads the same file and must skip them too.
+var runOnlyConfigKeys = []string{"xdsNodeMetadata"}

@@ -1,9 +1,10 @@
+//go:build !lean
+
 package main
 
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -17,12 +18,12 @@ import (
 // the same.
 var envoyBootstrapFlags = []string{
 	"xds", "xds-ca", "xds-cert", "xds-key", "xds-server-name", "xds-token-file",
-	"node-id", "zone", "mesh", "state-dir", "envoy-admin",
-	"xds-flavor", "xds-node-metadata", "dataplane-file",
+	"node-id", "zone", "mesh", "state-dir", "xds-socket", "envoy-admin",
+	"xds-flavor", "xds-node-metadata", "dataplane-file", "config",
 }
 
 func newEnvoyBootstrapCommand() *cobra.Command {
-	var output, socket string
+	var output string
 	cmd := &cobra.Command{
 		Use:   "envoy-bootstrap",
 		Short: "Print the Envoy bootstrap shunt run --envoy-binary writes",
@@ -30,11 +31,13 @@ func newEnvoyBootstrapCommand() *cobra.Command {
 world, resource API v3, listeners and clusters from ADS) with the node id,
 zone and metadata the agent sends, and Envoy's admin API on loopback.
 
-With --xds the bootstrap points at that control plane with the same TLS
+Without --xds it points at the socket on which shunt run serves the node's
+xDS to the local proxy (--xds-socket, default <state-dir>/xds.sock): the way
+to run Envoy beside shunt run, which holds the node's one upstream stream.
+With --xds, Envoy connects to that control plane itself, with the same TLS
 files and token as the agent (the token is copied into the bootstrap: keep
-the output private). Without it, it points at shunt's local xDS socket
-(--xds-socket, default <state-dir>/xds.sock). The output is validated as
-Envoy validates its bootstrap. See docs/envoy.md.`,
+the output private), for an Envoy that no shunt run serves. The output is
+validated as Envoy validates its bootstrap. See docs/envoy.md.`,
 		Example: `  shunt envoy-bootstrap --node-id default.web-1 --zone zone-1
   shunt envoy-bootstrap --xds cp.example:5678 --xds-ca /etc/shunt/ca.pem --xds-token-file /etc/shunt/token -o yaml > /etc/envoy/envoy.yaml`,
 		Args: cobra.NoArgs,
@@ -47,6 +50,7 @@ Envoy validates its bootstrap. See docs/envoy.md.`,
 				nodeID: str("node-id"), zone: str("zone"), meshName: str("mesh"),
 			}
 			f.envoy.admin = str("envoy-admin")
+			socket := str("xds-socket")
 			if output != "json" && output != "yaml" {
 				return usageErrorf("envoy-bootstrap: -o %q: want json or yaml", output)
 			}
@@ -70,34 +74,32 @@ Envoy validates its bootstrap. See docs/envoy.md.`,
 			if err != nil {
 				return err
 			}
-			// The node as `shunt run` would send it: the same flavour,
-			// metadata and token form.
+			// The node as `shunt run` sends it: the flavour's metadata
+			// depends on the capture plan (DNS port, IPv6).
 			plan, err := cfg.Plan(redirect.OSHost{})
 			if err != nil {
 				return err
 			}
-			f.node.flavor = str("xds-flavor")
-			f.node.dataplaneFile = str("dataplane-file")
-			if f.node.metadata, err = fl.GetStringArray("xds-node-metadata"); err != nil {
+			nf := nodeFlags{flavor: str("xds-flavor"), dataplaneFile: str("dataplane-file")}
+			if nf.metadata, err = fl.GetStringArray("xds-node-metadata"); err != nil {
 				return err
 			}
-			node, err := resolveNode(cmd, f.node, f.nodeID, f.meshName, plan)
+			node, err := resolveNode(cmd, nf, f.nodeID, f.meshName, plan)
 			if err != nil {
 				return err
 			}
-			xcfg := xdsclient.Config{NodeID: node.ID, Zone: f.zone, Mesh: node.Mesh, TokenFile: f.xdsToken,
-				Metadata: node.Metadata, TokenRaw: node.TokenRaw}
+			xcfg := xdsclient.Config{NodeID: node.ID, Zone: f.zone, Mesh: node.Mesh, Metadata: node.Metadata, TokenFile: f.xdsToken, TokenRaw: node.TokenRaw}
 			var x bootstrap.XDS
 			if f.xds != "" {
 				if x, err = remoteXDS(f, xcfg); err != nil {
 					return fmt.Errorf("envoy-bootstrap: %w", err)
 				}
 			} else {
-				if socket == "" {
-					socket = envoyXDSSocket(cfg.Get("stateDir"))
+				if socket == "off" {
+					return usageErrorf("envoy-bootstrap: --xds-socket off: give --xds, the control plane Envoy connects to")
 				}
-				if x.Pipe, err = filepath.Abs(socket); err != nil {
-					return fmt.Errorf("envoy-bootstrap: --xds-socket %s: %w", socket, err)
+				if x, err = socketXDS(socket, cfg.Get("stateDir")); err != nil {
+					return fmt.Errorf("envoy-bootstrap: %w", err)
 				}
 			}
 			bc := envoyNode(xcfg)
@@ -123,7 +125,6 @@ Envoy validates its bootstrap. See docs/envoy.md.`,
 	for _, name := range envoyBootstrapFlags {
 		cmd.Flags().AddFlag(run.Flags().Lookup(name))
 	}
-	cmd.Flags().StringVar(&socket, "xds-socket", "", "without --xds: shunt's local xDS socket (default <state-dir>/xds.sock)")
 	cmd.Flags().StringVarP(&output, "output", "o", "json", "output format: json or yaml")
 	return cmd
 }

@@ -1,3 +1,5 @@
+//go:build !lean
+
 package main
 
 import (
@@ -52,6 +54,22 @@ func TestEnvoyBootstrapCommand(t *testing.T) {
 		}
 	}
 
+	// A Kuma node id: kuma-dp's metadata and the raw dataplane token, as
+	// the agent sends them.
+	out, err = runShunt(t, "envoy-bootstrap", "--node-id", "default.web-1", "--xds", "cp.example:5678", "--xds-token-file", tok)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if b, err = bootstrap.Parse([]byte(out)); err != nil {
+		t.Fatal(err)
+	}
+	if md := b.GetDynamicResources().GetAdsConfig().GetGrpcServices()[0].GetInitialMetadata(); len(md) != 1 || md[0].GetValue() != "dp-token" {
+		t.Errorf("Kuma initial metadata %v, want the raw token", md)
+	}
+	if f := b.GetNode().GetMetadata().GetFields(); f["dataplane.dns.port"].GetStringValue() != "15053" || f["features"].GetListValue() == nil {
+		t.Errorf("Kuma node metadata %v", f)
+	}
+
 	// Without --xds: shunt's local socket, absolute; YAML on request.
 	out, err = runShunt(t, "envoy-bootstrap", "--node-id", "n", "--state-dir", "state", "-o", "yaml")
 	if err != nil {
@@ -97,6 +115,7 @@ func TestRunRefusesEnvoyFlags(t *testing.T) {
 		{[]string{"--envoy-binary", "/bin/true", "--envoy-concurrency", "-1"}, "--envoy-concurrency -1: must not be negative"},
 		{[]string{"--envoy-binary", "/bin/true", "--drain-timeout", "0s"}, "--drain-timeout 0s: must be positive"},
 		{[]string{"--envoy-binary", "/bin/true", "--envoy-admin", "10.0.0.1:9901"}, "must be a loopback address"},
+		{[]string{"--envoy-binary", "/bin/true", "--xds-socket", "off"}, "Envoy needs the local socket"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			out, err := runShunt(t, append([]string{"run", "--resources", t.TempDir()}, tc.args...)...)

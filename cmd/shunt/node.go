@@ -1,3 +1,5 @@
+//go:build !lean
+
 package main
 
 import (
@@ -6,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -90,7 +93,7 @@ pod annotations, and capture pods that started before it was chained. With
 			if err != nil {
 				return fmt.Errorf("find own binary: %w", err)
 			}
-			o.Binary = exe
+			o.Binary = pluginBinary(exe)
 			// In eBPF mode the programs are loaded once, here, and the
 			// plugin enrols each pod's cgroup in them.
 			if pluginEngine(o.Plugin) == "ebpf" {
@@ -171,4 +174,21 @@ func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("in-cluster config: %w", err)
 	}
 	return rc, nil
+}
+
+// pluginBinary is what the agent installs as the CNI plugin: the lean build
+// (make build's build/shunt-cni, -tags lean) where it lies beside the
+// agent's own binary, since the runtime starts the plugin once per pod and
+// the lean build starts in a fraction of the time; else the agent's binary,
+// which serves as the plugin too.
+func pluginBinary(exe string) string {
+	lean := filepath.Join(filepath.Dir(exe), cniBinaryName)
+	if lean == exe {
+		return exe
+	}
+	if fi, err := os.Stat(lean); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+		slog.Info("installing the lean plugin build", "binary", lean)
+		return lean
+	}
+	return exe
 }

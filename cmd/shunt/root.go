@@ -31,12 +31,8 @@ func newRootCommand() *cobra.Command {
 		newStatusCommand(),
 		newExplainCommand(),
 		newVersionCommand(),
-		newDNSCommand(),
-		newControlPlaneCommand(),
-		newRunCommand(),
-		newEnvoyBootstrapCommand(),
 		newCNICommand(),
-		newNodeCommand(),
 	)
+	root.AddCommand(agentCommands()...)
 	return root
 }

@@ -1,3 +1,5 @@
+//go:build !lean
+
 package main
 
 import (
@@ -116,7 +118,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	if f.reconcile <= 0 {
 		return usageErrorf("run: --reconcile-interval %v: must be positive", f.reconcile)
 	}
-	if err := checkRunEnvoyFlags(f.envoy); err != nil {
+	if err := checkRunEnvoyFlags(f); err != nil {
 		return err
 	}
 	log := slog.Default()
@@ -197,7 +199,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		return err
 	}
 
-	envoySup, err := prepareEnvoy(cmd, f, xcfg, plan, stateDir, log)
+	envoySup, err := prepareEnvoy(f, xcfg, plan, stateDir, log)
 	if err != nil {
 		return err
 	}

@@ -1,3 +1,5 @@
+//go:build !lean
+
 package main
 
 import (
@@ -9,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,6 +26,7 @@ import (
 	"github.com/shunt-dev/shunt/envoy/supervisor"
 	"github.com/shunt-dev/shunt/mesh"
 	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/wire"
 	"github.com/shunt-dev/shunt/xdsclient"
 	"github.com/shunt-dev/shunt/xdsproxy"
 )
@@ -81,36 +85,29 @@ func authorization(x xdsclient.Config) (string, error) {
 	return tok, nil
 }
 
-// envoyXDSSocket is where shunt's local xDS proxy serves Envoy by default.
-func envoyXDSSocket(stateDir string) string { return xdsproxy.SocketPath(stateDir) }
+// envoyXDS says where the Envoy shunt runs gets its configuration: the
+// socket on which shunt serves the node's xDS to the local proxy
+// (--xds-socket, default xdsproxy.SocketPath), since shunt holds the node's
+// one upstream stream, which a control plane such as kuma-cp allows per
+// node. With --xds-socket off, Envoy connects to the remote --xds itself,
+// with the agent's TLS files and token.
+func envoyXDS(f runFlags, x xdsclient.Config, stateDir string) (bootstrap.XDS, error) {
+	if f.xdsSocket != "off" {
+		return socketXDS(f.xdsSocket, stateDir)
+	}
+	return remoteXDS(f, x)
+}
 
-// envoyXDS is the one place that says where the Envoy shunt runs gets its
-// configuration. When shunt serves the node's xDS on its local socket
-// (xdsproxy; --xds-socket, unless "off"), Envoy connects there: shunt holds
-// the one upstream stream, which a control plane such as kuma-cp allows per
-// node. Otherwise Envoy connects to what the agent connects to: the remote
-// --xds with the same TLS files and token, or the embedded control plane on
-// --xds-listen. The flags are looked up by name, so this follows run's
-// flags as they are.
-func envoyXDS(cmd *cobra.Command, f runFlags, x xdsclient.Config, stateDir string) (bootstrap.XDS, error) {
-	if fl := cmd.Flags().Lookup("xds-socket"); fl != nil && fl.Value.String() != "off" {
-		path := fl.Value.String()
-		if path == "" {
-			path = envoyXDSSocket(stateDir)
-		}
-		abs, err := filepath.Abs(path)
-		if err != nil {
-			return bootstrap.XDS{}, fmt.Errorf("--xds-socket %s: %w", path, err)
-		}
-		return bootstrap.XDS{Pipe: abs}, nil
+// socketXDS is the local xDS socket, as an absolute path (Envoy's pipe).
+func socketXDS(path, stateDir string) (bootstrap.XDS, error) {
+	if path == "" {
+		path = xdsproxy.SocketPath(stateDir)
 	}
-	if f.xds != "" {
-		return remoteXDS(f, x)
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return bootstrap.XDS{}, fmt.Errorf("--xds-socket %s: %w", path, err)
 	}
-	if fl := cmd.Flags().Lookup("xds-listen"); fl != nil && fl.Value.String() != "" {
-		return bootstrap.XDS{Address: fl.Value.String()}, nil
-	}
-	return bootstrap.XDS{}, usageErrorf("run: --envoy-binary with --resources: give --xds-listen, the embedded control plane's address Envoy connects to")
+	return bootstrap.XDS{Pipe: abs}, nil
 }
 
 // remoteXDS is the remote control plane over TCP with the agent's TLS
@@ -166,7 +163,8 @@ func checkEnvoyFlags(f envoyFlags) (netip.AddrPort, error) {
 }
 
 // checkRunEnvoyFlags refuses bad --envoy-* values before anything starts.
-func checkRunEnvoyFlags(e envoyFlags) error {
+func checkRunEnvoyFlags(f runFlags) error {
+	e := f.envoy
 	if e.binary == "" {
 		var def envoyFlags
 		addEnvoyFlags(&cobra.Command{}, &def)
@@ -175,13 +173,16 @@ func checkRunEnvoyFlags(e envoyFlags) error {
 		}
 		return nil
 	}
+	if f.xdsSocket == "off" && f.xds == "" {
+		return usageErrorf("run: --envoy-binary with --xds-socket off: the embedded control plane is served in-process only; Envoy needs the local socket")
+	}
 	_, err := checkEnvoyFlags(e)
 	return err
 }
 
 // prepareEnvoy writes the bootstrap and returns the supervisor of the Envoy
 // shunt runs; nil without --envoy-binary.
-func prepareEnvoy(cmd *cobra.Command, f runFlags, xcfg xdsclient.Config, plan *redirect.Plan, stateDir string, log *slog.Logger) (*supervisor.Supervisor, error) {
+func prepareEnvoy(f runFlags, xcfg xdsclient.Config, plan *redirect.Plan, stateDir string, log *slog.Logger) (*supervisor.Supervisor, error) {
 	e := f.envoy
 	if e.binary == "" {
 		return nil, nil
@@ -190,7 +191,7 @@ func prepareEnvoy(cmd *cobra.Command, f runFlags, xcfg xdsclient.Config, plan *r
 	if err != nil {
 		return nil, err
 	}
-	x, err := envoyXDS(cmd, f, xcfg, stateDir)
+	x, err := envoyXDS(f, xcfg, stateDir)
 	if err != nil {
 		var ec exitCoder
 		if errors.As(err, &ec) {
@@ -203,6 +204,12 @@ func prepareEnvoy(cmd *cobra.Command, f runFlags, xcfg xdsclient.Config, plan *r
 	b, err := bootstrap.Build(bc)
 	if err != nil {
 		return nil, fmt.Errorf("run: %w", err)
+	}
+	if v, ok := bc.Metadata.GetFields()[wire.KumaMetaAdminPort]; ok && v.GetStringValue() != strconv.Itoa(int(admin.Port())) && admin.Port() != 0 {
+		// kuma-cp reaches Envoy's admin API on the port the node
+		// announces; a different one breaks its readiness and stats.
+		log.Warn("the node metadata announces another Envoy admin port than --envoy-admin; set --xds-node-metadata "+wire.KumaMetaAdminPort+"=PORT",
+			"announced", v.GetStringValue(), "envoyAdmin", admin.String())
 	}
 	cred := proxyCredential(plan)
 	dir, err := filepath.Abs(filepath.Join(stateDir, "envoy"))

@@ -1,3 +1,5 @@
+//go:build !lean
+
 package main
 
 import (
@@ -23,9 +25,6 @@ type nodeFlags struct {
 	dataplaneFile string
 }
 
-// runOnlyConfigKeys are config file keys that `shunt run` reads itself;
-// the capture configuration ignores them.
-var runOnlyConfigKeys = []string{"xdsNodeMetadata"}
 
 func addNodeFlags(fl *pflag.FlagSet, f *nodeFlags) {
 	fl.StringVar(&f.flavor, "xds-flavor", "auto", `control plane kind, for the node metadata and token it wants: "generic" (shunt's own, any go-control-plane server), "kuma" (kuma-cp: kuma-dp's metadata, raw dataplane token), "istio" (istiod: DNS capture switches); "auto" detects kuma from --dataplane-file or a node id "<mesh>.<name>", istio from a node id "sidecar~IP~POD.NS~DOMAIN"`)

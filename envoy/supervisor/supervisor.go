@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -215,6 +217,11 @@ func (s *Supervisor) backoff(failures int) time.Duration {
 // runOnce runs one process until it exits (the error says how) or ctx ends
 // (it is drained and stopped; the error is nil).
 func (s *Supervisor) runOnce(ctx context.Context) error {
+	// The parent-death signal fires when the thread that forked exits,
+	// not the process: keep this goroutine on one thread for the child's
+	// life, so that the Go runtime retiring a thread never kills Envoy.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	// A stale file would point the readiness poll at a previous process.
 	if err := os.Remove(s.cfg.AdminAddressPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale admin address file: %w", err)
@@ -225,6 +232,9 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 
 	cmd := exec.Command(s.cfg.Binary, s.Args()...)
 	cmd.Env = s.cfg.Env
+	// shunt's own working directory may be closed to the proxy's user;
+	// the bootstrap's directory is the proxy's.
+	cmd.Dir = filepath.Dir(s.cfg.BootstrapPath)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Credential: s.cfg.Credential,
 		// Its own process group: a Ctrl-C at shunt's terminal must not

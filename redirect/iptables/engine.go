@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	goipt "github.com/coreos/go-iptables/iptables"
 
 	"github.com/shunt-dev/shunt/redirect"
 )
@@ -436,29 +435,34 @@ func (e *Engine) chooseBackend(ctx context.Context, prev *redirect.State, seen m
 	if prev != nil && prev.Backend != "" && available(e.commands(Backend(prev.Backend), ipv4)) {
 		return Backend(prev.Backend), "used by the previous install", nil
 	}
-	// go-iptables vets each variant (its binary runs and reports a version
-	// in this namespace) in the same parallel pass that reads the rules.
+	// Only the variants the kernel says have tables here are read (one
+	// parallel pass); the others hold no rules.
 	vs := e.variants()
-	dumps := make([]*Dump, len(vs))
-	e.parallel(len(vs), func(i int) error {
-		if _, err := goipt.New(goipt.IPFamily(protocolOf(vs[i].f)), goipt.Path(vs[i].cmds.Iptables)); err != nil {
-			e.log.Debug("iptables variant unusable", "variant", vs[i], "err", err)
+	todo := e.emptyDumps(vs, seen)
+	dumps := make([]*Dump, len(todo))
+	e.parallel(len(todo), func(i int) error {
+		d, err := e.dump(ctx, todo[i].cmds)
+		if err != nil {
+			e.log.Debug("iptables variant unusable", "variant", todo[i], "err", err)
 			return nil
 		}
-		if d, err := e.dump(ctx, vs[i].cmds); err == nil {
-			dumps[i] = d
-		}
+		dumps[i] = d
 		return nil
 	})
-	rules := map[Backend]int{}
 	for i, d := range dumps {
+		if d != nil {
+			seen[todo[i].cmds] = d
+		}
+	}
+	rules := map[Backend]int{}
+	for _, v := range vs {
+		d := seen[v.cmds]
 		if d == nil {
 			continue
 		}
-		seen[vs[i].cmds] = d
-		rules[vs[i].b] += d.ForeignLen
+		rules[v.b] += d.ForeignLen
 		if !d.Shunt.Empty() {
-			rules[vs[i].b]++
+			rules[v.b]++
 		}
 	}
 	switch {

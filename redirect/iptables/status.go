@@ -22,6 +22,10 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 	}
 	defer unlock()
 	vs := e.variants()
+	// Variants without tables in the kernel hold nothing to remove: only
+	// the others are read.
+	empty := map[Commands]*Dump{}
+	vs = e.emptyDumps(vs, empty)
 	dumps, errs := e.dumpAll(ctx, vs)
 	found := false
 	for i, d := range dumps {

@@ -6,12 +6,12 @@ package nftables
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -77,27 +77,36 @@ var supportedPlanKeys = []string{
 	"excludeOutboundPortsForUids", "excludeInterfaces", "ipFamily", "meshCidrs", "egress",
 }
 
-// Check reports a plan this engine cannot implement.
+// optionalPlanKeys are the plan fields of optional features, which Check
+// refuses by their configuration key (redirect.Plan.Features) unless
+// implemented.
+var optionalPlanKeys = []string{
+	"inboundTproxy", "dropInvalid", "includeOutboundCidrs", "includeOutboundPorts", "includeInboundPorts", "vnets", "packetLog",
+}
+
+// implementedFeatures are the optional features (by configuration key)
+// this engine implements.
+var implementedFeatures = []string{"excludeInterfaces"}
+
+// Check reports a plan this engine cannot implement, naming the
+// configuration key of what it refuses. It is the one place that decides.
 func Check(p *redirect.Plan) error {
 	if err := p.Egress.Validate(); err != nil {
 		return err
 	}
-	b, err := json.Marshal(p)
-	if err != nil {
-		return fmt.Errorf("encode plan: %w", err)
-	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(b, &fields); err != nil {
-		return fmt.Errorf("decode plan: %w", err)
-	}
-	var unsupported []string
-	for k, v := range fields {
-		if slices.Contains(supportedPlanKeys, k) {
-			continue
+	for _, f := range p.Features() {
+		if !slices.Contains(implementedFeatures, f.Key) {
+			return fmt.Errorf("%s: invalid value %q: not implemented by the nftables engine; use engine iptables", f.Key, f.Value)
 		}
-		switch string(v) {
-		case "null", "false", "0", `""`, "[]", "{}":
-			continue // not asked for
+	}
+	// A field this engine does not know is set: found by reflection, not
+	// by encoding the plan (its lists may hold thousands of prefixes).
+	var unsupported []string
+	v := reflect.ValueOf(p).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		k, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("json"), ",")
+		if slices.Contains(supportedPlanKeys, k) || slices.Contains(optionalPlanKeys, k) || v.Field(i).IsZero() {
+			continue
 		}
 		unsupported = append(unsupported, k)
 	}
@@ -236,6 +245,12 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	}
 	defer done()
 
+	gc, err := dialGen(e.opts.NetnsPath)
+	if err != nil {
+		e.log.Debug("nftables generation unavailable", "err", err)
+	}
+	defer gc.Close()
+
 	rs := Render(p)
 	if e.corrupt != nil {
 		e.corrupt(rs)
@@ -247,7 +262,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	var prevRS *Ruleset
 	if prev != nil && prev.Plan != nil {
 		if k != nil && k.gen != 0 {
-			if g, err := generation(e.opts.NetnsPath); err == nil && g == k.gen {
+			if g, err := gc.get(); err == nil && g == k.gen {
 				intact, unchangedGen, prevRS = true, true, k.rs
 			}
 		}
@@ -289,7 +304,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		st.Families = append(st.Families, f.label())
 	}
 	next := &known{st: st, rs: rs}
-	g, gerr := generation(e.opts.NetnsPath)
+	g, gerr := gc.get()
 	if incremental && unchangedGen && gerr == nil && g == k.gen+1 {
 		// Only this batch was committed since the table was last read:
 		// the rules are as recorded and the sets as sent.
@@ -301,7 +316,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			return fmt.Errorf("install: table written but %w", err)
 		}
 		st.Applied = map[string]string{"inet": applied}
-		if g2, err := generation(e.opts.NetnsPath); gerr == nil && err == nil && g2 == g {
+		if g2, err := gc.get(); gerr == nil && err == nil && g2 == g {
 			next.gen = g
 		}
 	}

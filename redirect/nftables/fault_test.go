@@ -158,3 +158,50 @@ func TestDriftIsReportedAndRestored(t *testing.T) {
 		})
 	}
 }
+
+// TestCrashAfterTheBatchIsRecognised stands for a kill -9 between the
+// kernel's commit and the record's write: the new table is live beside the
+// old record (or none). Status reports it, install and uninstall settle it.
+func TestCrashAfterTheBatchIsRecognised(t *testing.T) {
+	testenv.RequireBinary(t, "nft")
+	ctx := context.Background()
+	plans := scenarios(t)
+	load := func(n *testenv.Netns, p *redirect.Plan) {
+		t.Helper()
+		file := filepath.Join(t.TempDir(), "batch.nft")
+		if err := os.WriteFile(file, []byte(Render(p).String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		n.MustRun("nft", "-f", file)
+	}
+
+	n := testenv.NewNetns(t, "nftcrash")
+	eng := New(Options{NetnsPath: n.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
+	if err := eng.Install(ctx, plans["default"]); err != nil {
+		t.Fatal(err)
+	}
+	load(n, plans["lockdown"]) // committed, never recorded
+	if st, err := eng.Status(ctx); err != nil || len(st.Drift) == 0 {
+		t.Errorf("status beside an unrecorded batch: %+v %v", st, err)
+	}
+	if err := eng.Install(ctx, plans["default"]); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := eng.Status(ctx); err != nil || len(st.Drift) > 0 {
+		t.Errorf("status after install settled it: %v %v", st.Drift, err)
+	}
+
+	first := testenv.NewNetns(t, "nftcrash1")
+	fresh := New(Options{NetnsPath: first.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
+	load(first, plans["default"]) // a first install killed before its record
+	st, err := fresh.Status(ctx)
+	if err != nil || st.Installed || !strings.Contains(strings.Join(st.Drift, "\n"), "no installation is recorded") {
+		t.Errorf("status of a table without a record: %+v %v", st, err)
+	}
+	if err := fresh.Uninstall(ctx); err != nil {
+		t.Errorf("uninstall of a table without a record: %v", err)
+	}
+	if out, _ := first.Run("nft", "list", "ruleset"); strings.TrimSpace(out) != "" {
+		t.Errorf("uninstall left %s", out)
+	}
+}

@@ -25,23 +25,25 @@ func table() *nftables.Table {
 // the current one). The namespace is entered by the socket, not by the
 // calling thread.
 func dial(path string) (*nftables.Conn, func(), error) {
+	// One socket for every request of the operation: each new socket in
+	// another namespace costs a thread entering it.
 	if path == "" {
-		c, err := nftables.New()
+		c, err := nftables.New(nftables.AsLasting())
 		if err != nil {
 			return nil, nil, fmt.Errorf("open nftables netlink socket: %w", err)
 		}
-		return c, func() {}, nil
+		return c, func() { _ = c.CloseLasting() }, nil
 	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("netns %s: %w", path, err)
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting())
+	f.Close() // the socket, made, lives in the namespace on its own
 	if err != nil {
-		f.Close()
 		return nil, nil, fmt.Errorf("open nftables netlink socket in %s: %w", path, err)
 	}
-	return c, func() { f.Close() }, nil
+	return c, func() { _ = c.CloseLasting() }, nil
 }
 
 // queueTable adds to c's batch the messages that make shunt's table equal
@@ -304,25 +306,40 @@ func hookName(h nftables.ChainHook) string {
 	return fmt.Sprint(uint32(h))
 }
 
-// generation returns the namespace's nftables ruleset generation, which
-// every committed batch, of any table, increments: equal to the one seen
-// right after shunt's last change, it proves nothing changed since.
-func generation(path string) (uint32, error) {
+// genConn asks the kernel for the namespace's nftables ruleset
+// generation, which every committed batch, of any table, increments: equal
+// to the one seen right after shunt's last change, it proves nothing
+// changed since.
+type genConn struct{ conn *netlink.Conn }
+
+func dialGen(path string) (*genConn, error) {
 	cfg := &netlink.Config{}
 	if path != "" {
 		f, err := os.Open(path)
 		if err != nil {
-			return 0, fmt.Errorf("netns %s: %w", path, err)
+			return nil, fmt.Errorf("netns %s: %w", path, err)
 		}
 		defer f.Close()
 		cfg.NetNS = int(f.Fd())
 	}
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
 	if err != nil {
-		return 0, fmt.Errorf("read nftables generation: %w", err)
+		return nil, fmt.Errorf("read nftables generation: %w", err)
 	}
-	defer conn.Close()
-	msgs, err := conn.Execute(netlink.Message{
+	return &genConn{conn: conn}, nil
+}
+
+func (g *genConn) Close() {
+	if g != nil {
+		g.conn.Close()
+	}
+}
+
+func (g *genConn) get() (uint32, error) {
+	if g == nil {
+		return 0, errors.New("no generation socket")
+	}
+	msgs, err := g.conn.Execute(netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
 		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
 	})

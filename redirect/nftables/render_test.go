@@ -109,6 +109,18 @@ func TestCheckRefusesWhatItCannotDo(t *testing.T) {
 	if err := Check(p); err != nil {
 		t.Fatalf("default plan refused: %v", err)
 	}
+	for key, set := range map[string]func(*redirect.Plan){
+		"dropInvalid":          func(q *redirect.Plan) { q.DropInvalid = true },
+		"inboundMode":          func(q *redirect.Plan) { q.InboundTProxy = &redirect.TProxy{Mark: 1337, RouteTable: 133} },
+		"includeOutboundPorts": func(q *redirect.Plan) { q.IncludeOutboundPorts = []redirect.PortRange{{First: 443, Last: 443}} },
+		"vnetInterfaces":       func(q *redirect.Plan) { q.VNets = []redirect.VNet{{Interface: "vnet0"}} },
+	} {
+		q := p.Clone()
+		set(q)
+		if err := Check(q); err == nil || !strings.HasPrefix(err.Error(), key+":") || !strings.Contains(err.Error(), "nftables engine") {
+			t.Errorf("%s: %v, want a refusal naming the key", key, err)
+		}
+	}
 	bad := p.Clone()
 	bad.ExcludeInterfaces = []string{`a"b`}
 	if err := Check(bad); err == nil || !strings.Contains(err.Error(), "excludeInterfaces") {

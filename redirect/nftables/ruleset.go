@@ -107,6 +107,7 @@ func Render(p *redirect.Plan) *Ruleset {
 	rs := &Ruleset{}
 	fams := families(p)
 
+	guarded := rs.addSet(newPortSet("guarded_tcp_ports", guardedTCPPorts(p)))
 	var inPorts *set
 	if p.CaptureInbound {
 		inPorts = rs.addSet(newPortSet("exclude_inbound_ports", portRanges(p.ExcludeInboundPorts)))
@@ -147,11 +148,10 @@ func Render(p *redirect.Plan) *Ruleset {
 		rawPre = rs.addChain("raw_prerouting", &hook{nftables.ChainTypeFilter, "prerouting", priorityRaw})
 		rawOut = rs.addChain("raw_output", &hook{nftables.ChainTypeFilter, "output", priorityRaw})
 	}
-	renderPortGuard(rs.addChain("port_guard", &hook{nftables.ChainTypeFilter, "output", priorityFilter}), p)
-	var egress *chain
-	if p.Egress != nil {
-		egress = rs.addChain("egress", &hook{nftables.ChainTypeFilter, "output", priorityFilter})
-	}
+	// The port guard and lockdown share the filter output hook, in the
+	// iptables engine's order (its filter OUTPUT jumps).
+	filterOut := rs.addChain("filter_output", &hook{nftables.ChainTypeFilter, "output", priorityFilter})
+	filterOut.add(jump("port_guard"))
 	for _, f := range fams {
 		if pre != nil {
 			pre.add(metaNfproto(f), l4proto("tcp"), jump("inbound"+f.suffix()))
@@ -161,11 +161,12 @@ func Render(p *redirect.Plan) *Ruleset {
 			rawOut.add(metaNfproto(f), l4proto("udp"), jump("dns_zone_out"+f.suffix()))
 			rawPre.add(metaNfproto(f), l4proto("udp"), jump("dns_zone_in"+f.suffix()))
 		}
-		if egress != nil {
-			egress.add(metaNfproto(f), jump("egress"+f.suffix()))
+		if p.Egress != nil {
+			filterOut.add(metaNfproto(f), jump("egress"+f.suffix()))
 		}
 	}
 
+	renderPortGuard(rs.addChain("port_guard", nil), p, guarded)
 	for _, f := range fams {
 		s := sets[f]
 		if p.CaptureInbound {
@@ -301,14 +302,29 @@ func renderZones(out, in *chain, p *redirect.Plan, f fam, dns *set) {
 	in.add(append(src, port("udp", false, portRange{53, 53}), ctZone(zoneUpstream))...)
 }
 
-// renderPortGuard drops what a socket not owned by the proxy's UID or GID,
-// root or a process allowed to set the bypass mark sends from a port
-// capture redirects to, as the iptables engine's SHUNT_PORT_GUARD does: a
-// process of the pod that binds such a port while the proxy or the agent is
-// down receives captured traffic but cannot answer it. meta skuid does not
-// match a packet without a socket (a reset the kernel sends for a closed
-// port), so those pass.
-func renderPortGuard(c *chain, p *redirect.Plan) {
+// guardedTCPPorts are the ports capture redirects TCP to.
+func guardedTCPPorts(p *redirect.Plan) []portRange {
+	out := []portRange{{p.OutboundPort, p.OutboundPort}}
+	if p.CaptureInbound {
+		out = append(out, portRange{p.InboundPort, p.InboundPort})
+	}
+	if p.DNSMode != redirect.DNSNone {
+		out = append(out, portRange{p.DNSPort, p.DNSPort})
+	}
+	return out
+}
+
+// renderPortGuard drops what a socket not owned by root, the proxy's UID
+// or GID, or a process allowed to set the bypass mark, sends from a port
+// capture redirects to: a process of the pod that binds such a port while
+// the proxy or the agent is down receives the captured traffic, but its
+// answers go no further, so the workload's connections and lookups fail
+// instead of being served by an impostor. Packets the kernel sends with no
+// process's socket (a reset from a closed port) pass, as with iptables'
+// "! --socket-exists": loading meta skuid fails for them, so a rule that
+// matches on it does not match (the "skuid != 0" below is that test; UID 0
+// has returned already).
+func renderPortGuard(c *chain, p *redirect.Plan, guarded *set) {
 	c.add(skid(false, idRange{0, 0}, false), ret())
 	c.add(skid(false, idRange{p.ProxyUID, p.ProxyUID}, false), ret())
 	if p.ProxyGID != nil {
@@ -317,20 +333,9 @@ func renderPortGuard(c *chain, p *redirect.Plan) {
 	if p.BypassMark != 0 {
 		c.add(mark(p.BypassMark, false), ret())
 	}
-	// Any socket's UID is now != 0; without a socket, no match.
-	owned := skid(false, idRange{0, 0}, true)
-	tcp := []uint16{p.OutboundPort}
-	if p.CaptureInbound {
-		tcp = append(tcp, p.InboundPort)
-	}
+	c.add(portIn("tcp", false, guarded), skid(false, idRange{0, 0}, true), drop())
 	if p.DNSMode != redirect.DNSNone {
-		tcp = append(tcp, p.DNSPort)
-	}
-	for _, pt := range tcp {
-		c.add(port("tcp", false, portRange{pt, pt}), owned, drop())
-	}
-	if p.DNSMode != redirect.DNSNone {
-		c.add(port("udp", false, portRange{p.DNSPort, p.DNSPort}), owned, drop())
+		c.add(port("udp", false, portRange{p.DNSPort, p.DNSPort}), skid(false, idRange{0, 0}, true), drop())
 	}
 }
 

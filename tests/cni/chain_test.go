@@ -4,6 +4,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
 func TestChainCapturesPodTraffic(t *testing.T) {
@@ -108,5 +110,37 @@ func TestExcludedNamespaceIsNotCaptured(t *testing.T) {
 	}
 	if out, err := c.cnitool("check", "IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns"); err != nil {
 		t.Errorf("CHECK of an uncaptured pod: %v\n%s", err, out)
+	}
+}
+
+// TestChainCapturesWithNftables: the plugin's capture JSON names the
+// nftables engine; ADD captures, CHECK notices drift, DEL removes the table.
+func TestChainCapturesWithNftables(t *testing.T) {
+	c := newCluster(t)
+	testenv.RequireBinary(t, "nft")
+	c.writeConf(map[string]any{"engine": "nftables", "excludeOutboundPorts": []any{8081}}, nil)
+	c.add()
+	if r := c.rules(); !strings.Contains(r, "nft: table inet shunt") || strings.Contains(r, "SHUNT_OUTPUT") {
+		t.Fatalf("after ADD with engine nftables, want shunt's nftables table and no iptables rules:\n%s", r)
+	}
+	c.serveOnNode(8080)
+	c.serveOnNode(8081)
+	c.startProxy()
+	if !c.fetch(appUID, "http://"+gatewayIP+":8080/", "node:8080", gatewayIP+":8080") {
+		t.Errorf("the pod's connection to the node did not pass through the proxy")
+	}
+	if c.fetch(appUID, "http://"+gatewayIP+":8081/", "node:8081", gatewayIP+":8081") {
+		t.Errorf("a connection to an excluded port was captured")
+	}
+	c.mustCNI("check")
+	c.pod.MustRun("nft", "flush", "chain", "inet", "shunt", "output4")
+	if out, err := c.cnitool("check", ""); err == nil {
+		t.Errorf("CHECK passed with shunt's outbound chain flushed:\n%s", out)
+	} else if !strings.Contains(out, "drift") {
+		t.Errorf("CHECK failed without naming the drift: %s", out)
+	}
+	c.mustCNI("del")
+	if r := c.rules(); r != "" {
+		t.Errorf("shunt rules left after DEL:\n%s", r)
 	}
 }

@@ -36,7 +36,7 @@ func run(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	bins.pluginDir = filepath.Join(dir, "plugins")
 	bins.cnitool = filepath.Join(dir, "cnitool")
-	if err := testenv.BuildShunt(filepath.Join(bins.pluginDir, "shunt-cni")); err != nil {
+	if err := testenv.BuildShuntLean(filepath.Join(bins.pluginDir, "shunt-cni")); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

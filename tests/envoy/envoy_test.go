@@ -28,13 +28,6 @@ const (
 
 var shunt, fakeEnvoy string
 
-// viaSocket says that shunt serves the node's xDS to the local proxy on a
-// Unix socket (--xds-socket); without it, the embedded control plane is
-// reached on --xds-listen.
-var viaSocket bool
-
-const xdsListen = "127.0.0.1:15680"
-
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
@@ -59,12 +52,6 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
-	help, err := exec.Command(shunt, "run", "--help").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "shunt run --help: %v\n%s", err, help)
-		return 1
-	}
-	viaSocket = strings.Contains(string(help), "--xds-socket")
 	return m.Run()
 }
 
@@ -116,9 +103,7 @@ func (w *world) command(extra ...string) *exec.Cmd {
 		"--node-id", "pod", "--zone", "zone-1", "--admin", adminAddr, "--proxy-uid", strconv.Itoa(proxyUID),
 		"--envoy-binary", fakeEnvoy, "--envoy-admin", "127.0.0.1:0", "--envoy-log-level", "debug", "--envoy-concurrency", "2",
 		"--drain-timeout", "500ms"}, extra...)
-	if !viaSocket {
-		args = append(args, "--xds-listen", xdsListen)
-	}
+
 	cmd := w.pod.Command(context.Background(), shunt, args...)
 	cmd.Env = append(os.Environ(), "FAKEENVOY_EVENTS="+w.events)
 	return cmd
@@ -225,12 +210,9 @@ func TestShuntRunsEnvoy(t *testing.T) {
 		t.Errorf("bootstrap node %v", b.GetNode())
 	}
 	ads := b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress()
-	if viaSocket {
-		if got, want := ads.GetPipe().GetPath(), filepath.Join(w.stateDir, "xds.sock"); got != want {
-			t.Errorf("ADS endpoint %v, want the socket %s", ads, want)
-		}
-	} else if sa := ads.GetSocketAddress(); fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue()) != xdsListen {
-		t.Errorf("ADS endpoint %v, want the embedded control plane on %s", ads, xdsListen)
+	// shunt's local xDS socket: shunt holds the node's one upstream stream.
+	if got, want := ads.GetPipe().GetPath(), filepath.Join(w.stateDir, "xds.sock"); got != want {
+		t.Errorf("ADS endpoint %v, want the socket %s", ads, want)
 	}
 
 	// The process: the proxy's user, no extra groups, in the pod's
@@ -343,4 +325,21 @@ func grep(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// A shunt killed outright takes its Envoy with it, so that the next shunt
+// finds the admin port and the socket free.
+func TestEnvoyDiesWithShunt(t *testing.T) {
+	w := newWorld(t)
+	w.agent = w.pod.Start(w.command())
+	w.waitFor("/readyz", func() bool { code, _ := w.admin("/readyz"); return code == "200" })
+	pid := w.pids()[0]
+	if err := w.agent.Cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	w.waitFor("the proxy to die with shunt", func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		// Gone, or a zombie until its parent is reaped.
+		return err != nil || strings.Contains(string(b), ") Z ")
+	})
 }

@@ -42,6 +42,12 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	// As the DaemonSet image holds them: the agent installs the lean build
+	// beside it as the plugin.
+	if err := testenv.BuildShuntLean(filepath.Join(dir, "shunt-cni")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	if _, err := testenv.BuildCNITool(dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -15,6 +15,16 @@ func BuildShunt(path string) error {
 	return goBuild(path, "github.com/shunt-dev/shunt/cmd/shunt")
 }
 
+// BuildShuntLean builds the lean build of shunt (-tags lean: the capture
+// commands and the CNI plugin alone), as the init container and the CNI
+// plugin ship it.
+func BuildShuntLean(path string) error {
+	if out, err := exec.Command("go", "build", "-tags", "lean", "-o", path, "github.com/shunt-dev/shunt/cmd/shunt").CombinedOutput(); err != nil {
+		return fmt.Errorf("build lean shunt: %v\n%s", err, out)
+	}
+	return nil
+}
+
 // BuildPackage builds a main package of this module to path.
 func BuildPackage(path, pkg string) error { return goBuild(path, pkg) }
 
@@ -39,8 +49,9 @@ func BuildCNITool(dir string) (string, error) {
 }
 
 // ShuntRules returns every line mentioning shunt in n's rules, for each
-// iptables variant present, prefixed with the program that printed it:
-// empty when shunt left nothing behind.
+// iptables variant present, prefixed with the program that printed it, and
+// the nftables engine's table as nft lists it: empty when shunt left
+// nothing behind.
 func (n *Netns) ShuntRules() string {
 	n.t.Helper()
 	var b strings.Builder
@@ -51,6 +62,13 @@ func (n *Netns) ShuntRules() string {
 		for _, l := range strings.Split(n.MustRun(prog), "\n") {
 			if strings.Contains(strings.ToLower(l), "shunt") {
 				fmt.Fprintf(&b, "%s: %s\n", prog, l)
+			}
+		}
+	}
+	if _, err := exec.LookPath("nft"); err == nil {
+		if out, err := n.Run("nft", "list", "table", "inet", "shunt"); err == nil {
+			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+				fmt.Fprintf(&b, "nft: %s\n", l)
 			}
 		}
 	}

@@ -1,0 +1,291 @@
+// Package startup measures what every pod start pays for shunt's capture,
+// as an init container runs it: a new process, in a fresh network
+// namespace, installing the default plan for both families. Against, in the
+// same run:
+//
+//   - the floor: iptables-restore and ip6tables-restore of exactly the rules
+//     shunt installs (its --dry-run output), under one `ip netns exec`;
+//   - Istio's istio-iptables (built from its module by
+//     bench/startup/istio-iptables) for the same plan;
+//   - shunt's full build, to show what the lean build saves.
+//
+//     SHUNT_BENCH=1 go test -run TestStartup -v -timeout 30m ./bench/startup/
+//
+// Each round runs every configuration once, in an order that rotates from
+// round to round, each in a namespace of its own made (and removed) outside
+// the timing. Medians and ratios are printed; SHUNT_BENCH_PLOTS=DIR writes
+// the raw figures there and, where gnuplot is installed, PNG plots.
+package startup
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shunt-dev/shunt/tests/testenv"
+)
+
+const rounds = 25
+
+// nameserver is the workload's resolver in every namespace: both shunt and
+// istio-iptables capture DNS to the resolv.conf nameservers.
+const resolvConf = "nameserver 10.0.0.53\nsearch default.svc.cluster.local\n"
+
+type bins struct {
+	full, lean, cni, istio string
+}
+
+func build(t *testing.T) bins {
+	t.Helper()
+	dir := t.TempDir()
+	b := bins{full: filepath.Join(dir, "shunt"), lean: filepath.Join(dir, "shunt-lean")}
+	if err := testenv.BuildShunt(b.full); err != nil {
+		t.Fatal(err)
+	}
+	if err := testenv.BuildShuntLean(b.lean); err != nil {
+		t.Fatal(err)
+	}
+	// The plugin is the lean build under its installed name.
+	b.cni = filepath.Join(dir, "shunt-cni")
+	if err := os.Link(b.lean, b.cni); err != nil {
+		t.Fatal(err)
+	}
+	// Istio's command is built in its own module, so shunt's go.mod never
+	// names Istio. Without the module proxy the peer is left out.
+	istio := filepath.Join(dir, "istio-iptables")
+	cmd := exec.Command("go", "build", "-o", istio, ".")
+	cmd.Dir = "istio-iptables"
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Logf("istio-iptables not built, left out: %v\n%s", err, out)
+	} else {
+		b.istio = istio
+	}
+	return b
+}
+
+// netns is a namespace made for one measurement.
+type netns struct{ name string }
+
+func newNetns(t *testing.T) netns {
+	t.Helper()
+	n := netns{name: testenv.UniqueName("shunt-start-")}
+	if out, err := exec.Command("ip", "netns", "add", n.name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(n.remove)
+	// A pod's namespace: loopback and an eth0 with an address of each
+	// family (istio-iptables refuses to run without a local address); both
+	// ends of the veth stay inside.
+	for _, argv := range [][]string{
+		{"ip", "link", "set", "lo", "up"},
+		{"ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"},
+		{"ip", "addr", "add", "10.1.0.5/24", "dev", "eth0"},
+		{"ip", "-6", "addr", "add", "fd00:1::5/64", "dev", "eth0", "nodad"},
+		{"ip", "link", "set", "eth0", "up"},
+	} {
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", n.name}, argv...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", argv, err, out)
+		}
+	}
+	// ip netns exec bind-mounts this over /etc/resolv.conf: every command
+	// measured reads the same resolver, the way it would in a pod.
+	dir := filepath.Join("/etc/netns", n.name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(resolvConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (n netns) remove() {
+	_ = exec.Command("ip", "netns", "del", n.name).Run()
+	_ = os.RemoveAll(filepath.Join("/etc/netns", n.name))
+}
+
+// timed runs argv in the namespace and returns its wall time.
+func timed(t *testing.T, n netns, stdin string, argv ...string) time.Duration {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.name}, argv...)...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	d := time.Since(start)
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", argv, err, out.String())
+	}
+	return d
+}
+
+// timedHost runs argv as a plain new process (no namespace change: what a
+// process costs to start) and returns its wall time.
+func timedHost(t *testing.T, argv ...string) time.Duration {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	d := time.Since(start)
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", argv, err, out)
+	}
+	return d
+}
+
+// floorScript applies the rules the way a hand-written init script would:
+// one restore per family, one after the other, nothing else.
+func floorScript(t *testing.T, lean string) string {
+	t.Helper()
+	n := newNetns(t)
+	defer n.remove()
+	out, err := exec.Command("ip", "netns", "exec", n.name, lean, "install", "--dry-run").CombinedOutput()
+	if err != nil {
+		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+	parts := map[string]*strings.Builder{}
+	var cur *strings.Builder
+	for _, l := range strings.SplitAfter(string(out), "\n") {
+		switch strings.TrimSpace(l) {
+		case "# ipv4", "# ipv6":
+			cur = &strings.Builder{}
+			parts[strings.TrimSpace(l)[2:]] = cur
+			continue
+		}
+		if cur != nil {
+			cur.WriteString(l)
+		}
+	}
+	if parts["ipv4"] == nil || parts["ipv6"] == nil {
+		t.Fatalf("dry run did not print both families:\n%s", out)
+	}
+	dir := t.TempDir()
+	for fam, b := range parts {
+		if err := os.WriteFile(filepath.Join(dir, fam), []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fmt.Sprintf("iptables-nft-restore --noflush < %s/ipv4 && ip6tables-nft-restore --noflush < %s/ipv6", dir, dir)
+}
+
+type series map[string][]time.Duration
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+func quantile(ds []time.Duration, q float64) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s) == 0 {
+		return 0
+	}
+	return s[int(q*float64(len(s)-1))]
+}
+
+func TestStartup(t *testing.T) {
+	if os.Getenv("SHUNT_BENCH") == "" {
+		t.Skip("benchmark: set SHUNT_BENCH=1")
+	}
+	testenv.RequireRoot(t)
+	for _, b := range []string{"ip", "iptables-nft-restore", "ip6tables-nft-restore"} {
+		testenv.RequireBinary(t, b)
+	}
+	b := build(t)
+	floor := floorScript(t, b.lean)
+	state := t.TempDir()
+
+	type config struct {
+		name string
+		run  func(n netns) time.Duration
+	}
+	s := series{}
+	install := func(bin string, extra ...string) func(n netns) time.Duration {
+		return func(n netns) time.Duration {
+			dir := filepath.Join(state, n.name)
+			d := timed(t, n, "", append([]string{bin, "install", "--state-dir", dir}, extra...)...)
+			if bin == b.lean && len(extra) == 0 {
+				// Uninstall is what every pod deletion pays in CNI mode.
+				s["shunt uninstall (lean)"] = append(s["shunt uninstall (lean)"], timed(t, n, "", bin, "uninstall", "--state-dir", dir))
+			}
+			return d
+		}
+	}
+	configs := []config{
+		{"floor: iptables-restore + ip6tables-restore", func(n netns) time.Duration { return timed(t, n, "", "sh", "-c", floor) }},
+		{"shunt install (lean)", install(b.lean)},
+		{"shunt install (full build)", install(b.full)},
+		{"shunt install --engine nftables (lean)", install(b.lean, "--engine", "nftables")},
+	}
+	if b.istio != "" {
+		// The same plan: outbound to 15001, inbound to 15006 on every
+		// port, the proxy's UID 5678 excluded, DNS to the resolv.conf
+		// nameservers captured, both families.
+		configs = append(configs, config{"istio-iptables", func(n netns) time.Duration {
+			return timed(t, n, "", b.istio, "-p", "15001", "-z", "15006", "-u", "5678", "-g", "5678",
+				"-m", "REDIRECT", "-i", "*", "-b", "*", "--redirect-dns", "--capture-all-dns=false", "--dual-stack")
+		}})
+	}
+	versions := []config{
+		{"shunt version (lean)", func(netns) time.Duration { return timedHost(t, b.lean, "version") }},
+		{"shunt version (full build)", func(netns) time.Duration { return timedHost(t, b.full, "version") }},
+		{"shunt-cni VERSION (lean)", func(netns) time.Duration { return timedHost(t, "env", "CNI_COMMAND=VERSION", b.cni) }},
+	}
+	if b.istio != "" {
+		versions = append(versions, config{"istio-iptables --help", func(netns) time.Duration { return timedHost(t, b.istio, "--help") }})
+	}
+
+	for r := 0; r < rounds; r++ {
+		for i := range configs {
+			c := configs[(i+r)%len(configs)]
+			n := newNetns(t)
+			s[c.name] = append(s[c.name], c.run(n))
+			n.remove()
+		}
+	}
+	for r := 0; r < rounds; r++ {
+		for i := range versions {
+			c := versions[(i+r)%len(versions)]
+			s[c.name] = append(s[c.name], c.run(netns{}))
+		}
+	}
+
+	fl := median(s[configs[0].name])
+	t.Logf("%d rounds, fresh namespace each; medians (p10-p90) and ratios to the floor", rounds)
+	names := make([]string, 0, len(s))
+	for name := range s {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		m := median(s[name])
+		t.Logf("  %-48s %7.1f ms (%5.1f-%5.1f)  %.2fx floor", name, ms(m), ms(quantile(s[name], 0.1)), ms(quantile(s[name], 0.9)), float64(m)/float64(fl))
+	}
+	lean := median(s["shunt install (lean)"])
+	t.Logf("target: shunt install (lean) <= 2x floor: %.2fx", float64(lean)/float64(fl))
+	if b.istio != "" {
+		t.Logf("target: shunt install (lean) <= 0.5x istio-iptables: %.2fx", float64(lean)/float64(median(s["istio-iptables"])))
+	}
+	t.Logf("target: shunt version (lean) < 15 ms: %.1f ms", ms(median(s["shunt version (lean)"])))
+	t.Logf("target: uninstall <= 50 ms: %.1f ms", ms(median(s["shunt uninstall (lean)"])))
+	if dir := os.Getenv("SHUNT_BENCH_PLOTS"); dir != "" {
+		writePlots(t, dir, s, names, configs[0].name)
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

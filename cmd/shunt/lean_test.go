@@ -1,0 +1,30 @@
+//go:build !lean
+
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// The lean build starts once per pod (init container, CNI plugin): it must
+// not link the packages whose initialisation made every start cost tens of
+// milliseconds.
+func TestLeanBuildLinksNoAgentDependency(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("go command not found")
+	}
+	out, err := exec.Command("go", "list", "-deps", "-tags", "lean", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	heavy := []string{"k8s.io/", "github.com/envoyproxy/", "github.com/prometheus/", "google.golang.org/grpc", "github.com/shunt-dev/shunt/agent", "github.com/shunt-dev/shunt/controlplane", "github.com/shunt-dev/shunt/xdsclient", "github.com/shunt-dev/shunt/node"}
+	for _, pkg := range strings.Fields(string(out)) {
+		for _, h := range heavy {
+			if strings.HasPrefix(pkg, h) && (pkg == h || strings.HasPrefix(pkg, strings.TrimSuffix(h, "/")+"/") || strings.HasSuffix(h, "/")) {
+				t.Errorf("the lean build links %s", pkg)
+			}
+		}
+	}
+}
