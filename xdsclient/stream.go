@@ -96,7 +96,7 @@ func (c *Client) session(ctx context.Context) (answered bool, err error) {
 				if errors.Is(err, io.EOF) {
 					err = errors.New("server closed the stream")
 				}
-				return s.answered, fmt.Errorf("receive from %s: %w", c.cfg.Server, c.authHint(err))
+				return s.answered, fmt.Errorf("receive from %s: %w", c.cfg.Server, err)
 			}
 			if !s.answered {
 				s.answered = true
@@ -183,7 +183,22 @@ func OpenStream(ctx context.Context, cfg Config) (ADSStream, error) {
 		return nil, fmt.Errorf("open ADS stream to %s: %w", cfg.Server, err)
 	}
 	context.AfterFunc(ctx, func() { conn.Close() })
-	return stream, nil
+	return hintedStream{stream, cfg.TokenFile}, nil
+}
+
+// hintedStream adds to a refused authentication what to do about it, for
+// whoever holds the stream (the client, or the xDS proxy).
+type hintedStream struct {
+	discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	tokenFile string
+}
+
+func (s hintedStream) Recv() (*discoveryv3.DiscoveryResponse, error) {
+	r, err := s.AggregatedDiscoveryService_StreamAggregatedResourcesClient.Recv()
+	if err != nil {
+		err = authHint(err, s.tokenFile)
+	}
+	return r, err
 }
 
 // SettleDelay is how long the client waits for the rest of a change whose
@@ -193,16 +208,16 @@ const SettleDelay = 100 * time.Millisecond
 // authHint says what to do about a refused authentication: kuma-cp, for
 // one, answers a missing token with "token is malformed", which does not
 // say that a token is wanted at all.
-func (c *Client) authHint(err error) error {
+func authHint(err error, tokenFile string) error {
 	st, _ := grpcstatus.FromError(err)
 	if st.Code() != codes.Unauthenticated && st.Code() != codes.PermissionDenied &&
 		!strings.Contains(st.Message(), "authentication failed") {
 		return err
 	}
-	if c.cfg.TokenFile == "" {
+	if tokenFile == "" {
 		return fmt.Errorf("the server refused the node's authentication and no token is configured (give the dataplane token with --xds-token-file): %w", err)
 	}
-	return fmt.Errorf("the server refused the token from %s: %w", c.cfg.TokenFile, err)
+	return fmt.Errorf("the server refused the token from %s: %w", tokenFile, err)
 }
 
 func readToken(path string) (string, error) {
