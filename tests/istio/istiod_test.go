@@ -76,7 +76,10 @@ spec:
 `, name, host)
 }
 
-func TestIstiodNameTable(t *testing.T) {
+// startIstiod runs istiod on the ServiceEntry files of the returned
+// config directory, in a namespace of its own with nothing but lo.
+func startIstiod(t *testing.T) (*testenv.Netns, string) {
+	t.Helper()
 	testenv.RequireRoot(t)
 	bin := istiodBinary(t)
 	tmpl, err := os.ReadFile(filepath.Join(tools(), "istiod-mesh.yaml.in"))
@@ -113,7 +116,11 @@ func TestIstiodNameTable(t *testing.T) {
 			t.Logf("istiod output (tail):\n%s", out[max(0, len(out)-6000):])
 		}
 	})
+	return ns, config
+}
 
+func TestIstiodNameTable(t *testing.T) {
+	ns, config := startIstiod(t)
 	dial := func(ctx context.Context, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := ns.Do(func() (err error) {
