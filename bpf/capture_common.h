@@ -840,6 +840,112 @@ int get_sockopt(struct bpf_sockopt *ctx)
 	return 1;
 }
 
+/* Whether a new inbound TCP connection from remote to local:port is
+ * captured (and p then holds its pod). */
+static __always_inline int inbound_captured(struct pod *p, const struct addr *local, const struct addr *remote,
+					    __u16 port, int v6)
+{
+	if (is_loopback(local) || is_loopback(remote))
+		return 0;
+	if (!inbound_pod(p, local))
+		return 0;
+	struct config *cfg = p->cfg;
+	if (!(cfg->flags & CFG_INBOUND))
+		return 0;
+	if (v6 && !(cfg->flags & CFG_IPV6))
+		return 0;
+	/* Traffic from the workload to itself crosses the loopback interface:
+	 * its source is one of the workload's own addresses. */
+	if (pod_local_addr(p, remote))
+		return 0;
+	if (in_trie(p, TRIE_EXCLUDE_IN, remote))
+		return 0;
+	if (pod_port_has(p, port, PORT_EXCLUDE_IN))
+		return 0;
+	if ((cfg->flags & CFG_INCLUDE_IN_PORTS) && !pod_port_has(p, port, PORT_INCLUDE_IN))
+		return 0;
+	return 1;
+}
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define TC_ACT_OK 0
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/* tc ingress of the workload's interfaces: the SYN of a captured inbound
+ * connection is given to the socket listening on the inbound port, found
+ * the way TCP finds a listener (bpf_skc_lookup_tcp). Unlike sk_lookup,
+ * which takes the listener from a SOCKMAP, this serves any listener: an
+ * MPTCP one (Go's default) is found through its TCP subflow listener, which
+ * a SOCKMAP refuses. The accepted connection keeps the original
+ * destination as its local address, as with sk_lookup. Where no listener is
+ * found the packet goes on, and sk_lookup refuses it. */
+SEC("tc")
+int inbound_tc(struct __sk_buff *skb)
+{
+	struct bpf_sock_tuple t = {};
+	struct addr local, remote;
+	struct pod p;
+	__u32 l4off, tsize;
+	int v6;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 vihl, proto;
+		__u16 frag;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &vihl, 1) || bpf_skb_load_bytes(skb, ETH_HLEN + 9, &proto, 1) ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + 6, &frag, 2))
+			return TC_ACT_OK;
+		if (proto != IPPROTO_TCP || (frag & bpf_htons(0x1fff)))
+			return TC_ACT_OK;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 12, &t.ipv4.saddr, 4) ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + 16, &t.ipv4.daddr, 4))
+			return TC_ACT_OK;
+		l4off = ETH_HLEN + (vihl & 0x0f) * 4;
+		addr_pick(local.ip, AF_INET, t.ipv4.daddr, 0, 0, 0, 0);
+		addr_pick(remote.ip, AF_INET, t.ipv4.saddr, 0, 0, 0, 0);
+		tsize = sizeof(t.ipv4);
+		v6 = 0;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__u8 next;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &next, 1) || next != IPPROTO_TCP)
+			return TC_ACT_OK;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 8, t.ipv6.saddr, 16) ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + 24, t.ipv6.daddr, 16))
+			return TC_ACT_OK;
+		l4off = ETH_HLEN + 40;
+		__builtin_memcpy(local.ip, t.ipv6.daddr, 16);
+		__builtin_memcpy(remote.ip, t.ipv6.saddr, 16);
+		tsize = sizeof(t.ipv6);
+		v6 = 1;
+	} else {
+		return TC_ACT_OK;
+	}
+	__u16 ports[2];
+	__u8 flags;
+	if (bpf_skb_load_bytes(skb, l4off, ports, 4) || bpf_skb_load_bytes(skb, l4off + 13, &flags, 1))
+		return TC_ACT_OK;
+	if (!(flags & TCP_FLAG_SYN) || (flags & TCP_FLAG_ACK))
+		return TC_ACT_OK;
+	if (!inbound_captured(&p, &local, &remote, bpf_ntohs(ports[1]), v6))
+		return TC_ACT_OK;
+	if (v6) {
+		t.ipv6.sport = ports[0];
+		t.ipv6.dport = bpf_htons(p.cfg->inbound_port);
+	} else {
+		t.ipv4.sport = ports[0];
+		t.ipv4.dport = bpf_htons(p.cfg->inbound_port);
+	}
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, tsize, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TC_ACT_OK;
+	if (sk->state == BPF_TCP_LISTEN && !bpf_sk_assign(skb, sk, 0))
+		count(&p, STAT_INBOUND_STEER);
+	bpf_sk_release(sk);
+	return TC_ACT_OK;
+}
+
 SEC("sk_lookup")
 int inbound_lookup(struct bpf_sk_lookup *ctx)
 {
@@ -861,24 +967,12 @@ int inbound_lookup(struct bpf_sk_lookup *ctx)
 	int v6 = family != AF_INET;
 	addr_pick(local.ip, family, l4, l6_0, l6_1, l6_2, l6_3);
 	addr_pick(remote.ip, family, r4, r6_0, r6_1, r6_2, r6_3);
-	if (is_loopback(&local) || is_loopback(&remote))
+	if (!inbound_captured(&p, &local, &remote, (__u16)local_port, v6))
 		return SK_PASS;
-	if (!inbound_pod(&p, &local))
-		return SK_PASS;
-	struct config *cfg = p.cfg;
-	if (!(cfg->flags & CFG_INBOUND))
-		return SK_PASS;
-	if (v6 && !(cfg->flags & CFG_IPV6))
-		return SK_PASS;
-	/* Traffic from the workload to itself crosses the loopback interface:
-	 * its source is one of the workload's own addresses. */
-	if (pod_local_addr(&p, &remote))
-		return SK_PASS;
-	if (in_trie(&p, TRIE_EXCLUDE_IN, &remote))
-		return SK_PASS;
-	if (pod_port_has(&p, (__u16)local_port, PORT_EXCLUDE_IN))
-		return SK_PASS;
-	if ((cfg->flags & CFG_INCLUDE_IN_PORTS) && !pod_port_has(&p, (__u16)local_port, PORT_INCLUDE_IN))
+	/* A lookup of the inbound port is for the listener itself: inbound_tc
+	 * finding it (its bpf_skc_lookup_tcp runs this program too), or a
+	 * connection made to that port. The kernel's own lookup finds it. */
+	if ((__u16)local_port == p.cfg->inbound_port)
 		return SK_PASS;
 
 	struct bpf_sock *sk = pod_listener(&p, v6);

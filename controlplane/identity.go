@@ -117,6 +117,7 @@ func secretsVersion(base string, ids []meshca.Identity) string {
 func (s *Server) rotateDue() {
 	now := s.now()
 	s.mu.Lock()
+	s.pruneIdentitiesLocked()
 	due := false
 	for _, id := range s.ids {
 		if !now.Before(id.RenewAt()) {
@@ -148,6 +149,35 @@ func (s *Server) rotateDue() {
 	for id, snap := range push {
 		if err := s.cache.SetSnapshot(context.Background(), id, snap); err != nil {
 			s.log.Error("push rotated identity", "node", id, "error", err)
+		}
+	}
+}
+
+// pruneIdentitiesLocked forgets the identities of services no connected
+// node has (pods come and go under new names), once they outnumber the
+// nodes enough to matter. A node that comes back gets a new one.
+func (s *Server) pruneIdentitiesLocked() {
+	if len(s.ids) <= 2*len(s.nodes)+16 {
+		return
+	}
+	used := map[identityKey]bool{}
+	for _, n := range s.nodes {
+		if n.key.egress != "" {
+			for k := range s.ids {
+				if k.service == EgressIdentityService {
+					used[k] = true
+				}
+			}
+			continue
+		}
+		m := s.gen.res.Mesh(n.key.mesh)
+		if m.MTLS != nil {
+			used[identityKey{mesh: m.Name, backend: m.MTLS.Backend, service: n.key.service}] = true
+		}
+	}
+	for k := range s.ids {
+		if !used[k] {
+			delete(s.ids, k)
 		}
 	}
 }

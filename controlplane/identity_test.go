@@ -3,6 +3,7 @@ package controlplane
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -67,8 +68,8 @@ func TestMeshIdentities(t *testing.T) {
 		t.Errorf("identity valid for %v, want the mesh's 1d", d)
 	}
 	e, _ := identityOf(t, s, egress)
-	if got := e.URIs[0].String(); got != "spiffe://default/zoneegress-1" {
-		t.Errorf("egress identity %s, want spiffe://default/zoneegress-1", got)
+	if got := e.URIs[0].String(); got != "spiffe://default/zone-egress" {
+		t.Errorf("egress identity %s, want Kuma's spiffe://default/zone-egress", got)
 	}
 	// The same CA signs both, and a restarted control plane keeps it.
 	s2, err := New(Options{ResourcesDir: res, StateDir: state})
@@ -98,4 +99,30 @@ func caCert(t *testing.T, s *Server) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// Identities of services no node has any more are forgotten.
+func TestIdentitiesPruned(t *testing.T) {
+	res := t.TempDir()
+	b, err := os.ReadFile(filepath.Join("testdata", "egress-tls", "egress.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(res, "egress.yaml"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{ResourcesDir: res})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 40; i++ {
+		identityOf(t, s, &core.Node{Id: fmt.Sprintf("default.pod-%d", i)})
+	}
+	s.rotateDue()
+	s.mu.Lock()
+	n := len(s.ids)
+	s.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d identities kept for 40 services no connected node has", n)
+	}
 }

@@ -506,7 +506,10 @@ func (s *Server) egressLocked(gen *generation, name string) (Resources, []types.
 		}
 	}
 	if eg == nil {
-		return Resources{}, nil, nil, fmt.Errorf("node %s says it is a ZoneEgress (%s: %s) but no ZoneEgress resource has that name", name, NodeMetadataProxyType, ProxyTypeEgress)
+		// Not an error of the resources: one stray node must not keep
+		// every other node on the old generation.
+		s.log.Warn("node says it is a ZoneEgress but no ZoneEgress resource has its name; it gets no configuration", "node", name, "metadata", NodeMetadataProxyType+": "+ProxyTypeEgress)
+		return Resources{}, nil, nil, nil
 	}
 	var views []mesh.View
 	var secrets []types.Resource
@@ -517,7 +520,7 @@ func (s *Server) egressLocked(gen *generation, name string) (Resources, []types.
 			continue
 		}
 		views = append(views, gen.res.View(m, eg.Zone))
-		id, err := s.identityLocked(gen, cfg, eg.Name)
+		id, err := s.identityLocked(gen, cfg, EgressIdentityService)
 		if err != nil {
 			return Resources{}, nil, nil, fmt.Errorf("identity of ZoneEgress %s in mesh %q: %w", eg.Name, m, err)
 		}

@@ -420,7 +420,6 @@ func (t *translator) egressBoundCluster(es *mesh.ExternalService) (*cluster.Clus
 	}
 	cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
 	dns := false
-	var sans []string
 	for _, eg := range t.view.Egresses {
 		if _, err := netip.ParseAddr(eg.Address); err != nil {
 			dns = true
@@ -429,7 +428,6 @@ func (t *translator) egressBoundCluster(es *mesh.ExternalService) (*cluster.Clus
 			Locality:    &core.Locality{Zone: eg.Zone},
 			LbEndpoints: []*endpoint.LbEndpoint{lbEndpoint(hostAddress(eg.Address, uint32(eg.Port)))},
 		})
-		sans = append(sans, meshca.SPIFFEID(es.Mesh, eg.Name))
 	}
 	if dns {
 		c.ClusterDiscoveryType = &cluster.Cluster_Type{Type: cluster.Cluster_STRICT_DNS}
@@ -441,13 +439,11 @@ func (t *translator) egressBoundCluster(es *mesh.ExternalService) (*cluster.Clus
 	if err := setProtocol(c, es.Protocol); err != nil {
 		return nil, err
 	}
-	vc := &tlsv3.CertificateValidationContext{}
-	for _, san := range sans {
-		vc.MatchTypedSubjectAltNames = append(vc.MatchTypedSubjectAltNames, &tlsv3.SubjectAltNameMatcher{
-			SanType: tlsv3.SubjectAltNameMatcher_URI,
-			Matcher: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: san}},
-		})
-	}
+	// Every ZoneEgress has the same identity in a mesh, Kuma's.
+	vc := &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+		SanType: tlsv3.SubjectAltNameMatcher_URI,
+		Matcher: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: meshca.SPIFFEID(es.Mesh, EgressIdentityService)}},
+	}}}
 	ctx := &tlsv3.UpstreamTlsContext{
 		Sni:              EgressSNI(es.Mesh, es.Service),
 		CommonTlsContext: meshTLSContext(es.Mesh, vc),
@@ -459,6 +455,13 @@ func (t *translator) egressBoundCluster(es *mesh.ExternalService) (*cluster.Clus
 	c.TransportSocket = ts
 	return c, nil
 }
+
+// EgressIdentityService is the service in the identity of every ZoneEgress
+// (spiffe://<mesh>/zone-egress), what Kuma's sidecars verify.
+const EgressIdentityService = "zone-egress"
+
+// MeshALPN is the ALPN protocol of mesh mTLS connections, Kuma's.
+const MeshALPN = "kuma"
 
 // EgressSNI is the server name a sidecar sends to the ZoneEgress for an
 // ExternalService: Kuma's form, the service with the mesh as a tag,
@@ -486,6 +489,7 @@ func adsSecret(name string) *tlsv3.SdsSecretConfig {
 // ADS stream.
 func meshTLSContext(meshName string, vc *tlsv3.CertificateValidationContext) *tlsv3.CommonTlsContext {
 	return &tlsv3.CommonTlsContext{
+		AlpnProtocols:                  []string{MeshALPN},
 		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{adsSecret(IdentitySecretName(meshName))},
 		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 			DefaultValidationContext:         vc,

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func loadDir(t *testing.T, dir string) (*Resources, []Warning) {
@@ -264,5 +265,33 @@ func TestWarnings(t *testing.T) {
 	_, warns := loadDir(t, "../controlplane/testdata/zones/universal")
 	if len(warns) != 0 {
 		t.Errorf("zone-pinned pair warned: %v", warns)
+	}
+}
+
+func TestMeshMTLS(t *testing.T) {
+	const head = "type: Mesh\nname: default\n"
+	ok := head + "routing:\n  zoneEgress: true\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    dpCert:\n      rotation:\n        expiration: 2d\n    conf:\n      caCert:\n        RSAbits: 4096\n        expiration: 5y\n"
+	res, _, err := Load([]File{{Name: "m.yaml", Data: []byte(ok)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := res.Mesh("default").MTLS
+	if m == nil || m.Backend != "ca-1" || m.CertLifetime != 48*time.Hour || m.CAKeyBits != 4096 || m.CALifetime != 5*365*24*time.Hour {
+		t.Fatalf("mtls = %+v", m)
+	}
+	for _, c := range []struct{ name, doc, want string }{
+		{"zone egress without mTLS", head + "routing:\n  zoneEgress: true\n", `routing.zoneEgress "true": needs mtls.enabledBackend`},
+		{"unknown backend", head + "mtls:\n  enabledBackend: ca-2\n  backends:\n  - name: ca-1\n    type: builtin\n", `mtls.enabledBackend "ca-2": names no backend`},
+		{"provided CA", head + "mtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: provided\n", `mtls.backends[0].type "provided": not implemented by shunt`},
+		{"bad expiration", head + "mtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    dpCert:\n      rotation:\n        expiration: soon\n", `mtls.backends[0].dpCert.rotation.expiration "soon"`},
+		{"small key", head + "mtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    conf:\n      caCert:\n        RSAbits: 1024\n", `mtls.backends[0].conf.caCert.RSAbits "1024"`},
+		{"typo", head + "mtls:\n  enabledBackend: ca-1\n  backend: []\n", `mtls.backend: unknown field`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, _, err := Load([]File{{Name: "m.yaml", Data: []byte(c.doc)}})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want an error containing %q", err, c.want)
+			}
+		})
 	}
 }

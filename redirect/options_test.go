@@ -107,6 +107,46 @@ func TestOptionalFeaturesValidation(t *testing.T) {
 	}
 }
 
+// Every new key has its flag and SHUNT_ variable, and the variable sets it.
+func TestOptionalFeatureKeysOnEverySurface(t *testing.T) {
+	want := map[string][2]string{
+		"inboundMode":          {"inbound-mode", "SHUNT_INBOUND_MODE"},
+		"tproxyMark":           {"tproxy-mark", "SHUNT_TPROXY_MARK"},
+		"tproxyRouteTable":     {"tproxy-route-table", "SHUNT_TPROXY_ROUTE_TABLE"},
+		"dropInvalid":          {"drop-invalid", "SHUNT_DROP_INVALID"},
+		"includeOutboundCidrs": {"include-outbound-cidrs", "SHUNT_INCLUDE_OUTBOUND_CIDRS"},
+		"includeOutboundPorts": {"include-outbound-ports", "SHUNT_INCLUDE_OUTBOUND_PORTS"},
+		"includeInboundPorts":  {"include-inbound-ports", "SHUNT_INCLUDE_INBOUND_PORTS"},
+		"vnetInterfaces":       {"vnet-interfaces", "SHUNT_VNET_INTERFACES"},
+		"packetLog":            {"packet-log", "SHUNT_PACKET_LOG"},
+		"xtablesLockWait":      {"xtables-lock-wait", "SHUNT_XTABLES_LOCK_WAIT"},
+		"xtablesRetries":       {"xtables-retries", "SHUNT_XTABLES_RETRIES"},
+	}
+	found := 0
+	for _, o := range Options() {
+		if w, ok := want[o.Key]; ok {
+			found++
+			if o.Flag != w[0] || o.Env != w[1] {
+				t.Errorf("%s: flag %q env %q, want %q %q", o.Key, o.Flag, o.Env, w[0], w[1])
+			}
+		}
+	}
+	if found != len(want) {
+		t.Errorf("%d of %d keys found", found, len(want))
+	}
+	c := NewConfig()
+	if err := c.LoadEnv([]string{"SHUNT_DROP_INVALID=1", "SHUNT_VNET_INTERFACES=tap0", "SHUNT_INBOUND_MODE=tproxy"}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Plan(testHost())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.DropInvalid || len(p.VNets) != 1 || p.InboundTProxy == nil {
+		t.Errorf("environment did not set the keys: %+v", p)
+	}
+}
+
 func TestXtablesOptions(t *testing.T) {
 	c := NewConfig()
 	if d, err := c.XtablesLockWait(); err != nil || d != DefaultXtablesLockWait {

@@ -86,10 +86,9 @@ type Proxy struct {
 	dialing bool
 	envoy   *downstream
 	local   *downstream
-	// envoyNode and localNode are the nodes the downstreams sent; the
-	// upstream identifies as Envoy's when known.
+	// envoyNode and localNode are the nodes the downstreams sent (see
+	// upstreamNode).
 	envoyNode, localNode *corev3.Node
-	nextID               int
 }
 
 // typeState is what the proxy keeps of one resource type.
@@ -236,25 +235,16 @@ func (p *Proxy) ensureUpstream(ctx context.Context) {
 	}()
 }
 
-// upstreamNode is the node the upstream stream identifies as: the local
-// proxy's when it has connected (its bootstrap is what the control plane
-// expects of the node), shunt's own until then.
+// upstreamNode is the node the upstream stream identifies as: shunt's own
+// (its --node-id and metadata, which the bootstrap of the Envoy it runs
+// carries too), the local proxy's only when shunt's client is not there.
+// The stream is never reopened to change it: kuma-cp refuses a node's new
+// stream for 10 s after its last one closed.
 func (p *Proxy) upstreamNode() *corev3.Node {
-	if p.envoyNode != nil {
-		return p.envoyNode
+	if p.localNode != nil {
+		return p.localNode
 	}
-	return p.localNode
-}
-
-// sameIdentity reports whether two nodes tell a control plane the same
-// thing: id, cluster, locality and metadata. The user agent and client
-// features differ between shunt and Envoy for the very same node; opening
-// the stream again for them would cost a stream, and kuma-cp refuses a new
-// stream for a node whose previous one it has not let go of yet ("there is
-// already an active stream from this node") for about ten seconds.
-func sameIdentity(a, b *corev3.Node) bool {
-	return a.GetId() == b.GetId() && a.GetCluster() == b.GetCluster() &&
-		proto.Equal(a.GetLocality(), b.GetLocality()) && proto.Equal(a.GetMetadata(), b.GetMetadata())
+	return p.envoyNode
 }
 
 func (p *Proxy) upstreamFailed(gen int, err error) {
@@ -270,12 +260,6 @@ func (p *Proxy) upstreamFailed(gen int, err error) {
 func (p *Proxy) upstreamOpened(gen int, stream xdsclient.ADSStream, cancel context.CancelFunc, node *corev3.Node) {
 	p.dialing = false
 	if gen != p.gen {
-		cancel()
-		return
-	}
-	if want := p.upstreamNode(); !sameIdentity(want, node) {
-		// The local proxy connected while this stream was being
-		// opened: open it again as the proxy's node.
 		cancel()
 		return
 	}
@@ -322,19 +306,6 @@ func (p *Proxy) upstreamEnded(u *upstream, err error) {
 	p.fails++
 	p.setStatus(func(s *Status) { s.Connected = false; s.LastError = err.Error() })
 	p.log.Warn("xDS upstream stream ended; Envoy and shunt keep their configuration, reconnecting", "server", p.cfg.Server, "error", err)
-}
-
-// restartUpstream closes the stream so that the next one identifies with
-// the current node.
-func (p *Proxy) restartUpstream(why string) {
-	if p.up == nil {
-		return
-	}
-	p.log.Info("reopening the xDS upstream stream", "reason", why)
-	p.up.cancel()
-	p.up = nil
-	p.fails = 0
-	p.setStatus(func(s *Status) { s.Connected = false })
 }
 
 func (p *Proxy) sendUp(req *request) {
@@ -458,14 +429,8 @@ func (p *Proxy) attach(d *downstream) {
 			p.detach(old)
 		}
 		p.envoy = d
-		changed := p.envoyNode != nil && !sameIdentity(p.envoyNode, d.node)
 		p.envoyNode = d.node
 		p.setStatus(func(s *Status) { s.EnvoyConnected = true })
-		if p.up != nil && !sameIdentity(p.up.node, d.node) {
-			p.restartUpstream("the local proxy's node differs from the one the stream was opened with")
-		} else if changed {
-			p.restartUpstream("the local proxy's node changed")
-		}
 		p.log.Info("local proxy connected", "node", d.node.GetId())
 	case kindLocal:
 		if old := p.local; old != nil {

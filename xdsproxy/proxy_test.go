@@ -392,11 +392,16 @@ func TestOneUpstreamStreamForEnvoyAndShunt(t *testing.T) {
 	if err := e.lastAccepted(resourcev3.RouteType).GetResources()[0].UnmarshalTo(&got); err != nil || !proto.Equal(&got, route("r1", "backend")) {
 		t.Errorf("route through the proxy = %v (%v), want it unchanged", &got, err)
 	}
-	// Envoy's node differs from shunt's in its user agent only: the
-	// control plane sees the same node, so the stream stays (kuma-cp would
-	// refuse a new one for a while).
+	// The stream shunt opened carries Envoy's subscriptions too: never
+	// reopened (kuma-cp would refuse the node for 10 s), one node.
 	if streams, open := w.up.counts(); streams != 1 || open != 1 {
 		t.Errorf("upstream streams: %d opened, %d open; want 1 and 1", streams, open)
+	}
+	if r := w.up.find(func(r *discoveryv3.DiscoveryRequest) bool { return r.GetNode().GetUserAgentName() == "envoy" }); r != nil {
+		t.Error("a second node went upstream")
+	}
+	if st := w.proxy.Status(); st.Reconnects != 0 || !st.Connected || !st.EnvoyConnected {
+		t.Errorf("status with Envoy = %+v, want connected, Envoy connected, no reconnect", st)
 	}
 
 	w.up.set(t, "2", "240.0.0.2", route("r1", "backend-2"))
@@ -491,6 +496,9 @@ func TestEnvoyReconnectIsReplayed(t *testing.T) {
 	})
 	if _, open := w.up.counts(); open != 1 {
 		t.Errorf("%d upstream streams open after the outage, want 1", open)
+	}
+	if st := w.proxy.Status(); st.Reconnects < 1 || !st.Connected {
+		t.Errorf("status after the outage = %+v, want connected again, reconnects counted", st)
 	}
 }
 

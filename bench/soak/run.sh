@@ -48,8 +48,12 @@ for _ in $(seq 1 100); do
 	[ -S "$WORK/state/xds.sock" ] && break
 	sleep 0.1
 done
+# The Envoy double, driven like Envoy by the bootstrap shunt makes for
+# the node: ADS through shunt's socket.
+"$WORK/shunt" envoy-bootstrap --node-id soak --state-dir "$WORK/state" -o yaml > "$WORK/envoy.yaml"
+chmod 644 "$WORK/envoy.yaml"
 ip netns exec "$NS" setpriv --reuid=5678 --regid=5678 --clear-groups "$WORK/meshproxy" \
-	-xds "unix://$WORK/state/xds.sock" -node-id soak -resolver 127.0.0.1:15053 > "$WORK/proxy.log" 2>&1 &
+	--config-path "$WORK/envoy.yaml" > "$WORK/proxy.log" 2>&1 &
 PIDS+=("$!")
 
 metric() {
@@ -88,6 +92,8 @@ echo "reconnects    ${reconnects:-?} (target 0)"
 echo "rss           $((rss_base / 1024)) MB after 1 min, $((rss / 1024)) MB at the end, $((rss_max / 1024)) MB peak"
 echo "rss drift     $(( (rss - rss_base) / 1024 )) MB"
 echo "dns failures  $failures of $samples samples"
+echo "envoy NACKs  $(grep -c 'configuration rejected (NACK)' "$WORK/shunt.log" || true)"
+grep -q "local proxy connected" "$WORK/shunt.log" || echo "the Envoy double never connected: $(tail -3 "$WORK/proxy.log")"
 if grep -q "too_many_pings\|stream ended" "$WORK/shunt.log"; then
 	echo "stream ends in the agent's log:"
 	grep "too_many_pings\|stream ended" "$WORK/shunt.log" | head -5

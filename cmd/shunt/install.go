@@ -261,6 +261,14 @@ func printStatus(w io.Writer, s *redirect.Status) {
 		if p.Egress != nil {
 			fmt.Fprintf(w, "  egress: locked down to %d allowed prefixes and %d mesh CIDRs\n", len(p.Egress.Allowed), len(p.MeshCIDRs))
 		}
+		if t := p.InboundTProxy; t != nil {
+			fmt.Fprintf(w, "  inbound by TPROXY: mark %#x, route table %d\n", t.Mark, t.RouteTable)
+		}
+		for _, f := range p.Features() {
+			if f.Key != "inboundMode" && f.Key != "excludeInterfaces" {
+				fmt.Fprintf(w, "  %s: %s\n", f.Key, f.Value)
+			}
+		}
 	}
 	for _, n := range s.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)

@@ -109,6 +109,7 @@ const (
 	captureProgDnsIngress     = "dns_ingress"
 	captureProgGetSockopt     = "get_sockopt"
 	captureProgInboundLookup  = "inbound_lookup"
+	captureProgInboundTc      = "inbound_tc"
 	captureProgRecvmsg4       = "recvmsg4"
 	captureProgRecvmsg6       = "recvmsg6"
 	captureProgSendmsg4       = "sendmsg4"
@@ -166,6 +167,7 @@ type captureProgramSpecs struct {
 	DnsIngress    *ebpf.ProgramSpec `ebpf:"dns_ingress"`
 	GetSockopt    *ebpf.ProgramSpec `ebpf:"get_sockopt"`
 	InboundLookup *ebpf.ProgramSpec `ebpf:"inbound_lookup"`
+	InboundTc     *ebpf.ProgramSpec `ebpf:"inbound_tc"`
 	Recvmsg4      *ebpf.ProgramSpec `ebpf:"recvmsg4"`
 	Recvmsg6      *ebpf.ProgramSpec `ebpf:"recvmsg6"`
 	Sendmsg4      *ebpf.ProgramSpec `ebpf:"sendmsg4"`
@@ -278,6 +280,7 @@ type capturePrograms struct {
 	DnsIngress    *ebpf.Program `ebpf:"dns_ingress"`
 	GetSockopt    *ebpf.Program `ebpf:"get_sockopt"`
 	InboundLookup *ebpf.Program `ebpf:"inbound_lookup"`
+	InboundTc     *ebpf.Program `ebpf:"inbound_tc"`
 	Recvmsg4      *ebpf.Program `ebpf:"recvmsg4"`
 	Recvmsg6      *ebpf.Program `ebpf:"recvmsg6"`
 	Sendmsg4      *ebpf.Program `ebpf:"sendmsg4"`
@@ -295,6 +298,7 @@ func (p *capturePrograms) Close() error {
 		p.DnsIngress,
 		p.GetSockopt,
 		p.InboundLookup,
+		p.InboundTc,
 		p.Recvmsg4,
 		p.Recvmsg6,
 		p.Sendmsg4,

@@ -189,7 +189,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 	// change is map writes alone: no program is loaded or verified again.
 	prev := e.priorRecord()
 	maps := pinned
-	current := prev != nil && prev.Objects == objectsDigest() && len(pinned) == len(spec.Maps) && e.linksAttached(cgFD, nsFD)
+	current := prev != nil && prev.Objects == objectsDigest() && len(pinned) == len(spec.Maps) && e.linksAttached(cgFD, nsFD) && tcAttached(e.netns, e.pinDir)
 	var coll *ebpf.Collection
 	if !current {
 		coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
@@ -249,6 +249,9 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 			}
 		}()
 		if err := e.attach(coll, cgFD, nsFD, pinned, &undo, &closers); err != nil {
+			return err
+		}
+		if err := attachTC(e.log, e.netns, e.pinDir, coll.Programs["inbound_tc"], &undo); err != nil {
 			return err
 		}
 	}
@@ -391,6 +394,8 @@ func (e *Engine) readState() (*record, error) {
 // every pin and the recorded plan.
 func (e *Engine) Uninstall(ctx context.Context) error {
 	found, errs := removeLinks(e.log, e.pinDir)
+	tcFound, tcErrs := removeTCLinks(e.log, e.pinDir)
+	found, errs = found || tcFound, append(errs, tcErrs...)
 	entries, err := os.ReadDir(e.pinDir)
 	if err == nil {
 		for _, ent := range entries {
@@ -478,7 +483,7 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 				// Not drift: the rules are as installed, the proxy
 				// is just not listening (yet). Inbound connections
 				// are refused meanwhile, as with iptables.
-				st.Notes = append(st.Notes, fmt.Sprintf("inbound listener: no socket listening on port %d is registered yet; inbound connections are refused until the proxy listens", rec.Plan.InboundPort))
+				st.Notes = append(st.Notes, fmt.Sprintf("inbound listener: no socket listening on port %d is in the sk_lookup map (not listening yet, or MPTCP); new connections are steered at tc ingress to whatever listens there, and refused while nothing does", rec.Plan.InboundPort))
 			}
 		}
 	}

@@ -118,7 +118,7 @@ func putSocket(put func(uint32, int) error, key uint32, pid, fd int) error {
 	if err := put(key, dup); err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) {
 			// Go, for one, listens with MPTCP by default.
-			return fmt.Errorf("register listener of pid %d: the socket cannot be steered to (not plain TCP: MPTCP?): %w", pid, err)
+			return fmt.Errorf("register listener of pid %d: the socket cannot go in the sk_lookup map (not plain TCP: MPTCP?), so inbound connections reach it through tc ingress steering only: %w", pid, err)
 		}
 		return fmt.Errorf("register listener of pid %d: %w", pid, err)
 	}

@@ -213,6 +213,9 @@ func (n *Node) updateLinks() error {
 		return fmt.Errorf("list enrolled pods: %w", err)
 	}
 	for _, pod := range pods {
+		if err := updateTCLinks(n.podPinDir(pod.Name()), n.progs["inbound_tc"]); err != nil {
+			return fmt.Errorf("pod %s: %w", pod.Name(), err)
+		}
 		for _, a := range attachments {
 			l, err := link.LoadPinnedLink(filepath.Join(n.podPinDir(pod.Name()), "link_"+a.prog), nil)
 			if err != nil {
@@ -499,6 +502,12 @@ func (n *Node) attachPod(pod, cg, netnsPath string) error {
 			return fmt.Errorf("pin %s: %w", a.prog, err)
 		}
 	}
+	if !tcAttached(netnsPath, dir) {
+		var undo []func()
+		if err := attachTC(n.log, netnsPath, dir, n.progs["inbound_tc"], &undo); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -551,6 +560,8 @@ func (n *Node) Leave(ctx context.Context, cgroupPath string) error {
 func (n *Node) leave(pod string, id uint64) error {
 	dir := n.podPinDir(pod)
 	_, errs := removeLinks(n.log, dir)
+	_, tcErrs := removeTCLinks(n.log, dir)
+	errs = append(errs, tcErrs...)
 	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove pod pin directory: %w", err))
 	}

@@ -142,6 +142,7 @@ const (
 	nodeCaptureProgDnsIngress        = "dns_ingress"
 	nodeCaptureProgGetSockopt        = "get_sockopt"
 	nodeCaptureProgInboundLookup     = "inbound_lookup"
+	nodeCaptureProgInboundTc         = "inbound_tc"
 	nodeCaptureProgRecvmsg4          = "recvmsg4"
 	nodeCaptureProgRecvmsg6          = "recvmsg6"
 	nodeCaptureProgSendmsg4          = "sendmsg4"
@@ -199,6 +200,7 @@ type nodeCaptureProgramSpecs struct {
 	DnsIngress    *ebpf.ProgramSpec `ebpf:"dns_ingress"`
 	GetSockopt    *ebpf.ProgramSpec `ebpf:"get_sockopt"`
 	InboundLookup *ebpf.ProgramSpec `ebpf:"inbound_lookup"`
+	InboundTc     *ebpf.ProgramSpec `ebpf:"inbound_tc"`
 	Recvmsg4      *ebpf.ProgramSpec `ebpf:"recvmsg4"`
 	Recvmsg6      *ebpf.ProgramSpec `ebpf:"recvmsg6"`
 	Sendmsg4      *ebpf.ProgramSpec `ebpf:"sendmsg4"`
@@ -317,6 +319,7 @@ type nodeCapturePrograms struct {
 	DnsIngress    *ebpf.Program `ebpf:"dns_ingress"`
 	GetSockopt    *ebpf.Program `ebpf:"get_sockopt"`
 	InboundLookup *ebpf.Program `ebpf:"inbound_lookup"`
+	InboundTc     *ebpf.Program `ebpf:"inbound_tc"`
 	Recvmsg4      *ebpf.Program `ebpf:"recvmsg4"`
 	Recvmsg6      *ebpf.Program `ebpf:"recvmsg6"`
 	Sendmsg4      *ebpf.Program `ebpf:"sendmsg4"`
@@ -334,6 +337,7 @@ func (p *nodeCapturePrograms) Close() error {
 		p.DnsIngress,
 		p.GetSockopt,
 		p.InboundLookup,
+		p.InboundTc,
 		p.Recvmsg4,
 		p.Recvmsg6,
 		p.Sendmsg4,

@@ -187,6 +187,41 @@ func (e *Engine) removeTProxyRoutes(old *redirect.TProxy, keep *redirect.TProxy,
 	return errs
 }
 
+// tproxyDrift reports the policy rules and local routes of t missing in
+// the namespace, one line each.
+func (e *Engine) tproxyDrift(t *redirect.TProxy, fams []family) ([]string, error) {
+	h, err := e.netlinkHandle()
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	lo, err := loopbackIndex(h)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, f := range fams {
+		if ok, err := hasTProxyRule(h, t, f); err != nil {
+			return nil, err
+		} else if !ok {
+			out = append(out, fmt.Sprintf("%s: policy rule fwmark %#x lookup %d is missing", f, t.Mark, t.RouteTable))
+		}
+		if ok, err := hasTProxyRoute(h, t, f, lo); err != nil {
+			return nil, err
+		} else if !ok {
+			out = append(out, fmt.Sprintf("%s: route local default dev lo table %d is missing", f, t.RouteTable))
+		}
+	}
+	return out, nil
+}
+
+func intentPlan(st *redirect.State) *redirect.Plan {
+	if st.Intent == nil {
+		return nil
+	}
+	return st.Intent.Plan
+}
+
 func familyNames(fs []family) []string {
 	out := make([]string, len(fs))
 	for i, f := range fs {

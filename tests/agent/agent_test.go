@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -32,6 +33,26 @@ func testExternalServicesThroughTheProxy(t *testing.T, engine string) {
 	w.startAgent("")
 	w.startProxy()
 
+	t.Run("the node's xDS reaches the proxy's user only", func(t *testing.T) {
+		// A workload process subscribing as the node, through the
+		// socket, gets nothing; shunt has no xDS port on TCP.
+		sock := filepath.Join(w.stateDir, "xds.sock")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := w.pod.CommandAs(ctx, appUID, appUID, "curl", "-sS", "--http2-prior-knowledge", "--unix-socket", sock,
+			"-X", "POST", "-H", "content-type: application/grpc", "http://pod/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources").CombinedOutput()
+		// curl exits 7 when it cannot connect (root's curl gets an
+		// answer).
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
+			t.Errorf("UID %d on the xDS socket: %v, want curl unable to connect\n%s", appUID, err, out)
+		}
+		listening, _ := w.pod.Run("ss", "-Hltnp")
+		for _, l := range strings.Split(strings.TrimSpace(listening), "\n") {
+			if strings.Contains(l, "\"shunt\"") && !strings.Contains(l, ":15053 ") && !strings.Contains(l, adminAddr+" ") {
+				t.Errorf("shunt listens on TCP beyond DNS and the admin endpoint: %s", l)
+			}
+		}
+	})
 	t.Run("mesh name, TLS originated by the proxy", func(t *testing.T) {
 		got, err := w.curl(appUID, "http://httpbin.mesh/")
 		if err != nil || got != "httpbin sni=httpbin.org client=" {
@@ -93,7 +114,7 @@ func testExternalServicesThroughTheProxy(t *testing.T, engine string) {
 		if err != nil || !strings.HasPrefix(got, "httpbin") {
 			t.Fatalf("curl http://10.1.0.2/ = %q, %v\n%s", got, err, w.logs())
 		}
-		if !strings.Contains(w.proxy.Output(), "orig=10.1.0.2:80 cluster=passthrough") {
+		if !strings.Contains(w.proxy.Output(), "orig=10.1.0.2:80 chain=outbound:passthrough cluster=outbound:passthrough upstream=10.1.0.2:80") {
 			t.Errorf("passthrough did not go through the proxy:\n%s", w.proxy.Output())
 		}
 	})
@@ -235,8 +256,12 @@ func dialTime(t *testing.T, w *world, uid int, addr string) time.Duration {
 	return time.Duration(us) * time.Microsecond
 }
 
-// The page's ZoneEgress example: passthrough off, zone egress on; the
-// application's own TLS to example.com leaves only through the egress.
+// The page's ZoneEgress example, the way Kuma does it: passthrough off,
+// zone egress on, mesh mTLS with the builtin CA. The sidecar double reaches
+// the egress double (another process, another namespace) over mTLS with an
+// SNI naming the service and mesh; the egress matches the SNI to a filter
+// chain and either originates the ExternalService's TLS (httpbin) or relays
+// the application's own (example, kuma.io/protocol: tcp).
 func TestZoneEgress(t *testing.T) { forEachEngine(t, testZoneEgress) }
 
 func testZoneEgress(t *testing.T, engine string) {
@@ -248,6 +273,11 @@ networking:
     passthrough: false
 routing:
   zoneEgress: true
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
 ---
 type: ZoneEgress
 name: zoneegress-1
@@ -256,27 +286,93 @@ networking:
   address: %s
   port: %d
 `, egressIP, egressPort))
-	w.writeResource("services.yaml", externalService("example", "example", "tcp", "example.com:443", "  tls:\n    enabled: false\n"))
+	w.writeResource("services.yaml", externalService("example", "example", "tcp", "example.com:443", "  tls:\n    enabled: false\n")+
+		externalService("httpbin", "httpbin", "http", "httpbin.org:443", tlsBlock("httpbin.org", w.ca.cert, nil)))
+	// A control plane both proxies' nodes use: the agent's over loopback,
+	// the egress's over its link to the pod (that port is not captured as
+	// inbound traffic). Plain gRPC off loopback: only the test's egress
+	// namespace is on that link.
+	w.cp = w.pod.Start(w.pod.Command(context.Background(), bins.shunt, "controlplane", "--resources", w.resources,
+		"--listen", "0.0.0.0:15680", "--allow-unauthenticated", "--state-dir", t.TempDir()))
+	waitFor(t, "the control plane to listen", func() bool {
+		out, _ := w.pod.Run("ss", "-Hltn")
+		return strings.Contains(out, ":15680 ")
+	}, w.cp.Output)
+	w.startAgent(xdsAddr, "--zone", "zone-1", "--exclude-inbound-ports", "15680")
 	w.startEgress()
-	w.startAgent("", "--zone", "zone-1")
-	w.proxy = w.pod.Start(w.pod.CommandAs(context.Background(), proxyUID, proxyUID, bins.meshproxy,
-		"-xds", w.xdsSocket(), "-node-id", "pod", "-zone", "zone-1", "-resolver", internetIP+":53"))
-	waitFor(t, "the proxy's configuration", func() bool { return strings.Contains(w.proxy.Output(), "routes") }, w.proxy.Output)
+	w.startProxy("zone-1")
+	egressAt := fmt.Sprintf("%s:%d", egressIP, egressPort)
 
-	got, err := w.curl(appUID, "--cacert", w.dir+"/nginx/ca.crt", "https://example.com/")
-	if err != nil || got != "httpbin sni=example.com client=" {
-		t.Fatalf("curl https://example.com/ = %q, %v\n%s", got, err, w.logs())
-	}
-	if !strings.Contains(w.proxy.Output(), fmt.Sprintf("cluster=external:example upstream=%s:%d via-egress=example.com:443", egressIP, egressPort)) {
-		t.Errorf("the proxy did not send example.com through the egress:\n%s", w.proxy.Output())
-	}
-	if !strings.Contains(w.egressFwd.Output(), "to=example.com:443 upstream=10.1.0.2:443") {
-		t.Errorf("the egress did not forward to example.com:\n%s", w.egressFwd.Output())
-	}
-	// The internet itself is out of reach from the pod, for the proxy too.
-	for _, uid := range []int{appUID, proxyUID} {
-		if got, err := w.curl(uid, "--cacert", w.dir+"/nginx/ca.crt", "--resolve", "example.com:443:"+internetIP, "https://example.com/"); err == nil {
-			t.Errorf("uid %d reached the internet directly: %q", uid, got)
+	t.Run("tcp service: the application's TLS through the egress", func(t *testing.T) {
+		got, err := w.curl(appUID, "--cacert", w.dir+"/nginx/ca.crt", "https://example.com/")
+		if err != nil || got != "httpbin sni=example.com client=" {
+			t.Fatalf("curl https://example.com/ = %q, %v\n%s", got, err, w.logs())
 		}
+		if !strings.Contains(w.proxy.Output(), "cluster=external:example upstream="+egressAt+" tls=sni:example{mesh=default} verified=default peer=spiffe://default/zone-egress") {
+			t.Errorf("the sidecar did not reach the egress over mesh mTLS:\n%s", w.proxy.Output())
+		}
+		if !strings.Contains(w.egressFwd.Output(), "sni=example{mesh=default} chain=example{mesh=default} peer=spiffe://default/pod cluster=external:default:example upstream=10.1.0.2:443 tls=none") {
+			t.Errorf("the egress did not match the SNI and relay plainly:\n%s", w.egressFwd.Output())
+		}
+	})
+	t.Run("TLS originated by the egress", func(t *testing.T) {
+		got, err := w.curl(appUID, "http://httpbin.mesh/")
+		if err != nil || got != "httpbin sni=httpbin.org client=" {
+			t.Fatalf("curl http://httpbin.mesh/ = %q, %v\n%s", got, err, w.logs())
+		}
+		if !strings.Contains(w.proxy.Output(), "cluster=external:httpbin upstream="+egressAt+" tls=sni:httpbin{mesh=default}") {
+			t.Errorf("the sidecar did not send httpbin to the egress:\n%s", w.proxy.Output())
+		}
+		if !strings.Contains(w.egressFwd.Output(), "chain=httpbin{mesh=default} peer=spiffe://default/pod cluster=external:default:httpbin upstream=10.1.0.2:443 tls=sni:httpbin.org verified=shunt test CA") {
+			t.Errorf("the egress did not originate httpbin.org's TLS:\n%s", w.egressFwd.Output())
+		}
+	})
+	t.Run("a client without a mesh certificate is refused", func(t *testing.T) {
+		testenv.RequireBinary(t, "openssl")
+		bad := w.wrongCA.issue(t, "intruder", true)
+		w.egressHandshake("example{mesh=default}", nil)
+		w.egressHandshake("example{mesh=default}", &bad)
+		waitFor(t, "the egress to log the refusals", func() bool {
+			return strings.Count(w.egressFwd.Output(), "chain=example{mesh=default} refused: TLS handshake") >= 2
+		}, w.egressFwd.Output)
+	})
+	t.Run("a wrong SNI matches no filter chain", func(t *testing.T) {
+		w.egressHandshake("nosuch{mesh=default}", nil)
+		waitFor(t, "the egress to log the refusal", func() bool {
+			return strings.Contains(w.egressFwd.Output(), "sni=nosuch{mesh=default} refused: no filter chain matches")
+		}, w.egressFwd.Output)
+	})
+	t.Run("the internet is out of reach from the pod", func(t *testing.T) {
+		for _, uid := range []int{appUID, proxyUID} {
+			start := time.Now()
+			if got, err := w.curl(uid, "--cacert", w.dir+"/nginx/ca.crt", "--resolve", "example.com:443:"+internetIP, "https://example.com/"); err == nil {
+				t.Errorf("uid %d reached the internet directly: %q", uid, got)
+			}
+			if took := time.Since(start); took > time.Second {
+				t.Errorf("uid %d: refusal took %v, want it immediate", uid, took)
+			}
+		}
+	})
+}
+
+// egressHandshake speaks TLS to the egress from the pod with openssl, as
+// the proxy's user (not captured, and allowed to reach the egress), with
+// the given SNI and, when set, client certificate.
+func (w *world) egressHandshake(sni string, client *pair) {
+	w.t.Helper()
+	args := []string{"s_client", "-connect", fmt.Sprintf("%s:%d", egressIP, egressPort), "-servername", sni, "-brief"}
+	if client != nil {
+		crt, key := filepath.Join(w.dir, "intruder.crt"), filepath.Join(w.dir, "intruder.key")
+		must(w.t, os.WriteFile(crt, client.cert, 0o644))
+		must(w.t, os.WriteFile(key, client.key, 0o644))
+		args = append(args, "-cert", crt, "-key", key)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cmd := w.pod.CommandAs(ctx, proxyUID, proxyUID, "openssl", args...)
+	cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
+	out, _ := cmd.CombinedOutput()
+	if strings.Contains(string(out), "httpbin sni=") {
+		w.t.Errorf("SNI %q: the egress relayed the request:\n%s", sni, out)
 	}
 }

@@ -3,11 +3,13 @@ package agent_test
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,8 +30,11 @@ const (
 	otherIP    = "10.1.0.3"
 	egressIP   = "10.2.0.2"
 	egressPort = 10002
-	xdsAddr    = "127.0.0.1:15680"
-	adminAddr  = "127.0.0.1:15090"
+	// podEgressSideIP is the pod's address on its link to the egress,
+	// where the egress reaches the pod's control plane.
+	podEgressSideIP = "10.2.0.1"
+	xdsAddr         = "127.0.0.1:15680"
+	adminAddr       = "127.0.0.1:15090"
 )
 
 // world is a pod namespace linked to an "internet" namespace (nginx posing
@@ -282,23 +287,78 @@ func (w *world) stopAgent() {
 // xdsSocket is the agent's xDS socket, as the proxy's ADS address.
 func (w *world) xdsSocket() string { return "unix://" + filepath.Join(w.stateDir, "xds.sock") }
 
-// startProxy runs the proxy stand-in as the proxy's user, subscribed
-// through the agent's xDS socket as the pod's node.
-func (w *world) startProxy() {
+// writeBootstrap writes an Envoy v3 bootstrap for the proxy double: the
+// node, ADS to xds over gRPC, nothing else (the double, like Envoy, takes
+// the rest from xDS).
+func (w *world) writeBootstrap(name, nodeID, zone string, metadata map[string]string, xds string) string {
 	w.t.Helper()
-	w.proxy = w.pod.Start(w.pod.CommandAs(context.Background(), proxyUID, proxyUID, bins.meshproxy,
-		"-xds", w.xdsSocket(), "-node-id", "pod", "-resolver", internetIP+":53", "-listen", "127.0.0.1:15001,[::1]:15001"))
+	// A Unix socket (unix://PATH) is a pipe address, as Envoy writes it.
+	var addr map[string]any
+	if path, ok := strings.CutPrefix(xds, "unix://"); ok {
+		addr = map[string]any{"pipe": map[string]any{"path": path}}
+	} else {
+		host, port, err := net.SplitHostPort(xds)
+		must(w.t, err)
+		p, _ := strconv.Atoi(port)
+		addr = map[string]any{"socket_address": map[string]any{"address": host, "port_value": p}}
+	}
+	md := map[string]any{}
+	for k, v := range metadata {
+		md[k] = v
+	}
+	node := map[string]any{"id": nodeID, "metadata": md}
+	if zone != "" {
+		node["locality"] = map[string]any{"zone": zone}
+	}
+	bs := map[string]any{
+		"node": node,
+		"static_resources": map[string]any{"clusters": []any{map[string]any{
+			"name": "ads_cluster", "type": "STATIC", "connect_timeout": "1s",
+			"load_assignment": map[string]any{"cluster_name": "ads_cluster", "endpoints": []any{map[string]any{"lb_endpoints": []any{map[string]any{
+				"endpoint": map[string]any{"address": addr}}}}}},
+			"typed_extension_protocol_options": map[string]any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": map[string]any{
+				"@type":                "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+				"explicit_http_config": map[string]any{"http2_protocol_options": map[string]any{}}}},
+		}}},
+		"dynamic_resources": map[string]any{
+			"ads_config": map[string]any{"api_type": "GRPC", "transport_api_version": "V3",
+				"grpc_services": []any{map[string]any{"envoy_grpc": map[string]any{"cluster_name": "ads_cluster"}}}},
+			"lds_config": map[string]any{"ads": map[string]any{}, "resource_api_version": "V3"},
+			"cds_config": map[string]any{"ads": map[string]any{}, "resource_api_version": "V3"},
+		},
+	}
+	b, err := json.MarshalIndent(bs, "", "  ")
+	must(w.t, err)
+	path := filepath.Join(w.dir, name)
+	must(w.t, os.WriteFile(path, b, 0o644))
+	return path
+}
+
+// startProxy runs the Envoy double as the proxy's user, driven by a
+// bootstrap naming the pod's node (zone "" for none) with ADS on the
+// agent's xDS socket, as shunt points Envoy.
+func (w *world) startProxy(zone ...string) {
+	w.t.Helper()
+	z := ""
+	if len(zone) > 0 {
+		z = zone[0]
+	}
+	bs := w.writeBootstrap("pod-bootstrap.json", "pod", z, nil, w.xdsSocket())
+	w.proxy = w.pod.Start(w.pod.CommandAs(context.Background(), proxyUID, proxyUID, bins.meshproxy, "--config-path", bs))
 	waitFor(w.t, "the proxy to have its configuration", func() bool {
-		return strings.Contains(w.proxy.Output(), "routes")
+		return strings.Contains(w.proxy.Output(), "xds: ready")
 	}, w.proxy.Output)
 }
 
-// startEgress runs the ZoneEgress stand-in in its namespace.
+// startEgress runs the Envoy double as the ZoneEgress in its namespace: a
+// node of the control plane (w.cp, reached over the pod's link) that says
+// it is the egress zoneegress-1.
 func (w *world) startEgress() {
 	w.t.Helper()
-	w.egressFwd = w.egress.Start(w.egress.Command(context.Background(), bins.meshproxy,
-		"-egress", fmt.Sprintf("%s:%d", egressIP, egressPort), "-resolver", internetIP+":53"))
-	waitFor(w.t, "the egress to listen", func() bool { return strings.Contains(w.egressFwd.Output(), "listening") }, w.egressFwd.Output)
+	w.egress.WriteResolvConf("nameserver " + internetIP + "\n")
+	bs := w.writeBootstrap("egress-bootstrap.json", "zoneegress-1", "zone-1", map[string]string{"dataplane.proxyType": "egress"}, podEgressSideIP+":15680")
+	w.egressFwd = w.egress.Start(w.egress.Command(context.Background(), bins.meshproxy, "--config-path", bs))
+	waitFor(w.t, "the egress to have its configuration", func() bool { return strings.Contains(w.egressFwd.Output(), "xds: ready") }, w.logs)
 }
 
 // admin GETs an admin path inside the pod and returns the status code and

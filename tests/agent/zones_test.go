@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"context"
 	"strings"
 	"testing"
 
@@ -41,9 +40,7 @@ networking:
 	for _, zone := range []string{"zone-1", "zone-2"} {
 		w.stateDir = testenv.ReadableTempDir(t)
 		w.startAgent("", "--zone", zone)
-		w.proxy = w.pod.Start(w.pod.CommandAs(context.Background(), proxyUID, proxyUID, bins.meshproxy,
-			"-xds", w.xdsSocket(), "-node-id", "pod", "-zone", zone, "-resolver", internetIP+":53"))
-		waitFor(t, "the proxy's configuration", func() bool { return strings.Contains(w.proxy.Output(), "routes") }, w.proxy.Output)
+		w.startProxy(zone)
 
 		got, err := w.curl(appUID, "http://httpbin.mesh/")
 		if err != nil || !strings.HasPrefix(got, "httpbin") {

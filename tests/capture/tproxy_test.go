@@ -67,6 +67,20 @@ func TestTProxyInboundKeepsTheClientAddress(t *testing.T) {
 				t.Errorf("the proxy saw the excluded port:\n%s", seen())
 			}
 
+			// A policy rule removed behind shunt's back is drift, and
+			// installing again puts it back.
+			w.pod.MustRun("ip", "-4", "rule", "del", "fwmark", "0x539", "lookup", "133")
+			if out, err := w.shunt("status"); err == nil || !strings.Contains(out, "policy rule fwmark 0x539 lookup 133 is missing") {
+				t.Errorf("status after the rule was removed: %v\n%s", err, out)
+			}
+			w.install("--inbound-mode", "tproxy", "--exclude-inbound-ports", "9090", "--no-dns")
+			if rules := w.pod.MustRun("ip", "-4", "rule"); !strings.Contains(rules, "fwmark 0x539 lookup 133") {
+				t.Errorf("install did not repair the policy rule:\n%s", rules)
+			}
+			if out, err := w.shunt("status"); err != nil {
+				t.Errorf("status after the repair: %v\n%s", err, out)
+			}
+
 			if out, err := w.shunt("uninstall"); err != nil {
 				t.Fatalf("uninstall: %v\n%s", err, out)
 			}

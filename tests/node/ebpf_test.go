@@ -114,7 +114,7 @@ func (n *ebpfNode) programIDs() []string {
 	}
 	var out []string
 	for name, id := range ids {
-		if name != "inbound_lookup" {
+		if name != "inbound_lookup" && name != "inbound_tc" { // attached to the namespace, not the cgroup
 			out = append(out, fmt.Sprint(id))
 		}
 	}

@@ -2,7 +2,6 @@ package ebpftest
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -117,11 +116,9 @@ func serve(addrs []string, handle func(net.Conn)) error {
 		if strings.HasPrefix(a, "[") {
 			network = "tcp6"
 		}
-		// Go listens with MPTCP by default where the kernel has it; an MPTCP
-		// socket cannot go in a SOCKMAP, and proxies listen with plain TCP.
-		var lc net.ListenConfig
-		lc.SetMultipathTCP(false)
-		ln, err := lc.Listen(context.Background(), network, a)
+		// Go's defaults, MPTCP where the kernel has it, as a proxy
+		// written in Go listens.
+		ln, err := net.Listen(network, a)
 		if err != nil {
 			return err
 		}

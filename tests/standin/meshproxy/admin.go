@@ -6,12 +6,13 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"os"
 )
 
 // serveAdmin answers the part of Envoy's admin API shunt uses: /ready
 // (LIVE once the first clusters, listeners and their secrets are in),
 // /drain_listeners and /quitquitquit.
-func (p *proxy) serveAdmin(ctx context.Context, addr string, stop func()) {
+func (p *proxy) serveAdmin(ctx context.Context, addr, addrPath string, stop func()) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
 		p.mu.Lock()
@@ -48,6 +49,11 @@ func (p *proxy) serveAdmin(ctx context.Context, addr string, stop func()) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		log.Fatalf("admin %s: %v", addr, err)
+	}
+	if addrPath != "" {
+		if err := os.WriteFile(addrPath, []byte(ln.Addr().String()), 0o644); err != nil {
+			log.Fatalf("--admin-address-path: %v", err)
+		}
 	}
 	srv := &http.Server{Handler: mux}
 	go func() { <-ctx.Done(); _ = srv.Close() }()

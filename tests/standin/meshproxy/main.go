@@ -53,7 +53,18 @@ type proxy struct {
 func main() {
 	configPath := flag.String("config-path", "", "Envoy v3 bootstrap (JSON or YAML)")
 	printFields := flag.Bool("print-fields", false, "print the table of implemented fields (docs/xds.md) and exit")
+	// The rest of the command line shunt's supervisor gives Envoy.
+	adminPath := flag.String("admin-address-path", "", "write the admin address here once it listens")
+	_ = flag.Bool("disable-hot-restart", false, "accepted: the double has no hot restart")
+	_ = flag.Int("drain-time-s", 0, "accepted: /drain_listeners closes the listeners; open connections run to their end")
+	logLevel := flag.String("log-level", "info", "trace, debug, info, warning, warn, error, critical or off (the double logs connections and xDS at info)")
+	_ = flag.Int("concurrency", 0, "accepted: the double serves every connection on its own goroutine")
 	flag.Parse()
+	switch *logLevel {
+	case "trace", "debug", "info", "warning", "warn", "error", "critical", "off":
+	default:
+		log.Fatalf("--log-level %q: not a level", *logLevel)
+	}
 	if *printFields {
 		fmt.Print(fieldTable())
 		return
@@ -72,7 +83,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if admin != "" {
-		go p.serveAdmin(ctx, admin, stop)
+		go p.serveAdmin(ctx, admin, *adminPath, stop)
 	}
 	p.subscribe(ctx)
 }
