@@ -68,9 +68,30 @@ func build(t *testing.T) bins {
 	t.Helper()
 	dir := t.TempDir()
 	b := bins{pluginDir: filepath.Join(dir, "plugins")}
-	b.shunt = filepath.Join(b.pluginDir, "shunt-cni")
+	b.shunt = filepath.Join(dir, "shunt")
 	if err := testenv.BuildShuntLean(b.shunt); err != nil {
 		t.Fatal(err)
+	}
+	// The plugin is the same binary under its installed name (invoked so,
+	// it is the plugin whatever its arguments).
+	if err := os.MkdirAll(b.pluginDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(b.shunt, filepath.Join(b.pluginDir, "shunt-cni")); err != nil {
+		t.Fatal(err)
+	}
+	if w := os.Getenv("SHUNT_BENCH_WRAP"); w != "" {
+		// To see where the time goes: the plugin runs under a command
+		// (a shell word list, e.g. strace -f -tt -o /tmp/trace.$$), as
+		// `shunt cni`, which is the plugin too.
+		script := "#!/bin/sh\nexec " + w + " " + b.shunt + " cni\n"
+		plugin := filepath.Join(b.pluginDir, "shunt-cni")
+		if err := os.Remove(plugin); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(plugin, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	tool, err := testenv.BuildCNITool(dir)
 	if err != nil {
@@ -301,13 +322,24 @@ func (p *pod) del() time.Duration {
 	return d
 }
 
-// run runs argv in the pod's namespace (under the same mount-namespace
-// wrapper as cnitool) and returns its wall time.
+// runHost runs argv in the test's network namespace, under the same
+// mount-namespace wrapper, and returns its wall time.
+func (p *pod) runHost(argv ...string) (time.Duration, string) {
+	p.n.t.Helper()
+	return p.exec("", append([]string{"unshare", "--mount", "--propagation", "private",
+		"sh", "-c", `mount -t bpf bpf /sys/fs/bpf && exec "$@"`, "sh"}, argv...))
+}
+
+// run runs argv in the pod's namespace, as an init script would, and
+// returns its wall time.
 func (p *pod) run(stdin string, argv ...string) (time.Duration, string) {
 	p.n.t.Helper()
-	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private",
-		"sh", "-c", `mount -t bpf bpf /sys/fs/bpf && exec "$@"`, "sh",
-		"ip", "netns", "exec", p.name}, argv...)...)
+	return p.exec(stdin, append([]string{"ip", "netns", "exec", p.name}, argv...))
+}
+
+func (p *pod) exec(stdin string, argv []string) (time.Duration, string) {
+	p.n.t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
 	}

@@ -85,11 +85,13 @@ func TestCNIShare(t *testing.T) {
 			p := n.newPod(true)
 			state := filepath.Join(n.stateDir, "standalone-"+p.name)
 			pins := filepath.Join(filepath.Dir(n.pinDir), p.name)
-			argv := []string{b.shunt, "install", "--engine", "ebpf", "--cgroup", p.cgroup,
+			// --netns rather than `ip netns exec`, which remounts /sys
+			// and so hides the cgroup.
+			argv := []string{b.shunt, "install", "--netns", p.path(), "--engine", "ebpf", "--cgroup", p.cgroup,
 				"--bpf-pin-dir", pins, "--state-dir", state, "--proxy-uid", fmt.Sprint(proxyUID)}
-			d, _ := p.run("", argv...)
+			d, _ := p.runHost(argv...)
 			s[standalone] = append(s[standalone], d)
-			u, _ := p.run("", b.shunt, "uninstall", "--engine", "ebpf", "--cgroup", p.cgroup,
+			u, _ := p.runHost(b.shunt, "uninstall", "--netns", p.path(), "--engine", "ebpf", "--cgroup", p.cgroup,
 				"--bpf-pin-dir", pins, "--state-dir", state)
 			s["uninstall --engine ebpf (standalone)"] = append(s["uninstall --engine ebpf (standalone)"], u)
 			p.remove()
