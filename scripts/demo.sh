@@ -256,7 +256,7 @@ start=$(date +%s%N)
 if as_app curl -sS --max-time 3 http://10.200.0.2/ 2>&1; then echo "UNEXPECTED: reached the internet directly"; exit 1; fi
 echo "   refused after $(( ($(date +%s%N) - start) / 1000000 )) ms"
 echo "== 8. shunt status"
-ip netns exec "$app" "$shunt" status --state-dir "$work/state" | head -n 12
+ip netns exec "$app" "$shunt" status --state-dir "$work/state" | sed -n 1,12p
 
 tries=(
   "ip netns exec $app dig +short httpbin.mesh"
@@ -272,7 +272,7 @@ if [ "${DEMO_ONESHOT:-}" = 1 ]; then
     if ! out=$(eval "$t" 2>&1) || [ -z "$out" ]; then
       echo "FAILED: $t"; echo "$out"; exit 1
     fi
-    echo "$out" | head -n 3
+    echo "$out" | sed -n 1,3p
   done
   echo "== done"
   exit 0

@@ -5,8 +5,10 @@
 //
 //   - the floor: iptables-restore and ip6tables-restore of exactly the rules
 //     shunt installs (its --dry-run output), under one `ip netns exec`;
+//
 //   - Istio's istio-iptables (built from its module by
 //     bench/startup/istio-iptables) for the same plan;
+//
 //   - shunt's full build, to show what the lean build saves.
 //
 //     SHUNT_BENCH=1 go test -run TestStartup -v -timeout 30m ./bench/startup/

@@ -25,7 +25,6 @@ type nodeFlags struct {
 	dataplaneFile string
 }
 
-
 func addNodeFlags(fl *pflag.FlagSet, f *nodeFlags) {
 	fl.StringVar(&f.flavor, "xds-flavor", "auto", `control plane kind, for the node metadata and token it wants: "generic" (shunt's own, any go-control-plane server), "kuma" (kuma-cp: kuma-dp's metadata, raw dataplane token), "istio" (istiod: DNS capture switches); "auto" detects kuma from --dataplane-file or a node id "<mesh>.<name>", istio from a node id "sidecar~IP~POD.NS~DOMAIN"`)
 	fl.StringArrayVar(&f.metadata, "xds-node-metadata", nil, `node metadata KEY=VALUE (a string) or KEY:=JSON (typed, e.g. features:='["feature-embedded-dns"]'); repeatable, replaces the flavour's key of the same name; the config file's xdsNodeMetadata map is read first`)

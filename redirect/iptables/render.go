@@ -302,11 +302,11 @@ func (r *renderer) egress() {
 		e("-d " + r.host(ns) + " -p udp -m udp --dport 53 -j RETURN")
 		e("-d " + r.host(ns) + " -p tcp -m tcp --dport 53 -j RETURN")
 	}
-	r.logged("filter", chainEgress, "egress-reject", "-p tcp", "-j REJECT --reject-with tcp-reset")
+	r.logged("filter", chainEgress, "lockdown-reject", "-p tcp", "-j REJECT --reject-with tcp-reset")
 	if r.v6 {
-		r.logged("filter", chainEgress, "egress-reject", "", "-j REJECT --reject-with icmp6-port-unreachable")
+		r.logged("filter", chainEgress, "lockdown-reject", "", "-j REJECT --reject-with icmp6-port-unreachable")
 	} else {
-		r.logged("filter", chainEgress, "egress-reject", "", "-j REJECT --reject-with icmp-port-unreachable")
+		r.logged("filter", chainEgress, "lockdown-reject", "", "-j REJECT --reject-with icmp-port-unreachable")
 	}
 }
 

@@ -26,7 +26,7 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 	// the others are read.
 	empty := map[Commands]*Dump{}
 	vs = e.emptyDumps(vs, empty)
-	dumps, errs := e.dumpAll(ctx, vs)
+	dumps, recorded, errs := e.uninstallDumps(ctx, vs, prev)
 	found := false
 	for i, d := range dumps {
 		if d != nil && !d.Shunt.Empty() {
@@ -39,7 +39,14 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 		if dumps[i] == nil {
 			return nil
 		}
-		return e.applyFamily(ctx, vs[i].cmds, newRuleset(), dumps[i])
+		err := e.applyFamily(ctx, vs[i].cmds, newRuleset(), dumps[i])
+		if err != nil && recorded[i] {
+			// The live rules are not what the record says: remove what
+			// is really there.
+			e.log.Debug("uninstall from the record failed; reading the rules", "variant", vs[i], "err", err)
+			err = e.applyFamily(ctx, vs[i].cmds, newRuleset(), nil)
+		}
+		return err
 	})
 	var failed error
 	for i := range vs {
@@ -253,4 +260,35 @@ func withCounters(rule string) string {
 		}
 	}
 	return rule
+}
+
+// uninstallDumps returns what to remove in each variant. For the variants a
+// finished install recorded, the record says it: the rules read back after
+// that install, exactly as the -save program prints them, so no exec is
+// needed to learn them (recorded[i] is then true, and a removal that does
+// not match the live rules falls back to reading them). The others are
+// read.
+func (e *Engine) uninstallDumps(ctx context.Context, vs []variant, prev *redirect.State) (dumps []*Dump, recorded []bool, errs []error) {
+	dumps = make([]*Dump, len(vs))
+	recorded = make([]bool, len(vs))
+	errs = make([]error, len(vs))
+	var todo []int
+	for i, v := range vs {
+		if prev != nil && prev.Intent == nil && prev.Backend == string(v.b) && contains(prev.Families, string(v.f)) {
+			if d, err := ParseSave(prev.Applied[string(v.f)]); err == nil && !d.Shunt.Empty() {
+				dumps[i], recorded[i] = d, true
+				continue
+			}
+		}
+		todo = append(todo, i)
+	}
+	rest := make([]variant, len(todo))
+	for j, i := range todo {
+		rest[j] = vs[i]
+	}
+	rd, re := e.dumpAll(ctx, rest)
+	for j, i := range todo {
+		dumps[i], errs[i] = rd[j], re[j]
+	}
+	return dumps, recorded, errs
 }
