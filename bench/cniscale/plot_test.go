@@ -37,34 +37,39 @@ plot DATA using 0:2:xtic(1) with boxes lc rgb "#4a7ab5", '' using 0:2:3:4 with y
 `)
 }
 
-// writeScalePlot writes ADD latency per pod index, one column per chain.
+// writeScalePlot writes ADD latency per pod index, for each chain the raw
+// figure and its running median over 11 pods, and plots both.
 func writeScalePlot(t *testing.T, dir string, names []string, lats [][]time.Duration) {
 	t.Helper()
 	var b strings.Builder
 	b.WriteString("# index")
 	for _, n := range names {
-		fmt.Fprintf(&b, "\t%q", n)
+		fmt.Fprintf(&b, "\t%q\t%q", n, n+" (running median of 11)")
 	}
 	b.WriteString("\n")
 	for i := range lats[0] {
 		fmt.Fprintf(&b, "%d", i+1)
 		for _, l := range lats {
-			if i < len(l) {
-				fmt.Fprintf(&b, "\t%.2f", ms(l[i]))
-			} else {
-				b.WriteString("\tNaN")
+			if i >= len(l) {
+				b.WriteString("\tNaN\tNaN")
+				continue
 			}
+			lo, hi := max(0, i-5), min(len(l), i+6)
+			fmt.Fprintf(&b, "\t%.2f\t%.2f", ms(l[i]), ms(median(l[lo:hi])))
 		}
 		b.WriteString("\n")
 	}
 	var plots []string
-	colours := []string{"#4a7ab5", "#c0504d"}
+	colours := []string{"#808080", "#4a7ab5", "#c0504d"}
 	for i, n := range names {
-		plots = append(plots, fmt.Sprintf("DATA using 1:%d with points pt 7 ps 0.5 lc rgb %q title %q", i+2, colours[i%len(colours)], "ADD, "+n))
+		c := colours[i%len(colours)]
+		plots = append(plots,
+			fmt.Sprintf("DATA using 1:%d with points pt 7 ps 0.4 lc rgb %q notitle", 2*i+2, c),
+			fmt.Sprintf("DATA using 1:%d with lines lw 2 lc rgb %q title %q", 2*i+3, c, n+" (running median of 11)"))
 	}
-	plot(t, dir, "cniscale-node", b.String(), fmt.Sprintf(`set title "CNI ADD latency per pod, %d pods added one after another to one node (kept)"
+	plot(t, dir, "cniscale-node", b.String(), fmt.Sprintf(`set title "CNI ADD latency per pod: %d pods added one after another to one node and kept; one node per chain"
 set xlabel "pod index"
-set ylabel "ms (whole chain: bridge + host-local + shunt-cni)"
+set ylabel "ms, whole chain (cnitool: bridge + host-local [+ shunt-cni])"
 set grid
 set yrange [0:*]
 set key top left
