@@ -225,6 +225,10 @@ type pod struct {
 	chain  string // the chain it was added with, for DEL
 	added  bool
 	gone   bool
+	// cpu is the user+system time of the last command run for the pod,
+	// with every descendant it waited for (the plugins cnitool ran): less
+	// sensitive to the machine's load than wall time.
+	cpu time.Duration
 }
 
 func (n *node) newPod(withCgroup bool) *pod {
@@ -294,7 +298,9 @@ func (p *pod) cnitool(command, chain string) (time.Duration, string, error) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
 	err := cmd.Run()
-	return time.Since(start), out.String(), err
+	d := time.Since(start)
+	p.cpu = cpuOf(cmd)
+	return d, out.String(), err
 }
 
 // add runs ADD with the chain and returns its wall time.
@@ -348,6 +354,7 @@ func (p *pod) exec(stdin string, argv []string) (time.Duration, string) {
 	start := time.Now()
 	err := cmd.Run()
 	d := time.Since(start)
+	p.cpu = cpuOf(cmd)
 	if err != nil {
 		p.n.t.Fatalf("%v: %v\n%s", argv, err, out.String())
 	}
@@ -393,4 +400,11 @@ func envInt(name string, def int) int {
 		return v
 	}
 	return def
+}
+
+func cpuOf(cmd *exec.Cmd) time.Duration {
+	if cmd.ProcessState == nil {
+		return 0
+	}
+	return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 }

@@ -60,7 +60,7 @@ func writeScalePlot(t *testing.T, dir string, names []string, lats [][]time.Dura
 		b.WriteString("\n")
 	}
 	var plots []string
-	colours := []string{"#808080", "#4a7ab5", "#c0504d"}
+	colours := []string{"#4a7ab5", "#9ab8dc", "#c0504d", "#e3a3a1"}
 	for i, n := range names {
 		c := colours[i%len(colours)]
 		plots = append(plots,

@@ -8,22 +8,26 @@ import (
 	"time"
 )
 
-// scalePods can be lowered with SHUNT_BENCH_PODS for a quick look.
-var scalePods = envInt("SHUNT_BENCH_PODS", 200)
+// scalePods can be lowered with SHUNT_BENCH_PODS (at least 10) for a quick
+// look.
+var scalePods = max(10, envInt("SHUNT_BENCH_PODS", 200))
 
-// TestNodeScale adds scalePods pods one after another through the chain
-// with shunt, keeping every one, as a node fills up; per engine, on a node
-// of its own, one engine after the other. The target: the last ten ADDs'
-// median no more than 1.2x the first ten's.
+// TestNodeScale fills a node: scalePods pods added one after another
+// through the chain with shunt and kept, one node per engine. Before or
+// after each (alternately), a probe pod is added through the bridge-only
+// chain and deleted again: the chain's cost at the same fill level and
+// under the same load, so that shunt's share can be told from what the
+// bridge, host-local and the kernel add as the node fills. The target:
+// the median ADD of the last ten pods no more than 1.2x the first ten's.
 func TestNodeScale(t *testing.T) {
 	requireBench(t)
 	b := build(t)
 	type run struct {
-		chain string
-		lat   []time.Duration
+		chain      string
+		lat, probe []time.Duration
 	}
 	var runs []run
-	for _, chain := range []string{chainBase, chainIPT, chainEBPF} {
+	for _, chain := range []string{chainIPT, chainEBPF} {
 		ok := t.Run(strings.ReplaceAll(chain, " ", "_"), func(t *testing.T) {
 			// A /22: room for every pod's lease.
 			n := newNode(t, b, "10.244.44.0/22")
@@ -33,53 +37,65 @@ func TestNodeScale(t *testing.T) {
 					t.Skipf("eBPF engine left out: %v", err)
 				}
 			}
-			lat := make([]time.Duration, 0, scalePods)
+			r := run{chain: chain, lat: make([]time.Duration, 0, scalePods), probe: make([]time.Duration, 0, scalePods)}
+			probe := func() {
+				p := n.newPod(false)
+				r.probe = append(r.probe, p.add(chainBase))
+				p.del()
+				p.remove()
+			}
 			start := time.Now()
 			for i := 0; i < scalePods; i++ {
+				if i%2 == 0 {
+					probe()
+				}
 				p := n.newPod(cgroup)
-				lat = append(lat, p.add(chain))
+				r.lat = append(r.lat, p.add(chain))
+				if i%2 == 1 {
+					probe()
+				}
 			}
 			elapsed := time.Since(start)
-			first, last := median(lat[:10]), median(lat[len(lat)-10:])
-			t.Logf("%s: %d pods added in %s; ADD median %.1f ms (p10-p90 %.1f-%.1f)", chain, scalePods, elapsed.Round(time.Second),
-				ms(median(lat)), ms(quantile(lat, 0.1)), ms(quantile(lat, 0.9)))
-			t.Logf("target: ADD of pods %d-%d <= 1.2x pods 1-10: %.1f ms / %.1f ms = %.2fx", scalePods-9, scalePods, ms(last), ms(first), float64(last)/float64(first))
+			k := len(r.lat)
+			first, last := median(r.lat[:10]), median(r.lat[k-10:])
+			pFirst, pLast := median(r.probe[:10]), median(r.probe[k-10:])
+			t.Logf("%s: %d pods added (and as many bridge-only probes) in %s", chain, k, elapsed.Round(time.Second))
+			t.Logf("  ADD with shunt, whole chain: median %.1f ms (p10-p90 %.1f-%.1f); pods 1-10 %.1f ms, %d-%d %.1f ms: %.2fx",
+				ms(median(r.lat)), ms(quantile(r.lat, 0.1)), ms(quantile(r.lat, 0.9)), ms(first), k-9, k, ms(last), float64(last)/float64(first))
+			t.Logf("  ADD bridge-only probe:       median %.1f ms (p10-p90 %.1f-%.1f); pods 1-10 %.1f ms, %d-%d %.1f ms: %.2fx",
+				ms(median(r.probe)), ms(quantile(r.probe, 0.1)), ms(quantile(r.probe, 0.9)), ms(pFirst), k-9, k, ms(pLast), float64(pLast)/float64(pFirst))
+			sFirst, sLast := shareOf(r.lat[:10], r.probe[:10]), shareOf(r.lat[k-10:], r.probe[k-10:])
+			t.Logf("  shunt's share: pods 1-10 %.1f ms (paired p10-p90 %.1f-%.1f), %d-%d %.1f ms (%.1f-%.1f): %.2fx",
+				ms(sFirst.median), ms(sFirst.p10), ms(sFirst.p90), k-9, k, ms(sLast.median), ms(sLast.p10), ms(sLast.p90),
+				float64(sLast.median)/float64(sFirst.median))
+			t.Logf("target: ADD of pods %d-%d <= 1.2x pods 1-10: whole chain %.2fx, shunt's share %.2fx", k-9, k,
+				float64(last)/float64(first), float64(sLast.median)/float64(sFirst.median))
 			size, files := dirBytes(n.stateDir)
-			t.Logf("footprint with %d pods: plugin state %d bytes in %d files (%d per pod)", scalePods, size, files, size/int64(scalePods))
+			t.Logf("footprint with %d pods: plugin state %d bytes in %d files (%d per pod)", k, size, files, size/int64(k))
 			if cgroup {
 				psize, pfiles := dirBytes(n.nodeState)
 				pins := 0
 				if out, err := exec.Command("find", n.pinDir).Output(); err == nil {
 					pins = strings.Count(string(out), "\n")
 				}
-				t.Logf("footprint with %d pods: node records %d bytes in %d files; %d entries pinned under the node's pin dir", scalePods, psize, pfiles, pins)
+				t.Logf("footprint with %d pods: node records %d bytes in %d files; %d entries pinned under the node's pin dir", k, psize, pfiles, pins)
 			}
 			if fi, err := os.Stat(b.shunt); err == nil {
 				t.Logf("plugin binary (lean build): %.1f MiB", float64(fi.Size())/(1<<20))
 			}
-			runs = append(runs, run{chain, lat})
+			runs = append(runs, r)
 			// The pods' cleanups delete them, in reverse order.
 		})
 		if !ok {
 			break
 		}
 	}
-	// shunt's share at both ends of the node's filling: the chain's window
-	// median minus the bridge-only chain's, same indices.
-	if len(runs) > 1 && runs[0].chain == chainBase {
-		base := runs[0].lat
-		for _, r := range runs[1:] {
-			f := median(r.lat[:10]) - median(base[:10])
-			l := median(r.lat[len(r.lat)-10:]) - median(base[len(base)-10:])
-			t.Logf("shunt's share of ADD, %s: pods 1-10 %.1f ms, pods %d-%d %.1f ms", r.chain, ms(f), len(r.lat)-9, len(r.lat), ms(l))
-		}
-	}
 	if dir := os.Getenv("SHUNT_BENCH_PLOTS"); dir != "" && len(runs) > 0 {
 		var names []string
 		var lats [][]time.Duration
 		for _, r := range runs {
-			names = append(names, r.chain)
-			lats = append(lats, r.lat)
+			names = append(names, r.chain, "bridge-only probes on the "+strings.TrimPrefix(r.chain, "bridge+")+" node")
+			lats = append(lats, r.lat, r.probe)
 		}
 		writeScalePlot(t, dir, names, lats)
 	}

@@ -59,12 +59,14 @@ func TestCNIShare(t *testing.T) {
 		name string
 		run  func()
 	}
-	s := series{}
+	s, cpu := series{}, series{}
 	chain := func(name string, cgroup bool) config {
 		return config{name, func() {
 			p := n.newPod(cgroup)
 			s["ADD "+name] = append(s["ADD "+name], p.add(name))
+			cpu["ADD "+name] = append(cpu["ADD "+name], p.cpu)
 			s["DEL "+name] = append(s["DEL "+name], p.del())
+			cpu["DEL "+name] = append(cpu["DEL "+name], p.cpu)
 			p.remove()
 		}}
 	}
@@ -75,6 +77,7 @@ func TestCNIShare(t *testing.T) {
 			p := n.newPod(false)
 			d, _ := p.run("", "sh", "-c", floor)
 			s[floorName] = append(s[floorName], d)
+			cpu[floorName] = append(cpu[floorName], p.cpu)
 			p.remove()
 		}},
 	}
@@ -91,6 +94,7 @@ func TestCNIShare(t *testing.T) {
 				"--bpf-pin-dir", pins, "--state-dir", state, "--proxy-uid", fmt.Sprint(proxyUID)}
 			d, _ := p.runHost(argv...)
 			s[standalone] = append(s[standalone], d)
+			cpu[standalone] = append(cpu[standalone], p.cpu)
 			u, _ := p.runHost(b.shunt, "uninstall", "--netns", p.path(), "--engine", "ebpf", "--cgroup", p.cgroup,
 				"--bpf-pin-dir", pins, "--state-dir", state)
 			s["uninstall --engine ebpf (standalone)"] = append(s["uninstall --engine ebpf (standalone)"], u)
@@ -127,10 +131,26 @@ func TestCNIShare(t *testing.T) {
 			t.Logf("  shunt's share of %-34s %6.1f ms (paired p10-p90 %5.1f-%5.1f)  %.2fx floor", sh.name, ms(sh.median), ms(sh.p10), ms(sh.p90), float64(sh.median)/float64(fl))
 		}
 	}
+	cfl := median(cpu[floorName])
+	t.Logf("CPU time (user+system, every process of the command), medians: floor %.1f ms; standalone eBPF install %.1f ms", ms(cfl), ms(median(cpu[standalone])))
+	for _, c := range []string{chainIPT, chainEBPF} {
+		for _, op := range []string{"ADD", "DEL"} {
+			if _, ok := cpu[op+" "+c]; !ok {
+				continue
+			}
+			sh := shareOf(cpu[op+" "+c], cpu[op+" "+chainBase])
+			t.Logf("  shunt's CPU share of %-30s %6.1f ms (paired p10-p90 %5.1f-%5.1f)  %.2fx the floor's CPU", op+" "+strings.TrimPrefix(c, "bridge+"), ms(sh.median), ms(sh.p10), ms(sh.p90), float64(sh.median)/float64(cfl))
+		}
+	}
 	t.Logf("target: shunt's share of ADD (iptables) <= 2x floor (%.1f ms): %.2fx", ms(fl), float64(shares[0].median)/float64(fl))
 	if ebpfOK {
 		t.Logf("target: shunt's share of ADD (eBPF, node mode) <= 20 ms: %.1f ms; standalone eBPF install of one pod: %.1f ms",
 			ms(shares[2].median), ms(median(s[standalone])))
+	}
+	if ebpfOK {
+		if d, err := openNodeTime(n.pinDir, n.nodeState, 20); err == nil {
+			t.Logf("of which: opening the node's programs (ebpf.OpenNode, in-process, median of 20): %.1f ms", ms(d))
+		}
 	}
 	size, files := dirBytes(n.stateDir)
 	t.Logf("plugin state left after every DEL: %d bytes in %d files", size, files)
