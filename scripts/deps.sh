@@ -21,6 +21,8 @@ packages=(
   xz-utils
   # deployment: CNI reference plugins, OCI image tools, unit verification
   containernetworking-plugins umoci skopeo systemd
+  # the benchmarks' PNG plots (SHUNT_BENCH_PLOTS)
+  gnuplot-nox
 )
 
 if [ "$(id -u)" -ne 0 ]; then
