@@ -9,7 +9,9 @@
 // version Envoy rejects is never adopted by shunt either. With no Envoy
 // connected, shunt's client is the one that answers (direct mode). The last
 // responses are kept: a reconnecting Envoy gets them at once, and while the
-// control plane is unreachable both keep what they have.
+// control plane is unreachable both keep what they have. The upstream
+// stream is state of the world or, with Config.DeltaUpstream, incremental
+// (see deltaUpstream); downstreams may speak either.
 package xdsproxy
 
 import (
