@@ -40,4 +40,12 @@ func TestKumaCPDeltaXDS(t *testing.T) {
 	if strings.Contains(log, "already an active stream") {
 		t.Error("kuma-cp refused a second stream for the node")
 	}
+
+	// With no socket, the proxy holds the delta stream for shunt alone.
+	w.stopShunt()
+	w.startShunt("dp-2", "--xds-delta", "--xds-socket", "off")
+	w.waitResolves(t, 20*time.Second, "dp-2", "httpbin.mesh", "httpbin.org")
+	if c := strings.Count(w.cp.Log(), `"mode": "DELTA_GRPC"`); c < 3 {
+		t.Errorf("kuma-cp logged DELTA_GRPC %d times, want dp-2's stream too", c)
+	}
 }
