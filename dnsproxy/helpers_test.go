@@ -27,14 +27,23 @@ type fakeUpstream struct {
 func startUpstream(t *testing.T, h func(w dns.ResponseWriter, r *dns.Msg)) *fakeUpstream {
 	t.Helper()
 	f := &fakeUpstream{handler: h}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	ln, err := net.Listen("tcp", f.addr.String())
-	if err != nil {
-		t.Fatal(err)
+	var pc net.PacketConn
+	var ln net.Listener
+	// The same port number for UDP and TCP; another process on this
+	// machine may hold the TCP one: pick again.
+	for try := 1; ; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		f.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
+		if ln, err = net.Listen("tcp", f.addr.String()); err == nil {
+			break
+		}
+		pc.Close()
+		if try == 10 {
+			t.Fatal(err)
+		}
 	}
 	mux := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		f.queries.Add(1)

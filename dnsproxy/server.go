@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -316,28 +317,51 @@ func (s *Server) Run(ctx context.Context) error {
 			ln.Close()
 		}
 	}
-	lc := net.ListenConfig{Control: reusePort}
 	for _, ap := range s.cfg.Listen {
-		// With port 0 the first socket picks the port the others share.
-		addr := ap
-		for i := 0; i < s.cfg.UDPSockets; i++ {
-			pc, err := lc.ListenPacket(ctx, "udp", addr.String())
-			if err != nil {
-				closeAll()
-				return fmt.Errorf("listen udp %s: %w", addr, err)
+		for try := 1; ; try++ {
+			upcs, ln, err := s.listen(ctx, ap)
+			if err == nil {
+				pcs = append(pcs, upcs...)
+				lns = append(lns, ln)
+				break
 			}
-			pcs = append(pcs, pc)
-			addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
-			addr = netip.AddrPortFrom(ap.Addr(), addr.Port())
+			// With port 0 the UDP socket picks the port and TCP takes the
+			// same number, which another process may hold for TCP: pick
+			// again rather than fail.
+			if ap.Port() != 0 || !errors.Is(err, syscall.EADDRINUSE) || try == 10 {
+				closeAll()
+				return err
+			}
 		}
-		ln, err := net.Listen("tcp", addr.String())
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("listen tcp %s: %w", addr, err)
-		}
-		lns = append(lns, ln)
 	}
 	return s.Serve(ctx, pcs, lns)
+}
+
+// listen opens the UDP sockets and the TCP listener of one address.
+func (s *Server) listen(ctx context.Context, ap netip.AddrPort) ([]net.PacketConn, net.Listener, error) {
+	var pcs []net.PacketConn
+	fail := func(err error) ([]net.PacketConn, net.Listener, error) {
+		for _, pc := range pcs {
+			pc.Close()
+		}
+		return nil, nil, err
+	}
+	lc := net.ListenConfig{Control: reusePort}
+	// With port 0 the first socket picks the port the others share.
+	addr := ap
+	for i := 0; i < s.cfg.UDPSockets; i++ {
+		pc, err := lc.ListenPacket(ctx, "udp", addr.String())
+		if err != nil {
+			return fail(fmt.Errorf("listen udp %s: %w", addr, err))
+		}
+		pcs = append(pcs, pc)
+		addr = netip.AddrPortFrom(ap.Addr(), pc.LocalAddr().(*net.UDPAddr).AddrPort().Port())
+	}
+	ln, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		return fail(fmt.Errorf("listen tcp %s: %w", addr, err))
+	}
+	return pcs, ln, nil
 }
 
 // Serve answers on sockets the caller opened (for example inside another

@@ -65,6 +65,7 @@ func TestServeStaleEarly(t *testing.T) {
 		t.Fatal("the blackholed upstream is still considered healthy")
 	}
 	// Known to be failing: no more waiting for it.
+	sent := up.queries.Load()
 	start := time.Now()
 	m := r.ask(t, "udp", names[3], dns.TypeA, 0)
 	if d := time.Since(start); d >= time.Second {
@@ -73,9 +74,9 @@ func TestServeStaleEarly(t *testing.T) {
 	if answers(m) != "192.0.2.11" || m.Answer[0].Header().Ttl != staleTTL {
 		t.Errorf("want the stale answer, got %v", m)
 	}
-	// And no more waiting on it in the background either: while that
-	// one refresh is out, other stale names start none of their own.
-	sent := up.queries.Load()
+	// And no more waiting on it in the background either: one refresh at
+	// a time goes out (it may start with any of these names: the last of
+	// the earlier ones may still be finishing), no more.
 	for _, n := range names[:3] {
 		start := time.Now()
 		if m := r.ask(t, "udp", n, dns.TypeA, 0); answers(m) != "192.0.2.11" {
@@ -85,8 +86,8 @@ func TestServeStaleEarly(t *testing.T) {
 			t.Errorf("%s: stale answer took %v with the upstream known to be failing", n, d)
 		}
 	}
-	if more := up.queries.Load() - sent; more > 0 {
-		t.Errorf("%d more queries sent to the upstream known to be failing while one refresh was out, want none", more)
+	if more := up.queries.Load() - sent; more > 1 {
+		t.Errorf("%d queries sent to the upstream known to be failing for four stale names, want one refresh at most", more)
 	}
 	if s := r.srv.Metrics().Snapshot(); s.Queries["A"]["stale"] != 7 {
 		t.Errorf("stale answers counted %v, want 7", s.Queries)

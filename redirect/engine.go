@@ -60,3 +60,9 @@ type UninstallRenderer interface {
 type ListenerSyncer interface {
 	SyncListener(ctx context.Context) (int, error)
 }
+
+// ChoiceRecorder is an engine that writes, in its own record, why it was
+// chosen (engine auto), so that status can say it.
+type ChoiceRecorder interface {
+	RecordChoice(reason string)
+}

@@ -6,11 +6,13 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shunt-dev/shunt/mesh"
@@ -99,5 +101,45 @@ func TestKumaFixtures(t *testing.T) {
 				t.Errorf("DNSHosts = %v, want httpbin.org:443", snap.DNSHosts)
 			}
 		})
+	}
+}
+
+// kuma-cp's real responses, served by go-control-plane's server: the
+// client ACKs every one (nothing kuma-cp sends is refused) and publishes
+// the same snapshot as Translate.
+func TestKumaFixturesOverADS(t *testing.T) {
+	dir := filepath.Join("..", "tests", "fixtures", "kuma", "embedded-dns")
+	var res [3][]types.Resource
+	for i, file := range []string{"lds.pb", "cds.pb", "eds.pb"} {
+		b, err := os.ReadFile(filepath.Join(dir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r discoveryv3.DiscoveryResponse
+		if err := proto.Unmarshal(b, &r); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range r.GetResources() {
+			m, err := a.UnmarshalNew()
+			if err != nil {
+				t.Fatal(err)
+			}
+			res[i] = append(res[i], m.(types.Resource))
+		}
+	}
+	srv := startGCPServer(t)
+	srv.set(t, "default.dp-2", "1", res[0], res[1], res[2])
+	c, err := New(Config{Server: srv.addr, NodeID: "default.dp-2", Logger: quietLogger(), Backoff: fastBackoff()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runClient(t, c)
+	want := kumaFixture(t, "embedded-dns")
+	got := nextUpdate(t, c, 5*time.Second, func(*mesh.AgentSnapshot) bool { return true })
+	if !sameContent(got, want) {
+		t.Errorf("over ADS: %+v\nTranslate: %+v", got, want)
+	}
+	if st := c.Status(); st.LastNACK != "" || st.Acked[ListenerType] != "1" || st.Acked[ClusterType] != "1" || st.Acked[EndpointType] != "1" {
+		t.Errorf("status %+v, want every type ACKed at version 1 and no NACK", st)
 	}
 }

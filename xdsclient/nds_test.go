@@ -46,7 +46,6 @@ func nameTableType(t *testing.T) protoreflect.MessageType {
 			Name: proto.String("NameTable"),
 			Field: []*descriptorpb.FieldDescriptorProto{
 				field("table", 1, rep, msg, ".istio.networking.nds.v1.NameTable.TableEntry"),
-				field("name_info", 2, opt, msg, ".istio.networking.nds.v1.NameTable.NameInfo"),
 			},
 			NestedType: []*descriptorpb.DescriptorProto{
 				{Name: proto.String("NameInfo"), Field: []*descriptorpb.FieldDescriptorProto{

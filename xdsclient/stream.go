@@ -96,7 +96,7 @@ func (c *Client) session(ctx context.Context) (answered bool, err error) {
 				if errors.Is(err, io.EOF) {
 					err = errors.New("server closed the stream")
 				}
-				return s.answered, fmt.Errorf("receive from %s: %w", c.cfg.Server, c.authHint(err))
+				return s.answered, fmt.Errorf("receive from %s: %w", c.cfg.Server, err)
 			}
 			if !s.answered {
 				s.answered = true
@@ -183,7 +183,7 @@ func OpenStream(ctx context.Context, cfg Config) (ADSStream, error) {
 		return nil, fmt.Errorf("open ADS stream to %s: %w", cfg.Server, err)
 	}
 	context.AfterFunc(ctx, func() { conn.Close() })
-	return stream, nil
+	return hintStream{stream, cfg}, nil
 }
 
 // SettleDelay is how long the client waits for the rest of a change whose
@@ -193,16 +193,32 @@ const SettleDelay = 100 * time.Millisecond
 // authHint says what to do about a refused authentication: kuma-cp, for
 // one, answers a missing token with "token is malformed", which does not
 // say that a token is wanted at all.
-func (c *Client) authHint(err error) error {
+func authHint(cfg Config, err error) error {
 	st, _ := grpcstatus.FromError(err)
 	if st.Code() != codes.Unauthenticated && st.Code() != codes.PermissionDenied &&
 		!strings.Contains(st.Message(), "authentication failed") {
 		return err
 	}
-	if c.cfg.TokenFile == "" {
+	if cfg.TokenFile == "" {
 		return fmt.Errorf("the server refused the node's authentication and no token is configured (give the dataplane token with --xds-token-file): %w", err)
 	}
-	return fmt.Errorf("the server refused the token from %s: %w", c.cfg.TokenFile, err)
+	return fmt.Errorf("the server refused the token from %s: %w", cfg.TokenFile, err)
+}
+
+// hintStream adds authHint to the errors of a stream OpenStream opened, so
+// that whoever holds the stream (the client, or the xDS proxy) reports a
+// refused authentication the same way.
+type hintStream struct {
+	discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	cfg Config
+}
+
+func (h hintStream) Recv() (*discoveryv3.DiscoveryResponse, error) {
+	r, err := h.AggregatedDiscoveryService_StreamAggregatedResourcesClient.Recv()
+	if err != nil {
+		return nil, authHint(h.cfg, err)
+	}
+	return r, nil
 }
 
 func readToken(path string) (string, error) {

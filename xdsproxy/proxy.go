@@ -76,6 +76,9 @@ type Proxy struct {
 	mu     sync.Mutex
 	status Status
 
+	// downLog and refuseLog bound the per-stream log lines.
+	downLog, refuseLog rateLimit
+
 	// Owned by the Run loop.
 	types   map[string]*typeState
 	order   []string // type URLs in the order first subscribed
@@ -133,6 +136,10 @@ func New(cfg Config) (*Proxy, error) {
 		events: make(chan func()),
 		done:   make(chan struct{}),
 		types:  map[string]*typeState{},
+		// Ten lines a second for streams coming and going, one for
+		// refusals.
+		downLog:   rateLimit{every: 100 * time.Millisecond},
+		refuseLog: rateLimit{every: time.Second},
 	}, nil
 }
 
@@ -431,7 +438,9 @@ func (p *Proxy) attach(d *downstream) {
 		p.envoy = d
 		p.envoyNode = d.node
 		p.setStatus(func(s *Status) { s.EnvoyConnected = true })
-		p.log.Info("local proxy connected", "node", d.node.GetId())
+		if ok, n := p.downLog.allow(); ok {
+			p.log.Info("local proxy connected", "node", d.node.GetId(), "similar_lines_suppressed", n)
+		}
 	case kindLocal:
 		if old := p.local; old != nil {
 			p.detach(old)
@@ -451,7 +460,9 @@ func (p *Proxy) detach(d *downstream) {
 	case p.envoy:
 		p.envoy = nil
 		p.setStatus(func(s *Status) { s.EnvoyConnected = false })
-		p.log.Info("local proxy disconnected; shunt answers the control plane itself until it returns")
+		if ok, n := p.downLog.allow(); ok {
+			p.log.Info("local proxy disconnected; shunt answers the control plane itself until it returns", "similar_lines_suppressed", n)
+		}
 		// What Envoy left unanswered, shunt's client answers now.
 		if u := p.up; u != nil && p.local != nil {
 			for _, url := range p.order {

@@ -6,12 +6,15 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	dnstablev3 "github.com/envoyproxy/go-control-plane/envoy/data/dns/v3"
@@ -127,9 +130,22 @@ func (s *upstreamServer) find(match func(*discoveryv3.DiscoveryRequest) bool) *d
 
 func (s *upstreamServer) set(t *testing.T, version string, vip string, routes ...types.Resource) {
 	t.Helper()
+	s.setWith(t, version, vip, []string{"egress"}, routes...)
+}
+
+// setWith serves a version whose EDS clusters are eds, each with one
+// endpoint on 192.0.2.10, port 10002 onwards.
+func (s *upstreamServer) setWith(t *testing.T, version string, vip string, eds []string, routes ...types.Resource) {
+	t.Helper()
+	var clusters, endpoints []types.Resource
+	for i, n := range eds {
+		clusters = append(clusters, edsCluster(n))
+		endpoints = append(endpoints, assignment(n, "192.0.2.10", uint32(10002+i)))
+	}
 	snap, err := cachev3.NewSnapshot(version, map[resourcev3.Type][]types.Resource{
 		resourcev3.ListenerType: {dnsListener(t, "httpbin.mesh", vip)},
-		resourcev3.ClusterType:  {},
+		resourcev3.ClusterType:  clusters,
+		resourcev3.EndpointType: endpoints,
 		resourcev3.RouteType:    routes,
 	})
 	if err != nil {
@@ -138,6 +154,24 @@ func (s *upstreamServer) set(t *testing.T, version string, vip string, routes ..
 	if err := s.cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func edsCluster(name string) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}},
+	}
+}
+
+func assignment(name, ip string, port uint32) *endpointv3.ClusterLoadAssignment {
+	return &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+		LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+				Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+			}}},
+		}}}},
+	}}}
 }
 
 func dnsListener(t *testing.T, name, vip string) *listenerv3.Listener {
@@ -251,6 +285,10 @@ func (w *world) shuntVIP() string {
 	if s == nil || len(s.Names["httpbin.mesh"]) == 0 {
 		return ""
 	}
+	// The EDS cluster's endpoint is part of the view.
+	if len(s.AllowedEndpoints) != 1 || s.AllowedEndpoints[0].String() != "192.0.2.10:10002" {
+		return "no endpoints"
+	}
 	return s.Names["httpbin.mesh"][0].String()
 }
 
@@ -267,6 +305,7 @@ type envoy struct {
 	mu       sync.Mutex
 	accepted map[string]*discoveryv3.DiscoveryResponse
 	received []*discoveryv3.DiscoveryResponse
+	edsNonce string
 	reject   func(*discoveryv3.DiscoveryResponse) string
 }
 
@@ -302,6 +341,9 @@ func (e *envoy) run(stream discoveryv3.AggregatedDiscoveryService_StreamAggregat
 		{TypeUrl: resourcev3.ClusterType, Node: e.node},
 		{TypeUrl: resourcev3.ListenerType},
 		{TypeUrl: resourcev3.RouteType, ResourceNames: []string{"r1"}},
+		// As Envoy does, the endpoints of the EDS cluster are asked for
+		// before the clusters are ACKed.
+		{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{"egress"}},
 	}
 	for _, r := range subs {
 		if err := stream.Send(r); err != nil {
@@ -310,7 +352,7 @@ func (e *envoy) run(stream discoveryv3.AggregatedDiscoveryService_StreamAggregat
 			return err
 		}
 	}
-	names := map[string][]string{resourcev3.RouteType: {"r1"}}
+	names := map[string][]string{resourcev3.RouteType: {"r1"}, resourcev3.EndpointType: {"egress"}}
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -322,6 +364,26 @@ func (e *envoy) run(stream discoveryv3.AggregatedDiscoveryService_StreamAggregat
 		if e.reject != nil {
 			why = e.reject(resp)
 		}
+		var follow *discoveryv3.DiscoveryRequest
+		if resp.GetTypeUrl() == resourcev3.ClusterType && why == "" {
+			// Envoy asks for the endpoints of new EDS clusters while
+			// it takes the clusters in, before it ACKs them.
+			var eds []string
+			for _, a := range resp.GetResources() {
+				var c clusterv3.Cluster
+				if a.UnmarshalTo(&c) == nil && c.GetType() == clusterv3.Cluster_EDS {
+					eds = append(eds, c.GetName())
+				}
+			}
+			if !slices.Equal(eds, names[resourcev3.EndpointType]) {
+				names[resourcev3.EndpointType] = eds
+				follow = &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: eds,
+					VersionInfo: e.accepted[resourcev3.EndpointType].GetVersionInfo(), ResponseNonce: e.edsNonce}
+			}
+		}
+		if resp.GetTypeUrl() == resourcev3.EndpointType {
+			e.edsNonce = resp.GetNonce()
+		}
 		req := &discoveryv3.DiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce(), ResourceNames: names[resp.GetTypeUrl()]}
 		if why == "" {
 			e.accepted[resp.GetTypeUrl()] = resp
@@ -331,6 +393,11 @@ func (e *envoy) run(stream discoveryv3.AggregatedDiscoveryService_StreamAggregat
 			req.ErrorDetail = &status.Status{Code: 3, Message: why}
 		}
 		e.mu.Unlock()
+		if follow != nil {
+			if err := stream.Send(follow); err != nil {
+				return err
+			}
+		}
 		if err := stream.Send(req); err != nil {
 			return err
 		}
@@ -412,11 +479,28 @@ func TestOneUpstreamStreamForEnvoyAndShunt(t *testing.T) {
 		t.Errorf("upstream streams after an update: %d opened, %d open; want 1 and 1", streams, open)
 	}
 	// Envoy's ACKs reached the upstream.
-	if r := w.up.find(func(r *discoveryv3.DiscoveryRequest) bool {
-		return r.GetTypeUrl() == resourcev3.RouteType && r.GetVersionInfo() == "2" && r.GetResponseNonce() != ""
-	}); r == nil {
-		t.Error("Envoy's ACK of route version 2 did not reach the upstream")
-	}
+	eventually(t, 5*time.Second, "Envoy's ACK of route version 2 upstream", func() bool {
+		return w.up.find(func(r *discoveryv3.DiscoveryRequest) bool {
+			return r.GetTypeUrl() == resourcev3.RouteType && r.GetVersionInfo() == "2" && r.GetResponseNonce() != ""
+		}) != nil
+	})
+}
+
+// A new EDS cluster: Envoy asks for its endpoints before it ACKs the
+// clusters, so shunt's client is handed the endpoints before the clusters
+// that name them; its own request for them must still be answered, or its
+// view would wait for them forever.
+func TestNewEDSClusterBehindEnvoy(t *testing.T) {
+	w := newWorld(t)
+	e := startEnvoy(t, w.sock, envoyNode(), nil)
+	eventually(t, 5*time.Second, "version 1", func() bool {
+		return e.version(resourcev3.ClusterType) == "1" && w.shuntVIP() == "240.0.0.1"
+	})
+	w.up.setWith(t, "2", "240.0.0.2", []string{"egress", "egress-2"})
+	eventually(t, 5*time.Second, "shunt's view of version 2 with both clusters' endpoints", func() bool {
+		s := w.client.Current()
+		return s != nil && len(s.Names["httpbin.mesh"]) == 1 && s.Names["httpbin.mesh"][0].String() == "240.0.0.2" && len(s.AllowedEndpoints) == 2
+	})
 }
 
 // Envoy's NACK goes upstream and shunt does not adopt the version either,

@@ -17,8 +17,8 @@ import (
 )
 
 // Serve serves ADS to the local proxy on ln (the socket Listen made) until
-// ctx ends. Only the state of the world protocol is spoken; a delta stream
-// is refused with Unimplemented.
+// ctx ends, state of the world or incremental (delta) as the proxy asks;
+// upstream, the proxy always speaks state of the world.
 func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	g := grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
@@ -40,8 +40,58 @@ type adsServer struct {
 	p *Proxy
 }
 
-func (s adsServer) DeltaAggregatedResources(discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
-	return status.Error(codes.Unimplemented, "shunt's xDS proxy serves state-of-the-world ADS: set the ADS api_type to GRPC")
+// DeltaAggregatedResources serves an Envoy whose ADS is incremental over the
+// same one upstream stream (see deltaAdapter).
+func (s adsServer) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	p := s.p
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if err := p.checkNode(&discoveryv3.DiscoveryRequest{Node: first.GetNode()}); err != nil {
+		if ok, n := p.refuseLog.allow(); ok {
+			p.log.Warn("refused a local proxy's stream", "error", err, "similar_lines_suppressed", n)
+		}
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
+	a := newDeltaAdapter()
+	d := newDownstream(kindEnvoy, first.GetNode())
+	req := a.request(first)
+	if !p.do(func() { p.attach(d); p.fromDownstream(d, req) }) {
+		return status.Error(codes.Unavailable, "shunt's xDS proxy is stopping")
+	}
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	go func() {
+		defer cancel()
+		for {
+			dr, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			req := a.request(dr)
+			if !p.do(func() { p.fromDownstream(d, req) }) {
+				return
+			}
+		}
+	}()
+	defer p.do(func() { p.detach(d) })
+	for {
+		r := d.out.pop(ctx)
+		if r == nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return status.Error(codes.Aborted, "replaced by a newer stream from the local proxy")
+		}
+		out, err := a.response(r)
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		if err := stream.Send(out); err != nil {
+			return err
+		}
+	}
 }
 
 func (s adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
@@ -51,7 +101,9 @@ func (s adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDiscov
 		return err
 	}
 	if err := p.checkNode(first); err != nil {
-		p.log.Warn("refused a local proxy's stream", "error", err)
+		if ok, n := p.refuseLog.allow(); ok {
+			p.log.Warn("refused a local proxy's stream", "error", err, "similar_lines_suppressed", n)
+		}
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
 	d := newDownstream(kindEnvoy, first.GetNode())

@@ -41,6 +41,13 @@ func Listen(path string, uid, gid uint32, log *slog.Logger) (net.Listener, error
 		if fi.Mode()&fs.ModeSocket == 0 {
 			return nil, fmt.Errorf("xDS socket %s: a file that is not a socket is in the way", path)
 		}
+		// A socket someone still accepts on belongs to a running agent
+		// (the same --state-dir twice): taking it over would cut that
+		// agent's proxy off.
+		if c, err := net.DialTimeout("unix", path, 500*time.Millisecond); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("xDS socket %s: another process is serving it (is another shunt run using this --state-dir?)", path)
+		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("xDS socket %s: remove the stale socket: %w", path, err)
 		}
@@ -62,7 +69,7 @@ func Listen(path string, uid, gid uint32, log *slog.Logger) (net.Listener, error
 	// take CAP_FOWNER; the chown takes CAP_CHOWN (in shunt's systemd unit).
 	if err := os.Chown(path, int(uid), int(gid)); err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("xDS socket %s: give it to the proxy's user %d:%d: %w (shunt needs CAP_CHOWN)", path, uid, gid, err)
+		return nil, fmt.Errorf("xDS socket %s: give it to the proxy's user %d:%d: %w (shunt needs CAP_CHOWN; --xds-socket off if no local proxy subscribes)", path, uid, gid, err)
 	}
 	allowed := map[uint32]bool{uid: true, 0: true, uint32(os.Geteuid()): true}
 	return &credListener{UnixListener: ln, allowed: allowed, log: log, slots: make(chan struct{}, MaxConnections)}, nil

@@ -151,6 +151,26 @@ func TestListenRefusesWhatIsNotASocket(t *testing.T) {
 	if _, err := Listen(p, 0, 0, quiet()); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Errorf("Listen over a regular file: %v, want an error saying it is not a socket", err)
 	}
+	// A live socket is not taken over; a stale one is replaced.
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := Listen(p, uint32(os.Getuid()), uint32(os.Getgid()), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(p, uint32(os.Getuid()), uint32(os.Getgid()), quiet()); err == nil || !strings.Contains(err.Error(), "another process is serving it") {
+		t.Errorf("Listen over a live socket: %v, want a refusal", err)
+	}
+	ul := ln.(*credListener).UnixListener
+	ul.SetUnlinkOnClose(false)
+	ln.Close()
+	ln2, err := Listen(p, uint32(os.Getuid()), uint32(os.Getgid()), quiet())
+	if err != nil {
+		t.Errorf("Listen over a stale socket: %v", err)
+	} else {
+		ln2.Close()
+	}
 	long := filepath.Join(dir, strings.Repeat("d", 120), SocketName)
 	if _, err := Listen(long, 0, 0, quiet()); err == nil || !strings.Contains(err.Error(), "--state-dir") {
 		t.Errorf("Listen on a too long path: %v, want an error naming --state-dir", err)

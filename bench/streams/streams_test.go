@@ -41,6 +41,7 @@ type result struct {
 	p50, p99             time.Duration
 	queries, failed      int
 	streamsOpened        int64
+	logLines             int
 }
 
 // flood runs the agent, floods its socket and measures.
@@ -77,6 +78,7 @@ func flood(t testing.TB) result {
 	}
 	pid := agent.Cmd.Process.Pid
 	var r result
+	linesBefore := strings.Count(agent.Output(), "\n")
 	r.baseRSSMB = rssMB(t, pid, "VmRSS")
 
 	// DNS keeps being asked throughout.
@@ -156,6 +158,7 @@ func flood(t testing.TB) result {
 	close(stopDNS)
 	dnsWG.Wait()
 	r.peakRSSMB = max(peak, rssMB(t, pid, "VmHWM"))
+	r.logLines = strings.Count(agent.Output(), "\n") - linesBefore
 	if agent.Exited() {
 		t.Fatalf("the agent died during the flood:\n%s", agent.Output())
 	}
@@ -200,8 +203,13 @@ func TestStreamFloodBounded(t *testing.T) {
 		t.Skip("a 10 s flood")
 	}
 	r := flood(t)
-	t.Logf("RSS %.0f MB before, %.0f MB peak; DNS p50 %v p99 %v over %d queries (%d failed); %d streams opened",
-		r.baseRSSMB, r.peakRSSMB, r.p50, r.p99, r.queries, r.failed, r.streamsOpened)
+	t.Logf("RSS %.0f MB before, %.0f MB peak; DNS p50 %v p99 %v over %d queries (%d failed); %d streams opened; %d log lines",
+		r.baseRSSMB, r.peakRSSMB, r.p50, r.p99, r.queries, r.failed, r.streamsOpened, r.logLines)
+	// Ten a second for streams coming and going, one a second per kind
+	// of refusal, over the 10 s flood: far below one per stream.
+	if r.logLines > 400 {
+		t.Errorf("the agent wrote %d log lines during the flood, want them rate-limited", r.logLines)
+	}
 	if r.peakRSSMB >= maxRSSMB {
 		t.Errorf("agent peak RSS %.0f MB under %d streams, want < %d MB", r.peakRSSMB, floodStreams, maxRSSMB)
 	}
@@ -217,5 +225,6 @@ func BenchmarkStreamFlood(b *testing.B) {
 		b.ReportMetric(float64(r.p99.Microseconds())/1000, "dns_p99_ms")
 		b.ReportMetric(float64(r.p50.Microseconds())/1000, "dns_p50_ms")
 		b.ReportMetric(float64(r.failed), "dns_failed")
+		b.ReportMetric(float64(r.logLines), "log_lines")
 	}
 }

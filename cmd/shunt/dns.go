@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shunt-dev/shunt/dnsproxy"
+	"github.com/shunt-dev/shunt/sockowner"
 )
 
 type dnsFlags struct {
@@ -156,7 +157,8 @@ func runDNS(ctx context.Context, f dnsFlags) error {
 	if tw != nil {
 		go tw.watch(ctx, f.reloadInterval, srv.SetTable)
 	}
-	return srv.Run(ctx)
+	// A port another process holds is an error naming that process.
+	return sockowner.Explain(srv.Run(ctx))
 }
 
 // tableWatcher reloads the table file when its modification time or size

@@ -251,8 +251,10 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 		if err := e.attach(coll, cgFD, nsFD, pinned, &undo, &closers); err != nil {
 			return err
 		}
-		if err := attachTC(e.log, e.netns, e.pinDir, coll.Programs["inbound_tc"], &undo); err != nil {
-			return err
+		if terr := attachTC(e.log, e.netns, e.pinDir, coll.Programs["inbound_tc"], &undo); terr != nil {
+			// sk_lookup still steers to a plain TCP listener (TCX
+			// needs kernel 6.6).
+			e.log.Warn("inbound steering at tc unavailable: an MPTCP inbound listener will not be reached", "err", terr)
 		}
 	}
 

@@ -511,7 +511,9 @@ func (n *Node) attachPod(pod, cg, netnsPath string) error {
 	if !tcAttached(netnsPath, dir) {
 		var undo []func()
 		if err := attachTC(n.log, netnsPath, dir, n.progs["inbound_tc"], &undo); err != nil {
-			return err
+			// sk_lookup still steers to a plain TCP listener (TCX
+			// needs kernel 6.6).
+			n.log.Warn("inbound steering at tc unavailable: an MPTCP inbound listener will not be reached", "netns", netnsPath, "err", err)
 		}
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/shunt-dev/shunt/redirect"
@@ -39,6 +40,9 @@ func New(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, Choice, error
 	inner, ch, err := choose(cfg, log)
 	if err != nil {
 		return nil, ch, err
+	}
+	if r, ok := inner.(redirect.ChoiceRecorder); ok {
+		r.RecordChoice(ch.Reason)
 	}
 	return &Engine{Engine: inner, cfg: cfg, choice: ch, log: log}, ch, nil
 }
@@ -208,6 +212,23 @@ type Engine struct {
 	cfg    *redirect.Config
 	choice Choice
 	log    *slog.Logger
+	// mu guards own: the record file as this engine last wrote it, so
+	// that a long-lived engine's next install skips reading it.
+	mu  sync.Mutex
+	own *fileID
+}
+
+type fileID struct {
+	size int64
+	mod  time.Time
+}
+
+func statRecord(dir string) *fileID {
+	fi, err := os.Stat(filepath.Join(dir, "capture.json"))
+	if err != nil {
+		return nil
+	}
+	return &fileID{size: fi.Size(), mod: fi.ModTime()}
 }
 
 // Inner is the engine itself, for its optional features.
@@ -228,6 +249,16 @@ func (e *Engine) RenderUninstall(ctx context.Context) (map[string]string, error)
 // Install implements redirect.Engine.
 func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	dir := e.cfg.Get("stateDir")
+	e.mu.Lock()
+	own := e.own
+	e.mu.Unlock()
+	if cur := statRecord(dir); own != nil && cur != nil && *cur == *own {
+		// The record is this engine's own, as it left it.
+		if err := e.Engine.Install(ctx, p); err != nil {
+			return err
+		}
+		return e.noteChoice(dir)
+	}
 	prev, err := redirect.LoadState(dir)
 	if err != nil {
 		return err
@@ -292,14 +323,26 @@ func (e *Engine) migrate(ctx context.Context, prev *redirect.State, p *redirect.
 	return e.noteChoice(dir)
 }
 
-// noteChoice adds why the engine was chosen to the record, for status.
+// noteChoice adds why the engine was chosen to the record, for status,
+// unless the engine records it itself, and remembers the record as its own.
 func (e *Engine) noteChoice(dir string) error {
-	st, err := redirect.LoadState(dir)
-	if err != nil || st == nil || st.Chosen == e.choice.Reason {
-		return err
+	if _, ok := e.Engine.(redirect.ChoiceRecorder); !ok {
+		st, err := redirect.LoadState(dir)
+		if err != nil {
+			return err
+		}
+		if st != nil && st.Chosen != e.choice.Reason {
+			st.Chosen = e.choice.Reason
+			if err := redirect.SaveState(dir, st); err != nil {
+				return err
+			}
+		}
 	}
-	st.Chosen = e.choice.Reason
-	return redirect.SaveState(dir, st)
+	id := statRecord(dir)
+	e.mu.Lock()
+	e.own = id
+	e.mu.Unlock()
+	return nil
 }
 
 // Status implements redirect.Engine, adding how the engine was chosen.
@@ -307,6 +350,9 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	s, err := e.Engine.Status(ctx)
 	if err != nil || s == nil {
 		return s, err
+	}
+	if _, ok := e.Engine.(redirect.ChoiceRecorder); ok {
+		return s, nil // the engine says it itself
 	}
 	if st, _ := redirect.LoadState(e.cfg.Get("stateDir")); st != nil && st.Chosen != "" {
 		s.Notes = append([]string{"engine " + st.Engine + ": " + st.Chosen}, s.Notes...)

@@ -45,6 +45,8 @@ type Engine struct {
 	// record nor the table while neither changed.
 	mu   sync.Mutex
 	last *known
+	// chosen is why the engine was chosen, kept in the record.
+	chosen string
 	// corrupt, set by tests, spoils a batch before it is sent, so that
 	// the kernel refuses it.
 	corrupt func(*Ruleset)
@@ -66,6 +68,9 @@ func New(opts Options) *Engine {
 
 // Name implements redirect.Engine.
 func (e *Engine) Name() string { return Name }
+
+// RecordChoice implements redirect.ChoiceRecorder.
+func (e *Engine) RecordChoice(reason string) { e.chosen = reason }
 
 // supportedPlanKeys are the plan fields this engine implements. A field
 // added to the plan later is refused, naming its key, until the engine
@@ -320,7 +325,8 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			next.gen = g
 		}
 	}
-	if prev != nil {
+	st.Chosen = e.chosen
+	if st.Chosen == "" && prev != nil {
 		st.Chosen = prev.Chosen
 	}
 	if err := redirect.SaveState(e.opts.StateDir, st); err != nil {
@@ -476,6 +482,9 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 
 // Status implements redirect.Engine.
 func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
+	if s := e.unchangedStatus(); s != nil {
+		return s, nil
+	}
 	st, err := redirect.LoadState(e.opts.StateDir)
 	if err != nil {
 		return nil, err
@@ -501,6 +510,9 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	}
 	s.Installed = true
 	s.Plan = st.Plan
+	if st.Chosen != "" {
+		s.Notes = append(s.Notes, "engine "+Name+": "+st.Chosen)
+	}
 	s.Notes = append(s.Notes, st.Skipped...)
 	if st.Plan != nil && st.Plan.ResolvConf != "" {
 		s.Notes = append(s.Notes, "nameservers read from "+st.Plan.ResolvConf)
@@ -554,6 +566,34 @@ func elementDrift(want, live []setSnap) []string {
 		}
 	}
 	return out
+}
+
+// unchangedStatus is the status of a long-lived engine (the agent's
+// reconcile loop asks every period) when neither its record nor the
+// ruleset changed since its last install: the nftables generation proves
+// the table is as recorded without reading its sets. Nil when that is not
+// known; the caller then reads everything.
+func (e *Engine) unchangedStatus() *redirect.Status {
+	k := e.cached()
+	if k == nil || k.gen == 0 {
+		return nil
+	}
+	gc, err := dialGen(e.opts.NetnsPath)
+	if err != nil {
+		return nil
+	}
+	defer gc.Close()
+	g, err := gc.get()
+	if err != nil || g != k.gen {
+		return nil
+	}
+	s := &redirect.Status{Engine: Name, Installed: true, Plan: k.st.Plan}
+	if k.st.Chosen != "" {
+		s.Notes = append(s.Notes, "engine "+Name+": "+k.st.Chosen)
+	}
+	s.Notes = append(s.Notes, k.st.Skipped...)
+	s.Notes = append(s.Notes, fmt.Sprintf("nothing was committed to nftables since this engine's last change (generation %d)", g))
+	return s
 }
 
 // sections lists each set's size and each chain's rules.

@@ -98,6 +98,11 @@ func TestIntervalsMergeAndEndElements(t *testing.T) {
 	if len(all.elems) != 1 || all.elems[0].IntervalEnd || all.text()[0] != "::/0" {
 		t.Errorf("::/0 gives %v %v", all.text(), all.elems)
 	}
+	// Touching at a byte boundary, and a mapped IPv4 prefix in the IPv4 set.
+	tb := newAddrSet("tb", v4, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("10.0.1.0/24"), netip.MustParsePrefix("::ffff:10.0.3.0/120")})
+	if got := strings.Join(tb.text(), ", "); got != "10.0.0.0/23, 10.0.3.0/24" {
+		t.Errorf("touching and mapped prefixes: %q", got)
+	}
 	r := newAddrSet("r", v4, []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32"), netip.MustParsePrefix("10.0.0.2/31")})
 	if r.text()[0] != "10.0.0.1-10.0.0.3" {
 		t.Errorf("range printed %q", r.text())

@@ -67,17 +67,6 @@ type set struct {
 // span is an inclusive range of big-endian keys of one length.
 type span struct{ lo, hi []byte }
 
-func next(b []byte) (out []byte, overflow bool) {
-	out = slices.Clone(b)
-	for i := len(out) - 1; i >= 0; i-- {
-		out[i]++
-		if out[i] != 0 {
-			return out, false
-		}
-	}
-	return out, true
-}
-
 // merge sorts spans and joins those that overlap or touch: the kernel
 // refuses overlapping intervals, and touching ones are one interval.
 func merge(spans []span) []span {
@@ -91,8 +80,7 @@ func merge(spans []span) []span {
 	for _, s := range spans {
 		if n := len(out); n > 0 {
 			last := &out[n-1]
-			after, overflow := next(last.hi)
-			if overflow || bytes.Compare(s.lo, after) <= 0 {
+			if reaches(last.hi, s.lo) {
 				if bytes.Compare(s.hi, last.hi) > 0 {
 					last.hi = s.hi
 				}
@@ -104,21 +92,54 @@ func merge(spans []span) []span {
 	return out
 }
 
+// reaches reports whether lo is at most hi+1: a span starting at lo
+// overlaps or touches one ending at hi.
+func reaches(hi, lo []byte) bool {
+	if bytes.Compare(lo, hi) <= 0 {
+		return true
+	}
+	// lo == hi+1: from the right, hi's trailing 0xff bytes are lo's 0x00,
+	// then one byte one higher, then equal bytes.
+	i := len(hi) - 1
+	for i >= 0 && hi[i] == 0xff && lo[i] == 0 {
+		i--
+	}
+	return i >= 0 && lo[i] == hi[i]+1 && bytes.Equal(lo[:i], hi[:i])
+}
+
 // intervalElements turns merged spans into the element list nft sends for
 // an interval set: an interval-end element at zero when the first span
 // does not start there, then each span's start and the key after its end.
 func intervalElements(spans []span) []nftables.SetElement {
-	var out []nftables.SetElement
+	out := make([]nftables.SetElement, 0, 2*len(spans)+1)
 	if len(spans) > 0 && !isZero(spans[0].lo) {
 		out = append(out, nftables.SetElement{Key: make([]byte, len(spans[0].lo)), IntervalEnd: true})
 	}
+	var arena []byte
+	if len(spans) > 0 {
+		arena = make([]byte, 0, len(spans)*len(spans[0].hi))
+	}
 	for _, s := range spans {
 		out = append(out, nftables.SetElement{Key: s.lo})
-		if end, overflow := next(s.hi); !overflow {
+		start := len(arena)
+		arena = append(arena, s.hi...)
+		end := arena[start:len(arena):len(arena)]
+		if increment(end) {
 			out = append(out, nftables.SetElement{Key: end, IntervalEnd: true})
 		}
 	}
 	return out
+}
+
+// increment adds one to b in place; false when it overflowed.
+func increment(b []byte) bool {
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i]++
+		if b[i] != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func isZero(b []byte) bool {
@@ -130,19 +151,24 @@ func isZero(b []byte) bool {
 	return true
 }
 
-func prefixSpan(p netip.Prefix, n int) span {
+// prefixSpanIn is the span of a prefix, its keys (n bytes each) in buf.
+func prefixSpanIn(buf []byte, p netip.Prefix, n int) span {
 	p = p.Masked()
 	a := p.Addr()
-	var lo []byte
+	lo, hi := buf[:n:n], buf[n:2*n:2*n]
 	if n == 4 {
 		b := a.Unmap().As4()
-		lo = b[:]
+		copy(lo, b[:])
 	} else {
 		b := a.As16()
-		lo = b[:]
+		copy(lo, b[:])
 	}
-	hi := slices.Clone(lo)
-	for bit := p.Bits(); bit < n*8; bit++ {
+	copy(hi, lo)
+	bits := p.Bits()
+	if p.Addr().Is4In6() && n == 4 {
+		bits -= 96
+	}
+	for bit := bits; bit < n*8; bit++ {
 		hi[bit/8] |= 0x80 >> (bit % 8)
 	}
 	return span{lo: lo, hi: hi}
@@ -189,10 +215,11 @@ func newAddrSet(name string, f fam, prefixes []netip.Prefix) *set {
 	if f.v6 {
 		s.kind, n = kindAddr6, 16
 	}
-	var spans []span
-	for _, p := range prefixes {
+	buf := make([]byte, 2*n*len(prefixes))
+	spans := make([]span, 0, len(prefixes))
+	for i, p := range prefixes {
 		if p.Addr().Unmap().Is6() == f.v6 {
-			spans = append(spans, prefixSpan(p, n))
+			spans = append(spans, prefixSpanIn(buf[2*n*i:2*n*(i+1)], p, n))
 		}
 	}
 	spans = merge(spans)

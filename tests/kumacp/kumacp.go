@@ -261,11 +261,19 @@ func (cp *CP) Get(path string, v any) error {
 // DataplaneToken issues a dataplane token for name in mesh.
 func (cp *CP) DataplaneToken(meshName, name string) string {
 	cp.t.Helper()
-	b, err := cp.Do("POST", "/tokens/dataplane", map[string]any{"name": name, "mesh": meshName})
-	if err != nil {
-		cp.t.Fatal(err)
+	// kuma-cp creates a mesh's signing key shortly after the Mesh; until
+	// then it answers 404.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		b, err := cp.Do("POST", "/tokens/dataplane", map[string]any{"name": name, "mesh": meshName})
+		if err == nil {
+			return strings.TrimSpace(string(b))
+		}
+		if time.Now().After(deadline) {
+			cp.t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	return strings.TrimSpace(string(b))
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
