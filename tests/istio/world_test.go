@@ -2,16 +2,15 @@ package istio_test
 
 import (
 	"context"
-	"io"
 	"net"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/shunt-dev/shunt/tests/istiod"
+	"github.com/shunt-dev/shunt/tests/peers"
 	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
@@ -45,51 +44,13 @@ func newWorld(t *testing.T) *world {
 	podI, inetP := testenv.Link(t, w.pod, w.internet, 1)
 	testenv.AddDefaultRoute(t, podI, inetP)
 	w.pod.WriteResolvConf("nameserver " + internetIP + "\n")
-	w.relay(istiod.XDSAddr)
+	peers.Relay(t, w.pod, istiod.XDSAddr, w.cp.Dial)
 	t.Cleanup(func() {
 		if t.Failed() && w.agent != nil {
 			t.Logf("shunt output:\n%s", w.agent.Output())
 		}
 	})
 	return w
-}
-
-// relay makes istiod's xDS port reachable at the same address inside the
-// pod: each connection accepted there is joined, by the test process, to a
-// new connection inside istiod's namespace, which keeps nothing but lo.
-func (w *world) relay(addr string) {
-	var ln net.Listener
-	if err := w.pod.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		w.t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	w.t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				up, err := w.cp.Dial(ctx, addr)
-				cancel()
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
-				<-done
-			}()
-		}
-	}()
 }
 
 // startShunt runs `shunt run` against istiod as the sidecar of pod, the
