@@ -22,7 +22,11 @@ type world struct {
 func newWorld(t *testing.T) *world {
 	t.Helper()
 	w := &world{}
-	w.World = peers.NewWorld(t, "i", istiod.XDSAddr, func() peers.Dialer { w.cp = istiod.Start(t); return w.cp })
+	w.World = peers.NewWorld(t, "i", istiod.XDSAddr, func() peers.Dialer {
+		t.Helper()
+		w.cp = istiod.Start(t)
+		return w.cp
+	})
 	return w
 }
 

@@ -32,7 +32,11 @@ type world struct {
 func newWorld(t *testing.T, opts kumacp.Options) *world {
 	t.Helper()
 	w := &world{}
-	w.World = peers.NewWorld(t, "k", kumacp.XDSAddr, func() peers.Dialer { w.cp = kumacp.Start(t, opts); return w.cp })
+	w.World = peers.NewWorld(t, "k", kumacp.XDSAddr, func() peers.Dialer {
+		t.Helper()
+		w.cp = kumacp.Start(t, opts)
+		return w.cp
+	})
 	w.Internet.MustRun("ip", "addr", "add", otherIP+"/24", "dev", w.InternetEnd.Dev)
 	testenv.ServeHTTP(t, w.Internet, "0.0.0.0:80", "internet\n")
 	return w
