@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/shunt-dev/shunt/tests/kumacp"
+	"github.com/shunt-dev/shunt/tests/peers"
 )
 
 // kuma-cp over incremental xDS (shunt run --xds-delta): the names resolve
@@ -20,7 +21,7 @@ func TestKumaCPDeltaXDS(t *testing.T) {
 	w.waitResolves(t, 20*time.Second, "dp-1", "httpbin.mesh", "httpbin.org")
 
 	w.cp.Put("/meshes/default/external-services/example", externalService("example", "example.com:443"))
-	waitFor(t, 20*time.Second, "kuma-cp to allocate example.com a VIP", func() bool { return len(w.vips("dp-1")["example.com"]) > 0 })
+	peers.WaitFor(t, 20*time.Second, "kuma-cp to allocate example.com a VIP", func() bool { return len(w.vips("dp-1")["example.com"]) > 0 })
 	allocated := time.Now()
 	// kuma-cp sends the change on its refresh schedule (about 2 s here);
 	// the SotW test holds the 2 s budget, this one leaves slack for it.
@@ -28,8 +29,8 @@ func TestKumaCPDeltaXDS(t *testing.T) {
 	t.Logf("example.com answered %v after kuma-cp allocated its VIP", answered.Sub(allocated).Round(time.Millisecond))
 	vip, _ := byFamily(w.vips("dp-1")["example.com"])
 	w.cp.Delete("/meshes/default/external-services/example")
-	waitFor(t, 5*time.Second, "example.com to stop resolving to its VIP", func() bool {
-		got, _ := byFamily(w.dig("A", "example.com"))
+	peers.WaitFor(t, 5*time.Second, "example.com to stop resolving to its VIP", func() bool {
+		got, _ := byFamily(w.Dig("A", "example.com"))
 		return !slices.Contains(got, vip[0])
 	})
 	// kuma-cp's own word: one stream for the node, incremental.
@@ -42,7 +43,7 @@ func TestKumaCPDeltaXDS(t *testing.T) {
 	}
 
 	// With no socket, the proxy holds the delta stream for shunt alone.
-	w.stopShunt()
+	w.StopShunt()
 	w.startShunt("dp-2", "--xds-delta", "--xds-socket", "off")
 	w.waitResolves(t, 20*time.Second, "dp-2", "httpbin.mesh", "httpbin.org")
 	if c := strings.Count(w.cp.Log(), `"mode": "DELTA_GRPC"`); c < 3 {
