@@ -295,6 +295,17 @@ func rejectUnreachable(f fam) term {
 	return term{"reject with icmp port-unreachable", append(nfprotoDep(f), &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3})}
 }
 
+// icmpv6TypeHopLimit matches an ICMPv6 message type sent with the given hop
+// limit: neighbour discovery (255, RFC 4861) and MLD (1, RFC 3810) are only
+// valid with theirs, so nothing else passes as one.
+func icmpv6TypeHopLimit(name string, typ, hl byte) term {
+	t := icmpv6Type(name, typ)
+	t.text += fmt.Sprintf(" ip6 hoplimit %d", hl)
+	t.exprs = append(t.exprs,
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 7, Len: 1}, cmpEq([]byte{hl}))
+	return t
+}
+
 // icmpv6Type matches an ICMPv6 message type.
 func icmpv6Type(name string, typ byte) term {
 	ex := append(nfprotoDep(v6), metaLoad(expr.MetaKeyL4PROTO), cmpEq([]byte{unix.IPPROTO_ICMPV6}),

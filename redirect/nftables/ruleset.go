@@ -188,10 +188,24 @@ func Render(p *redirect.Plan) *Ruleset {
 			c.add(ifname(false, "lo"), ret())
 			if f.v6 {
 				// Neighbour discovery runs through the output hook
-				// too: refused, no IPv6 address on the link would
-				// be reachable, allowed ones included.
-				c.add(icmpv6Type("nd-neighbor-solicit", 135), ret())
-				c.add(icmpv6Type("nd-neighbor-advert", 136), ret())
+				// too, to multicast addresses no plan allows and
+				// untracked by conntrack: refused, no IPv6 address
+				// on the link would be reachable, allowed ones
+				// included. MLD reports keep snooping bridges
+				// delivering solicitations. Only the hop limits the
+				// RFCs require pass, as in the iptables engine.
+				for _, m := range []struct {
+					name    string
+					typ, hl byte
+				}{
+					{"nd-router-solicit", 133, 255}, {"nd-router-advert", 134, 255},
+					{"nd-neighbor-solicit", 135, 255}, {"nd-neighbor-advert", 136, 255},
+					{"nd-redirect", 137, 255},
+					{"mld-listener-report", 131, 1}, {"mld-listener-done", 132, 1},
+					{"mld2-listener-report", 143, 1},
+				} {
+					c.add(icmpv6TypeHopLimit(m.name, m.typ, m.hl), ret())
+				}
 			}
 			// What capture redirected still carries the interface its
 			// first route chose: recognise it by its NAT state.
