@@ -3,11 +3,13 @@
 //
 //	go test -bench . -benchtime 20x ./bench/nftables
 //
-// BenchmarkWholeProcessInstall: `shunt install` of the default plan (both
-// families) as an init container runs it, against `nft -f` of the same
+// BenchmarkWholeProcessInstall: `shunt install` (the lean build, as the
+// init container ships it) of the default plan (both families) as an init
+// container runs it, against `nft -f` of the same
 // ruleset and against shunt's iptables engine (targets ≤ 1.2× and ≤ 0.5×).
 // BenchmarkExcludedCIDRs: connection cost with 10 and 10,000 excluded
 // CIDRs (target: flat) and the time to add one prefix to 10,000 (< 5 ms).
+// BenchmarkAddOnePrefix: that change alone, repeated, for -cpuprofile.
 package nftables_test
 
 import (
@@ -48,8 +50,11 @@ func BenchmarkWholeProcessInstall(b *testing.B) {
 	nft := testenv.RequireBinary(b, "nft")
 	testenv.RequireBinary(b, "iptables-nft-restore")
 	dir := b.TempDir()
-	shunt := filepath.Join(dir, "shunt")
-	if err := testenv.BuildShunt(shunt); err != nil {
+	// The init container ships the lean build (-tags lean), as
+	// bench/startup measures it: the full build's package initialisation
+	// alone costs more than the install.
+	shunt := filepath.Join(dir, "shunt-lean")
+	if err := testenv.BuildShuntLean(shunt); err != nil {
 		b.Fatal(err)
 	}
 	resolv := filepath.Join(dir, "resolv.conf")
@@ -219,4 +224,39 @@ func BenchmarkExcludedCIDRs(b *testing.B) {
 	b.ReportMetric(ms(median(add)), "add-one-ms")
 	b.Logf("per connection: nftables 10 CIDRs %v, 10,000 %v (ratio %.2f, target flat); iptables 10 %v, 10,000 %v (ratio %.2f); adding one prefix to 10,000: median %v (target < 5ms)",
 		median(c10), median(c10k), float64(median(c10k))/float64(median(c10)), median(ipt10), median(ipt10k), float64(median(ipt10k))/float64(median(ipt10)), median(add))
+}
+
+// BenchmarkAddOnePrefix is the change path alone: a long-lived engine (the
+// agent's) holding 10,000 excluded CIDRs installs a plan with one more
+// prefix each iteration. ns/op is one such change, netlink batch and
+// record included; run it with -cpuprofile to see where shunt's part goes.
+func BenchmarkAddOnePrefix(b *testing.B) {
+	testenv.RequireRoot(b)
+	pod := testenv.NewNetns(b, "bap")
+	cfg := redirect.NewConfig()
+	_ = cfg.Set("noDNS", "true", "bench")
+	base, err := cfg.Plan(redirect.OSHost{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	eng := nftables.New(nftables.Options{NetnsPath: pod.Path(), StateDir: b.TempDir(), LockDir: b.TempDir()})
+	p := base.Clone()
+	p.ExcludeOutboundCIDRs = prefixes(10000)
+	if err := eng.Install(ctx, p); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = eng.Uninstall(ctx) })
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		next := p.Clone()
+		next.ExcludeOutboundCIDRs = append(next.ExcludeOutboundCIDRs,
+			netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)}), 32))
+		b.StartTimer()
+		if err := eng.Install(ctx, next); err != nil {
+			b.Fatal(err)
+		}
+		p = next
+	}
 }
