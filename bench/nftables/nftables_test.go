@@ -39,6 +39,13 @@ func median(d []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
+// spread is the first and third quartiles, for the logs.
+func spread(d []time.Duration) string {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return fmt.Sprintf("[q1 %v, q3 %v, n %d]", s[len(s)/4].Round(10*time.Microsecond), s[3*len(s)/4].Round(10*time.Microsecond), len(s))
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // BenchmarkWholeProcessInstall times whole processes, each in a fresh
@@ -113,6 +120,7 @@ func BenchmarkWholeProcessInstall(b *testing.B) {
 	b.ReportMetric(float64(median(sNft))/float64(median(sIpt)), "vs-iptables")
 	b.Logf("median whole-process install: shunt nftables %v, nft -f %v (ratio %.2f, target ≤ 1.2), shunt iptables %v (ratio %.2f, target ≤ 0.5); shunt --dry-run (start-up, no kernel change) %v",
 		median(sNft), median(raw), float64(median(sNft))/float64(median(raw)), median(sIpt), float64(median(sNft))/float64(median(sIpt)), median(none))
+	b.Logf("quartiles: shunt nftables %s, nft -f %s, shunt iptables %s, --dry-run %s", spread(sNft), spread(raw), spread(sIpt), spread(none))
 }
 
 // prefixes returns n distinct /32s in 100.64.0.0/10, then extra.
@@ -238,6 +246,7 @@ func BenchmarkExcludedCIDRs(b *testing.B) {
 	b.ReportMetric(ms(median(add)), "add-one-ms")
 	b.Logf("per connection: nftables 10 CIDRs %v, 10,000 %v (ratio %.2f, target flat); iptables 10 %v, 10,000 %v (ratio %.2f); adding one prefix to 10,000: median %v (target < 5ms)",
 		median(c10), median(c10k), float64(median(c10k))/float64(median(c10)), median(ipt10), median(ipt10k), float64(median(ipt10k))/float64(median(ipt10)), median(add))
+	b.Logf("quartiles: adding one prefix %s", spread(add))
 }
 
 // BenchmarkAddOnePrefix is the change path alone: a long-lived engine (the
