@@ -16,14 +16,14 @@ echo "== lint"
 "$top/scripts/lint.sh"
 
 # Packages whose goroutines share state run under the race detector.
-race=(./dnsproxy/... ./xdsclient/... ./controlplane/... ./agent/... ./redirect/... ./envoy/...)
+race=(./dnsproxy/... ./xdsclient/... ./xdsproxy/... ./controlplane/... ./agent/... ./redirect/... ./envoy/... ./rulewatch/...)
 status=0
 echo "== go test -race ${race[*]}"
 go test -race -count=1 -timeout 15m "${race[@]}" || status=1
 
 echo "== go test (everything else)"
 module=$(go list -m)
-mapfile -t rest < <(go list ./... | grep -v -E "^$module/(dnsproxy|xdsclient|controlplane|agent|redirect|envoy)(/|\$)")
+mapfile -t rest < <(go list ./... | grep -v -E "^$module/(dnsproxy|xdsclient|xdsproxy|controlplane|agent|redirect|envoy|rulewatch)(/|\$)")
 go test -count=1 -p 2 -timeout 20m "${rest[@]}" || status=1
 
 # A module of its own, so that shunt never depends on istio.io/istio: the

@@ -142,6 +142,45 @@ const DefaultKeepaliveTime = 30 * time.Second
 // OpenStream dials cfg.Server (TLS, token, keepalive as configured) and
 // opens an ADS stream on it; the connection closes when ctx ends.
 func OpenStream(ctx context.Context, cfg Config) (ADSStream, error) {
+	ctx, conn, err := dial(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("open ADS stream to %s: %w", cfg.Server, err)
+	}
+	context.AfterFunc(ctx, func() { conn.Close() })
+	return hintStream{stream, cfg}, nil
+}
+
+// DeltaADSStream is the client side of an incremental (delta) ADS stream.
+type DeltaADSStream interface {
+	Send(*discoveryv3.DeltaDiscoveryRequest) error
+	Recv() (*discoveryv3.DeltaDiscoveryResponse, error)
+}
+
+// OpenDeltaStream is OpenStream for incremental ADS
+// (DeltaAggregatedResources), with the same dialing, TLS, token and
+// keepalive; the connection closes when ctx ends.
+func OpenDeltaStream(ctx context.Context, cfg Config) (DeltaADSStream, error) {
+	ctx, conn, err := dial(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("open delta ADS stream to %s: %w", cfg.Server, err)
+	}
+	context.AfterFunc(ctx, func() { conn.Close() })
+	return deltaHintStream{stream, cfg}, nil
+}
+
+// dial makes the connection to cfg.Server and the context (with the token)
+// its streams open with.
+func dial(ctx context.Context, cfg Config) (context.Context, *grpc.ClientConn, error) {
 	var creds credentials.TransportCredentials = insecure.NewCredentials()
 	if cfg.TLS != nil {
 		creds = credentials.NewTLS(cfg.TLS.Clone())
@@ -149,7 +188,7 @@ func OpenStream(ctx context.Context, cfg Config) (ADSStream, error) {
 	if cfg.TokenFile != "" {
 		tok, err := readToken(cfg.TokenFile)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if !cfg.TokenRaw {
 			tok = "Bearer " + tok
@@ -175,15 +214,9 @@ func OpenStream(ctx context.Context, cfg Config) (ADSStream, error) {
 	}
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", cfg.Server, err)
+		return nil, nil, fmt.Errorf("dial %s: %w", cfg.Server, err)
 	}
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("open ADS stream to %s: %w", cfg.Server, err)
-	}
-	context.AfterFunc(ctx, func() { conn.Close() })
-	return hintStream{stream, cfg}, nil
+	return ctx, conn, nil
 }
 
 // SettleDelay is how long the client waits for the rest of a change whose
@@ -215,6 +248,20 @@ type hintStream struct {
 
 func (h hintStream) Recv() (*discoveryv3.DiscoveryResponse, error) {
 	r, err := h.AggregatedDiscoveryService_StreamAggregatedResourcesClient.Recv()
+	if err != nil {
+		return nil, authHint(h.cfg, err)
+	}
+	return r, nil
+}
+
+// deltaHintStream is hintStream for a delta stream.
+type deltaHintStream struct {
+	discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	cfg Config
+}
+
+func (h deltaHintStream) Recv() (*discoveryv3.DeltaDiscoveryResponse, error) {
+	r, err := h.AggregatedDiscoveryService_DeltaAggregatedResourcesClient.Recv()
 	if err != nil {
 		return nil, authHint(h.cfg, err)
 	}

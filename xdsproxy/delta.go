@@ -13,7 +13,8 @@ import (
 )
 
 // deltaAdapter lets an Envoy that speaks incremental xDS (delta ADS) use the
-// proxy, whose upstream stream and state are state of the world: Envoy's
+// proxy, whose state is state of the world (a delta upstream is turned
+// into full sets by deltaUpstream): Envoy's
 // delta requests become the SotW requests the proxy forwards (its
 // subscriptions, and its ACK or NACK of a response by nonce), and each SotW
 // response becomes the delta response of what changed since what Envoy

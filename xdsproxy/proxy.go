@@ -9,7 +9,9 @@
 // version Envoy rejects is never adopted by shunt either. With no Envoy
 // connected, shunt's client is the one that answers (direct mode). The last
 // responses are kept: a reconnecting Envoy gets them at once, and while the
-// control plane is unreachable both keep what they have.
+// control plane is unreachable both keep what they have. The upstream
+// stream is state of the world or, with Config.DeltaUpstream, incremental
+// (see deltaUpstream); downstreams may speak either.
 package xdsproxy
 
 import (
@@ -33,6 +35,11 @@ type Config struct {
 	// Upstream opens a stream to the control plane; the stream ends
 	// with ctx. xdsclient.OpenStream with the control plane's settings.
 	Upstream func(ctx context.Context) (xdsclient.ADSStream, error)
+	// DeltaUpstream, instead of Upstream, opens an incremental (delta)
+	// ADS stream: xdsclient.OpenDeltaStream. The proxy keeps the sets
+	// the deltas build up and serves its downstreams as it does for a
+	// SotW upstream.
+	DeltaUpstream func(ctx context.Context) (xdsclient.DeltaADSStream, error)
 	// Server names the control plane in logs.
 	Server string
 	// NodeID is this node's id; a downstream that names another is
@@ -121,6 +128,12 @@ type upstream struct {
 
 // New checks cfg.
 func New(cfg Config) (*Proxy, error) {
+	if cfg.Upstream != nil && cfg.DeltaUpstream != nil {
+		return nil, errors.New("xdsproxy: give Upstream or DeltaUpstream, not both")
+	}
+	if cfg.DeltaUpstream != nil {
+		cfg.Upstream = newDeltaState().wrap(cfg.DeltaUpstream)
+	}
 	if cfg.Upstream == nil {
 		return nil, errors.New("xdsproxy: no upstream")
 	}

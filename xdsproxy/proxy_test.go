@@ -51,6 +51,18 @@ type upstreamServer struct {
 	streams  int
 	open     int
 	requests []*discoveryv3.DiscoveryRequest
+	// deltaRequests are the incremental streams' requests, with the
+	// stream each came on.
+	deltaRequests []deltaRequest
+	gen           int
+}
+
+// deltaRequest is a delta request with its stream: the server's
+// generation (serve calls) and its id there.
+type deltaRequest struct {
+	stream int64
+	gen    int
+	req    *discoveryv3.DeltaDiscoveryRequest
 }
 
 func startUpstream(t *testing.T, addr string) *upstreamServer {
@@ -62,6 +74,10 @@ func startUpstream(t *testing.T, addr string) *upstreamServer {
 
 func (s *upstreamServer) serve(t *testing.T, addr string) {
 	t.Helper()
+	s.mu.Lock()
+	s.gen++
+	gen := s.gen
+	s.mu.Unlock()
 	cb := serverv3.CallbackFuncs{
 		StreamOpenFunc: func(context.Context, int64, string) error {
 			s.mu.Lock()
@@ -74,6 +90,24 @@ func (s *upstreamServer) serve(t *testing.T, addr string) {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			s.open--
+		},
+		DeltaStreamOpenFunc: func(context.Context, int64, string) error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.streams++
+			s.open++
+			return nil
+		},
+		DeltaStreamClosedFunc: func(int64, *corev3.Node) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.open--
+		},
+		StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.deltaRequests = append(s.deltaRequests, deltaRequest{id, gen, req})
+			return nil
 		},
 		StreamRequestFunc: func(_ int64, req *discoveryv3.DiscoveryRequest) error {
 			s.mu.Lock()
@@ -237,14 +271,28 @@ func newWorld(t *testing.T) *world {
 // newWorldAt is newWorld with the socket given to uid:gid.
 func newWorldAt(t *testing.T, uid, gid uint32) *world {
 	t.Helper()
+	return newWorldWith(t, uid, gid, false)
+}
+
+// newWorldWith is newWorldAt with, if delta, the upstream stream
+// incremental.
+func newWorldWith(t *testing.T, uid, gid uint32, delta bool) *world {
+	t.Helper()
 	w := &world{t: t, up: startUpstream(t, "127.0.0.1:0"), sock: SocketPath(shortTempDir(t))}
 	w.up.set(t, "1", "240.0.0.1")
 	upCfg := xdsclient.Config{Server: w.up.addr, NodeID: nodeID}
-	p, err := New(Config{
-		Upstream: func(ctx context.Context) (xdsclient.ADSStream, error) { return xdsclient.OpenStream(ctx, upCfg) },
-		Server:   w.up.addr, NodeID: nodeID, Logger: quiet(),
+	cfg := Config{
+		Server: w.up.addr, NodeID: nodeID, Logger: quiet(),
 		Backoff: xdsclient.BackoffConfig{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond},
-	})
+	}
+	if delta {
+		cfg.DeltaUpstream = func(ctx context.Context) (xdsclient.DeltaADSStream, error) {
+			return xdsclient.OpenDeltaStream(ctx, upCfg)
+		}
+	} else {
+		cfg.Upstream = func(ctx context.Context) (xdsclient.ADSStream, error) { return xdsclient.OpenStream(ctx, upCfg) }
+	}
+	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

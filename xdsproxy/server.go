@@ -17,8 +17,8 @@ import (
 )
 
 // Serve serves ADS to the local proxy on ln (the socket Listen made) until
-// ctx ends, state of the world or incremental (delta) as the proxy asks;
-// upstream, the proxy always speaks state of the world.
+// ctx ends, state of the world or incremental (delta) as the proxy asks,
+// whichever the upstream stream is (Config.DeltaUpstream).
 func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	g := grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),

@@ -12,6 +12,10 @@ import (
 // look.
 var scalePods = max(10, envInt("SHUNT_BENCH_PODS", 200))
 
+// agentWindow is how long the node agent's CPU at rest is measured: two of
+// its default 10 s scans.
+const agentWindow = 20 * time.Second
+
 // TestNodeScale fills a node: scalePods pods added one after another
 // through the chain with shunt and kept, one node per engine. Before or
 // after each (alternately), a probe pod is added through the bridge-only
@@ -22,6 +26,7 @@ var scalePods = max(10, envInt("SHUNT_BENCH_PODS", 200))
 func TestNodeScale(t *testing.T) {
 	requireBench(t)
 	b := build(t)
+	agentBin := buildAgent(t, b)
 	type run struct {
 		chain      string
 		lat, probe []time.Duration
@@ -82,6 +87,13 @@ func TestNodeScale(t *testing.T) {
 			}
 			if fi, err := os.Stat(b.shunt); err == nil {
 				t.Logf("plugin binary (lean build): %.1f MiB", float64(fi.Size())/(1<<20))
+			}
+			// The node agent at rest on the filled node, 200 pods enrolled.
+			if rss, cpu, err := agentAtRest(t, n, agentBin, chain, agentWindow); err != nil {
+				t.Errorf("node agent: %v", err)
+			} else {
+				t.Logf("node agent (shunt node) at rest with %d pods: RSS %.1f MiB, CPU %.0f ms over %s (%.2f %% of a core)",
+					k, float64(rss)/1024, ms(cpu), agentWindow, 100*float64(cpu)/float64(agentWindow))
 			}
 			runs = append(runs, r)
 			// The pods' cleanups delete them, in reverse order.

@@ -55,7 +55,7 @@ forward every other name to the workload's resolvers (from --resolv-conf or
 	fl.StringVar(&f.resolvConf, "resolv-conf", "/etc/resolv.conf", "the workload's original resolv.conf: upstreams and search domains")
 	fl.DurationVar(&f.ttl, "ttl", dnsproxy.DefaultTTL, "TTL of table answers")
 	fl.IntVar(&f.cacheSize, "cache-size", 10000, "maximum cached forwarded answers (0 disables the cache)")
-	fl.BoolVar(&f.serveStale, "serve-stale", false, "answer from expired cache entries when every upstream fails (RFC 8767)")
+	fl.BoolVar(&f.serveStale, "serve-stale", false, "answer from expired cache entries when the upstreams have not answered within 1.8 s, at once while they all fail (RFC 8767)")
 	fl.StringVar(&f.unknownNames, "unknown-names", "forward", "names not in the table: forward, nxdomain or refused")
 	fl.StringVar(&f.upstreamMark, "upstream-mark", fmt.Sprintf("%#x", dnsproxy.DefaultUpstreamMark), "SO_MARK on upstream sockets, exempted by the capture rules (0 disables; needs CAP_NET_ADMIN)")
 	fl.DurationVar(&f.hedgeDelay, "hedge-delay", 150*time.Millisecond, "ask the next upstream too when one is silent this long")

@@ -39,6 +39,7 @@ type runFlags struct {
 	xdsToken      string
 	resources     string
 	xdsSocket     string
+	xdsDelta      bool
 	nodeID        string
 	zone          string
 	meshName      string
@@ -89,6 +90,7 @@ the config file and apply it. See docs/agent.md.`,
 	fl.StringVar(&f.xdsToken, "xds-token-file", "", "file holding a bearer token sent to the ADS server, re-read on each connect")
 	fl.StringVar(&f.resources, "resources", "", "directory of resource files served by the embedded control plane (instead of --xds)")
 	fl.StringVar(&f.xdsSocket, "xds-socket", "", `Unix socket serving the node's xDS to the local proxy (default: xds.sock in the state directory; "off": shunt subscribes alone)`)
+	fl.BoolVar(&f.xdsDelta, "xds-delta", false, "hold the upstream ADS stream as incremental (delta) xDS instead of state of the world; the local proxy may speak either")
 	fl.StringVar(&f.nodeID, "node-id", "", "node id sent to the control plane (default: the host name); the local proxy should use the same")
 	fl.StringVar(&f.zone, "zone", "", "zone of this node (sent as its locality)")
 	fl.StringVar(&f.meshName, "mesh", mesh.DefaultMesh, "mesh this node belongs to")
@@ -188,7 +190,9 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	xcfg := upCfg
 	xcfg.StateDir = filepath.Join(stateDir, "agent")
 	var proxy *xdsproxy.Proxy
-	if f.xdsSocket != "off" {
+	// A delta upstream is always held by the proxy: with --xds-socket off
+	// it serves shunt's client alone.
+	if f.xdsSocket != "off" || f.xdsDelta {
 		if proxy, err = startXDSProxy(ctx, f, upCfg, plan, stateDir, log); err != nil {
 			return err
 		}
@@ -419,24 +423,37 @@ func sourceStatus(c *xdsclient.Client, p *xdsproxy.Proxy) agent.SourceStatus {
 	return out
 }
 
-// startXDSProxy serves the node's xDS to the local proxy on the socket and
-// holds the one upstream stream; it runs until ctx ends.
+// startXDSProxy serves the node's xDS to the local proxy on the socket
+// (none with --xds-socket off) and holds the one upstream stream, state of
+// the world or, with --xds-delta, incremental; it runs until ctx ends.
 func startXDSProxy(ctx context.Context, f runFlags, upCfg xdsclient.Config, plan *redirect.Plan, stateDir string, log *slog.Logger) (*xdsproxy.Proxy, error) {
+	pcfg := xdsproxy.Config{
+		Server: upCfg.Server,
+		NodeID: upCfg.NodeID,
+		Logger: log.With("component", "xdsproxy"),
+	}
+	if f.xdsDelta {
+		pcfg.DeltaUpstream = func(ctx context.Context) (xdsclient.DeltaADSStream, error) {
+			return xdsclient.OpenDeltaStream(ctx, upCfg)
+		}
+	} else {
+		pcfg.Upstream = func(ctx context.Context) (xdsclient.ADSStream, error) { return xdsclient.OpenStream(ctx, upCfg) }
+	}
+	p, err := xdsproxy.New(pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("run: %w", err)
+	}
+	if f.xdsSocket == "off" {
+		go func() { _ = p.Run(ctx) }()
+		log.Info("holding a delta xDS stream for shunt alone (--xds-socket off)")
+		return p, nil
+	}
 	path := f.xdsSocket
 	if path == "" {
 		if err := os.MkdirAll(stateDir, 0o755); err != nil {
 			return nil, fmt.Errorf("run: state directory: %w", err)
 		}
 		path = xdsproxy.SocketPath(stateDir)
-	}
-	p, err := xdsproxy.New(xdsproxy.Config{
-		Upstream: func(ctx context.Context) (xdsclient.ADSStream, error) { return xdsclient.OpenStream(ctx, upCfg) },
-		Server:   upCfg.Server,
-		NodeID:   upCfg.NodeID,
-		Logger:   log.With("component", "xdsproxy"),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("run: %w", err)
 	}
 	// The proxy's group is its UID's namesake unless the plan names one,
 	// as with Kuma's 5678:5678.

@@ -281,12 +281,32 @@ func (r *renderer) egress() {
 	r.jump("filter", "OUTPUT", "", chainEgress)
 	e := func(parts ...string) { r.rule("filter", chainEgress, parts...) }
 	e("-o lo -j RETURN")
+	if r.v6 {
+		// Neighbour discovery leaves through OUTPUT too, to
+		// solicited-node multicast addresses no plan allows, and
+		// conntrack leaves it untracked: refused, no address on the
+		// link would resolve, allowed ones included. MLD reports
+		// announce those multicast groups to snooping bridges, which
+		// otherwise stop delivering solicitations once a querier runs.
+		// Only the hop limits RFC 4861 and RFC 3810 require pass (the
+		// kernel sends those; receivers drop the others).
+		//
+		// Router and neighbour solicitation and advertisement, redirect.
+		for _, typ := range []int{133, 134, 135, 136, 137} {
+			e(fmt.Sprintf("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 255 -j RETURN", typ))
+		}
+		// MLDv1 report and done, MLDv2 report.
+		for _, typ := range []int{131, 132, 143} {
+			e(fmt.Sprintf("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 1 -j RETURN", typ))
+		}
+	}
 	// What capture redirected to the proxy or to the DNS interceptor still
 	// carries the interface its first route chose (-o is fixed before the
 	// nat hook rewrites the destination): recognise it by its NAT state.
 	e("-m conntrack --ctstate DNAT -j RETURN")
 	// Connections that were allowed when they started keep going across a
-	// plan change.
+	// plan change. RELATED also lets out the ICMP(v6) errors the stack
+	// sends about a tracked flow (port unreachable, packet too big).
 	e("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
 	for _, c := range redirect.PrefixesOf(p.MeshCIDRs, r.v6) {
 		e("-d " + c.String() + " -j RETURN")

@@ -5,9 +5,7 @@
 package agent_test
 
 import (
-	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/shunt-dev/shunt/tests/testenv"
@@ -17,29 +15,8 @@ type binaries struct{ shunt, meshproxy string }
 
 var bins binaries
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
-
-func run(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		return m.Run() // tests skip themselves with the reason
-	}
-	dir, err := os.MkdirTemp("", "shunt-agent-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	// The proxy stand-in runs as its own user and must be able to execute.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	bins = binaries{shunt: filepath.Join(dir, "shunt"), meshproxy: filepath.Join(dir, "meshproxy")}
-	for out, pkg := range map[string]string{bins.shunt: "github.com/shunt-dev/shunt/cmd/shunt", bins.meshproxy: "github.com/shunt-dev/shunt/tests/standin/meshproxy"} {
-		if err := testenv.BuildPackage(out, pkg); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-	}
-	return m.Run()
+func TestMain(m *testing.M) {
+	os.Exit(testenv.BuildAndRun(m, "agent",
+		testenv.Program{Path: &bins.shunt, Name: "shunt", Pkg: testenv.ShuntPackage},
+		testenv.Program{Path: &bins.meshproxy, Name: "meshproxy", Pkg: "github.com/shunt-dev/shunt/tests/standin/meshproxy"}))
 }

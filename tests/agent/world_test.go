@@ -364,15 +364,7 @@ func (w *world) startEgress() {
 // admin GETs an admin path inside the pod and returns the status code and
 // body.
 func (w *world) admin(path string) (string, string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	out, _ := w.pod.Command(ctx, "curl", "-s", "-w", "\n%{http_code}", "http://"+adminAddr+path).Output()
-	s := strings.TrimRight(string(out), "\n")
-	i := strings.LastIndex(s, "\n")
-	if i < 0 {
-		return s, ""
-	}
-	return s[i+1:], s[:i]
+	return w.pod.GetHTTP(adminAddr, path)
 }
 
 // curl runs curl in the pod as uid and returns its output and error.

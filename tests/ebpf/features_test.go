@@ -175,6 +175,42 @@ func TestEgressLockdownEndpoints(t *testing.T) {
 	}
 }
 
+// Lockdown acts at connect and sendmsg: IPv6 neighbour discovery, which
+// the kernel sends without a socket of the workload's, is not in its way.
+// Neither side has a neighbour entry when each connection starts.
+func TestEgressLockdownIPv6Neighbours(t *testing.T) {
+	pod := ebpftest.NewPod(t)
+	remote := pod.StartRemote("echo-server", "[fd00:1::2]:8080", "[fd00:1::2]:2222")
+	ebpftest.WaitOutput(t, remote, "listening [fd00:1::2]:2222")
+	plan := ebpftest.Plan()
+	plan.CaptureInbound = false
+	plan.Egress = &redirect.Egress{Endpoints: []netip.AddrPort{netip.MustParseAddrPort("[fd00:1::2]:8080")}}
+	pod.Install(plan)
+	flush := func() {
+		pod.NS.MustRun("ip", "-6", "neigh", "flush", "dev", pod.Host.Dev)
+		pod.Remote.MustRun("ip", "-6", "neigh", "flush", "dev", pod.Peer.Dev)
+	}
+
+	flush()
+	out, err := dial(t, pod, proxy, "[fd00:1::2]:8080", "endpoint")
+	if err != nil {
+		t.Fatalf("the proxy to the allowed endpoint over IPv6: %v\n%s\nneighbours: %s", err, out,
+			pod.NS.MustRun("ip", "-6", "neigh", "show", "dev", pod.Host.Dev))
+	}
+	mustContain(t, out, "echo endpoint")
+
+	flush()
+	start := time.Now()
+	out, err = dial(t, pod, proxy, "[fd00:1::2]:2222", "other-port")
+	if err == nil {
+		t.Fatalf("the proxy reached another port of the endpoint's address:\n%s", out)
+	}
+	mustContain(t, out, "operation not permitted")
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("failing took %s:\n%s", d, out)
+	}
+}
+
 func TestInbound(t *testing.T) {
 	pod := ebpftest.NewPod(t)
 	pod.Remote.MustRun("ip", "addr", "add", "10.1.0.3/24", "dev", pod.Peer.Dev)

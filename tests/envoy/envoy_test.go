@@ -28,31 +28,10 @@ const (
 
 var shunt, fakeEnvoy string
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
-
-func run(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		return m.Run() // tests skip themselves with the reason
-	}
-	dir, err := os.MkdirTemp("", "shunt-envoy-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	// The proxy runs as its own user and must be able to execute.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	shunt, fakeEnvoy = filepath.Join(dir, "shunt"), filepath.Join(dir, "envoy")
-	for out, pkg := range map[string]string{shunt: "github.com/shunt-dev/shunt/cmd/shunt", fakeEnvoy: "github.com/shunt-dev/shunt/tests/standin/fakeenvoy"} {
-		if err := testenv.BuildPackage(out, pkg); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-	}
-	return m.Run()
+func TestMain(m *testing.M) {
+	os.Exit(testenv.BuildAndRun(m, "envoy",
+		testenv.Program{Path: &shunt, Name: "shunt", Pkg: testenv.ShuntPackage},
+		testenv.Program{Path: &fakeEnvoy, Name: "envoy", Pkg: "github.com/shunt-dev/shunt/tests/standin/fakeenvoy"}))
 }
 
 type world struct {
@@ -110,15 +89,7 @@ func (w *world) command(extra ...string) *exec.Cmd {
 }
 
 func (w *world) admin(path string) (string, string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	out, _ := w.pod.Command(ctx, "curl", "-s", "-w", "\n%{http_code}", "http://"+adminAddr+path).Output()
-	s := strings.TrimRight(string(out), "\n")
-	i := strings.LastIndex(s, "\n")
-	if i < 0 {
-		return s, ""
-	}
-	return s[i+1:], s[:i]
+	return w.pod.GetHTTP(adminAddr, path)
 }
 
 func (w *world) waitFor(what string, f func() bool) {

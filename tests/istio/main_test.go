@@ -5,9 +5,7 @@
 package istio_test
 
 import (
-	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/shunt-dev/shunt/tests/testenv"
@@ -15,22 +13,6 @@ import (
 
 var shuntBin string
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
-
-func run(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		return m.Run() // tests skip themselves with the reason
-	}
-	dir, err := os.MkdirTemp("", "shunt-istio-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	shuntBin = filepath.Join(dir, "shunt")
-	if err := testenv.BuildShunt(shuntBin); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return m.Run()
+func TestMain(m *testing.M) {
+	os.Exit(testenv.BuildAndRun(m, "istio", testenv.Program{Path: &shuntBin, Name: "shunt", Pkg: testenv.ShuntPackage}))
 }

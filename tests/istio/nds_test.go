@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shunt-dev/shunt/tests/istiod"
+	"github.com/shunt-dev/shunt/tests/peers"
 )
 
 // shunt as an Istio sidecar's DNS proxy: a ServiceEntry's host resolves in
@@ -28,12 +29,12 @@ func TestIstiod(t *testing.T) {
 	vip := waitVIP(t, ch, "httpbin.org", 30*time.Second)
 
 	w.startShunt("app")
-	waitFor(t, 10*time.Second, "httpbin.org to resolve to "+strings.Join(vip, ","), func() bool {
-		return slices.Equal(w.dig("A", "httpbin.org"), vip)
+	peers.WaitFor(t, 10*time.Second, "httpbin.org to resolve to "+strings.Join(vip, ","), func() bool {
+		return slices.Equal(w.Dig("A", "httpbin.org"), vip)
 	})
 
 	t.Cleanup(func() {
-		if out := w.agent.Output(); strings.Contains(out, "NACK") {
+		if out := w.Agent.Output(); strings.Contains(out, "NACK") {
 			t.Errorf("shunt rejected some of istiod's configuration:\n%s", out)
 		}
 	})
@@ -43,33 +44,33 @@ func TestIstiod(t *testing.T) {
 		w.cp.ServiceEntry("example", "www.example.com")
 		vip := waitVIP(t, ch, "www.example.com", 2*time.Second)
 		served := time.Now()
-		waitFor(t, 2*time.Second-served.Sub(start), "www.example.com to resolve to "+strings.Join(vip, ","), func() bool {
-			return slices.Equal(w.dig("A", "www.example.com"), vip)
+		peers.WaitFor(t, 2*time.Second-served.Sub(start), "www.example.com to resolve to "+strings.Join(vip, ","), func() bool {
+			return slices.Equal(w.Dig("A", "www.example.com"), vip)
 		})
 		t.Logf("www.example.com %v: served by istiod %v after the file, resolved %v after that",
 			vip, served.Sub(start).Round(time.Millisecond), time.Since(served).Round(time.Millisecond))
 		// Still the first one too.
-		if got := w.dig("A", "httpbin.org"); len(got) == 0 {
+		if got := w.Dig("A", "httpbin.org"); len(got) == 0 {
 			t.Errorf("httpbin.org stopped resolving: %v", got)
 		}
 
 		// Its file removed, istiod's next table leaves it out.
 		w.cp.RemoveConfig("example")
-		waitFor(t, 5*time.Second, "www.example.com to stop resolving to its VIP", func() bool {
-			return !slices.Equal(w.dig("A", "www.example.com"), vip)
+		peers.WaitFor(t, 5*time.Second, "www.example.com to stop resolving to its VIP", func() bool {
+			return !slices.Equal(w.Dig("A", "www.example.com"), vip)
 		})
 	})
 
 	// The default above is shunt's xDS proxy holding the stream; without
 	// it shunt subscribes to istiod alone.
 	t.Run("direct mode", func(t *testing.T) {
-		if out := w.agent.Output(); strings.Contains(out, "NACK") {
+		if out := w.Agent.Output(); strings.Contains(out, "NACK") {
 			t.Errorf("shunt rejected some of istiod's configuration:\n%s", out)
 		}
-		w.stopShunt()
+		w.StopShunt()
 		w.startShunt("app2", "--xds-socket", "off")
-		waitFor(t, 10*time.Second, "httpbin.org to resolve to "+strings.Join(vip, ","), func() bool {
-			return slices.Equal(w.dig("A", "httpbin.org"), vip)
+		peers.WaitFor(t, 10*time.Second, "httpbin.org to resolve to "+strings.Join(vip, ","), func() bool {
+			return slices.Equal(w.Dig("A", "httpbin.org"), vip)
 		})
 	})
 }

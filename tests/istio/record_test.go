@@ -5,14 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/shunt-dev/shunt/tests/istiod"
+	"github.com/shunt-dev/shunt/tests/peers"
 )
 
 // fixedAddress is a ServiceEntry with addresses of its own: istiod serves
@@ -56,34 +53,10 @@ func TestRecordFixtures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(out, "serviceentries")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	var summary strings.Builder
-	fmt.Fprintf(&summary, "istiod (istio.io/istio %s), node %s, metadata DNS_CAPTURE=true DNS_AUTO_ALLOCATE=true;\n"+
-		"ServiceEntries httpbin.org and www.example.com (no addresses: allocated), api.internal.example (192.0.2.10)\n", istiod.Version, node)
-	for _, r := range []struct {
-		name string
-		resp *discoveryv3.DiscoveryResponse
-	}{{"lds", rec.Listeners}, {"cds", rec.Clusters}, {"eds", rec.Endpoints}, {"nds", rec.NameTable}} {
-		if r.resp == nil {
-			continue
-		}
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r.resp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, r.name+".pb"), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&summary, "%s version %s: %d resources\n", r.name, r.resp.GetVersionInfo(), len(r.resp.GetResources()))
-		for _, n := range istiod.ResourceNames(r.resp) {
-			fmt.Fprintf(&summary, "  %s\n", n)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "README"), []byte(summary.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("%s", summary.String())
+	summary := peers.WriteFixtures(t, filepath.Join(out, "serviceentries"),
+		fmt.Sprintf("istiod (istio.io/istio %s), node %s, metadata DNS_CAPTURE=true DNS_AUTO_ALLOCATE=true;\n"+
+			"ServiceEntries httpbin.org and www.example.com (no addresses: allocated), api.internal.example (192.0.2.10)\n", istiod.Version, node),
+		istiod.ResourceNames, peers.Fixture{Name: "lds", Resp: rec.Listeners}, peers.Fixture{Name: "cds", Resp: rec.Clusters},
+		peers.Fixture{Name: "eds", Resp: rec.Endpoints}, peers.Fixture{Name: "nds", Resp: rec.NameTable})
+	t.Logf("%s", summary)
 }

@@ -6,15 +6,10 @@
 package istiod
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/shunt-dev/shunt/tests/peers"
 	"github.com/shunt-dev/shunt/tests/testenv"
 	"github.com/shunt-dev/shunt/wire"
 )
@@ -39,38 +35,7 @@ const XDSAddr = "127.0.0.1:15010"
 // exists (a clone without ../shared).
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("ISTIOD"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("ISTIOD=%s: %v", p, err)
-		}
-		return p
-	}
-	xz := filepath.Join(toolsDir(), "istiod-pilot-discovery-"+Version+".xz")
-	if _, err := os.Stat(xz); err != nil {
-		t.Skipf("istiod not available: %s is absent and ISTIOD is not set", xz)
-	}
-	testenv.RequireBinary(t, "xz")
-	out := filepath.Join(t.TempDir(), "pilot-discovery")
-	f, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("xz", "-dc", xz)
-	cmd.Stdout = f
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("decompress %s: %v: %s", xz, err, stderr.String())
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func toolsDir() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "tools")
+	return peers.Binary(t, "istiod", "ISTIOD", "istiod-pilot-discovery-"+Version+".xz", "pilot-discovery")
 }
 
 // meshConfig is a Kubernetes-free mesh: configuration from files only, and
@@ -90,8 +55,8 @@ rootNamespace: istio-system
 
 // CP is a running istiod.
 type CP struct {
-	t  testing.TB
-	Ns *testenv.Netns
+	peers.Peer
+	t testing.TB
 	// ConfigDir holds the ServiceEntry files istiod watches.
 	ConfigDir string
 	proc      *testenv.Process
@@ -104,7 +69,7 @@ func Start(t testing.TB) *CP {
 	bin := Binary(t)
 	ns := testenv.NewNetns(t, "istiod")
 	dir := t.TempDir()
-	cp := &CP{t: t, Ns: ns, ConfigDir: filepath.Join(dir, "config")}
+	cp := &CP{Peer: peers.Peer{Ns: ns}, t: t, ConfigDir: filepath.Join(dir, "config")}
 	// istiod looks for ./etc/cacerts and ./var/run/secrets under its
 	// working directory.
 	run := filepath.Join(dir, "run")
@@ -127,11 +92,7 @@ func Start(t testing.TB) *CP {
 		// ServiceEntries without addresses a VIP from 240.240.0.0/16.
 		"PILOT_ENABLE_IP_AUTOALLOCATE=false")
 	cp.proc = ns.Start(cmd)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("istiod log (tail):\n%s", tail(cp.proc.Output(), 60))
-		}
-	})
+	peers.LogOnFailure(t, "istiod", cp.proc.Output)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		c, err := cp.Dial(context.Background(), XDSAddr)
@@ -140,7 +101,7 @@ func Start(t testing.TB) *CP {
 			return cp
 		}
 		if cp.proc.Exited() || time.Now().After(deadline) {
-			t.Fatalf("istiod did not start: %v\n%s", err, tail(cp.proc.Output(), 40))
+			t.Fatalf("istiod did not start: %v\n%s", err, peers.Tail(cp.proc.Output(), 40))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -148,18 +109,6 @@ func Start(t testing.TB) *CP {
 
 // Log is what istiod printed so far.
 func (cp *CP) Log() string { return cp.proc.Output() }
-
-// Dial connects to addr inside istiod's namespace.
-func (cp *CP) Dial(ctx context.Context, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := cp.Ns.Do(func() error {
-		var d net.Dialer
-		var err error
-		c, err = d.DialContext(ctx, "tcp", addr)
-		return err
-	})
-	return c, err
-}
 
 // ServiceEntry writes a ServiceEntry file for host (port 80 HTTP, DNS
 // resolution, no addresses: istiod allocates its VIP) in namespace
@@ -248,14 +197,6 @@ func (cp *CP) Watch(ctx context.Context, nodeID string) (<-chan *discoveryv3.Dis
 		}
 	}()
 	return ch, nil
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // RemoveConfig deletes the file WriteConfig or ServiceEntry wrote.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/shunt-dev/shunt/tests/kumacp"
+	"github.com/shunt-dev/shunt/tests/peers"
 	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
@@ -41,8 +42,8 @@ func (w *world) resolvesAsKuma(dp string, names ...string) (bool, string) {
 		if len(wantA) == 0 || len(wantAAAA) == 0 {
 			return false, n + ": kuma-cp has no VIP for it yet"
 		}
-		gotA, _ := byFamily(w.dig("A", n))
-		_, gotAAAA := byFamily(w.dig("AAAA", n))
+		gotA, _ := byFamily(w.Dig("A", n))
+		_, gotAAAA := byFamily(w.Dig("AAAA", n))
 		if !slices.Equal(gotA, wantA) || !slices.Equal(gotAAAA, wantAAAA) {
 			return false, n + ": A " + strings.Join(gotA, ",") + " AAAA " + strings.Join(gotAAAA, ",") +
 				", kuma-cp's VIPs " + strings.Join(append(wantA, wantAAAA...), ",")
@@ -89,15 +90,15 @@ func TestKumaCP(t *testing.T) {
 		w.cp.Put("/meshes/default/external-services/example", externalService("example", "example.com:443"))
 		// kuma-cp allocates the VIP on its own schedule (its xDS refresh
 		// interval); from then on the name is shunt's to answer.
-		waitFor(t, 20*time.Second, "kuma-cp to allocate example.com a VIP", func() bool { return len(w.vips("dp-1")["example.com"]) > 0 })
+		peers.WaitFor(t, 20*time.Second, "kuma-cp to allocate example.com a VIP", func() bool { return len(w.vips("dp-1")["example.com"]) > 0 })
 		allocated := time.Now()
 		answered := w.waitResolves(t, 2*time.Second, "dp-1", "example.mesh", "example.com")
 		t.Logf("example.com: VIP allocated %v after the PUT, answered %v after that",
 			allocated.Sub(start).Round(time.Millisecond), answered.Sub(allocated).Round(time.Millisecond))
 		vip, _ := byFamily(w.vips("dp-1")["example.com"])
 		w.cp.Delete("/meshes/default/external-services/example")
-		waitFor(t, 5*time.Second, "example.com to stop resolving to its VIP", func() bool {
-			got, _ := byFamily(w.dig("A", "example.com"))
+		peers.WaitFor(t, 5*time.Second, "example.com to stop resolving to its VIP", func() bool {
+			got, _ := byFamily(w.Dig("A", "example.com"))
 			return !slices.Contains(got, vip[0])
 		})
 	})
@@ -108,16 +109,16 @@ func TestKumaCP(t *testing.T) {
 			t.Fatal("passthrough on, yet the internet is unreachable")
 		}
 		w.cp.Put("/meshes/default", seedMesh(false))
-		waitFor(t, 10*time.Second, "lockdown to refuse a direct connection", func() bool { return !w.connects(proxyUID, otherIP+":80") })
+		peers.WaitFor(t, 10*time.Second, "lockdown to refuse a direct connection", func() bool { return !w.connects(proxyUID, otherIP+":80") })
 		w.cp.Put("/meshes/default", seedMesh(true))
-		waitFor(t, 10*time.Second, "lockdown to lift", func() bool { return w.connects(proxyUID, otherIP+":80") })
+		peers.WaitFor(t, 10*time.Second, "lockdown to lift", func() bool { return w.connects(proxyUID, otherIP+":80") })
 	})
 
 	t.Run("kuma-cp restart: DNS answers during the outage, new VIPs after", func(t *testing.T) {
 		before, _ := byFamily(w.vips("dp-1")["httpbin.org"])
 		w.cp.Stop()
 		for i := 0; i < 3; i++ {
-			if got, _ := byFamily(w.dig("A", "httpbin.org")); !slices.Equal(got, before) {
+			if got, _ := byFamily(w.Dig("A", "httpbin.org")); !slices.Equal(got, before) {
 				t.Fatalf("kuma-cp down: httpbin.org A = %v, want the last VIP %v", got, before)
 			}
 			time.Sleep(300 * time.Millisecond)
@@ -128,7 +129,7 @@ func TestKumaCP(t *testing.T) {
 		w.cp.Put("/meshes/default", seedMesh(true))
 		w.cp.Put("/meshes/default/external-services/aaa", externalService("aaa", "aaa.example:443"))
 		w.cp.Put("/meshes/default/external-services/httpbin", externalService("httpbin", "httpbin.org:443"))
-		waitFor(t, 30*time.Second, "kuma-cp to allocate VIPs again", func() bool {
+		peers.WaitFor(t, 30*time.Second, "kuma-cp to allocate VIPs again", func() bool {
 			return len(w.vips("dp-1")["httpbin.org"]) > 0 && len(w.vips("dp-1")["aaa.example"]) > 0
 		})
 		w.waitResolves(t, 10*time.Second, "dp-1", "httpbin.mesh", "httpbin.org", "aaa.example")
@@ -140,7 +141,7 @@ func TestKumaCP(t *testing.T) {
 	})
 
 	t.Run("without feature-embedded-dns: the dns_filter table", func(t *testing.T) {
-		w.stopShunt()
+		w.StopShunt()
 		w.startShunt("dp-2", "--xds-node-metadata", "features:=[]")
 		w.waitResolves(t, 20*time.Second, "dp-2", "httpbin.mesh", "httpbin.org")
 	})
@@ -159,12 +160,12 @@ func TestKumaCPEnvoyBehindShunt(t *testing.T) {
 	// The proxy got its configuration through shunt: its admin /ready is
 	// LIVE once it has clusters and listeners, which shunt's readiness
 	// includes.
-	if code, body := w.admin("/readyz"); code != "200" {
+	if code, body := w.Admin("/readyz"); code != "200" {
 		t.Fatalf("/readyz = %s %s", code, body)
 	}
 	time.Sleep(2 * time.Second) // a refused or second stream would show by now
 	log := w.cp.Log()
-	if strings.Contains(log, "already an active stream") || strings.Contains(w.agent.Output(), "already an active stream") {
+	if strings.Contains(log, "already an active stream") || strings.Contains(w.Agent.Output(), "already an active stream") {
 		t.Errorf("kuma-cp refused a second stream for the node")
 	}
 	if c := strings.Count(log, "proxy connected"); c != 1 {
@@ -179,22 +180,22 @@ func TestKumaCPDataplaneToken(t *testing.T) {
 	w.cp.Put("/meshes/default", seedMesh(true))
 	w.cp.Put("/meshes/default/external-services/httpbin", externalService("httpbin", "httpbin.org:443"))
 
-	dp := filepath.Join(w.dir, "dp-1.yaml")
+	dp := filepath.Join(w.Dir, "dp-1.yaml")
 	if err := os.WriteFile(dp, []byte(strings.ReplaceAll(dataplaneYAML, "%s", "dp-1")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	w.agent = w.pod.Start(w.pod.Command(t.Context(), shuntBin, "run", "--xds", kumacp.XDSAddr, "--xds-ca", w.cp.CAFile(),
-		"--dataplane-file", dp, "--state-dir", filepath.Join(w.dir, "state-none"), "--admin", adminAddr))
+	w.Agent = w.Pod.Start(w.Pod.Command(t.Context(), shuntBin, "run", "--xds", kumacp.XDSAddr, "--xds-ca", w.cp.CAFile(),
+		"--dataplane-file", dp, "--state-dir", filepath.Join(w.Dir, "state-none"), "--admin", adminAddr))
 	const want = "no token is configured (give the dataplane token with --xds-token-file)"
-	waitFor(t, 20*time.Second, "shunt to say that kuma-cp wants a token", func() bool {
-		return strings.Contains(w.agent.Output(), want)
+	peers.WaitFor(t, 20*time.Second, "shunt to say that kuma-cp wants a token", func() bool {
+		return strings.Contains(w.Agent.Output(), want)
 	})
-	if code, body := w.admin("/readyz"); code == "200" {
+	if code, body := w.Admin("/readyz"); code == "200" {
 		t.Errorf("ready without a token: %s", body)
 	}
-	w.stopShunt()
+	w.StopShunt()
 
-	token := filepath.Join(w.dir, "token")
+	token := filepath.Join(w.Dir, "token")
 	if err := os.WriteFile(token, []byte(w.cp.DataplaneToken("default", "dp-1")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +222,7 @@ func TestKumaDPDNSPortClash(t *testing.T) {
 		t.Fatal(err)
 	}
 	holder := pod.Start(pod.Command(t.Context(), kumaDP, "UDP-RECVFROM:15053,bind=127.0.0.1,fork", "/dev/null"))
-	waitFor(t, 5*time.Second, "the stand-in to bind 15053", func() bool {
+	peers.WaitFor(t, 5*time.Second, "the stand-in to bind 15053", func() bool {
 		out, _ := pod.Run("ss", "-Hlun")
 		return strings.Contains(out, ":15053 ")
 	})

@@ -12,6 +12,7 @@ import (
 	"github.com/shunt-dev/shunt/controlplane"
 	"github.com/shunt-dev/shunt/controlplane/meshca"
 	"github.com/shunt-dev/shunt/tests/kumacp"
+	"github.com/shunt-dev/shunt/tests/peers"
 )
 
 // kuma-cp itself gives a sidecar of a mesh with mTLS and zone egress a
@@ -68,7 +69,7 @@ func TestKumaEgressSNI(t *testing.T) {
 	}
 	want := controlplane.EgressSNI("default", "example")
 	if !slices.Contains(snis, want) {
-		t.Fatalf("kuma-cp's SNI for example is %q, shunt's %q\nclusters: %v", snis, want, kumacp.ResourceNames(rec.Clusters))
+		t.Fatalf("kuma-cp's SNI for example is %q, shunt's %q\nclusters: %v", snis, want, peers.ResourceNames(rec.Clusters))
 	}
 	// And its endpoints are the ZoneEgress, as shunt's are.
 	var eps []string

@@ -8,6 +8,7 @@ import (
 
 	"github.com/shunt-dev/shunt/nodemeta"
 	"github.com/shunt-dev/shunt/tests/kumacp"
+	"github.com/shunt-dev/shunt/tests/peers"
 	"github.com/shunt-dev/shunt/xdsclient"
 )
 
@@ -58,7 +59,7 @@ func buildMeta(t testing.TB, features []string, dp *nodemeta.Dataplane) *nodemet
 	}}
 }
 
-func record(t testing.TB, cp *kumacp.CP, o nodemeta.Options, token string) *kumacp.Recording {
+func record(t testing.TB, cp *kumacp.CP, o nodemeta.Options, token string) *peers.Recording {
 	t.Helper()
 	md, err := nodemeta.Build(o)
 	if err != nil {
@@ -70,7 +71,7 @@ func record(t testing.TB, cp *kumacp.CP, o nodemeta.Options, token string) *kuma
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	rec, err := kumacp.Record(ctx, cp.Dial, kumacp.XDSAddr, kumacp.RecordOptions{NodeID: o.Kuma.Dataplane.NodeID(), Metadata: md, TLS: tlsCfg, Token: token})
+	rec, err := peers.Record(ctx, cp.Dial, kumacp.XDSAddr, peers.RecordOptions{NodeID: o.Kuma.Dataplane.NodeID(), Metadata: md, TLS: tlsCfg, Token: token})
 	if err != nil {
 		t.Fatalf("record: %v\nkuma-cp log:\n%s", err, cp.Log())
 	}

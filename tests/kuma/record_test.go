@@ -4,13 +4,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/shunt-dev/shunt/tests/kumacp"
+	"github.com/shunt-dev/shunt/tests/peers"
 	"github.com/shunt-dev/shunt/wire"
 )
 
@@ -38,34 +35,10 @@ func TestRecordFixtures(t *testing.T) {
 	} {
 		cp.Put("/meshes/default", seedMesh(c.pass))
 		rec := record(t, cp, *buildMeta(t, c.features, dataplane(t, c.node)), "")
-		dir := filepath.Join(out, c.dir)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		var summary strings.Builder
-		fmt.Fprintf(&summary, "kuma-cp %s, node default.%s, features %q, mesh passthrough %v\n", kumacp.Version, c.node, c.features, c.pass)
-		for _, r := range []struct {
-			name string
-			resp *discoveryv3.DiscoveryResponse
-		}{{"lds", rec.Listeners}, {"cds", rec.Clusters}, {"eds", rec.Endpoints}} {
-			if r.resp == nil {
-				continue
-			}
-			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r.resp)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, r.name+".pb"), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			fmt.Fprintf(&summary, "%s version %s: %d resources\n", r.name, r.resp.GetVersionInfo(), len(r.resp.GetResources()))
-			for _, n := range kumacp.ResourceNames(r.resp) {
-				fmt.Fprintf(&summary, "  %s\n", n)
-			}
-		}
-		if err := os.WriteFile(filepath.Join(dir, "README"), []byte(summary.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("%s:\n%s", c.dir, summary.String())
+		summary := peers.WriteFixtures(t, filepath.Join(out, c.dir),
+			fmt.Sprintf("kuma-cp %s, node default.%s, features %q, mesh passthrough %v\n", kumacp.Version, c.node, c.features, c.pass),
+			peers.ResourceNames, peers.Fixture{Name: "lds", Resp: rec.Listeners}, peers.Fixture{Name: "cds", Resp: rec.Clusters},
+			peers.Fixture{Name: "eds", Resp: rec.Endpoints})
+		t.Logf("%s:\n%s", c.dir, summary)
 	}
 }

@@ -13,14 +13,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/shunt-dev/shunt/tests/peers"
 	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
@@ -38,34 +37,7 @@ const (
 // exists (a clone without ../shared).
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("KUMA_CP"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("KUMA_CP=%s: %v", p, err)
-		}
-		return p
-	}
-	_, file, _, _ := runtime.Caller(0)
-	xz := filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "tools", "kuma-cp-"+Version+".xz")
-	if _, err := os.Stat(xz); err != nil {
-		t.Skipf("kuma-cp not available: %s is absent and KUMA_CP is not set", xz)
-	}
-	testenv.RequireBinary(t, "xz")
-	out := filepath.Join(t.TempDir(), "kuma-cp")
-	f, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("xz", "-dc", xz)
-	cmd.Stdout = f
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("decompress %s: %v: %s", xz, err, stderr.String())
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return peers.Binary(t, "kuma-cp", "KUMA_CP", "kuma-cp-"+Version+".xz", "kuma-cp")
 }
 
 // Options change how kuma-cp runs.
@@ -78,10 +50,10 @@ type Options struct {
 
 // CP is a running kuma-cp.
 type CP struct {
+	peers.Peer
 	t    testing.TB
 	bin  string
 	opts Options
-	Ns   *testenv.Netns
 	// Dir is KUMA_GENERAL_WORK_DIR; the dp-server's certificate is CAFile.
 	Dir  string
 	proc *testenv.Process
@@ -96,13 +68,9 @@ func Start(t testing.TB, opts Options) *CP {
 	if ns == nil {
 		ns = testenv.NewNetns(t, "kcp")
 	}
-	cp := &CP{t: t, bin: bin, opts: opts, Ns: ns, Dir: testenv.ReadableTempDir(t)}
+	cp := &CP{Peer: peers.Peer{Ns: ns}, t: t, bin: bin, opts: opts, Dir: testenv.ReadableTempDir(t)}
 	cp.Start()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("kuma-cp log (tail):\n%s", tail(cp.Log(), 60))
-		}
-	})
+	peers.LogOnFailure(t, "kuma-cp", cp.Log)
 	return cp
 }
 
@@ -130,7 +98,7 @@ func (cp *CP) Start() {
 			break
 		}
 		if cp.proc.Exited() || time.Now().After(deadline) {
-			cp.t.Fatalf("kuma-cp did not start:\n%s", tail(cp.Log(), 40))
+			cp.t.Fatalf("kuma-cp did not start:\n%s", peers.Tail(cp.Log(), 40))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -183,18 +151,6 @@ func (cp *CP) Log() string {
 
 // CAFile is the dp-server's self-signed certificate.
 func (cp *CP) CAFile() string { return filepath.Join(cp.Dir, "kuma-cp.crt") }
-
-// Dial connects to addr inside kuma-cp's namespace.
-func (cp *CP) Dial(ctx context.Context, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := cp.Ns.Do(func() error {
-		var d net.Dialer
-		var err error
-		c, err = d.DialContext(ctx, "tcp", addr)
-		return err
-	})
-	return c, err
-}
 
 func (cp *CP) client() *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
@@ -277,14 +233,6 @@ func (cp *CP) DataplaneToken(meshName, name string) string {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
 
 // DNSRecords finds, in xDS that kuma-cp generated (its _config API), the
 // DNS table it gives the dataplane, in either form: the embedded-DNS JSON

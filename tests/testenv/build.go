@@ -6,13 +6,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
 )
 
 // BuildShunt builds shunt's binary to path, for suites that run it as a
 // user would (TestMain, before any test: it returns an error instead of
 // failing a test).
 func BuildShunt(path string) error {
-	return goBuild(path, "github.com/shunt-dev/shunt/cmd/shunt")
+	return goBuild(path, ShuntPackage)
 }
 
 // BuildShuntLean builds the lean build of shunt (-tags lean: the capture
@@ -73,4 +74,45 @@ func (n *Netns) ShuntRules() string {
 		}
 	}
 	return b.String()
+}
+
+// ShuntPackage is shunt's main package.
+const ShuntPackage = "github.com/shunt-dev/shunt/cmd/shunt"
+
+// Program is a main package of this module that a suite runs.
+type Program struct {
+	// Path is set to where the program was built.
+	Path *string
+	// Name is the file name of the build, Pkg its import path.
+	Name, Pkg string
+}
+
+// BuildAndRun is the body of a suite's TestMain (suite names the build
+// directory). As root it builds the programs, once for every test, into a
+// temporary directory that every user may enter (a proxy runs under its
+// own user and must be able to execute its build), runs the tests and
+// removes the directory. Otherwise it only runs the tests: they skip
+// themselves with the reason.
+func BuildAndRun(m *testing.M, suite string, progs ...Program) int {
+	if os.Geteuid() != 0 {
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "shunt-"+suite+"-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for _, p := range progs {
+		*p.Path = filepath.Join(dir, p.Name)
+		if err := goBuild(*p.Path, p.Pkg); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	return m.Run()
 }

@@ -85,3 +85,17 @@ func ServeHTTP(t testing.TB, n *Netns, addr, body string) {
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 }
+
+// GetHTTP GETs http://addr+path with curl inside n (an admin endpoint,
+// 3 s at most) and returns the status code and the body.
+func (n *Netns) GetHTTP(addr, path string) (string, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	out, _ := n.Command(ctx, "curl", "-s", "-w", "\n%{http_code}", "http://"+addr+path).Output()
+	s := strings.TrimRight(string(out), "\n")
+	i := strings.LastIndex(s, "\n")
+	if i < 0 {
+		return s, ""
+	}
+	return s[i+1:], s[:i]
+}

@@ -1,0 +1,104 @@
+package capture_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/redirect/iptables"
+	"github.com/shunt-dev/shunt/redirect/nftables"
+	"github.com/shunt-dev/shunt/tests/testenv"
+)
+
+// TestLockdownResolvesIPv6Neighbours locks egress down with every netfilter
+// engine and connects over IPv6 to a host on the link that neither side
+// has a neighbour entry for: the pod's neighbour solicitation and its
+// answers to the remote's own are link plumbing, not egress, and must pass
+// or no IPv6 destination is reachable, allowed ones included. A destination
+// outside the plan is still refused at once.
+func TestLockdownResolvesIPv6Neighbours(t *testing.T) {
+	for _, backend := range []string{"nft", "legacy", nativeNftables} {
+		t.Run(backend, func(t *testing.T) {
+			w := newWorld(t, backend)
+			w.serveHTTP(8080, 8081)
+			cfg := redirect.NewConfig()
+			for k, v := range map[string]string{"netns": w.pod.Path(), "resolvConf": filepath.Join("/etc/netns", w.pod.Name(), "resolv.conf")} {
+				if err := cfg.Set(k, v, "test"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p, err := cfg.Plan(redirect.OSHost{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{netip.MustParsePrefix("fd00:1::3/128")},
+				Endpoints: []netip.AddrPort{netip.MustParseAddrPort("[fd00:1::2]:8081")}}
+			var eng redirect.Engine
+			if backend == nativeNftables {
+				eng = nftables.New(nftables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir})
+			} else {
+				eng = iptables.New(iptables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir, Backend: backend})
+			}
+			if err := eng.Install(context.Background(), p); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = eng.Uninstall(context.Background()) })
+			if st, err := eng.Status(context.Background()); err != nil || len(st.Drift) != 0 {
+				t.Fatalf("status right after install: %v, drift %q", err, st.Drift)
+			}
+
+			cases := []struct {
+				url, body string
+				ok        bool
+			}{
+				{"http://[fd00:1::2]:8081/", "remote:8081", true}, // endpoint
+				{"http://[fd00:1::3]:8080/", "remote:8080", true}, // allowed range
+				{"http://[fd00:1::2]:8080/", "", false},           // endpoint's host, other port
+			}
+			for _, c := range cases {
+				// Each connection starts with no neighbour entry on
+				// either side, so the pod has to solicit and answer.
+				for _, h := range []testenv.Host{w.podIf, w.remoteIf} {
+					h.NS.MustRun("ip", "-6", "neigh", "flush", "dev", h.Dev)
+				}
+				got, err := w.curl(proxyUID, c.url)
+				if c.ok && (err != nil || got != c.body) {
+					t.Errorf("proxy GET %s = %q, %v; want %q\nneighbours:\n%s", c.url, got, err, c.body,
+						strings.TrimSpace(w.pod.MustRun("ip", "-6", "neigh", "show", "dev", w.podIf.Dev)))
+				}
+				if !c.ok && !refused(got, err) {
+					t.Errorf("proxy GET %s = %q, %v; want refused at once (TCP reset)", c.url, got, err)
+				}
+			}
+			// The remote resolving the pod needs the pod's neighbour
+			// advertisement, which conntrack does not track either.
+			for _, h := range []testenv.Host{w.podIf, w.remoteIf} {
+				h.NS.MustRun("ip", "-6", "neigh", "flush", "dev", h.Dev)
+			}
+			// A port nothing listens on answers with a reset: proof
+			// that the remote resolved the pod.
+			dst := netip.AddrPortFrom(w.podIf.IPv6, 9).String()
+			err = w.remote.Do(func() error {
+				// From the address only a port is allowed to, so
+				// that nothing but the pod's advertisement rule lets
+				// the advertisement out.
+				d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: w.remoteIf.IPv6.AsSlice()}}
+				c, err := d.Dial("tcp", dst)
+				if err == nil {
+					c.Close()
+				}
+				return err
+			})
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("remote dial %s under lockdown: %v; want connection refused by the pod", dst, err)
+			}
+		})
+	}
+}
