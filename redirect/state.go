@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -133,12 +136,16 @@ func LoadState(dir string) (*State, error) {
 }
 
 // SaveState writes the state atomically (write then rename), so a crash
-// never leaves a torn file.
+// never leaves a torn file. The record is compact JSON, one line: it is
+// rewritten on every change, and a plan's lists may hold tens of thousands
+// of prefixes, which indenting would make several times dearer to write
+// (`shunt status` and `jq` read it either way; records written indented by
+// earlier versions load the same).
 func SaveState(dir string, s *State) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
-	b, err := json.MarshalIndent(s, "", "  ")
+	b, err := encodeState(s)
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
@@ -160,6 +167,98 @@ func SaveState(dir string, s *State) error {
 		return fmt.Errorf("write state: %w", err)
 	}
 	return nil
+}
+
+// stateRecord is a State without its plan, which encodeState writes
+// itself: the depth-0 Plan, always nil, shadows State's.
+type stateRecord struct {
+	*State
+	Plan *struct{} `json:"plan,omitempty"`
+}
+
+// encodeState is json.Marshal(s), cheaper for a plan with long prefix
+// lists: encoding/json spends a call, an allocation and a copy on each
+// netip.Prefix (a TextMarshaler), the bulk of the cost of recording a plan
+// of 10,000 CIDRs after each change to one of them. The lists are written
+// directly; everything else is encoding/json's. A prefix's text never
+// needs escaping in JSON.
+func encodeState(s *State) ([]byte, error) {
+	rest, err := json.Marshal(stateRecord{State: s})
+	if err != nil {
+		return nil, err
+	}
+	if s.Plan == nil || len(rest) < 2 || rest[0] != '{' {
+		return json.Marshal(s)
+	}
+	plan, err := encodePlan(s.Plan)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(rest)+len(plan)+16)
+	out = append(out, `{"plan":`...)
+	out = append(out, plan...)
+	if len(rest) > 2 {
+		out = append(out, ',')
+	}
+	return append(out, rest[1:]...), nil
+}
+
+var prefixListType = reflect.TypeOf([]netip.Prefix(nil))
+
+// encodePlan is json.Marshal(p) with its []netip.Prefix fields (found by
+// type, so a list added to the plan later is covered) written directly.
+func encodePlan(p *Plan) ([]byte, error) {
+	cp := *p
+	v := reflect.ValueOf(&cp).Elem()
+	type list struct {
+		key string
+		v   []netip.Prefix
+	}
+	var lists []list
+	for i := 0; i < v.NumField(); i++ {
+		f := v.Type().Field(i)
+		if f.Type != prefixListType {
+			continue
+		}
+		key, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if key == "-" || key == "" || !strings.Contains(","+opts+",", ",omitempty,") {
+			return json.Marshal(p) // not a field this writer knows how to name
+		}
+		if l := v.Field(i).Interface().([]netip.Prefix); len(l) > 0 {
+			lists = append(lists, list{key, l})
+		}
+		v.Field(i).SetZero()
+	}
+	b, err := json.Marshal(&cp)
+	if err != nil || len(lists) == 0 || len(b) < 2 || b[len(b)-1] != '}' {
+		return b, err
+	}
+	size := 0
+	for _, l := range lists {
+		size += len(l.key) + 8 + 46*len(l.v)
+	}
+	out := make([]byte, 0, len(b)+size)
+	out = append(out, b[:len(b)-1]...)
+	for _, l := range lists {
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(out, '"')
+		out = append(out, l.key...)
+		out = append(out, `":[`...)
+		for j, pfx := range l.v {
+			if j > 0 {
+				out = append(out, ',')
+			}
+			out = append(out, '"')
+			if out, err = pfx.AppendText(out); err != nil {
+				return nil, err
+			}
+			out = append(out, '"')
+		}
+		out = append(out, ']')
+	}
+	return append(out, '}'), nil
 }
 
 // ResolvConfFile is the copy of the workload's original resolv.conf kept in

@@ -2,9 +2,12 @@ package redirect
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -84,5 +87,86 @@ func TestIntentIsRecordedAndCleared(t *testing.T) {
 	}
 	if st, _ = LoadState(dir); st.Intent != nil || st.Backend != "legacy" {
 		t.Fatalf("after rollback = %+v", st)
+	}
+}
+
+// The record is written by a hand-made encoder for the plan's prefix
+// lists: it must say exactly what encoding/json says, and load back.
+func TestStateEncodingMatchesEncodingJSON(t *testing.T) {
+	p, err := NewConfig().Plan(testHost())
+	if err != nil {
+		t.Fatal(err)
+	}
+	many := make([]netip.Prefix, 0, 1000)
+	for i := 0; i < 1000; i++ {
+		many = append(many, netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), 32))
+	}
+	full := p.Clone()
+	full.ExcludeOutboundCIDRs = many
+	full.ExcludeInboundCIDRs = []netip.Prefix{netip.MustParsePrefix("fd00::/8"), netip.MustParsePrefix("10.0.0.0/8")}
+	full.MeshCIDRs = []netip.Prefix{netip.MustParsePrefix("240.240.0.0/16")}
+	full.IncludeOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
+	full.Egress = &Egress{Allowed: []netip.Prefix{netip.MustParsePrefix("241.0.0.0/8")}}
+	at := time.Date(2026, 12, 6, 22, 0, 0, 0, time.UTC)
+	for name, st := range map[string]*State{
+		"no plan":     {Engine: "nftables", InstalledAt: at},
+		"empty lists": {Engine: "nftables", Plan: &Plan{}, InstalledAt: at},
+		"default":     {Engine: "nftables", Plan: p, Families: []string{"ipv4", "ipv6"}, InstalledAt: at},
+		"long lists": {Engine: "nftables", Netns: "/run/netns/x", Plan: full, Families: []string{"ipv4"},
+			Applied: map[string]string{"inet": "set x\n"}, Chosen: "auto", InstalledAt: at,
+			Intent: &Intent{Engine: "nftables", Plan: p, Families: []string{"ipv4"}, PID: 7, StartedAt: at}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got, err := encodeState(st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := json.Marshal(st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var g, w any
+			if err := json.Unmarshal(got, &g); err != nil {
+				t.Fatalf("not JSON: %v\n%s", err, got)
+			}
+			if err := json.Unmarshal(want, &w); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(g, w) {
+				t.Fatalf("encodeState differs from encoding/json:\n got %s\nwant %s", got, want)
+			}
+			dir := t.TempDir()
+			if err := SaveState(dir, st); err != nil {
+				t.Fatal(err)
+			}
+			back, err := LoadState(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (st.Plan == nil) != (back.Plan == nil) || (st.Plan != nil && !back.Plan.Equal(st.Plan)) {
+				t.Fatalf("plan after a round trip = %+v, want %+v", back.Plan, st.Plan)
+			}
+		})
+	}
+}
+
+// Records written indented by earlier versions still load.
+func TestIndentedRecordLoads(t *testing.T) {
+	p, err := NewConfig().Plan(testHost())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.ExcludeOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}
+	b, err := json.MarshalIndent(&State{Engine: "nftables", Plan: p, Families: []string{"ipv4"}}, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, stateFile), append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := LoadState(dir)
+	if err != nil || st.Engine != "nftables" || !st.Plan.Equal(p) {
+		t.Fatalf("LoadState of an indented record = %+v, %v", st, err)
 	}
 }

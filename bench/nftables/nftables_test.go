@@ -3,11 +3,13 @@
 //
 //	go test -bench . -benchtime 20x ./bench/nftables
 //
-// BenchmarkWholeProcessInstall: `shunt install` of the default plan (both
-// families) as an init container runs it, against `nft -f` of the same
+// BenchmarkWholeProcessInstall: `shunt install` (the lean build, as the
+// init container ships it) of the default plan (both families) as an init
+// container runs it, against `nft -f` of the same
 // ruleset and against shunt's iptables engine (targets ≤ 1.2× and ≤ 0.5×).
 // BenchmarkExcludedCIDRs: connection cost with 10 and 10,000 excluded
 // CIDRs (target: flat) and the time to add one prefix to 10,000 (< 5 ms).
+// BenchmarkAddOnePrefix: that change alone, repeated, for -cpuprofile.
 package nftables_test
 
 import (
@@ -37,6 +39,13 @@ func median(d []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
+// spread is the first and third quartiles, for the logs.
+func spread(d []time.Duration) string {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return fmt.Sprintf("[q1 %v, q3 %v, n %d]", s[len(s)/4].Round(10*time.Microsecond), s[3*len(s)/4].Round(10*time.Microsecond), len(s))
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // BenchmarkWholeProcessInstall times whole processes, each in a fresh
@@ -48,8 +57,11 @@ func BenchmarkWholeProcessInstall(b *testing.B) {
 	nft := testenv.RequireBinary(b, "nft")
 	testenv.RequireBinary(b, "iptables-nft-restore")
 	dir := b.TempDir()
-	shunt := filepath.Join(dir, "shunt")
-	if err := testenv.BuildShunt(shunt); err != nil {
+	// The init container ships the lean build (-tags lean), as
+	// bench/startup measures it: the full build's package initialisation
+	// alone costs more than the install.
+	shunt := filepath.Join(dir, "shunt-lean")
+	if err := testenv.BuildShuntLean(shunt); err != nil {
 		b.Fatal(err)
 	}
 	resolv := filepath.Join(dir, "resolv.conf")
@@ -78,13 +90,27 @@ func BenchmarkWholeProcessInstall(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		a, c, d, e := testenv.NewNetns(b, "bn"), testenv.NewNetns(b, "bf"), testenv.NewNetns(b, "bi"), testenv.NewNetns(b, "bt")
+		sd1, sd2 := b.TempDir(), b.TempDir()
+		steps := []func(){
+			func() {
+				run(&sNft, a, append([]string{shunt, "install", "--engine", "nftables", "--state-dir", sd1}, common...)...)
+			},
+			func() { run(&raw, c, nft, "-f", ruleset) },
+			func() {
+				run(&sIpt, d, append([]string{shunt, "install", "--engine", "iptables", "--iptables-backend", "nft", "--state-dir", sd2}, common...)...)
+			},
+			// shunt's start-up alone: a process that parses the same
+			// flags and changes nothing.
+			func() {
+				run(&none, e, append([]string{shunt, "install", "--engine", "nftables", "--dry-run"}, common...)...)
+			},
+		}
 		b.StartTimer()
-		run(&sNft, a, append([]string{shunt, "install", "--engine", "nftables", "--state-dir", b.TempDir()}, common...)...)
-		run(&raw, c, nft, "-f", ruleset)
-		run(&sIpt, d, append([]string{shunt, "install", "--engine", "iptables", "--iptables-backend", "nft", "--state-dir", b.TempDir()}, common...)...)
-		// shunt's start-up alone: a process that parses the same flags
-		// and changes nothing.
-		run(&none, e, append([]string{shunt, "install", "--engine", "nftables", "--dry-run"}, common...)...)
+		// The order rotates from round to round, so that none is always
+		// first (or always right after another's kernel work).
+		for j := range steps {
+			steps[(i+j)%len(steps)]()
+		}
 	}
 	b.ReportMetric(ms(median(sNft)), "shunt-nftables-ms")
 	b.ReportMetric(ms(median(raw)), "nft-f-ms")
@@ -94,6 +120,7 @@ func BenchmarkWholeProcessInstall(b *testing.B) {
 	b.ReportMetric(float64(median(sNft))/float64(median(sIpt)), "vs-iptables")
 	b.Logf("median whole-process install: shunt nftables %v, nft -f %v (ratio %.2f, target ≤ 1.2), shunt iptables %v (ratio %.2f, target ≤ 0.5); shunt --dry-run (start-up, no kernel change) %v",
 		median(sNft), median(raw), float64(median(sNft))/float64(median(raw)), median(sIpt), float64(median(sNft))/float64(median(sIpt)), median(none))
+	b.Logf("quartiles: shunt nftables %s, nft -f %s, shunt iptables %s, --dry-run %s", spread(sNft), spread(raw), spread(sIpt), spread(none))
 }
 
 // prefixes returns n distinct /32s in 100.64.0.0/10, then extra.
@@ -219,4 +246,40 @@ func BenchmarkExcludedCIDRs(b *testing.B) {
 	b.ReportMetric(ms(median(add)), "add-one-ms")
 	b.Logf("per connection: nftables 10 CIDRs %v, 10,000 %v (ratio %.2f, target flat); iptables 10 %v, 10,000 %v (ratio %.2f); adding one prefix to 10,000: median %v (target < 5ms)",
 		median(c10), median(c10k), float64(median(c10k))/float64(median(c10)), median(ipt10), median(ipt10k), float64(median(ipt10k))/float64(median(ipt10)), median(add))
+	b.Logf("quartiles: adding one prefix %s", spread(add))
+}
+
+// BenchmarkAddOnePrefix is the change path alone: a long-lived engine (the
+// agent's) holding 10,000 excluded CIDRs installs a plan with one more
+// prefix each iteration. ns/op is one such change, netlink batch and
+// record included; run it with -cpuprofile to see where shunt's part goes.
+func BenchmarkAddOnePrefix(b *testing.B) {
+	testenv.RequireRoot(b)
+	pod := testenv.NewNetns(b, "bap")
+	cfg := redirect.NewConfig()
+	_ = cfg.Set("noDNS", "true", "bench")
+	base, err := cfg.Plan(redirect.OSHost{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	eng := nftables.New(nftables.Options{NetnsPath: pod.Path(), StateDir: b.TempDir(), LockDir: b.TempDir()})
+	p := base.Clone()
+	p.ExcludeOutboundCIDRs = prefixes(10000)
+	if err := eng.Install(ctx, p); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = eng.Uninstall(ctx) })
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		next := p.Clone()
+		next.ExcludeOutboundCIDRs = append(next.ExcludeOutboundCIDRs,
+			netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)}), 32))
+		b.StartTimer()
+		if err := eng.Install(ctx, next); err != nil {
+			b.Fatal(err)
+		}
+		p = next
+	}
 }

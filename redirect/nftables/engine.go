@@ -45,6 +45,8 @@ type Engine struct {
 	// record nor the table while neither changed.
 	mu   sync.Mutex
 	last *known
+	// socks are the netlink sockets Install keeps between changes.
+	socks socks
 	// chosen is why the engine was chosen, kept in the record.
 	chosen string
 	// corrupt, set by tests, spoils a batch before it is sent, so that
@@ -244,17 +246,14 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	if prev != nil && prev.Engine != Name {
 		return fmt.Errorf("install: the capture here is held by the %s engine; use it, or uninstall it first", prev.Engine)
 	}
-	c, done, err := dial(e.opts.NetnsPath)
+	c, gc, keep, err := e.socks.get(e.opts.NetnsPath, e.log)
 	if err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
-	defer done()
-
-	gc, err := dialGen(e.opts.NetnsPath)
-	if err != nil {
-		e.log.Debug("nftables generation unavailable", "err", err)
-	}
-	defer gc.Close()
+	// The sockets outlive a change that succeeded; after any failure
+	// they are dropped, with whatever they may still have queued.
+	ok := false
+	defer func() { keep(ok) }()
 
 	rs := Render(p)
 	if e.corrupt != nil {
@@ -293,6 +292,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			return fmt.Errorf("install: %w", err)
 		}
 		if n == 0 && prev.Plan.Equal(p) {
+			ok = true
 			e.log.Debug("nftables capture already installed")
 			return nil
 		}
@@ -334,6 +334,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		return fmt.Errorf("install: table written but %w", err)
 	}
 	e.remember(next)
+	ok = true
 	e.log.Debug("nftables capture installed", "how", how)
 	return nil
 }
@@ -454,6 +455,7 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
+	e.socks.drop()
 	c, done, err := dial(e.opts.NetnsPath)
 	if err != nil {
 		return fmt.Errorf("uninstall: %w", err)

@@ -131,3 +131,43 @@ func handles(listing string) string {
 	}
 	return strings.Join(out, ",")
 }
+
+// TestKeptSocketsFollowTheNamespacePath: a long-lived engine keeps its
+// netlink sockets between changes, but a path that comes to name another
+// namespace gets sockets of that namespace, not the first one's.
+func TestKeptSocketsFollowTheNamespacePath(t *testing.T) {
+	testenv.RequireBinary(t, "nft")
+	ctx := context.Background()
+	a, b := testenv.NewNetns(t, "nftka"), testenv.NewNetns(t, "nftkb")
+	link := filepath.Join(t.TempDir(), "netns")
+	if err := os.Symlink(a.Path(), link); err != nil {
+		t.Fatal(err)
+	}
+	eng := New(Options{NetnsPath: link, StateDir: t.TempDir(), LockDir: t.TempDir()})
+	plans := scenarios(t)
+	if err := eng.Install(ctx, plans["lockdown"]); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(b.Path(), link); err != nil {
+		t.Fatal(err)
+	}
+	next := withAllowed(plans["lockdown"], "198.51.100.0/24")
+	if err := eng.Install(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	if out := nftList(t, b); !strings.Contains(out, "198.51.100.0/24") {
+		t.Errorf("the second install did not reach the namespace the path now names:\n%s", out)
+	}
+	if out := nftList(t, a); strings.Contains(out, "198.51.100.0/24") {
+		t.Errorf("the second install went to the namespace the path used to name:\n%s", out)
+	}
+	if err := eng.Uninstall(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := a.Run("nft", "delete", "table", "inet", TableName); err != nil {
+		t.Fatalf("clean up the first namespace: %v: %s", err, out)
+	}
+}

@@ -58,6 +58,15 @@ func TestRejectedBatchChangesNothing(t *testing.T) {
 	if st, err := eng.Status(ctx); err != nil || len(st.Drift) > 0 {
 		t.Errorf("status after refused batches: %v %v", st.Drift, err)
 	}
+	// The engine dropped the sockets of the refused batches: the next
+	// change goes through whole.
+	want := withAllowed(plans["lockdown"], "198.51.100.0/24")
+	if err := eng.Install(ctx, want); err != nil {
+		t.Fatalf("install after refused batches: %v", err)
+	}
+	if st, err := eng.Status(ctx); err != nil || len(st.Drift) > 0 || !st.Plan.Equal(want) {
+		t.Errorf("status after the next install: %v %v", st, err)
+	}
 }
 
 func withAllowed(p *redirect.Plan, prefix string) *redirect.Plan {

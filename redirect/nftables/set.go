@@ -215,10 +215,19 @@ func newAddrSet(name string, f fam, prefixes []netip.Prefix) *set {
 	if f.v6 {
 		s.kind, n = kindAddr6, 16
 	}
-	buf := make([]byte, 2*n*len(prefixes))
-	spans := make([]span, 0, len(prefixes))
-	for i, p := range prefixes {
+	// One buffer for the family's keys alone: a long list of one family
+	// costs the other family's set nothing.
+	count := 0
+	for _, p := range prefixes {
 		if p.Addr().Unmap().Is6() == f.v6 {
+			count++
+		}
+	}
+	buf := make([]byte, 2*n*count)
+	spans := make([]span, 0, count)
+	for _, p := range prefixes {
+		if p.Addr().Unmap().Is6() == f.v6 {
+			i := len(spans)
 			spans = append(spans, prefixSpanIn(buf[2*n*i:2*n*(i+1)], p, n))
 		}
 	}
