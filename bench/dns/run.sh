@@ -58,8 +58,8 @@ SHUNT_CMD=()
 if (cd "$ROOT" && go build -o "$WORK/shunt" ./cmd/shunt) >"$WORK/build.log" 2>&1; then
 	SHUNT_CMD=("$WORK/shunt" dns --resolv-conf "" --upstream-mark 0 --log-level warn)
 else
-	# Someone else's package may be mid-change; measure the same server
-	# through the small stand-in rather than not at all, and say so.
+	# A tree where another package is mid-change may not build the command;
+	# measure the same server through the small stand-in rather than not at all, and say so.
 	echo "cmd/shunt does not build (see below); measuring dnsproxy through bench/dns/dnsserve" >&2
 	head -3 "$WORK/build.log" >&2
 	(cd "$ROOT" && go build -o "$WORK/dnsserve" ./bench/dns/dnsserve)
