@@ -34,6 +34,9 @@ bench: deps
 	$(GO) test -run XXX -bench . -benchmem ./dnsproxy ./controlplane
 	./bench/dns/run.sh
 	SHUNT_BENCH=1 $(GO) test -run TestCompare -v -timeout 15m ./bench/capture
+	$(GO) test -run X -bench . -benchtime 20x ./bench/nftables
+	SHUNT_BENCH=1 $(GO) test -run TestStartup -v -timeout 30m ./bench/startup
+	SHUNT_BENCH=1 $(GO) test -run 'TestCNIShare|TestNodeScale' -v -timeout 15m ./bench/cniscale
 
 ## demo: set everything up and run shunt on its embedded default (needs root)
 demo:
