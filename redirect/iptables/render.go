@@ -19,6 +19,7 @@ const (
 	chainDNSZoneIn       = "SHUNT_DNS_ZONE_IN"
 	chainEgress          = "SHUNT_EGRESS"
 	chainPortGuard       = "SHUNT_PORT_GUARD"
+	chainEgressGap       = "SHUNT_EGRESS_GAP"
 )
 
 // DNS conntrack zones. The application's queries to a nameserver are
@@ -201,7 +202,7 @@ func (r *renderer) nat() {
 	for _, ports := range multiport(p.ExcludeOutboundPorts) {
 		out("-p tcp -m multiport --dports " + ports + " -j RETURN")
 	}
-	r.outboundCapture(chainOutput, "")
+	r.outboundCapture(chainOutput, "", "-j "+chainOutRedirect)
 }
 
 func (r *renderer) dnsZones() {
@@ -308,6 +309,12 @@ func (r *renderer) egress() {
 	// plan change. RELATED also lets out the ICMP(v6) errors the stack
 	// sends about a tracked flow (port unreachable, packet too big).
 	e("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
+	// A new TCP connection that capture redirects but that carries no
+	// NAT state went around the proxy: the nat rules are gone (flushed,
+	// being repaired). Refuse it even to an allowed destination rather
+	// than let it out unproxied until the rules come back.
+	e("-p tcp -m conntrack --ctstate NEW -j " + chainEgressGap)
+	r.egressGap()
 	for _, c := range redirect.PrefixesOf(p.MeshCIDRs, r.v6) {
 		e("-d " + c.String() + " -j RETURN")
 	}
@@ -328,6 +335,47 @@ func (r *renderer) egress() {
 	} else {
 		r.logged("filter", chainEgress, "lockdown-reject", "", "-j REJECT --reject-with icmp-port-unreachable")
 	}
+}
+
+// egressGap writes SHUNT_EGRESS_GAP: SHUNT_OUTPUT's outbound TCP decision
+// without its NAT, so that what capture would redirect is reset and what it
+// leaves alone (excluded, the proxy's own) returns to the allow list.
+func (r *renderer) egressGap() {
+	p := r.p
+	g := func(parts ...string) { r.rule("filter", chainEgressGap, parts...) }
+	for _, ifc := range p.ExcludeInterfaces {
+		g("-o " + ifc + " -j RETURN")
+	}
+	if p.BypassMark != 0 {
+		g(fmt.Sprintf("-m mark --mark %#x -j RETURN", p.BypassMark))
+	}
+	if t := p.InboundTProxy; t != nil {
+		g(fmt.Sprintf("-m mark --mark %#x -j RETURN", t.Mark))
+	}
+	g("-m owner --uid-owner", fmt.Sprint(p.ProxyUID), "-j RETURN")
+	if p.ProxyGID != nil {
+		g("-m owner --gid-owner", fmt.Sprint(*p.ProxyGID), "-j RETURN")
+	}
+	for _, e := range p.ExcludeOutboundPortsForUIDs {
+		for _, proto := range protocols(e.Protocol) {
+			if proto != "tcp" {
+				continue
+			}
+			for _, ports := range multiport(e.Ports) {
+				for _, u := range e.UIDs {
+					g("-p tcp -m multiport --dports "+ports+" -m owner --uid-owner "+u.String(), "-j RETURN")
+				}
+			}
+		}
+	}
+	g("-o lo -j RETURN")
+	for _, c := range redirect.PrefixesOf(p.ExcludeOutboundCIDRs, r.v6) {
+		g("-d " + c.String() + " -j RETURN")
+	}
+	for _, ports := range multiport(p.ExcludeOutboundPorts) {
+		g("-p tcp -m multiport --dports " + ports + " -j RETURN")
+	}
+	r.outboundCapture(chainEgressGap, "", "-j REJECT --reject-with tcp-reset")
 }
 
 func protocols(p string) []string {

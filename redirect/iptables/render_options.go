@@ -137,15 +137,19 @@ func (r *renderer) vnets() {
 		}
 	}
 	for _, v := range p.VNets {
-		r.outboundCapture(chainVNet, "-i "+v.Interface)
+		r.outboundCapture(chainVNet, "-i "+v.Interface, "-j "+chainOutRedirect)
 	}
 }
 
 // outboundCapture appends to chain the rules that send outbound TCP
 // matching match to the outbound listener, limited by the include lists:
 // to each included CIDR of the family and each group of included ports.
-func (r *renderer) outboundCapture(chain, match string) {
+func (r *renderer) outboundCapture(chain, match, action string) {
 	p := r.p
+	table := "nat"
+	if chain == chainEgressGap {
+		table = "filter"
+	}
 	var dsts []string
 	if len(p.IncludeOutboundCIDRs) > 0 {
 		for _, c := range redirect.PrefixesOf(p.IncludeOutboundCIDRs, r.v6) {
@@ -176,7 +180,7 @@ func (r *renderer) outboundCapture(chain, match string) {
 			if pg != "" {
 				m += " -m multiport --dports " + pg
 			}
-			r.rule("nat", chain, m, "-j", chainOutRedirect)
+			r.rule(table, chain, m, action)
 		}
 	}
 }

@@ -254,6 +254,8 @@ func ctBits(key expr.CtKey, text string, bits uint32) term {
 // by capture): iptables' --ctstate DNAT.
 func ctDNAT() term { return ctBits(expr.CtKeySTATUS, "ct status dnat", 0x20) } // IPS_DST_NAT
 
+func ctNew() term { return ctBits(expr.CtKeySTATE, "ct state new", 0x8) } // NF_CT_STATE_BIT(IP_CT_NEW)
+
 func ctEstablished() term {
 	return ctBits(expr.CtKeySTATE, "ct state established,related", 0x2|0x4) // NF_CT_STATE_BIT(ESTABLISHED|RELATED)
 }

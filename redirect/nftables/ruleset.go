@@ -212,6 +212,12 @@ func Render(p *redirect.Plan) *Ruleset {
 			c.add(ctDNAT(), ret())
 			// Connections allowed when they started survive a plan change.
 			c.add(ctEstablished(), ret())
+			// A new TCP connection capture redirects that carries no
+			// NAT state went around the proxy while the output chain
+			// is gone (flushed, being repaired): reset it, allowed
+			// destination or not, until the redirect is back.
+			c.add(l4proto("tcp"), ctNew(), jump("egress_gap"+f.suffix()))
+			renderEgressGap(rs.addChain("egress_gap"+f.suffix(), nil), p, f, s.exOut, outPorts)
 			c.add(addrIn(f, false, s.mesh), ret())
 			c.add(addrIn(f, false, s.allowed), ret())
 			// An endpoint of the proxy opens its TCP port, not its host.
@@ -288,6 +294,36 @@ func renderOutput(c *chain, p *redirect.Plan, f fam, exOut, outPorts, dns *set) 
 	c.add(addrIn(f, false, exOut), ret())
 	c.add(portIn("tcp", true, outPorts), ret())
 	c.add(l4proto("tcp"), redirectTo(p.OutboundPort))
+}
+
+// renderEgressGap writes the output chain's outbound TCP decision without
+// its NAT: what it would redirect is reset, what it leaves alone (the
+// proxy's own, excluded) returns to the allow list.
+func renderEgressGap(c *chain, p *redirect.Plan, f fam, exOut, outPorts *set) {
+	for _, ifc := range p.ExcludeInterfaces {
+		c.add(ifname(false, ifc), ret())
+	}
+	if p.BypassMark != 0 {
+		c.add(mark(p.BypassMark, false), ret())
+	}
+	c.add(skid(false, idRange{p.ProxyUID, p.ProxyUID}, false), ret())
+	if p.ProxyGID != nil {
+		c.add(skid(true, idRange{*p.ProxyGID, *p.ProxyGID}, false), ret())
+	}
+	for _, e := range p.ExcludeOutboundPortsForUIDs {
+		if e.Protocol != "tcp" && e.Protocol != "all" {
+			continue
+		}
+		for _, pr := range portRanges(e.Ports) {
+			for _, u := range e.UIDs {
+				c.add(port("tcp", true, pr), skid(false, idRange{u.First, u.Last}, false), ret())
+			}
+		}
+	}
+	c.add(ifname(false, "lo"), ret())
+	c.add(addrIn(f, false, exOut), ret())
+	c.add(portIn("tcp", true, outPorts), ret())
+	c.add(l4proto("tcp"), rejectTCPReset())
 }
 
 // renderZones writes the conntrack-zone split of DNS for one family. As

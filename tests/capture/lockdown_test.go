@@ -102,3 +102,55 @@ func TestLockdownResolvesIPv6Neighbours(t *testing.T) {
 		})
 	}
 }
+
+// TestLockdownFailsClosedWithoutNAT locks egress down with every netfilter
+// engine, then removes the outbound redirect as a flush of the nat rules
+// does until the agent repairs them. The application's TCP to an allowed
+// destination must then be reset, not go there around the proxy; the
+// proxy's own UID still reaches it.
+func TestLockdownFailsClosedWithoutNAT(t *testing.T) {
+	for _, backend := range []string{"nft", "legacy", nativeNftables} {
+		t.Run(backend, func(t *testing.T) {
+			w := newWorld(t, backend)
+			w.serveHTTP(8080)
+			cfg := redirect.NewConfig()
+			for k, v := range map[string]string{"netns": w.pod.Path(), "resolvConf": filepath.Join("/etc/netns", w.pod.Name(), "resolv.conf")} {
+				if err := cfg.Set(k, v, "test"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p, err := cfg.Plan(redirect.OSHost{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{
+				netip.MustParsePrefix("10.1.0.2/32"), netip.MustParsePrefix("fd00:1::2/128")}}
+			var eng redirect.Engine
+			if backend == nativeNftables {
+				eng = nftables.New(nftables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir})
+			} else {
+				eng = iptables.New(iptables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir, Backend: backend})
+			}
+			if err := eng.Install(context.Background(), p); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = eng.Uninstall(context.Background()) })
+
+			// What the nat rules were: gone, the filter rules stay.
+			if backend == nativeNftables {
+				w.pod.MustRun("nft", "flush", "chain", "inet", "shunt", "output")
+			} else {
+				w.pod.MustRun("iptables-"+backend, "-t", "nat", "-F")
+				w.pod.MustRun("ip6tables-"+backend, "-t", "nat", "-F")
+			}
+			for _, url := range []string{"http://10.1.0.2:8080/", "http://[fd00:1::2]:8080/"} {
+				if got, err := w.curl(appUID, url); !refused(got, err) {
+					t.Errorf("app GET %s with the nat rules gone = %q, %v; want refused at once (TCP reset), not unproxied", url, got, err)
+				}
+				if got, err := w.curl(proxyUID, url); err != nil || got != "remote:8080" {
+					t.Errorf("proxy GET %s with the nat rules gone = %q, %v; want %q", url, got, err, "remote:8080")
+				}
+			}
+		})
+	}
+}
