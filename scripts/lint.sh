@@ -13,4 +13,6 @@ if [ -n "$unformatted" ]; then
 fi
 go mod tidy -diff
 go vet ./...
+# The lean build (init container, CNI plugin) compiles from the same package.
+go vet -tags lean ./cmd/shunt
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...

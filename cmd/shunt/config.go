@@ -118,8 +118,7 @@ func loadConfigFile(cfg *redirect.Config, file string, data []byte) error {
 	return cfg.LoadNode(file, m)
 }
 
-// runOnlyConfigKeys are config file keys that `shunt run` reads itself;
-// the capture configuration ignores them.
-// They live here, not with run, because the lean build (which has no run)
-// reads the same file and must skip them too.
+// runOnlyConfigKeys are config file keys that `shunt run` reads itself; the
+// capture configuration ignores them. They are listed here, not beside run,
+// because the lean build has no run and reads the same file.
 var runOnlyConfigKeys = []string{"xdsNodeMetadata"}
