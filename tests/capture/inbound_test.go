@@ -2,7 +2,6 @@ package capture_test
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -16,31 +15,14 @@ import (
 // HTTP with the original destination it read from the redirected socket.
 func inboundListener(t *testing.T, n *testenv.Netns, addr string) {
 	t.Helper()
-	var ln net.Listener
-	if err := n.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatalf("listen %s: %v", addr, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func(c *net.TCPConn) {
-				defer c.Close()
-				dst, err := origdst.Lookup(c)
-				body := "inbound-proxy orig=" + dst.String()
-				if err != nil {
-					body = "inbound-proxy error=" + err.Error()
-				}
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				buf := make([]byte, 4096)
-				_, _ = c.Read(buf)
-				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
-			}(c.(*net.TCPConn))
+	testenv.ServeTCP(t, n, addr, func(c *net.TCPConn) {
+		dst, err := origdst.Lookup(c)
+		body := "inbound-proxy orig=" + dst.String()
+		if err != nil {
+			body = "inbound-proxy error=" + err.Error()
 		}
-	}()
+		testenv.ReplyHTTP(c, body)
+	})
 }
 
 // curlFrom fetches url from namespace n as root.

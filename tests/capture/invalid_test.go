@@ -101,28 +101,14 @@ func TestDropInvalidStopsSpuriousResets(t *testing.T) {
 // ends, reading and discarding what arrives.
 func holdListener(t *testing.T, n *testenv.Netns, addr string) {
 	t.Helper()
-	var ln net.Listener
-	if err := n.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatalf("listen %s: %v", addr, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	testenv.ServeTCP(t, n, addr, func(c *net.TCPConn) {
+		buf := make([]byte, 512)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := c.Read(buf); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 512)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 }
 
 // outResets reads the namespace's TCP OutRsts counter (both families).

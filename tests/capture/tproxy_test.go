@@ -120,28 +120,10 @@ func TestTProxyModeCanBeSwitched(t *testing.T) {
 // peer.
 func peerApp(t *testing.T, n *testenv.Netns, addr string) {
 	t.Helper()
-	var ln net.Listener
-	if err := n.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatalf("listen %s: %v", addr, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				buf := make([]byte, 4096)
-				_, _ = c.Read(buf)
-				peer := netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().Unmap()
-				body := "app saw " + peer.String()
-				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
-			}()
-		}
-	}()
+	testenv.ServeTCP(t, n, addr, func(c *net.TCPConn) {
+		peer := netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().Unmap()
+		testenv.ReplyHTTP(c, "app saw "+peer.String())
+	})
 }
 
 // transparentProxy stands in for Envoy's TPROXY inbound listener (a

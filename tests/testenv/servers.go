@@ -99,3 +99,34 @@ func (n *Netns) GetHTTP(addr, path string) (string, string) {
 	}
 	return s[i+1:], s[:i]
 }
+
+// ServeTCP accepts TCP connections on addr inside n until the test ends and
+// gives each to handle on a goroutine of its own, closing it after.
+func ServeTCP(t testing.TB, n *Netns, addr string, handle func(c *net.TCPConn)) {
+	t.Helper()
+	var ln net.Listener
+	if err := n.Do(func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+		t.Fatalf("listen %s in %s: %v", addr, n.Name(), err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c *net.TCPConn) {
+				defer c.Close()
+				handle(c)
+			}(c.(*net.TCPConn))
+		}
+	}()
+}
+
+// ReplyHTTP reads one request from c (within 5 s) and answers it with body.
+func ReplyHTTP(c net.Conn, body string) {
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 4096)
+	_, _ = c.Read(buf)
+	fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+}
