@@ -7,6 +7,7 @@ import (
 	"net"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -43,20 +44,43 @@ type adsServer struct {
 // DeltaAggregatedResources serves an Envoy whose ADS is incremental over the
 // same one upstream stream (see deltaAdapter).
 func (s adsServer) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
-	p := s.p
+	a := newDeltaAdapter()
+	return serveDownstream(s.p, stream,
+		(*discoveryv3.DeltaDiscoveryRequest).GetNode, a.request, a.response)
+}
+
+func (s adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	return serveDownstream(s.p, stream,
+		(*discoveryv3.DiscoveryRequest).GetNode,
+		func(r *discoveryv3.DiscoveryRequest) *discoveryv3.DiscoveryRequest { return r },
+		func(r *discoveryv3.DiscoveryResponse) (*discoveryv3.DiscoveryResponse, error) { return r, nil })
+}
+
+// adsStream is the server side of an ADS stream, SotW or incremental.
+type adsStream[Req, Resp any] interface {
+	Recv() (Req, error)
+	Send(Resp) error
+	Context() context.Context
+}
+
+// serveDownstream serves one stream of the local proxy: its first request
+// must name this node; its requests reach the proxy in the SotW form
+// (toSotW), and the responses queued for it leave in the stream's own form
+// (fromSotW).
+func serveDownstream[Req, Resp any](p *Proxy, stream adsStream[Req, Resp], node func(Req) *corev3.Node,
+	toSotW func(Req) *discoveryv3.DiscoveryRequest, fromSotW func(*discoveryv3.DiscoveryResponse) (Resp, error)) error {
 	first, err := stream.Recv()
 	if err != nil {
 		return err
 	}
-	if err := p.checkNode(&discoveryv3.DiscoveryRequest{Node: first.GetNode()}); err != nil {
+	if err := p.checkNode(&discoveryv3.DiscoveryRequest{Node: node(first)}); err != nil {
 		if ok, n := p.refuseLog.allow(); ok {
 			p.log.Warn("refused a local proxy's stream", "error", err, "similar_lines_suppressed", n)
 		}
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
-	a := newDeltaAdapter()
-	d := newDownstream(kindEnvoy, first.GetNode())
-	req := a.request(first)
+	d := newDownstream(kindEnvoy, node(first))
+	req := toSotW(first)
 	if !p.do(func() { p.attach(d); p.fromDownstream(d, req) }) {
 		return status.Error(codes.Unavailable, "shunt's xDS proxy is stopping")
 	}
@@ -65,11 +89,11 @@ func (s adsServer) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscove
 	go func() {
 		defer cancel()
 		for {
-			dr, err := stream.Recv()
+			r, err := stream.Recv()
 			if err != nil {
 				return
 			}
-			req := a.request(dr)
+			req := toSotW(r)
 			if !p.do(func() { p.fromDownstream(d, req) }) {
 				return
 			}
@@ -84,56 +108,11 @@ func (s adsServer) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscove
 			}
 			return status.Error(codes.Aborted, "replaced by a newer stream from the local proxy")
 		}
-		out, err := a.response(r)
+		out, err := fromSotW(r)
 		if err != nil {
 			return status.Error(codes.Internal, err.Error())
 		}
 		if err := stream.Send(out); err != nil {
-			return err
-		}
-	}
-}
-
-func (s adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
-	p := s.p
-	first, err := stream.Recv()
-	if err != nil {
-		return err
-	}
-	if err := p.checkNode(first); err != nil {
-		if ok, n := p.refuseLog.allow(); ok {
-			p.log.Warn("refused a local proxy's stream", "error", err, "similar_lines_suppressed", n)
-		}
-		return status.Error(codes.PermissionDenied, err.Error())
-	}
-	d := newDownstream(kindEnvoy, first.GetNode())
-	if !p.do(func() { p.attach(d); p.fromDownstream(d, first) }) {
-		return status.Error(codes.Unavailable, "shunt's xDS proxy is stopping")
-	}
-	ctx, cancel := context.WithCancel(stream.Context())
-	defer cancel()
-	go func() {
-		defer cancel()
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				return
-			}
-			if !p.do(func() { p.fromDownstream(d, req) }) {
-				return
-			}
-		}
-	}()
-	defer p.do(func() { p.detach(d) })
-	for {
-		r := d.out.pop(ctx)
-		if r == nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return status.Error(codes.Aborted, "replaced by a newer stream from the local proxy")
-		}
-		if err := stream.Send(r); err != nil {
 			return err
 		}
 	}
