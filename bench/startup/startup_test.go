@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -330,11 +331,48 @@ func TestStartup(t *testing.T) {
 		t.Logf("target: shunt install (lean) <= 0.5x istio-iptables: %.2fx", float64(lean)/float64(median(s["istio-iptables"])))
 	}
 	t.Logf("target: shunt version (lean) < 15 ms: %.1f ms", ms(median(s["shunt version (lean)"])))
+	for _, bin := range []struct{ name, path string }{{"lean", b.lean}, {"full build", b.full}} {
+		size, initMS, rss := footprint(t, bin.path)
+		t.Logf("  %-10s binary %.1f MB, package initialisation %.1f ms (GODEBUG=inittrace=1), max RSS of version %.1f MiB",
+			bin.name, float64(size)/1e6, initMS, float64(rss)/1024)
+	}
 	un := median(s["shunt uninstall (lean)"])
 	t.Logf("target: uninstall <= 50 ms: %.1f ms (%.2fx its own floor, the removal batch)", ms(un), float64(un)/float64(median(s["floor of uninstall: restores of the removal batch"])))
 	if dir := os.Getenv("SHUNT_BENCH_PLOTS"); dir != "" {
 		writePlots(t, dir, s, names, configs[0].name)
 	}
+}
+
+// footprint is what a build costs before it does anything: its size, the
+// clock time of its packages' init functions as the runtime reports them,
+// and the peak resident memory of `version`.
+func footprint(t *testing.T, bin string) (size int64, initMS float64, rssKiB int64) {
+	t.Helper()
+	fi, err := os.Stat(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "version")
+	cmd.Env = append(os.Environ(), "GODEBUG=inittrace=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s version: %v", bin, err)
+	}
+	// "init PKG @0.1 ms, 0.02 ms clock, 0 bytes, 0 allocs"
+	for _, l := range strings.Split(stderr.String(), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 7 && f[0] == "init" && f[6] == "clock," {
+			var v float64
+			if _, err := fmt.Sscanf(f[4], "%g", &v); err == nil {
+				initMS += v
+			}
+		}
+	}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		rssKiB = ru.Maxrss
+	}
+	return fi.Size(), initMS, rssKiB
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
