@@ -74,40 +74,44 @@ func fixtureKey(t *testing.T) []byte {
 	return key
 }
 
-// fetchAll opens an ADS stream as node and returns the bytes of every
-// response within a short while, or the stream's error.
+// fetchAll opens an ADS stream as node and returns the bytes of the first
+// response to each requested type, or the stream's error.
 func fetchAll(addr string, creds credentials.TransportCredentials, node string) ([]byte, error) {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	// Generous: under the race detector on a loaded 2-core machine the first
+	// response (TLS handshake, CA, identity issuance) can take seconds. The
+	// loop ends as soon as every requested type has answered once.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
 		return nil, err
 	}
 	n := &core.Node{Id: node}
+	pending := map[string]bool{}
 	for _, typ := range []string{resource.ClusterType, resource.ListenerType, resource.SecretType} {
 		if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: typ, Node: n}); err != nil {
 			break
 		}
+		pending[typ] = true
 		n = nil
 	}
 	var all []byte
-	for {
+	for len(pending) > 0 {
 		resp, err := stream.Recv()
 		if err != nil {
-			if len(all) > 0 && ctx.Err() != nil {
-				return all, nil
-			}
 			return all, err
 		}
+		delete(pending, resp.GetTypeUrl())
 		for _, r := range resp.GetResources() {
 			all = append(all, r.GetValue()...)
 		}
 	}
+	return all, nil
 }
 
 // `shunt controlplane` over mutual TLS: a node gets its configuration only
