@@ -26,8 +26,8 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 	// the others are read.
 	empty := map[Commands]*Dump{}
 	vs = e.emptyDumps(vs, empty)
+	vs, found := e.uninstallOverNetlink(ctx, vs)
 	dumps, recorded, errs := e.uninstallDumps(ctx, vs, prev)
-	found := false
 	for i, d := range dumps {
 		if d != nil && !d.Shunt.Empty() {
 			found = true
