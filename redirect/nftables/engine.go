@@ -391,11 +391,14 @@ func (e *Engine) readBack(c *nftables.Conn, rs *Ruleset) (string, error) {
 		return "", err
 	}
 	texts := snap.texts(rs)
-	return snap.record(func(d string) (string, bool) { t, ok := texts[d]; return t, ok }), nil
+	return snap.record(func(chain, d string) (string, bool) { t, ok := texts[chain+" "+d]; return t, ok }), nil
 }
 
-// textsOf recovers the digest-to-text map from a record.
-func textsOf(st *redirect.State) func(string) (string, bool) {
+// textsOf recovers from a record the text of each rule, by chain and
+// digest: rules of two chains may share a digest (the netlink library
+// decodes no tproxy expression, so the IPv4 and IPv6 TPROXY rules digest
+// alike) and still read differently.
+func textsOf(st *redirect.State) func(chain, digest string) (string, bool) {
 	m := map[string]string{}
 	if st != nil {
 		for _, l := range strings.Split(st.Applied["inet"], "\n") {
@@ -407,10 +410,10 @@ func textsOf(st *redirect.State) func(string) (string, bool) {
 			if i < 0 || j < i {
 				continue
 			}
-			m[rest[j+2:]] = rest[i+2 : j]
+			m[rest[:i]+" "+rest[j+2:]] = rest[i+2 : j]
 		}
 	}
-	return func(d string) (string, bool) { t, ok := m[d]; return t, ok }
+	return func(chain, d string) (string, bool) { t, ok := m[chain+" "+d]; return t, ok }
 }
 
 // skeleton is the ruleset without set elements: equal skeletons differ only
@@ -662,7 +665,7 @@ func (e *Engine) unchangedStatus() *redirect.Status {
 }
 
 // sections lists each set's size and each chain's rules.
-func sections(live *snapshot, textOf func(string) (string, bool)) []redirect.Section {
+func sections(live *snapshot, textOf func(chain, digest string) (string, bool)) []redirect.Section {
 	sets := redirect.Section{Name: "inet " + TableName + " sets (kernel elements, interval ends included)"}
 	for _, st := range live.sets {
 		sets.Lines = append(sets.Lines, fmt.Sprintf("%s: %d", st.name, len(st.elems)))
@@ -671,7 +674,7 @@ func sections(live *snapshot, textOf func(string) (string, bool)) []redirect.Sec
 	for _, c := range live.chains {
 		sec := redirect.Section{Name: "inet " + TableName + " " + strings.TrimPrefix(c.line, "chain ")}
 		for _, r := range c.rules {
-			text, ok := textOf(r.digest)
+			text, ok := textOf(c.name, r.digest)
 			if !ok {
 				text = fmt.Sprintf("(a rule shunt did not write, handle %d)", r.handle)
 			}
