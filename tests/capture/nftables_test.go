@@ -249,27 +249,3 @@ func TestNftablesRacingInstalls(t *testing.T) {
 func refused(out string, err error) bool {
 	return exitCode(err) == 7 && strings.Contains(out, "Couldn't connect") && !strings.Contains(out, "Timeout")
 }
-
-// TestNftablesRefusesOptionsItLacks: a capture option the nftables engine
-// does not implement is refused, naming its key, and nothing is installed.
-func TestNftablesRefusesOptionsItLacks(t *testing.T) {
-	w := newWorld(t, nativeNftables)
-	for _, c := range []struct {
-		flag []string
-		key  string
-	}{
-		{[]string{"--drop-invalid"}, "dropInvalid"},
-		{[]string{"--inbound-mode", "tproxy"}, "inboundMode"},
-		{[]string{"--include-outbound-ports", "443"}, "includeOutboundPorts"},
-		{[]string{"--vnet-interfaces", "vnet0"}, "vnetInterfaces"},
-		{[]string{"--packet-log", "nflog"}, "packetLog"},
-	} {
-		out, err := w.shunt(append([]string{"install"}, c.flag...)...)
-		if err == nil || !strings.Contains(out, c.key) || !strings.Contains(out, "nftables engine") {
-			t.Errorf("install %v: %v, want a refusal naming %s and the engine:\n%s", c.flag, err, c.key, out)
-		}
-		if r := w.pod.ShuntRules(); r != "" {
-			t.Errorf("install %v left rules:\n%s", c.flag, r)
-		}
-	}
-}
