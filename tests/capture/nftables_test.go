@@ -155,6 +155,12 @@ func TestNftablesStatusDriftAndExplain(t *testing.T) {
 	if err != nil || !strings.Contains(out, "table inet shunt {") || !strings.Contains(out, "delete table inet shunt") {
 		t.Errorf("install --dry-run: %v\n%s", err, out)
 	}
+	out, err = w.shunt("install", "--dry-run", "--inbound-mode", "tproxy", "--drop-invalid", "--packet-log", "nflog:3", "--include-outbound-ports", "443", "--vnet-interfaces", "tap0")
+	for _, want := range []string{"tproxy ip to :15006 meta mark set 0x00000539 accept", "ct state invalid log prefix \"shunt-drop-invalid\" group 3 drop", "set include_outbound_ports {", "chain vnet4 {"} {
+		if err != nil || !strings.Contains(out, want) {
+			t.Errorf("install --dry-run with every option lacks %q: %v\n%s", want, err, out)
+		}
+	}
 	out, err = w.shunt("uninstall", "--dry-run")
 	if err != nil || !strings.Contains(out, "delete table inet shunt") {
 		t.Errorf("uninstall --dry-run: %v\n%s", err, out)
