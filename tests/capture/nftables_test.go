@@ -255,3 +255,44 @@ func TestNftablesRacingInstalls(t *testing.T) {
 func refused(out string, err error) bool {
 	return exitCode(err) == 7 && strings.Contains(out, "Couldn't connect") && !strings.Contains(out, "Timeout")
 }
+
+// TestNftablesLockdownWithIncludeList: under lockdown, TCP that the
+// include-only list leaves uncaptured goes straight to an allowed
+// destination, and the gap guard (the NAT gone) resets only what capture
+// would have redirected.
+func TestNftablesLockdownWithIncludeList(t *testing.T) {
+	w := newWorld(t, nativeNftables)
+	w.serveHTTP(8080, 8081)
+	w.startProxies()
+	cfg := redirect.NewConfig()
+	for k, v := range map[string]string{"netns": w.pod.Path(), "resolvConf": filepath.Join("/etc/netns", w.pod.Name(), "resolv.conf"), "meshCidrs": "10.1.0.3/32", "includeOutboundPorts": "8080"} {
+		if err := cfg.Set(k, v, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := cfg.Plan(redirect.OSHost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Egress = &redirect.Egress{}
+	eng := nftables.New(nftables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir})
+	if err := eng.Install(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = eng.Uninstall(context.Background()) })
+	if !w.fetch(appUID, "http://10.1.0.3:8080/", "remote:8080", "10.1.0.3:8080") {
+		t.Errorf("an included port was not captured")
+	}
+	if w.fetch(appUID, "http://10.1.0.3:8081/", "remote:8081", "10.1.0.3:8081") {
+		t.Errorf("a port outside the include list was captured")
+	}
+	// The NAT rules gone: the included port is reset, the other still
+	// reaches the allowed destination.
+	w.pod.MustRun("nft", "flush", "chain", "inet", "shunt", "output4")
+	if got, err := w.curl(appUID, "http://10.1.0.3:8080/"); !refused(got, err) {
+		t.Errorf("without NAT, the included port: %q, %v; want a reset", got, err)
+	}
+	if got, err := w.curl(appUID, "http://10.1.0.3:8081/"); err != nil || got != "remote:8081" {
+		t.Errorf("without NAT, the port outside the include list: %q, %v; want it to reach the allowed destination", got, err)
+	}
+}
