@@ -20,11 +20,23 @@ const TableName = "shunt"
 // dstnat (-100) as iptables' nat PREROUTING and OUTPUT; conntrack zones at
 // raw (-300), before conntrack (-200) looks the packet up; lockdown at
 // filter (0), after nat has redirected what it captures.
+//
+// One exception: the nat output chain runs at dstnat-1. Between nat chains
+// of equal priority the kernel runs the one registered last first, and the
+// first to NAT a connection wins; kube-proxy's nftables mode and Docker
+// DNAT at dstnat in the output hook too, so at -100 a ClusterIP the
+// application dials was captured only while shunt's table was newer than
+// kube-proxy's: once kube-proxy re-created its table (it started after
+// shunt), the connection went to the service's backend around the proxy.
+// One below dstnat, capture always sees the address the application
+// dialed, as in a pod, and the proxy's own connection (not captured) is
+// then DNATed by them as before.
 const (
-	priorityRaw    = -300
-	priorityMangle = -150
-	priorityDstNAT = -100
-	priorityFilter = 0
+	priorityRaw       = -300
+	priorityMangle    = -150
+	priorityDstNAT    = -100
+	priorityOutputNAT = priorityDstNAT - 1
+	priorityFilter    = 0
 )
 
 // DNS conntrack zones, as the iptables engine uses: the application's
@@ -156,7 +168,7 @@ func Render(p *redirect.Plan) *Ruleset {
 	if redirectIn || len(p.VNets) > 0 {
 		pre = rs.addChain("prerouting", &hook{nftables.ChainTypeNAT, "prerouting", priorityDstNAT})
 	}
-	out := rs.addChain("output", &hook{nftables.ChainTypeNAT, "output", priorityDstNAT})
+	out := rs.addChain("output", &hook{nftables.ChainTypeNAT, "output", priorityOutputNAT})
 	zones := map[fam]bool{}
 	for _, f := range fams {
 		zones[f] = p.DNSMode == redirect.DNSAll || p.DNSMode == redirect.DNSResolvers && sets[f].dns != nil

@@ -243,6 +243,14 @@ func TestFailedEngineMigrationKeepsTheCapture(t *testing.T) {
 	w.startProxies()
 	t.Cleanup(func() { _, _ = mig.shunt("uninstall") })
 
+	// Each flag is one the target engine refuses: eBPF has no use for
+	// dropInvalid; nftables matches interface names with a trailing +
+	// wildcard only.
+	refusedBy := map[string][]string{
+		"ebpf":     {"--drop-invalid"},
+		"nftables": {"--exclude-interfaces", "ve*th"},
+	}
+	keys := map[string]string{"ebpf": "dropInvalid", "nftables": "excludeInterfaces"}
 	for _, c := range []struct{ from, to string }{
 		{"ebpf", "nftables"},
 		{"nftables", "ebpf"},
@@ -253,9 +261,9 @@ func TestFailedEngineMigrationKeepsTheCapture(t *testing.T) {
 			t.Fatalf("install --engine %s: %v\n%s", c.from, err, out)
 		}
 		status, _ := mig.shunt("status")
-		out, err := mig.install(c.to, "--drop-invalid")
-		if err == nil || !strings.Contains(out, "dropInvalid") {
-			t.Errorf("%s → %s with dropInvalid: %v, want a refusal naming dropInvalid\n%s", c.from, c.to, err, out)
+		out, err := mig.install(c.to, refusedBy[c.to]...)
+		if err == nil || !strings.Contains(out, keys[c.to]) {
+			t.Errorf("%s → %s with %v: %v, want a refusal naming %s\n%s", c.from, c.to, refusedBy[c.to], err, keys[c.to], out)
 		}
 		if live := mig.liveEngines(); !slices.Equal(live, []string{c.from}) {
 			t.Errorf("%s → %s refused: live engines %v, want only %s\n%s", c.from, c.to, live, c.from, mig.describe())
