@@ -21,22 +21,24 @@ const TableName = "shunt"
 // raw (-300), before conntrack (-200) looks the packet up; lockdown at
 // filter (0), after nat has redirected what it captures.
 //
-// One exception: the nat output chain runs at dstnat-1. Between nat chains
-// of equal priority the kernel runs the one registered last first, and the
-// first to NAT a connection wins; kube-proxy's nftables mode and Docker
-// DNAT at dstnat in the output hook too, so at -100 a ClusterIP the
-// application dials was captured only while shunt's table was newer than
-// kube-proxy's: once kube-proxy re-created its table (it started after
-// shunt), the connection went to the service's backend around the proxy.
-// One below dstnat, capture always sees the address the application
-// dialed, as in a pod, and the proxy's own connection (not captured) is
-// then DNATed by them as before.
+// Except that nat is one off dstnat. Between nat chains of equal priority
+// the kernel runs the one registered last first, and the first to NAT a
+// connection wins, so at -100 the order beside kube-proxy's nftables mode
+// and Docker (both DNAT at dstnat) depended on which table was created
+// last. The output chain runs at dstnat-1: capture sees the address the
+// application dialed (a ClusterIP, as in a pod) even when kube-proxy
+// re-creates its table after shunt's, and the proxy's own connection, not
+// captured, is DNATed by them as before. The prerouting chain runs at
+// dstnat+1: a connection another tool forwards elsewhere (Docker's
+// published ports, kube-proxy's NodePorts) is that tool's, not the
+// workload's inbound, whichever table is newer.
 const (
-	priorityRaw       = -300
-	priorityMangle    = -150
-	priorityDstNAT    = -100
-	priorityOutputNAT = priorityDstNAT - 1
-	priorityFilter    = 0
+	priorityRaw        = -300
+	priorityMangle     = -150
+	priorityDstNAT     = -100
+	priorityOutputNAT  = priorityDstNAT - 1
+	priorityInboundNAT = priorityDstNAT + 1
+	priorityFilter     = 0
 )
 
 // DNS conntrack zones, as the iptables engine uses: the application's
@@ -166,7 +168,7 @@ func Render(p *redirect.Plan) *Ruleset {
 	var pre *chain
 	redirectIn := p.CaptureInbound && p.InboundTProxy == nil
 	if redirectIn || len(p.VNets) > 0 {
-		pre = rs.addChain("prerouting", &hook{nftables.ChainTypeNAT, "prerouting", priorityDstNAT})
+		pre = rs.addChain("prerouting", &hook{nftables.ChainTypeNAT, "prerouting", priorityInboundNAT})
 	}
 	out := rs.addChain("output", &hook{nftables.ChainTypeNAT, "output", priorityOutputNAT})
 	zones := map[fam]bool{}

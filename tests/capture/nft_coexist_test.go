@@ -223,3 +223,131 @@ func TestNftablesCoexistsWithKubeProxy(t *testing.T) {
 		t.Errorf("after uninstall: GET ClusterIP = %q, %v; want the backend through kube-proxy alone", got, err)
 	}
 }
+
+// dockerRules is what dockerd writes through iptables-nft for its default
+// bridge docker0 (172.17.0.0/16) with one container (172.17.0.2) whose
+// port 80 is published on the host's port 8088: the DOCKER chains in nat
+// and filter, MASQUERADE of the bridge's traffic in nat POSTROUTING, and
+// DOCKER-USER and the DOCKER-ISOLATION stages in filter FORWARD, whose
+// policy is DROP.
+const dockerRules = `*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-A POSTROUTING -s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE
+-A DOCKER -i docker0 -j RETURN
+-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8088 -j DNAT --to-destination 172.17.0.2:80
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-ISOLATION-STAGE-1 - [0:0]
+:DOCKER-ISOLATION-STAGE-2 - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o docker0 -j DOCKER
+-A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+-A FORWARD -i docker0 -o docker0 -j ACCEPT
+-A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -j RETURN
+-A DOCKER-USER -p tcp -m tcp --dport 8099 -j REJECT --reject-with tcp-reset
+-A DOCKER-USER -j RETURN
+COMMIT
+`
+
+// TestNftablesCoexistsWithDocker installs shunt's nftables capture on a
+// Docker host: a namespace with a docker0 bridge, a container behind it and
+// Docker's iptables-nft rules. With the bridge excluded (its traffic is the
+// containers', not the workload's), forwarding keeps working: the
+// container reaches the remote masqueraded, the remote reaches the
+// published port through Docker's DNAT, DOCKER-USER still rejects, while
+// the host's application is captured. Docker's rules are the same after
+// install and after uninstall.
+func TestNftablesCoexistsWithDocker(t *testing.T) {
+	w := newWorld(t, nativeNftables)
+	restore := testenv.RequireBinary(t, "iptables-nft-restore")
+	ctr := testenv.NewNetns(t, "ctr")
+	w.pod.MustRun("sysctl", "-qw", "net.ipv4.ip_forward=1")
+	w.pod.MustRun("ip", "link", "add", "docker0", "type", "bridge")
+	w.pod.MustRun("ip", "addr", "add", "172.17.0.1/16", "dev", "docker0")
+	w.pod.MustRun("ip", "link", "set", "docker0", "up")
+	host, peer := testenv.UniqueName("vd"), testenv.UniqueName("ve")
+	w.pod.MustRun("ip", "link", "add", host, "type", "veth", "peer", "name", peer, "netns", ctr.Name())
+	w.pod.MustRun("ip", "link", "set", host, "master", "docker0", "up")
+	ctr.MustRun("ip", "link", "set", peer, "name", "eth0")
+	ctr.MustRun("ip", "addr", "add", "172.17.0.2/16", "dev", "eth0")
+	ctr.MustRun("ip", "link", "set", "eth0", "up")
+	ctr.MustRun("ip", "route", "add", "default", "via", "172.17.0.1")
+	testenv.ServeHTTP(t, ctr, "0.0.0.0:80", "container:80")
+	// The remote says whom it saw: the container only as the host's
+	// address (it has no route to 172.17.0.0/16), that is masqueraded.
+	for _, port := range []string{"8090", "8099"} {
+		testenv.ServeTCP(t, w.remote, "0.0.0.0:"+port, func(c *net.TCPConn) {
+			h, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			testenv.ReplyHTTP(c, "remote, client "+h)
+		})
+	}
+	w.serveHTTP(8080)
+	rules := filepath.Join(t.TempDir(), "docker.rules")
+	if err := os.WriteFile(rules, []byte(dockerRules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.pod.MustRun(restore, rules)
+	dockerSave := func() string {
+		return normalizeSave(w.pod.MustRun("iptables-nft-save"))
+	}
+	fromContainer := func(url string) (string, error) {
+		out, err := ctr.Run("curl", "-sS", "--max-time", "4", url)
+		return out, err
+	}
+	fromRemote := func(url string) (string, error) {
+		out, err := w.remote.Run("curl", "-sS", "--max-time", "4", url)
+		return out, err
+	}
+	check := func(when string) {
+		t.Helper()
+		if got, err := fromContainer("http://10.1.0.2:8090/"); err != nil || got != "remote, client 10.1.0.1" {
+			t.Errorf("%s: container → remote through the bridge = %q, %v; want it masqueraded to 10.1.0.1", when, got, err)
+		}
+		if got, err := fromRemote("http://10.1.0.1:8088/"); err != nil || got != "container:80" {
+			t.Errorf("%s: remote → published port 8088 = %q, %v; want the container", when, got, err)
+		}
+		if got, err := fromContainer("http://10.1.0.2:8099/"); !refused(got, err) {
+			t.Errorf("%s: DOCKER-USER's reject of port 8099 no longer acts: %q, %v", when, got, err)
+		}
+	}
+	check("Docker's rules alone")
+	before := dockerSave()
+
+	w.startProxies()
+	w.install("--exclude-interfaces", "docker0")
+	if after := dockerSave(); after != before {
+		t.Errorf("install changed Docker's rules:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	check("with shunt's capture")
+	if !w.fetch(appUID, "http://10.1.0.2:8080/", "remote:8080", "10.1.0.2:8080") {
+		t.Errorf("the host application's connection did not pass through the proxy beside Docker's rules")
+	}
+	if out, err := w.shunt("status"); exitCode(err) != 0 {
+		t.Errorf("status beside Docker's rules: exit %d\n%s", exitCode(err), out)
+	}
+	if out, err := w.shunt("uninstall"); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if after := dockerSave(); after != before {
+		t.Errorf("uninstall changed Docker's rules:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	check("after uninstall")
+}
