@@ -351,3 +351,47 @@ func TestNftablesCoexistsWithDocker(t *testing.T) {
 	}
 	check("after uninstall")
 }
+
+// TestNftablesInstallMovesATableToTheCurrentPriorities: a table and record
+// an earlier build wrote with its nat chains at dstnat (-100) are as
+// recorded, yet the same plan installed again writes the table with this
+// build's priorities, without which kube-proxy's or Docker's nat chains
+// could run first.
+func TestNftablesInstallMovesATableToTheCurrentPriorities(t *testing.T) {
+	w := newWorld(t, nativeNftables)
+	dry, err := w.shunt("install", "--dry-run")
+	if err != nil {
+		t.Fatalf("install --dry-run: %v\n%s", err, dry)
+	}
+	w.install()
+	// The earlier build's table: the same, with nat at -100.
+	old := strings.NewReplacer("priority -101;", "priority -100;", "priority -99;", "priority -100;").Replace(dry)
+	if old == dry {
+		t.Fatalf("the dry run has no nat chain at -101 or -99:\n%s", dry)
+	}
+	file := filepath.Join(t.TempDir(), "old.nft")
+	if err := os.WriteFile(file, []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.pod.MustRun("nft", "-f", file)
+	rec := filepath.Join(w.stateDir, "capture.json")
+	b, err := os.ReadFile(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldRec := strings.NewReplacer("priority -101 ", "priority -100 ", "priority -99 ", "priority -100 ").Replace(string(b))
+	if err := os.WriteFile(rec, []byte(oldRec), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := w.shunt("status"); exitCode(err) != 0 {
+		t.Fatalf("status of the earlier build's table and record: exit %d, want 0\n%s", exitCode(err), out)
+	}
+	w.install()
+	list := w.pod.MustRun("nft", "list", "table", "inet", "shunt")
+	// nft names -99 "dstnat + 1" but prints -101 as a number.
+	for _, want := range []string{"type nat hook output priority -101;", "type nat hook prerouting priority dstnat + 1;"} {
+		if !strings.Contains(list, want) {
+			t.Errorf("install left the earlier priorities: no %q in\n%s", want, list)
+		}
+	}
+}
