@@ -43,26 +43,33 @@ func registerListener(ctx context.Context, log *slog.Logger, netnsPath string, p
 	if err := unix.Stat(nsPath, &nsStat); err != nil {
 		return 0, fmt.Errorf("network namespace %s: %w", nsPath, err)
 	}
+	// The namespace's own tables first, read from a thread inside it:
+	// when nothing listens (a pod being created), the search of every
+	// process on the node for the socket's owner is not needed.
+	inodes := map[uint64]uint32{} // socket inode → map key (0 IPv4, 1 IPv6)
+	if err := inNetns(netnsPath, func() error {
+		for key, table := range []string{"tcp", "tcp6"} {
+			ino, err := listeningInodes(filepath.Join("/proc/thread-self/net", table), port)
+			if err != nil {
+				return err
+			}
+			for _, i := range ino {
+				inodes[i] = uint32(key)
+			}
+		}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	if len(inodes) == 0 {
+		return 0, fmt.Errorf("no socket listens on TCP port %d", port)
+	}
 	pids, err := pidsInNetns(nsStat)
 	if err != nil {
 		return 0, err
 	}
 	if len(pids) == 0 {
 		return 0, errors.New("no process runs in the network namespace")
-	}
-	// Every process of the namespace sees the same tables.
-	inodes := map[uint64]uint32{} // socket inode → map key (0 IPv4, 1 IPv6)
-	for key, table := range []string{"tcp", "tcp6"} {
-		ino, err := listeningInodes(filepath.Join("/proc", strconv.Itoa(pids[0]), "net", table), port)
-		if err != nil {
-			return 0, err
-		}
-		for _, i := range ino {
-			inodes[i] = uint32(key)
-		}
-	}
-	if len(inodes) == 0 {
-		return 0, fmt.Errorf("no socket listens on TCP port %d", port)
 	}
 	done := map[uint32]bool{}
 	for _, pid := range pids {

@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -238,6 +240,131 @@ type podRecord struct {
 	CgroupID uint64         `json:"cgroupID"`
 	Netns    string         `json:"netns,omitempty"`
 	Plan     *redirect.Plan `json:"plan"`
+	// Local is the pod's own addresses as written with Plan: with the
+	// plan, they name every entry of the pod in the node's shared maps,
+	// so an enrolment or a leave reads and writes those entries alone
+	// instead of scanning every pod's (Keyed says the record has them;
+	// records of earlier versions do not).
+	Local []netip.Addr `json:"local,omitempty"`
+	Keyed bool         `json:"keyed,omitempty"`
+	// Pending lists enrolments that began and did not finish (the
+	// process was killed), the latest last: any of their entries may be in
+	// place next to Plan's.
+	Pending []pendingEnrolment `json:"pending,omitempty"`
+}
+
+// pendingEnrolment is an enrolment under way, recorded before its first
+// map write.
+type pendingEnrolment struct {
+	Plan      *redirect.Plan `json:"plan"`
+	Local     []netip.Addr   `json:"local,omitempty"`
+	PID       int            `json:"pid"`
+	StartedAt time.Time      `json:"startedAt"`
+}
+
+// written returns, per shared map, the pod's entries its record says may be
+// in place (the applied plan's and an unfinished enrolment's) and the
+// addresses it may own in addr_pods. ok is false when the record cannot
+// say (an earlier version's): the caller then scans the maps.
+func (r *podRecord) written() (flat map[string]*contents, addrs []netip.Addr, ok bool) {
+	flat = map[string]*contents{}
+	if r == nil {
+		return flat, nil, true
+	}
+	if !r.Keyed && r.Plan != nil {
+		return nil, nil, false
+	}
+	add := func(p *redirect.Plan, local []netip.Addr) bool {
+		if p == nil {
+			return true
+		}
+		cs, err := desired(p, local)
+		if err != nil {
+			return false
+		}
+		for _, c := range cs {
+			name := nodeFlat[c.name]
+			if name == "" {
+				continue
+			}
+			if flat[name] == nil {
+				flat[name] = newContents(name, false)
+			}
+			for k, e := range prefixed(c, r.CgroupID).entries {
+				flat[name].entries[k] = e
+			}
+		}
+		addrs = append(addrs, local...)
+		return true
+	}
+	if !add(r.Plan, r.Local) {
+		return nil, nil, false
+	}
+	for _, in := range r.Pending {
+		if !add(in.Plan, in.Local) {
+			return nil, nil, false
+		}
+	}
+	return flat, addrs, true
+}
+
+// diffKeyed is diffShare for a pod whose entries are known: it looks up
+// the keys of want and of was (what may be in place) alone, O(the pod's
+// entries) whatever the number of pods sharing the map.
+func diffKeyed(m *ebpf.Map, was, want *contents) ([]change, error) {
+	var out []change
+	for _, e := range want.entries {
+		var got []byte
+		err := m.Lookup(e.key, &got)
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			out = append(out, change{m: m, key: e.key, value: e.value})
+		case err != nil:
+			return nil, fmt.Errorf("read %s: %w", want.name, err)
+		case !bytes.Equal(got, e.value):
+			out = append(out, change{m: m, key: e.key, old: got, value: e.value})
+		}
+	}
+	if was == nil {
+		return out, nil
+	}
+	for ks, e := range was.entries {
+		if _, ok := want.entries[ks]; ok {
+			continue
+		}
+		var got []byte
+		err := m.Lookup(e.key, &got)
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+		case err != nil:
+			return nil, fmt.Errorf("read %s: %w", want.name, err)
+		default:
+			out = append(out, change{m: m, key: e.key, old: got})
+		}
+	}
+	return out, nil
+}
+
+// addrChanges returns the writes that make addr_pods name the pod as the
+// owner of exactly want's addresses; was lists the addresses it may own.
+func (n *Node) addrChanges(id uint64, want *contents, was []netip.Addr, keyed bool) ([]change, error) {
+	idBytes := podKey(id)
+	m := n.maps["addr_pods"]
+	if !keyed {
+		return diffShare(m, want, func(_, v []byte) bool { return bytes.Equal(v, idBytes) })
+	}
+	stale := newContents("addr_pods", false)
+	for _, a := range was {
+		k := mustBytes(captureAddr{Ip: addr16(a)})
+		if _, ok := want.entries[string(k)]; ok {
+			continue
+		}
+		var got []byte
+		if m.Lookup(k, &got) == nil && bytes.Equal(got, idBytes) {
+			stale.entries[string(k)] = entry{key: k, value: got}
+		}
+	}
+	return diffKeyed(m, stale, want)
 }
 
 func (n *Node) readRecord(pod string) (*podRecord, error) {
@@ -329,14 +456,36 @@ func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redir
 	if err != nil {
 		return err
 	}
-	fresh := false
-	if _, serr := os.Stat(n.record(pod)); errors.Is(serr, os.ErrNotExist) {
-		fresh = true
+	prev, rerr := n.readRecord(pod)
+	fresh := errors.Is(rerr, os.ErrNotExist)
+	unreadable := rerr != nil && !fresh
+	if unreadable {
+		n.log.Warn("the pod's record is unreadable; scanning the node's maps instead", "cgroup", cg, "err", rerr)
+		prev = nil
+	}
+	if prev != nil && prev.CgroupID != id {
+		prev = nil // a cgroup of the same name made again: another pod
+	}
+	was, wasAddrs, keyed := prev.written()
+	if unreadable {
+		keyed = false
+	}
+	// The intent is on disk before the first map write: an enrolment
+	// killed at any point leaves a record naming every entry it may have
+	// written, for the next enrolment, Leave and Status.
+	rec := &podRecord{Cgroup: cg, CgroupID: id, Netns: netnsPath, Keyed: keyed}
+	if prev != nil {
+		*rec = *prev
+		rec.Netns = netnsPath
+	}
+	rec.Pending = append(append([]pendingEnrolment(nil), rec.Pending...), pendingEnrolment{Plan: p.Clone(), Local: local, PID: os.Getpid(), StartedAt: time.Now().UTC()})
+	if err := n.writeRecord(pod, rec); err != nil {
+		return err
 	}
 	defer func() {
 		// A pod that was not enrolled before is left as it was: not at all.
 		if err != nil && fresh {
-			if lerr := n.leave(pod, id); lerr != nil {
+			if lerr := n.leave(pod, id, rec); lerr != nil {
 				n.log.Error("undo a failed enrolment", "cgroup", cg, "err", lerr)
 			}
 		}
@@ -361,7 +510,13 @@ func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redir
 			v := c.entries[string(mustBytes(uint32(0)))].value
 			changes = []change{{m: n.maps["pods"], key: idBytes, value: v}}
 		case nodeFlat[c.name] != "":
-			if changes, err = diffShare(n.maps[nodeFlat[c.name]], prefixed(c, id), hasPrefix(idBytes)); err != nil {
+			m := n.maps[nodeFlat[c.name]]
+			if keyed {
+				changes, err = diffKeyed(m, was[nodeFlat[c.name]], prefixed(c, id))
+			} else {
+				changes, err = diffShare(m, prefixed(c, id), hasPrefix(idBytes))
+			}
+			if err != nil {
 				return err
 			}
 		case nodeInner[c.name] != "":
@@ -381,7 +536,7 @@ func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redir
 			}
 		}
 	}
-	changes, err := diffShare(n.maps["addr_pods"], owners, func(_, v []byte) bool { return bytes.Equal(v, idBytes) })
+	changes, err := n.addrChanges(id, owners, wasAddrs, keyed)
 	if err != nil {
 		return err
 	}
@@ -404,7 +559,7 @@ func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redir
 	if err := n.attachPod(pod, cg, netnsPath); err != nil {
 		return err
 	}
-	if err := n.writeRecord(pod, &podRecord{Cgroup: cg, CgroupID: id, Netns: netnsPath, Plan: p}); err != nil {
+	if err := n.writeRecord(pod, &podRecord{Cgroup: cg, CgroupID: id, Netns: netnsPath, Plan: p, Local: local, Keyed: true}); err != nil {
 		return err
 	}
 	if p.CaptureInbound {
@@ -532,6 +687,9 @@ func (n *Node) SyncListener(ctx context.Context, cgroupPath string) (int, error)
 	if err != nil {
 		return 0, fmt.Errorf("read the pod's record: %w", err)
 	}
+	if rec.Plan == nil {
+		return 0, fmt.Errorf("the pod's enrolment did not finish: enrol it again")
+	}
 	return n.registerListener(ctx, rec.CgroupID, rec.Netns, rec.Plan.InboundPort)
 }
 
@@ -549,6 +707,7 @@ func (n *Node) Leave(ctx context.Context, cgroupPath string) error {
 	case err == nil:
 		id = rec.CgroupID
 	case errors.Is(err, os.ErrNotExist):
+		rec = nil
 		if _, serr := os.Stat(n.podPinDir(pod)); serr != nil {
 			return redirect.ErrNotInstalled
 		}
@@ -558,14 +717,16 @@ func (n *Node) Leave(ctx context.Context, cgroupPath string) error {
 	default:
 		return err
 	}
-	if err := n.leave(pod, id); err != nil {
+	if err := n.leave(pod, id, rec); err != nil {
 		return err
 	}
 	n.log.Info("pod left the node's ebpf capture", "cgroup", cg)
 	return nil
 }
 
-func (n *Node) leave(pod string, id uint64) error {
+// leave removes the pod's links and entries; rec, its record, names the
+// entries (nil: none is known, and the shared maps are scanned).
+func (n *Node) leave(pod string, id uint64, rec *podRecord) error {
 	dir := n.podPinDir(pod)
 	_, errs := removeLinks(n.log, dir)
 	_, tcErrs := removeTCLinks(n.log, dir)
@@ -588,8 +749,18 @@ func (n *Node) leave(pod string, id uint64) error {
 	for f := uint32(0); f < 2; f++ {
 		del(n.maps["inbound_listener"], nodeCapturePodListener{Pod: id, Family: f})
 	}
+	was, wasAddrs, keyed := rec.written()
+	if rec == nil {
+		keyed = false
+	}
 	for _, flat := range nodeFlat {
-		changes, err := diffShare(n.maps[flat], newContents(flat, false), hasPrefix(idBytes))
+		var changes []change
+		var err error
+		if keyed {
+			changes, err = diffKeyed(n.maps[flat], was[flat], newContents(flat, false))
+		} else {
+			changes, err = diffShare(n.maps[flat], newContents(flat, false), hasPrefix(idBytes))
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -600,7 +771,7 @@ func (n *Node) leave(pod string, id uint64) error {
 			}
 		}
 	}
-	changes, err := diffShare(n.maps["addr_pods"], newContents("addr_pods", false), func(_, v []byte) bool { return bytes.Equal(v, idBytes) })
+	changes, err := n.addrChanges(id, newContents("addr_pods", false), wasAddrs, keyed)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -656,10 +827,13 @@ func UninstallNode(ctx context.Context, opts NodeOptions) error {
 		pods, _ := os.ReadDir(filepath.Join(n.pinDir, "pods"))
 		for _, p := range pods {
 			var id uint64
-			if rec, rerr := n.readRecord(p.Name()); rerr == nil {
+			rec, rerr := n.readRecord(p.Name())
+			if rerr == nil {
 				id = rec.CgroupID
+			} else {
+				rec = nil
 			}
-			if err := n.leave(p.Name(), id); err != nil {
+			if err := n.leave(p.Name(), id, rec); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -717,7 +891,19 @@ func (n *Node) Status(ctx context.Context, cgroupPath string) (*redirect.Status,
 	if err != nil {
 		return nil, err
 	}
-	st := &redirect.Status{Engine: "ebpf", Backend: "node", Installed: true, Plan: rec.Plan}
+	st := &redirect.Status{Engine: "ebpf", Backend: "node", Installed: rec.Plan != nil, Plan: rec.Plan}
+	var first []string // an unfinished enrolment is said first
+	defer func() {
+		sort.Strings(st.Drift)
+		st.Drift = append(first, st.Drift...)
+	}()
+	if len(rec.Pending) > 0 {
+		in := rec.Pending[len(rec.Pending)-1]
+		first = append(first, fmt.Sprintf("an enrolment (pid %d, started %s) did not finish: its entries and links may be partly in place; enrol again (install) or uninstall", in.PID, in.StartedAt.Format(time.RFC3339)))
+		if !st.Installed {
+			st.Plan = in.Plan
+		}
+	}
 	cgFD, nsFD, closeTargets, err := openTargets(cg, rec.Netns)
 	if err != nil {
 		return nil, err
@@ -728,8 +914,11 @@ func (n *Node) Status(ctx context.Context, cgroupPath string) (*redirect.Status,
 		ids = map[string]ebpf.ProgramID{}
 	}
 	progs, drift := linkStatus("programs (shared by the node, pinned in "+n.pinDir+")", n.podPinDir(pod), cgFD, nsFD, ids)
-	st.Drift = append(st.Drift, drift...)
 	st.Sections = append(st.Sections, progs)
+	if !st.Installed {
+		return st, nil
+	}
+	st.Drift = append(st.Drift, drift...)
 
 	local, err := localAddrs(ctx, rec.Netns)
 	if err != nil {
@@ -805,7 +994,6 @@ func (n *Node) Status(ctx context.Context, cgroupPath string) (*redirect.Status,
 		}
 		st.Sections = append(st.Sections, s)
 	}
-	sort.Strings(st.Drift)
 	return st, nil
 }
 
