@@ -11,8 +11,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -47,6 +49,7 @@ type NodeOptions struct {
 type Node struct {
 	pinDir, stateDir string
 	log              *slog.Logger
+	specMu           sync.Mutex // guards spec, parsed when first needed
 	spec             *ebpf.CollectionSpec
 	progs            map[string]*ebpf.Program
 	maps             map[string]*ebpf.Map
@@ -145,29 +148,36 @@ func NewNode(opts NodeOptions) (*Node, error) {
 }
 
 // OpenNode opens the programs and maps a node agent pinned; it loads
-// nothing, and fails when they are missing or of another build.
+// nothing, and fails when they are missing or of another build. It is what
+// every CNI plugin process pays before an enrolment, so it does not parse
+// the programs' object: the digest in node_info says the pins are this
+// build's, so their layouts are the object's, and the names come from the
+// generated bindings.
 func OpenNode(opts NodeOptions) (*Node, error) {
 	opts = opts.withDefaults()
-	spec, err := loadNodeCapture()
+	n := &Node{pinDir: opts.PinDir, stateDir: opts.StateDir, log: opts.Logger, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{}}
+	info, err := ebpf.LoadPinnedMap(n.mapPin("node_info"), nil)
 	if err != nil {
-		return nil, fmt.Errorf("load node capture programs' spec: %w", err)
+		return nil, fmt.Errorf("the node's capture maps are not pinned in %s (is `shunt node` running with the eBPF engine?): %w", n.pinDir, err)
 	}
-	n := &Node{pinDir: opts.PinDir, stateDir: opts.StateDir, log: opts.Logger, spec: spec, progs: map[string]*ebpf.Program{}}
-	pinned, err := n.pinnedMaps()
-	if err != nil {
-		return nil, err
-	}
-	n.maps = pinned
-	if len(pinned) != len(spec.Maps) {
-		n.Close()
-		return nil, fmt.Errorf("the node's capture maps are not pinned in %s (is `shunt node` running with the eBPF engine?)", n.pinDir)
-	}
+	n.maps["node_info"] = info
 	var got [32]byte
-	if err := pinned["node_info"].Lookup(uint32(0), &got); err != nil || got != nodeDigest() {
+	if err := info.Lookup(uint32(0), &got); err != nil || got != nodeDigest() {
 		n.Close()
 		return nil, fmt.Errorf("the programs pinned in %s are not this build's", n.pinDir)
 	}
-	for name := range spec.Programs {
+	for _, name := range ebpfNames(nodeCaptureMaps{}) {
+		if name == "node_info" {
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(n.mapPin(name), nil)
+		if err != nil {
+			n.Close()
+			return nil, fmt.Errorf("the node's capture map %s is not pinned in %s: %w", name, n.pinDir, err)
+		}
+		n.maps[name] = m
+	}
+	for _, name := range ebpfNames(nodeCapturePrograms{}) {
 		p, err := ebpf.LoadPinnedProgram(n.progPin(name), nil)
 		if err != nil {
 			n.Close()
@@ -176,6 +186,34 @@ func OpenNode(opts NodeOptions) (*Node, error) {
 		n.progs[name] = p
 	}
 	return n, nil
+}
+
+// ebpfNames lists the `ebpf` tags of a generated bindings struct: the
+// names of its object's maps or programs.
+func ebpfNames(v any) []string {
+	t := reflect.TypeOf(v)
+	out := make([]string, 0, t.NumField())
+	for i := 0; i < t.NumField(); i++ {
+		if name := t.Field(i).Tag.Get("ebpf"); name != "" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// loadSpec parses the node programs' object, the first time it is needed
+// (a pod's first non-empty list needs its inner map's layout).
+func (n *Node) loadSpec() (*ebpf.CollectionSpec, error) {
+	n.specMu.Lock()
+	defer n.specMu.Unlock()
+	if n.spec == nil {
+		spec, err := loadNodeCapture()
+		if err != nil {
+			return nil, fmt.Errorf("load node capture programs' spec: %w", err)
+		}
+		n.spec = spec
+	}
+	return n.spec, nil
 }
 
 func (n *Node) pinnedMaps() (map[string]*ebpf.Map, error) {
@@ -490,6 +528,20 @@ func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redir
 			}
 		}
 	}()
+	// The tc attach waits in the kernel for an RCU grace period (5-12 ms,
+	// longer under load), the largest part of an enrolment: it runs beside
+	// the map writes and the cgroup attaches instead of after them. Until
+	// the pod's entries exist the program finds no pod for the packets and
+	// lets them pass, as before the enrolment.
+	// A plan without inbound capture gives the program nothing to do.
+	tcDone := make(chan struct{})
+	go func() {
+		defer close(tcDone)
+		if p.CaptureInbound {
+			n.attachPodTC(pod, netnsPath)
+		}
+	}()
+	defer func() { <-tcDone }() // before the undo above
 
 	// Addresses first: another pod claiming one would have sk_lookup steer
 	// its connections here.
@@ -595,7 +647,11 @@ func (n *Node) innerChanges(outer string, id uint64, want *contents) (*ebpf.Map,
 		// (milliseconds, each): an empty list costs the pod nothing.
 		return nil, nil, nil
 	}
-	spec := n.spec.Maps[outer].InnerMap
+	cs, err := n.loadSpec()
+	if err != nil {
+		return nil, nil, err
+	}
+	spec := cs.Maps[outer].InnerMap
 	if spec == nil {
 		return nil, nil, fmt.Errorf("map %s has no inner map", outer)
 	}
@@ -663,15 +719,25 @@ func (n *Node) attachPod(pod, cg, netnsPath string) error {
 			return fmt.Errorf("pin %s: %w", a.prog, err)
 		}
 	}
-	if !tcAttached(netnsPath, dir) {
-		var undo []func()
-		if err := attachTC(n.log, netnsPath, dir, n.progs["inbound_tc"], &undo); err != nil {
-			// sk_lookup still steers to a plain TCP listener (TCX
-			// needs kernel 6.6).
-			n.log.Warn("inbound steering at tc unavailable: an MPTCP inbound listener will not be reached", "netns", netnsPath, "err", err)
-		}
-	}
 	return nil
+}
+
+// attachPodTC attaches inbound_tc to the pod's interfaces where it is not
+// yet; a failure is logged, not fatal: sk_lookup still steers to a plain
+// TCP listener (TCX needs kernel 6.6).
+func (n *Node) attachPodTC(pod, netnsPath string) {
+	dir := n.podPinDir(pod)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		n.log.Warn("inbound steering at tc unavailable", "netns", netnsPath, "err", err)
+		return
+	}
+	if tcAttached(netnsPath, dir) {
+		return
+	}
+	var undo []func()
+	if err := attachTC(n.log, netnsPath, dir, n.progs["inbound_tc"], &undo); err != nil {
+		n.log.Warn("inbound steering at tc unavailable: an MPTCP inbound listener will not be reached", "netns", netnsPath, "err", err)
+	}
 }
 
 func (n *Node) registerListener(ctx context.Context, id uint64, netnsPath string, port uint16) (int, error) {
