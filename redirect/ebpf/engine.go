@@ -481,11 +481,21 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	}()
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		if len(pins) == 0 {
+		// With no record (an earlier version's install, a lost state
+		// directory), only links say capture is live: maps capture
+		// nothing, and the directory may be a node's, whose maps and
+		// programs are not this engine's.
+		var links []string
+		for _, name := range pins {
+			if strings.HasPrefix(name, "link_") {
+				links = append(links, name)
+			}
+		}
+		if len(links) == 0 {
 			return nil, redirect.ErrNotInstalled
 		}
 		st.Installed = true
-		first = append(first, fmt.Sprintf("pinned in %s but no installation is recorded (%s is missing): %s", e.pinDir, e.state, strings.Join(pins, ", ")))
+		first = append(first, fmt.Sprintf("pinned in %s but no installation is recorded (%s is missing): %s", e.pinDir, e.state, strings.Join(links, ", ")))
 	case err != nil:
 		return nil, err
 	default:
