@@ -314,6 +314,12 @@ func (r *renderer) egress() {
 	// being repaired). Refuse it even to an allowed destination rather
 	// than let it out unproxied until the rules come back.
 	e("-p tcp -m conntrack --ctstate NEW -j " + chainEgressGap)
+	// So is a DNS query over UDP that capture sends to the interceptor:
+	// without NAT state it would reach the nameserver, which the allow
+	// list below lets through for the proxy and shunt.
+	if len(r.dnsCaptured()) > 0 {
+		e("-p udp -m udp --dport 53 -m conntrack --ctstate NEW -j " + chainEgressGap)
+	}
 	r.egressGap()
 	for _, c := range redirect.PrefixesOf(p.MeshCIDRs, r.v6) {
 		e("-d " + c.String() + " -j RETURN")
@@ -358,15 +364,24 @@ func (r *renderer) egressGap() {
 	}
 	for _, e := range p.ExcludeOutboundPortsForUIDs {
 		for _, proto := range protocols(e.Protocol) {
-			if proto != "tcp" {
-				continue
-			}
 			for _, ports := range multiport(e.Ports) {
 				for _, u := range e.UIDs {
-					g("-p tcp -m multiport --dports "+ports+" -m owner --uid-owner "+u.String(), "-j RETURN")
+					g("-p "+proto+" -m multiport --dports "+ports+" -m owner --uid-owner "+u.String(), "-j RETURN")
 				}
 			}
 		}
+	}
+	// DNS capture comes before the exclusions, as in SHUNT_OUTPUT: a query
+	// it would send to the interceptor is refused at once, over UDP with
+	// the port-unreachable a closed port sends, so the resolver gives up
+	// (or tries its next server, refused alike) instead of waiting.
+	unreachable := "icmp-port-unreachable"
+	if r.v6 {
+		unreachable = "icmp6-port-unreachable"
+	}
+	for _, dst := range r.dnsCaptured() {
+		g(dst + "-p udp -m udp --dport 53 -j REJECT --reject-with " + unreachable)
+		g(dst + "-p tcp -m tcp --dport 53 -j REJECT --reject-with tcp-reset")
 	}
 	g("-o lo -j RETURN")
 	for _, c := range redirect.PrefixesOf(p.ExcludeOutboundCIDRs, r.v6) {
@@ -376,6 +391,23 @@ func (r *renderer) egressGap() {
 		g("-p tcp -m multiport --dports " + ports + " -j RETURN")
 	}
 	r.outboundCapture(chainEgressGap, "", "-j REJECT --reject-with tcp-reset")
+}
+
+// dnsCaptured returns the destination match ("-d HOST " or "" for any) of
+// each port-53 rule DNS capture writes for the family: none when DNS is
+// not captured or the family has no nameserver.
+func (r *renderer) dnsCaptured() []string {
+	switch r.p.DNSMode {
+	case redirect.DNSAll:
+		return []string{""}
+	case redirect.DNSResolvers:
+		var out []string
+		for _, ns := range r.p.DNSServersOf(r.v6) {
+			out = append(out, "-d "+r.host(ns)+" ")
+		}
+		return out
+	}
+	return nil
 }
 
 func protocols(p string) []string {

@@ -217,7 +217,13 @@ func Render(p *redirect.Plan) *Ruleset {
 			// is gone (flushed, being repaired): reset it, allowed
 			// destination or not, until the redirect is back.
 			c.add(l4proto("tcp"), ctNew(), jump("egress_gap"+f.suffix()))
-			renderEgressGap(rs.addChain("egress_gap"+f.suffix(), nil), p, f, s.exOut, outPorts)
+			// So is a DNS query over UDP that capture sends to the
+			// interceptor: it would reach the nameserver, which the
+			// allow list lets through for the proxy and shunt.
+			for _, dst := range dnsCaptured(p, f, s.dns) {
+				c.add(append(dst, port("udp", true, portRange{53, 53}), ctNew(), jump("egress_gap"+f.suffix()))...)
+			}
+			renderEgressGap(rs.addChain("egress_gap"+f.suffix(), nil), p, f, s.exOut, outPorts, s.dns)
 			c.add(addrIn(f, false, s.mesh), ret())
 			c.add(addrIn(f, false, s.allowed), ret())
 			// An endpoint of the proxy opens its TCP port, not its host.
@@ -299,7 +305,7 @@ func renderOutput(c *chain, p *redirect.Plan, f fam, exOut, outPorts, dns *set) 
 // renderEgressGap writes the output chain's outbound TCP decision without
 // its NAT: what it would redirect is reset, what it leaves alone (the
 // proxy's own, excluded) returns to the allow list.
-func renderEgressGap(c *chain, p *redirect.Plan, f fam, exOut, outPorts *set) {
+func renderEgressGap(c *chain, p *redirect.Plan, f fam, exOut, outPorts, dns *set) {
 	for _, ifc := range p.ExcludeInterfaces {
 		c.add(ifname(false, ifc), ret())
 	}
@@ -311,19 +317,43 @@ func renderEgressGap(c *chain, p *redirect.Plan, f fam, exOut, outPorts *set) {
 		c.add(skid(true, idRange{*p.ProxyGID, *p.ProxyGID}, false), ret())
 	}
 	for _, e := range p.ExcludeOutboundPortsForUIDs {
-		if e.Protocol != "tcp" && e.Protocol != "all" {
-			continue
+		protos := []string{e.Protocol}
+		if e.Protocol == "all" {
+			protos = []string{"tcp", "udp"}
 		}
-		for _, pr := range portRanges(e.Ports) {
-			for _, u := range e.UIDs {
-				c.add(port("tcp", true, pr), skid(false, idRange{u.First, u.Last}, false), ret())
+		for _, proto := range protos {
+			for _, pr := range portRanges(e.Ports) {
+				for _, u := range e.UIDs {
+					c.add(port(proto, true, pr), skid(false, idRange{u.First, u.Last}, false), ret())
+				}
 			}
 		}
+	}
+	// DNS capture comes before the exclusions, as in the output chain: a
+	// query it would send to the interceptor is refused at once, over UDP
+	// with the port-unreachable of a closed port, so the resolver gives up
+	// (or tries its next server, refused alike) instead of waiting.
+	for _, dst := range dnsCaptured(p, f, dns) {
+		c.add(append(dst, port("udp", true, portRange{53, 53}), rejectUnreachable(f))...)
+		c.add(append(dst, port("tcp", true, portRange{53, 53}), rejectTCPReset())...)
 	}
 	c.add(ifname(false, "lo"), ret())
 	c.add(addrIn(f, false, exOut), ret())
 	c.add(portIn("tcp", true, outPorts), ret())
 	c.add(l4proto("tcp"), rejectTCPReset())
+}
+
+// dnsCaptured returns the destination match of each port-53 rule DNS
+// capture writes for a family (an empty match: any destination), none when
+// DNS is not captured or the family has no nameserver.
+func dnsCaptured(p *redirect.Plan, f fam, dns *set) [][]term {
+	switch {
+	case p.DNSMode == redirect.DNSAll:
+		return [][]term{nil}
+	case p.DNSMode == redirect.DNSResolvers && dns != nil:
+		return [][]term{{addrIn(f, false, dns)}}
+	}
+	return nil
 }
 
 // renderZones writes the conntrack-zone split of DNS for one family. As

@@ -106,51 +106,95 @@ func TestLockdownResolvesIPv6Neighbours(t *testing.T) {
 // TestLockdownFailsClosedWithoutNAT locks egress down with every netfilter
 // engine, then removes the outbound redirect as a flush of the nat rules
 // does until the agent repairs them. The application's TCP to an allowed
-// destination must then be reset, not go there around the proxy; the
-// proxy's own UID still reaches it.
+// destination must then be reset, not go there around the proxy, and its
+// DNS queries (UDP and TCP) to the nameserver capture sends to the
+// interceptor must be refused, not answered by that nameserver; the
+// proxy's own UID still reaches both. With redirectAllDNS the same holds
+// for any port-53 destination.
 func TestLockdownFailsClosedWithoutNAT(t *testing.T) {
 	for _, backend := range []string{"nft", "legacy", nativeNftables} {
-		t.Run(backend, func(t *testing.T) {
-			w := newWorld(t, backend)
-			w.serveHTTP(8080)
-			cfg := redirect.NewConfig()
-			for k, v := range map[string]string{"netns": w.pod.Path(), "resolvConf": filepath.Join("/etc/netns", w.pod.Name(), "resolv.conf")} {
-				if err := cfg.Set(k, v, "test"); err != nil {
-					t.Fatal(err)
-				}
+		for _, allDNS := range []bool{false, true} {
+			name := backend
+			if allDNS {
+				name += "/redirect-all-dns"
 			}
-			p, err := cfg.Plan(redirect.OSHost{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{
-				netip.MustParsePrefix("10.1.0.2/32"), netip.MustParsePrefix("fd00:1::2/128")}}
-			var eng redirect.Engine
-			if backend == nativeNftables {
-				eng = nftables.New(nftables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir})
-			} else {
-				eng = iptables.New(iptables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir, Backend: backend})
-			}
-			if err := eng.Install(context.Background(), p); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = eng.Uninstall(context.Background()) })
+			t.Run(name, func(t *testing.T) { lockdownWithoutNAT(t, backend, allDNS) })
+		}
+	}
+}
 
-			// What the nat rules were: gone, the filter rules stay.
-			if backend == nativeNftables {
-				w.pod.MustRun("nft", "flush", "chain", "inet", "shunt", "output")
-			} else {
-				w.pod.MustRun("iptables-"+backend, "-t", "nat", "-F")
-				w.pod.MustRun("ip6tables-"+backend, "-t", "nat", "-F")
-			}
-			for _, url := range []string{"http://10.1.0.2:8080/", "http://[fd00:1::2]:8080/"} {
-				if got, err := w.curl(appUID, url); !refused(got, err) {
-					t.Errorf("app GET %s with the nat rules gone = %q, %v; want refused at once (TCP reset), not unproxied", url, got, err)
-				}
-				if got, err := w.curl(proxyUID, url); err != nil || got != "remote:8080" {
-					t.Errorf("proxy GET %s with the nat rules gone = %q, %v; want %q", url, got, err, "remote:8080")
-				}
-			}
-		})
+func lockdownWithoutNAT(t *testing.T, backend string, allDNS bool) {
+	w := newWorld(t, backend)
+	w.serveHTTP(8080)
+	// The upstream nameservers of the pod's resolv.conf, and with
+	// redirectAllDNS another server in an allowed range.
+	serveDNS(t, w.remote, "10.1.0.2:53", "192.0.2.7")
+	serveDNS(t, w.remote, "[fd00:1::2]:53", "192.0.2.7")
+	serveDNS(t, w.remote, "10.1.0.3:53", "192.0.2.8")
+	cfg := redirect.NewConfig()
+	set := map[string]string{"netns": w.pod.Path(), "resolvConf": filepath.Join("/etc/netns", w.pod.Name(), "resolv.conf")}
+	if allDNS {
+		set["redirectAllDNS"] = "true"
+	}
+	for k, v := range set {
+		if err := cfg.Set(k, v, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := cfg.Plan(redirect.OSHost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Egress = &redirect.Egress{Allowed: []netip.Prefix{
+		netip.MustParsePrefix("10.1.0.2/32"), netip.MustParsePrefix("fd00:1::2/128"), netip.MustParsePrefix("10.1.0.3/32")}}
+	var eng redirect.Engine
+	if backend == nativeNftables {
+		eng = nftables.New(nftables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir})
+	} else {
+		eng = iptables.New(iptables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir, Backend: backend})
+	}
+	if err := eng.Install(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = eng.Uninstall(context.Background()) })
+
+	// What the nat rules were: gone, the filter rules stay.
+	if backend == nativeNftables {
+		w.pod.MustRun("nft", "flush", "chain", "inet", "shunt", "output")
+	} else {
+		w.pod.MustRun("iptables-"+backend, "-t", "nat", "-F")
+		w.pod.MustRun("ip6tables-"+backend, "-t", "nat", "-F")
+	}
+	for _, url := range []string{"http://10.1.0.2:8080/", "http://[fd00:1::2]:8080/"} {
+		if got, err := w.curl(appUID, url); !refused(got, err) {
+			t.Errorf("app GET %s with the nat rules gone = %q, %v; want refused at once (TCP reset), not unproxied", url, got, err)
+		}
+		if got, err := w.curl(proxyUID, url); err != nil || got != "remote:8080" {
+			t.Errorf("proxy GET %s with the nat rules gone = %q, %v; want %q", url, got, err, "remote:8080")
+		}
+	}
+	type query struct {
+		args []string
+		want string
+	}
+	queries := []query{
+		{[]string{"@10.1.0.2", "example.com"}, "192.0.2.7"},
+		{[]string{"+tcp", "@10.1.0.2", "example.com"}, "192.0.2.7"},
+		{[]string{"@fd00:1::2", "example.com"}, "192.0.2.7"},
+		{[]string{"+tcp", "@fd00:1::2", "example.com"}, "192.0.2.7"},
+	}
+	if allDNS {
+		queries = append(queries, query{[]string{"@10.1.0.3", "example.com"}, "192.0.2.8"})
+	}
+	for _, q := range queries {
+		start := time.Now()
+		if got := w.dig(appUID, q.args...); strings.Contains(got, q.want) {
+			t.Errorf("app dig %v with the nat rules gone was answered by the upstream: %q; want no answer", q.args, got)
+		} else if d := time.Since(start); d > 1500*time.Millisecond {
+			t.Errorf("app dig %v with the nat rules gone took %v; want refused at once, not a timeout", q.args, d)
+		}
+		if got := w.dig(proxyUID, q.args...); got != q.want {
+			t.Errorf("proxy dig %v with the nat rules gone = %q, want %q", q.args, got, q.want)
+		}
 	}
 }
