@@ -258,6 +258,11 @@ func (r *renderer) portGuard() {
 	if p.DNSMode != redirect.DNSNone {
 		tcp = append(tcp, redirect.PortRange{First: p.DNSPort, Last: p.DNSPort})
 	}
+	if p.AdminPort != 0 {
+		// Nothing is captured to the admin endpoint, but probes (a
+		// kubelet's, an operator's curl) trust what answers there.
+		tcp = append(tcp, redirect.PortRange{First: p.AdminPort, Last: p.AdminPort})
+	}
 	r.jump("filter", "OUTPUT", "", chainPortGuard)
 	g := func(parts ...string) { r.rule("filter", chainPortGuard, parts...) }
 	g("-m owner ! --socket-exists -j RETURN")

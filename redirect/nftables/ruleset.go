@@ -382,7 +382,8 @@ func renderZones(out, in *chain, p *redirect.Plan, f fam, dns *set) {
 	in.add(append(src, port("udp", false, portRange{53, 53}), ctZone(zoneUpstream))...)
 }
 
-// guardedTCPPorts are the ports capture redirects TCP to.
+// guardedTCPPorts are the ports capture redirects TCP to, and the admin
+// endpoint's.
 func guardedTCPPorts(p *redirect.Plan) []portRange {
 	out := []portRange{{p.OutboundPort, p.OutboundPort}}
 	if p.CaptureInbound {
@@ -390,6 +391,11 @@ func guardedTCPPorts(p *redirect.Plan) []portRange {
 	}
 	if p.DNSMode != redirect.DNSNone {
 		out = append(out, portRange{p.DNSPort, p.DNSPort})
+	}
+	if p.AdminPort != 0 {
+		// Nothing is captured to the admin endpoint, but probes trust
+		// what answers there.
+		out = append(out, portRange{p.AdminPort, p.AdminPort})
 	}
 	return out
 }
