@@ -20,6 +20,7 @@ const (
 	chainEgress          = "SHUNT_EGRESS"
 	chainPortGuard       = "SHUNT_PORT_GUARD"
 	chainEgressGap       = "SHUNT_EGRESS_GAP"
+	chainEgressBackstop  = "SHUNT_EGRESS_BACKSTOP"
 )
 
 // DNS conntrack zones. The application's queries to a nameserver are
@@ -55,6 +56,7 @@ func Render(p *redirect.Plan, v6 bool) *Ruleset {
 	r.portGuard()
 	if p.Egress != nil {
 		r.egress()
+		r.egressBackstop()
 	}
 	return r.rs
 }
@@ -283,29 +285,10 @@ func (r *renderer) portGuard() {
 }
 
 func (r *renderer) egress() {
-	p := r.p
 	r.jump("filter", "OUTPUT", "", chainEgress)
 	e := func(parts ...string) { r.rule("filter", chainEgress, parts...) }
 	e("-o lo -j RETURN")
-	if r.v6 {
-		// Neighbour discovery leaves through OUTPUT too, to
-		// solicited-node multicast addresses no plan allows, and
-		// conntrack leaves it untracked: refused, no address on the
-		// link would resolve, allowed ones included. MLD reports
-		// announce those multicast groups to snooping bridges, which
-		// otherwise stop delivering solicitations once a querier runs.
-		// Only the hop limits RFC 4861 and RFC 3810 require pass (the
-		// kernel sends those; receivers drop the others).
-		//
-		// Router and neighbour solicitation and advertisement, redirect.
-		for _, typ := range []int{133, 134, 135, 136, 137} {
-			e(fmt.Sprintf("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 255 -j RETURN", typ))
-		}
-		// MLDv1 report and done, MLDv2 report.
-		for _, typ := range []int{131, 132, 143} {
-			e(fmt.Sprintf("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 1 -j RETURN", typ))
-		}
-	}
+	r.linkPlumbing(e)
 	// What capture redirected to the proxy or to the DNS interceptor still
 	// carries the interface its first route chose (-o is fixed before the
 	// nat hook rewrites the destination): recognise it by its NAT state.
@@ -326,6 +309,43 @@ func (r *renderer) egress() {
 		e("-p udp -m udp --dport 53 -m conntrack --ctstate NEW -j " + chainEgressGap)
 	}
 	r.egressGap()
+	r.allowed(e)
+	r.logged("filter", chainEgress, "lockdown-reject", "-p tcp", "-j REJECT --reject-with tcp-reset")
+	if r.v6 {
+		r.logged("filter", chainEgress, "lockdown-reject", "", "-j REJECT --reject-with icmp6-port-unreachable")
+	} else {
+		r.logged("filter", chainEgress, "lockdown-reject", "", "-j REJECT --reject-with icmp-port-unreachable")
+	}
+}
+
+// linkPlumbing lets out, under lockdown, what IPv6 needs to reach any
+// destination at all.
+func (r *renderer) linkPlumbing(e func(parts ...string)) {
+	if !r.v6 {
+		return
+	}
+	// Neighbour discovery leaves through OUTPUT too, to
+	// solicited-node multicast addresses no plan allows, and
+	// conntrack leaves it untracked: refused, no address on the
+	// link would resolve, allowed ones included. MLD reports
+	// announce those multicast groups to snooping bridges, which
+	// otherwise stop delivering solicitations once a querier runs.
+	// Only the hop limits RFC 4861 and RFC 3810 require pass (the
+	// kernel sends those; receivers drop the others).
+	//
+	// Router and neighbour solicitation and advertisement, redirect.
+	for _, typ := range []int{133, 134, 135, 136, 137} {
+		e(fmt.Sprintf("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 255 -j RETURN", typ))
+	}
+	// MLDv1 report and done, MLDv2 report.
+	for _, typ := range []int{131, 132, 143} {
+		e(fmt.Sprintf("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 1 -j RETURN", typ))
+	}
+}
+
+// allowed returns from the lockdown chain what the mesh lets out.
+func (r *renderer) allowed(e func(parts ...string)) {
+	p := r.p
 	for _, c := range redirect.PrefixesOf(p.MeshCIDRs, r.v6) {
 		e("-d " + c.String() + " -j RETURN")
 	}
@@ -340,12 +360,26 @@ func (r *renderer) egress() {
 		e("-d " + r.host(ns) + " -p udp -m udp --dport 53 -j RETURN")
 		e("-d " + r.host(ns) + " -p tcp -m tcp --dport 53 -j RETURN")
 	}
-	r.logged("filter", chainEgress, "lockdown-reject", "-p tcp", "-j REJECT --reject-with tcp-reset")
-	if r.v6 {
-		r.logged("filter", chainEgress, "lockdown-reject", "", "-j REJECT --reject-with icmp6-port-unreachable")
-	} else {
-		r.logged("filter", chainEgress, "lockdown-reject", "", "-j REJECT --reject-with icmp-port-unreachable")
-	}
+}
+
+// egressBackstop repeats the lockdown in the mangle table's POSTROUTING,
+// with DROP (REJECT exists in the filter table only): a flush of the filter
+// table (iptables -F) removes SHUNT_EGRESS until the agent repairs it, and
+// meanwhile the proxy's own connections, the application's UDP and what
+// capture excludes would leave for any destination. POSTROUTING, not
+// OUTPUT, because only after the nat hook does a redirected packet carry
+// its NAT state. Only packets from a local address: lockdown governs what
+// the pod sends, not what it forwards. When the filter rules are in place
+// nothing new reaches it that they refuse, so it changes nothing then.
+func (r *renderer) egressBackstop() {
+	r.jump("mangle", "POSTROUTING", "-m addrtype --src-type LOCAL", chainEgressBackstop)
+	e := func(parts ...string) { r.rule("mangle", chainEgressBackstop, parts...) }
+	e("-o lo -j RETURN")
+	r.linkPlumbing(e)
+	e("-m conntrack --ctstate DNAT -j RETURN")
+	e("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
+	r.allowed(e)
+	r.logged("mangle", chainEgressBackstop, "lockdown-drop", "", "-j DROP")
 }
 
 // egressGap writes SHUNT_EGRESS_GAP: SHUNT_OUTPUT's outbound TCP decision

@@ -152,6 +152,14 @@ func Render(p *redirect.Plan) *Ruleset {
 	// iptables engine's order (its filter OUTPUT jumps).
 	filterOut := rs.addChain("filter_output", &hook{nftables.ChainTypeFilter, "output", priorityFilter})
 	filterOut.add(jump("port_guard"))
+	// The lockdown again, in a base chain of its own: flushing
+	// filter_output (or one family's egress chain) would let everything
+	// out until the agent repairs it. Later than filter_output, so it
+	// sees only what the lockdown let through, which it lets through too.
+	var backstop *chain
+	if p.Egress != nil {
+		backstop = rs.addChain("filter_output_backstop", &hook{nftables.ChainTypeFilter, "output", priorityFilter + 10})
+	}
 	for _, f := range fams {
 		if pre != nil {
 			pre.add(metaNfproto(f), l4proto("tcp"), jump("inbound"+f.suffix()))
@@ -163,6 +171,7 @@ func Render(p *redirect.Plan) *Ruleset {
 		}
 		if p.Egress != nil {
 			filterOut.add(metaNfproto(f), jump("egress"+f.suffix()))
+			backstop.add(metaNfproto(f), jump("egress_backstop"+f.suffix()))
 		}
 	}
 
@@ -185,58 +194,70 @@ func Render(p *redirect.Plan) *Ruleset {
 		}
 		if p.Egress != nil {
 			c := rs.addChain("egress"+f.suffix(), nil)
-			c.add(ifname(false, "lo"), ret())
-			if f.v6 {
-				// Neighbour discovery runs through the output hook
-				// too, to multicast addresses no plan allows and
-				// untracked by conntrack: refused, no IPv6 address
-				// on the link would be reachable, allowed ones
-				// included. MLD reports keep snooping bridges
-				// delivering solicitations. Only the hop limits the
-				// RFCs require pass, as in the iptables engine.
-				for _, m := range []struct {
-					name    string
-					typ, hl byte
-				}{
-					{"nd-router-solicit", 133, 255}, {"nd-router-advert", 134, 255},
-					{"nd-neighbor-solicit", 135, 255}, {"nd-neighbor-advert", 136, 255},
-					{"nd-redirect", 137, 255},
-					{"mld-listener-report", 131, 1}, {"mld-listener-done", 132, 1},
-					{"mld2-listener-report", 143, 1},
-				} {
-					c.add(icmpv6TypeHopLimit(m.name, m.typ, m.hl), ret())
-				}
-			}
-			// What capture redirected still carries the interface its
-			// first route chose: recognise it by its NAT state.
-			c.add(ctDNAT(), ret())
-			// Connections allowed when they started survive a plan change.
-			c.add(ctEstablished(), ret())
-			// A new TCP connection capture redirects that carries no
-			// NAT state went around the proxy while the output chain
-			// is gone (flushed, being repaired): reset it, allowed
-			// destination or not, until the redirect is back.
-			c.add(l4proto("tcp"), ctNew(), jump("egress_gap"+f.suffix()))
-			// So is a DNS query over UDP that capture sends to the
-			// interceptor: it would reach the nameserver, which the
-			// allow list lets through for the proxy and shunt.
-			for _, dst := range dnsCaptured(p, f, s.dns) {
-				c.add(append(dst, port("udp", true, portRange{53, 53}), ctNew(), jump("egress_gap"+f.suffix()))...)
-			}
+			renderEgress(c, p, f, s.mesh, s.allowed, s.endpoints, s.dns)
 			renderEgressGap(rs.addChain("egress_gap"+f.suffix(), nil), p, f, s.exOut, outPorts, s.dns)
-			c.add(addrIn(f, false, s.mesh), ret())
-			c.add(addrIn(f, false, s.allowed), ret())
-			// An endpoint of the proxy opens its TCP port, not its host.
-			c.add(endpointIn(f, s.endpoints), ret())
-			if s.dns != nil {
-				c.add(addrIn(f, false, s.dns), port("udp", true, portRange{53, 53}), ret())
-				c.add(addrIn(f, false, s.dns), port("tcp", true, portRange{53, 53}), ret())
-			}
-			c.add(l4proto("tcp"), rejectTCPReset())
-			c.add(rejectUnreachable(f))
+		}
+	}
+	if p.Egress != nil {
+		for _, f := range fams {
+			s := sets[f]
+			renderEgress(rs.addChain("egress_backstop"+f.suffix(), nil), p, f, s.mesh, s.allowed, s.endpoints, s.dns)
 		}
 	}
 	return rs
+}
+
+// renderEgress writes one family's lockdown chain (and its backstop's,
+// the same rules).
+func renderEgress(c *chain, p *redirect.Plan, f fam, mesh, allowed, endpoints, dns *set) {
+	c.add(ifname(false, "lo"), ret())
+	if f.v6 {
+		// Neighbour discovery runs through the output hook
+		// too, to multicast addresses no plan allows and
+		// untracked by conntrack: refused, no IPv6 address
+		// on the link would be reachable, allowed ones
+		// included. MLD reports keep snooping bridges
+		// delivering solicitations. Only the hop limits the
+		// RFCs require pass, as in the iptables engine.
+		for _, m := range []struct {
+			name    string
+			typ, hl byte
+		}{
+			{"nd-router-solicit", 133, 255}, {"nd-router-advert", 134, 255},
+			{"nd-neighbor-solicit", 135, 255}, {"nd-neighbor-advert", 136, 255},
+			{"nd-redirect", 137, 255},
+			{"mld-listener-report", 131, 1}, {"mld-listener-done", 132, 1},
+			{"mld2-listener-report", 143, 1},
+		} {
+			c.add(icmpv6TypeHopLimit(m.name, m.typ, m.hl), ret())
+		}
+	}
+	// What capture redirected still carries the interface its
+	// first route chose: recognise it by its NAT state.
+	c.add(ctDNAT(), ret())
+	// Connections allowed when they started survive a plan change.
+	c.add(ctEstablished(), ret())
+	// A new TCP connection capture redirects that carries no
+	// NAT state went around the proxy while the output chain
+	// is gone (flushed, being repaired): reset it, allowed
+	// destination or not, until the redirect is back.
+	c.add(l4proto("tcp"), ctNew(), jump("egress_gap"+f.suffix()))
+	// So is a DNS query over UDP that capture sends to the
+	// interceptor: it would reach the nameserver, which the
+	// allow list lets through for the proxy and shunt.
+	for _, dst := range dnsCaptured(p, f, dns) {
+		c.add(append(dst, port("udp", true, portRange{53, 53}), ctNew(), jump("egress_gap"+f.suffix()))...)
+	}
+	c.add(addrIn(f, false, mesh), ret())
+	c.add(addrIn(f, false, allowed), ret())
+	// An endpoint of the proxy opens its TCP port, not its host.
+	c.add(endpointIn(f, endpoints), ret())
+	if dns != nil {
+		c.add(addrIn(f, false, dns), port("udp", true, portRange{53, 53}), ret())
+		c.add(addrIn(f, false, dns), port("tcp", true, portRange{53, 53}), ret())
+	}
+	c.add(l4proto("tcp"), rejectTCPReset())
+	c.add(rejectUnreachable(f))
 }
 
 func localhost(f fam) netip.Addr {
