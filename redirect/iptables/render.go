@@ -265,8 +265,18 @@ func (r *renderer) portGuard() {
 		// kubelet's, an operator's curl) trust what answers there.
 		tcp = append(tcp, redirect.PortRange{First: p.AdminPort, Last: p.AdminPort})
 	}
-	r.jump("filter", "OUTPUT", "", chainPortGuard)
-	g := func(parts ...string) { r.rule("filter", chainPortGuard, parts...) }
+	// The same chain in the mangle table's OUTPUT too: a flush of the
+	// filter table (iptables -F) would otherwise open the ports until the
+	// agent, which may be the one that is down, repairs it.
+	for _, table := range []string{"filter", "mangle"} {
+		r.portGuardIn(table, tcp)
+	}
+}
+
+func (r *renderer) portGuardIn(table string, tcp []redirect.PortRange) {
+	p := r.p
+	r.jump(table, "OUTPUT", "", chainPortGuard)
+	g := func(parts ...string) { r.rule(table, chainPortGuard, parts...) }
 	g("-m owner ! --socket-exists -j RETURN")
 	g("-m owner --uid-owner 0 -j RETURN")
 	g("-m owner --uid-owner", fmt.Sprint(p.ProxyUID), "-j RETURN")

@@ -186,10 +186,9 @@ func Render(p *redirect.Plan) *Ruleset {
 	// filter_output (or one family's egress chain) would let everything
 	// out until the agent repairs it. Later than filter_output, so it
 	// sees only what the lockdown let through, which it lets through too.
-	var backstop *chain
-	if p.Egress != nil {
-		backstop = rs.addChain("filter_output_backstop", &hook{nftables.ChainTypeFilter, "output", priorityFilter + 10})
-	}
+	// The port guard too, for the same reason.
+	backstop := rs.addChain("filter_output_backstop", &hook{nftables.ChainTypeFilter, "output", priorityFilter + 10})
+	backstop.add(jump("port_guard_backstop"))
 	if p.DropInvalid {
 		for _, f := range fams {
 			manglePre.add(logged(p.PacketLog, "drop-invalid", metaNfproto(f), ctInvalid(), drop())...)
@@ -218,6 +217,7 @@ func Render(p *redirect.Plan) *Ruleset {
 	}
 
 	renderPortGuard(rs.addChain("port_guard", nil), p, guarded)
+	renderPortGuard(rs.addChain("port_guard_backstop", nil), p, guarded)
 	if p.InboundTProxy != nil {
 		renderTProxyOutput(rs.addChain("tproxy_output", nil), p.InboundTProxy)
 	}

@@ -14,8 +14,8 @@ import (
 // proxy's and the DNS interceptor's ports and the agent's admin port.
 // Captured traffic and probes reach it, but nothing it sends back reaches
 // the workload, a local prober or a remote client: lookups, connections
-// and probes fail closed. Once the real owners listen, everything works
-// again.
+// and probes fail closed, also with the filter rules flushed. Once the
+// real owners listen, everything works again.
 func TestSquatterOnCapturedPortsServesNoOne(t *testing.T) {
 	for _, backend := range engines {
 		t.Run(backend, func(t *testing.T) {
@@ -47,6 +47,21 @@ func TestSquatterOnCapturedPortsServesNoOne(t *testing.T) {
 				if got, err := w.curl(uid, "http://127.0.0.1:15090/healthz"); err == nil || strings.Contains(got, "impostor") {
 					t.Errorf("uid %d probing the admin port reached the squatter: %q, %v", uid, got, err)
 				}
+			}
+			// The filter rules flushed meanwhile (iptables -F, or the
+			// nftables engine's filter_output chain), with no agent to
+			// repair them: the guard's copy still holds.
+			if backend == nativeNftables {
+				w.pod.MustRun("nft", "flush", "chain", "inet", "shunt", "filter_output")
+			} else {
+				w.pod.MustRun("iptables-"+backend, "-F")
+				w.pod.MustRun("ip6tables-"+backend, "-F")
+			}
+			if got := w.dig(appUID, "@10.1.0.2", "example.com"); strings.Contains(got, "192.0.2.66") {
+				t.Errorf("dig with the filter rules flushed was answered by the squatter: %q", got)
+			}
+			if got, err := w.curl(appUID, "http://127.0.0.1:15090/healthz"); err == nil || strings.Contains(got, "impostor") {
+				t.Errorf("admin probe with the filter rules flushed reached the squatter: %q, %v", got, err)
 			}
 			if strings.Contains(sq.Output(), "accepted") {
 				t.Errorf("the squatter completed a handshake:\n%s", sq.Output())
