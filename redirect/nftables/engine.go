@@ -80,7 +80,7 @@ func (e *Engine) RecordChoice(reason string) { e.chosen = reason }
 // implements it: a plan is never installed only in part.
 var supportedPlanKeys = []string{
 	"proxyUID", "proxyGID", "bypassMark", "inboundPort", "captureInbound", "outboundPort",
-	"dnsPort", "dnsMode", "dnsServers", "resolvConf",
+	"dnsPort", "adminPort", "dnsMode", "dnsServers", "resolvConf",
 	"excludeInboundPorts", "excludeOutboundPorts", "excludeInboundCidrs", "excludeOutboundCidrs",
 	"excludeOutboundPortsForUids", "excludeInterfaces", "ipFamily", "meshCidrs", "egress",
 	"inboundTproxy", "dropInvalid", "includeOutboundCidrs", "includeOutboundPorts", "includeInboundPorts", "vnets", "packetLog",
