@@ -9,7 +9,8 @@
  *   sockops        remembers, per proxy-side peer, the original destination
  *   getsockopt     answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST from it
  *   sk_lookup      steers inbound TCP to the proxy's inbound listener
- *   bind4/6        keeps the captured ports for the proxy and shunt
+ *   bind4/6        keeps the captured ports and the admin port for the
+ *                  proxy and shunt
  *
  * The programs themselves are in capture_common.h, shared with
  * capture_node.c; this file holds the maps of one cgroup and the functions

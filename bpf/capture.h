@@ -52,7 +52,9 @@ struct config {
 	__u16 outbound_port; /* host byte order, like the ports below */
 	__u16 inbound_port;
 	__u16 dns_port;
-	__u16 uid_rules; /* entries used in uid_rules */
+	__u16 uid_rules;  /* entries used in uid_rules */
+	__u16 admin_port; /* the agent's admin endpoint; 0: not guarded */
+	__u16 pad;
 };
 
 /* Addresses are kept as 16 bytes in network order; IPv4 as ::ffff:a.b.c.d,

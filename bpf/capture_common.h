@@ -422,10 +422,11 @@ int connect6(struct bpf_sock_addr *ctx)
 }
 
 /* The ports capture sends traffic to (the proxy's outbound and inbound
- * listeners, the DNS interceptor) may be bound only by the proxy's UID or
- * GID, or by root (shunt). A process of the workload that bound one while
- * the proxy or the agent was down would receive what capture sends there
- * and answer in their place; its bind fails with EPERM instead. */
+ * listeners, the DNS interceptor) and the agent's admin endpoint may be
+ * bound only by the proxy's UID or GID, or by root (shunt). A process of
+ * the workload that bound one while the proxy or the agent was down would
+ * receive what capture sends there, or answer probes of the admin
+ * endpoint, in their place; its bind fails with EPERM instead. */
 static __always_inline int bind_common(struct bpf_sock_addr *ctx)
 {
 	struct pod p;
@@ -436,7 +437,8 @@ static __always_inline int bind_common(struct bpf_sock_addr *ctx)
 	struct config *cfg = p.cfg;
 	int guarded = port != 0 && (port == cfg->outbound_port ||
 				    ((cfg->flags & CFG_INBOUND) && port == cfg->inbound_port) ||
-				    ((cfg->flags & (CFG_DNS_RESOLVERS | CFG_DNS_ALL)) && port == cfg->dns_port));
+				    ((cfg->flags & (CFG_DNS_RESOLVERS | CFG_DNS_ALL)) && port == cfg->dns_port) ||
+				    port == cfg->admin_port);
 	if (!guarded)
 		return 1;
 	__u64 ug = bpf_get_current_uid_gid();

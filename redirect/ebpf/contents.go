@@ -127,6 +127,7 @@ func desired(p *redirect.Plan, local []netip.Addr) ([]*contents, error) {
 		OutboundPort: p.OutboundPort,
 		InboundPort:  p.InboundPort,
 		DnsPort:      p.DNSPort,
+		AdminPort:    p.AdminPort,
 	}
 	if p.CaptureInbound {
 		cfg.Flags |= cfgInbound
@@ -322,6 +323,11 @@ func describeConfig(p *redirect.Plan) string {
 		b.WriteString(" inbound=off")
 	}
 	fmt.Fprintf(&b, " dns=%s:%d ipFamily=%s", p.DNSMode, p.DNSPort, p.IPFamily)
+	if p.AdminPort != 0 {
+		fmt.Fprintf(&b, " admin=%d", p.AdminPort)
+	} else {
+		b.WriteString(" admin=off")
+	}
 	if p.Egress != nil {
 		b.WriteString(" egress=locked")
 	}

@@ -28,6 +28,8 @@ type nodeCaptureConfig struct {
 	InboundPort  uint16
 	DnsPort      uint16
 	UidRules     uint16
+	AdminPort    uint16
+	Pad          uint16
 }
 
 type nodeCaptureDnsKey struct {

@@ -3,6 +3,7 @@ package ebpf
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -73,5 +74,37 @@ func TestIncludeOnlyListsFillTheMaps(t *testing.T) {
 	}
 	if got := byName["include_out_cidrs"].lines(); len(got) != 1 || !strings.HasPrefix(got[0], "10.0.0.0/8") {
 		t.Errorf("include_out_cidrs = %v", got)
+	}
+}
+
+// The admin port reaches the bind hooks through the config; 0 leaves it
+// unguarded.
+func TestAdminPortIsInTheConfig(t *testing.T) {
+	for _, port := range []uint16{redirect.DefaultAdminPort, 0} {
+		cs, err := desired(&redirect.Plan{AdminPort: port}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cs {
+			if c.name != "config_map" {
+				continue
+			}
+			var cfg captureConfig
+			for _, e := range c.entries {
+				if err := binary.Read(bytes.NewReader(e.value), binary.NativeEndian, &cfg); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if cfg.AdminPort != port {
+				t.Errorf("adminPort %d: config holds %d", port, cfg.AdminPort)
+			}
+			want := "admin=off"
+			if port != 0 {
+				want = fmt.Sprintf("admin=%d", port)
+			}
+			if got := strings.Join(c.lines(), "\n"); !strings.Contains(got, want) {
+				t.Errorf("adminPort %d: config reads %q, want %q in it", port, got, want)
+			}
+		}
 	}
 }
