@@ -272,11 +272,17 @@ func (s *Server) SetUpstreams(addrs ...netip.AddrPort) error {
 		seen[ap] = true
 		u := old[ap]
 		if u == nil {
-			u = &upstream{addr: ap, dial: ap.String(), m: s.metrics.upstream(ap)}
+			u = &upstream{addr: ap, dial: ap.String(), m: s.metrics.upstream(ap), pool: newUDPPool(ap.String(), &s.fwd.dialer)}
 		}
+		delete(old, ap)
 		ups = append(ups, u)
 	}
 	s.fwd.ups.Store(&ups)
+	// Queries still waiting on a removed upstream fail now; it is not
+	// asked again.
+	for _, u := range old {
+		u.pool.close()
+	}
 	return nil
 }
 
@@ -425,5 +431,8 @@ func (s *Server) Serve(ctx context.Context, pcs []net.PacketConn, lns []net.List
 		pc.Close()
 	}
 	conns.closeAll()
+	for _, u := range *s.fwd.ups.Load() {
+		u.pool.close()
+	}
 	return nil
 }
