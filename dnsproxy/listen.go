@@ -14,85 +14,73 @@ import (
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 )
 
 // batchSize is how many datagrams one recvmmsg/sendmmsg call moves: under
 // load this divides the system calls per query by up to this much.
 const batchSize = 32
 
-// serveUDP reads queries from one socket, in batches. Table answers are
-// written from this goroutine without allocating; everything else is handed
-// to a goroutine, bounded by MaxInFlight, so that a slow upstream never
-// holds up table answers.
+// serveUDP reads queries from one socket, in batches. Table and cache
+// answers are made and written by this goroutine without allocating;
+// everything else is handed to a goroutine, bounded by MaxInFlight, so
+// that a slow upstream never holds up table answers.
 func (s *Server) serveUDP(stop, work context.Context, pc net.PacketConn, handlers *sync.WaitGroup) {
 	uc, ok := pc.(*net.UDPConn)
 	if !ok {
 		s.serveUDPSimple(stop, work, pc, handlers)
 		return
 	}
-	var bc batchConn
-	if la, _ := uc.LocalAddr().(*net.UDPAddr); la != nil && la.IP.To4() != nil {
-		bc = ipv4.NewPacketConn(uc)
-	} else {
-		bc = ipv6.NewPacketConn(uc)
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		s.serveUDPSimple(stop, work, pc, handlers)
+		return
 	}
-	in := make([]ipv4.Message, batchSize)
-	out := make([]ipv4.Message, 0, batchSize)
+	in, out := newMmsgBatch(batchSize), newMmsgBatch(batchSize)
 	bufs := make([][]byte, batchSize)
 	outBufs := make([][]byte, batchSize)
-	for i := range in {
+	for i := range bufs {
 		bufs[i] = make([]byte, s.cfg.MaxMessageSize+1)
 		outBufs[i] = make([]byte, 0, 2048)
-		in[i].Buffers = [][]byte{bufs[i]}
-	}
-	outMsgs := make([]ipv4.Message, batchSize)
-	for i := range outMsgs {
-		outMsgs[i].Buffers = make([][]byte, 1)
 	}
 	var nb [256]byte
 	var q query
 	adm := newAdmission()
 	write := func(b []byte, to netip.AddrPort) { _, _ = uc.WriteToUDPAddrPort(b, to) }
 	for {
-		n, err := bc.ReadBatch(in, 0)
+		n, err := in.recv(rc, bufs)
 		if err != nil {
 			if stop.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
 		}
-		adm.batch(time.Now(), n == len(in))
-		out = out[:0]
+		adm.batch(time.Now(), n == len(bufs))
+		nout := 0
 		for i := 0; i < n; i++ {
-			req := bufs[i][:in[i].N]
-			if in[i].N > s.cfg.MaxMessageSize || in[i].N < 12 {
+			size := in.received(i)
+			if size > s.cfg.MaxMessageSize || size < 12 {
 				s.metrics.query(0, OutcomeDropped)
 				continue
 			}
+			req := bufs[i][:size]
 			if resp, ok := s.fast(req, outBufs[i][:0], &nb, &q, true); ok {
-				m := &outMsgs[len(out)]
-				m.Buffers[0] = resp
-				m.Addr = in[i].Addr
-				out = append(out, *m)
+				out.set(nout, resp)
+				out.copyName(nout, in, i)
+				nout++
 				continue
 			}
-			from, _ := in[i].Addr.(*net.UDPAddr)
-			if from == nil {
+			from := in.addr(i)
+			if !from.IsValid() {
 				continue
 			}
-			if !adm.allow(s.clients.holds(from.AddrPort()) == 0) {
+			if !adm.allow(s.clients.holds(from) == 0) {
 				s.metrics.query(0, OutcomeDropped)
 				continue
 			}
-			s.slowUDP(work, req, from.AddrPort(), write, handlers)
+			s.slowUDP(work, req, from, write, handlers)
 		}
-		for len(out) > 0 {
-			w, err := bc.WriteBatch(out, 0)
-			if err != nil || w <= 0 {
-				break // the client will retry; never spin on a broken socket
-			}
-			out = out[w:]
+		if nout > 0 {
+			_ = out.send(rc, nout) // a client whose answer is lost retries
 		}
 	}
 }
