@@ -77,35 +77,19 @@ func ntohs(p uint16) uint16 {
 	return binary.BigEndian.Uint16(b[:])
 }
 
-// recv reads up to len(bufs) datagrams into bufs, waiting in the netpoller
-// when none is there.
-func (b *mmsgBatch) recv(rc syscall.RawConn, bufs [][]byte) (int, error) {
+// recv reads, without waiting, up to len(bufs) datagrams into bufs from
+// the socket fd; syscall.EAGAIN when none is there.
+func (b *mmsgBatch) recv(fd uintptr, bufs [][]byte) (int, syscall.Errno) {
 	for i := range bufs {
 		b.set(i, bufs[i])
 		b.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 	}
-	var n int
-	var errno syscall.Errno
-	err := rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(bufs)), unix.MSG_DONTWAIT, 0, 0)
-			switch e {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			}
-			n, errno = int(r), e
-			return true
+	for {
+		r, _, e := syscall.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(bufs)), unix.MSG_DONTWAIT, 0, 0)
+		if e != syscall.EINTR {
+			return int(r), e
 		}
-	})
-	if err != nil {
-		return 0, err
 	}
-	if errno != 0 {
-		return 0, errno
-	}
-	return n, nil
 }
 
 // send sends messages 0 to n-1, waiting in the netpoller when the socket

@@ -164,9 +164,12 @@ type Server struct {
 	refreshes  map[cacheKey]*refreshing
 	background sync.WaitGroup
 	running    atomic.Bool
-	ready      chan struct{}
-	addrsMu    sync.Mutex
-	addrs      []net.Addr
+	// readers are the UDP sockets' readers, by id, for helpRead.
+	readers   sync.Map
+	readerIDs atomic.Int64
+	ready     chan struct{}
+	addrsMu   sync.Mutex
+	addrs     []net.Addr
 }
 
 // New checks cfg and builds a Server. It fails when a listen address is not
@@ -352,7 +355,7 @@ func (s *Server) listen(ctx context.Context, ap netip.AddrPort) ([]net.PacketCon
 		}
 		return nil, nil, err
 	}
-	lc := net.ListenConfig{Control: reusePort}
+	lc := net.ListenConfig{Control: udpListenControl}
 	// With port 0 the first socket picks the port the others share.
 	addr := ap
 	for i := 0; i < s.cfg.UDPSockets; i++ {
