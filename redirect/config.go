@@ -68,7 +68,7 @@ func Options() []Option {
 		{Key: "bypassMark", Default: fmt.Sprintf("%#x", DefaultBypassMark), Help: "socket mark whose packets are never captured (0 disables)"},
 		{Key: "ipFamily", Default: string(FamilyDual), Help: "dual (IPv4, and IPv6 where the namespace has it) or ipv4"},
 		{Key: "meshCidrs", Help: "pod and service CIDRs reachable with passthrough disabled, comma-separated"},
-		{Key: "inboundMode", Default: "redirect", Help: "how inbound TCP reaches the proxy: redirect (NAT) or tproxy (TPROXY: the proxy sees the real client and destination addresses; iptables engine)"},
+		{Key: "inboundMode", Default: "redirect", Help: "how inbound TCP reaches the proxy: redirect (NAT) or tproxy (TPROXY: the proxy sees the real client and destination addresses; iptables and nftables engines)"},
 		{Key: "tproxyMark", Default: fmt.Sprintf("%#x", DefaultTProxyMark), Help: "with inboundMode tproxy: the packet mark of TPROXY-captured packets and of the proxy's connections to the application from the client's address"},
 		{Key: "tproxyRouteTable", Default: fmt.Sprint(DefaultTProxyRouteTable), Help: "with inboundMode tproxy: the routing table shunt fills with the local route marked packets take"},
 		{Key: "dropInvalid", Bool: true, Help: "drop inbound packets conntrack marks INVALID (out-of-window after a loss), which would otherwise escape capture and draw resets"},

@@ -18,6 +18,7 @@ import (
 	"github.com/shunt-dev/shunt/redirect/ebpf"
 	"github.com/shunt-dev/shunt/redirect/iptables"
 	"github.com/shunt-dev/shunt/redirect/nftables"
+	"github.com/shunt-dev/shunt/redirect/tproxyroute"
 )
 
 // Names are the engines a configuration may name, auto aside.
@@ -319,8 +320,29 @@ func (e *Engine) migrate(ctx context.Context, prev *redirect.State, p *redirect.
 	if err != nil && !errors.Is(err, redirect.ErrNotInstalled) {
 		return fmt.Errorf("install: %s capture installed, but removing the %s engine's rules failed: %w", e.Name(), prev.Engine, err)
 	}
+	if err := e.keepTProxyRoutes(prev, p); err != nil {
+		return fmt.Errorf("install: %s capture installed, but %w", e.Name(), err)
+	}
 	e.log.Info("capture migrated", "from", prev.Engine, "to", e.Name())
 	return e.noteChoice(dir)
+}
+
+// keepTProxyRoutes puts back the TPROXY policy route both netfilter
+// engines use when the old engine's uninstall removed the one the new
+// capture shares with it (for the moment between the two, marked packets
+// find no local route).
+func (e *Engine) keepTProxyRoutes(prev *redirect.State, p *redirect.Plan) error {
+	if p.InboundTProxy == nil || prev.Plan == nil || prev.Plan.InboundTProxy == nil {
+		return nil
+	}
+	st, err := redirect.LoadState(e.cfg.Get("stateDir"))
+	if err != nil || st == nil {
+		return err
+	}
+	if _, err := tproxyroute.Ensure(e.cfg.Get("netns"), p.InboundTProxy, st.Families, e.log); err != nil {
+		return fmt.Errorf("restoring the TPROXY routes failed: %w", err)
+	}
+	return nil
 }
 
 // noteChoice adds why the engine was chosen to the record, for status,

@@ -77,7 +77,10 @@ func legacyTables(f family) (bool, error) {
 // xtables name (the ones iptables-nft makes; shunt's nftables engine and
 // firewalld use other names or the inet family).
 func nftTables() (map[family]bool, error) {
-	conn, err := nftables.New()
+	// One socket for both listings: closing a netfilter netlink socket
+	// can wait for the kernel's deferred clean-up of any namespace's last
+	// deletions (see uninstall_netlink.go), so fewer closes wait less.
+	conn, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		return nil, fmt.Errorf("nftables netlink: %w", err)
 	}

@@ -26,8 +26,8 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 	// the others are read.
 	empty := map[Commands]*Dump{}
 	vs = e.emptyDumps(vs, empty)
+	vs, found := e.uninstallOverNetlink(ctx, vs)
 	dumps, recorded, errs := e.uninstallDumps(ctx, vs, prev)
-	found := false
 	for i, d := range dumps {
 		if d != nil && !d.Shunt.Empty() {
 			found = true
@@ -226,7 +226,9 @@ func diffLines(label, applied, live string) []string {
 }
 
 // RenderUninstall returns the iptables-restore input that uninstall would
-// apply, per backend and family holding shunt rules.
+// apply, per backend and family holding shunt rules. For iptables-nft,
+// uninstall deletes the same rules and chains in one nf_tables transaction
+// instead, and applies this input only when that cannot be used.
 func (e *Engine) RenderUninstall(ctx context.Context) (map[string]string, error) {
 	out := map[string]string{}
 	vs := e.variants()

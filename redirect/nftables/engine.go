@@ -20,6 +20,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/shunt-dev/shunt/redirect"
+	"github.com/shunt-dev/shunt/redirect/tproxyroute"
 )
 
 // Name is the engine's name in configuration and records.
@@ -82,18 +83,16 @@ var supportedPlanKeys = []string{
 	"dnsPort", "dnsMode", "dnsServers", "resolvConf",
 	"excludeInboundPorts", "excludeOutboundPorts", "excludeInboundCidrs", "excludeOutboundCidrs",
 	"excludeOutboundPortsForUids", "excludeInterfaces", "ipFamily", "meshCidrs", "egress",
-}
-
-// optionalPlanKeys are the plan fields of optional features, which Check
-// refuses by their configuration key (redirect.Plan.Features) unless
-// implemented.
-var optionalPlanKeys = []string{
 	"inboundTproxy", "dropInvalid", "includeOutboundCidrs", "includeOutboundPorts", "includeInboundPorts", "vnets", "packetLog",
 }
 
-// implementedFeatures are the optional features (by configuration key)
-// this engine implements.
-var implementedFeatures = []string{"excludeInterfaces"}
+// implementedFeatures are the optional features (by configuration key,
+// redirect.Plan.Features) this engine implements; one added to the plan
+// later is refused by its key until it is implemented here.
+var implementedFeatures = []string{
+	"excludeInterfaces", "inboundMode", "dropInvalid", "includeOutboundCidrs", "includeOutboundPorts",
+	"includeInboundPorts", "vnetInterfaces", "packetLog",
+}
 
 // Check reports a plan this engine cannot implement, naming the
 // configuration key of what it refuses. It is the one place that decides.
@@ -112,7 +111,7 @@ func Check(p *redirect.Plan) error {
 	v := reflect.ValueOf(p).Elem()
 	for i := 0; i < v.NumField(); i++ {
 		k, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("json"), ",")
-		if slices.Contains(supportedPlanKeys, k) || slices.Contains(optionalPlanKeys, k) || v.Field(i).IsZero() {
+		if slices.Contains(supportedPlanKeys, k) || v.Field(i).IsZero() {
 			continue
 		}
 		unsupported = append(unsupported, k)
@@ -122,11 +121,22 @@ func Check(p *redirect.Plan) error {
 		return fmt.Errorf("%s: not implemented by the nftables engine (use engine iptables)", strings.Join(unsupported, ", "))
 	}
 	for _, ifc := range p.ExcludeInterfaces {
-		if strings.ContainsRune(strings.TrimSuffix(ifc, "+"), '+') || strings.ContainsAny(ifc, `"*\`) {
+		if !validIfname(ifc) {
 			return fmt.Errorf("excludeInterfaces: invalid value %q: only a trailing + wildcard is supported", ifc)
 		}
 	}
+	for _, v := range p.VNets {
+		if !validIfname(v.Interface) {
+			return fmt.Errorf("vnetInterfaces: invalid value %q: only a trailing + wildcard is supported", v.String())
+		}
+	}
 	return nil
+}
+
+// validIfname reports whether an interface name can be written as nft's
+// quoted name: no quote, backslash or "*", and "+" only at the end.
+func validIfname(ifc string) bool {
+	return !strings.ContainsRune(strings.TrimSuffix(ifc, "+"), '+') && !strings.ContainsAny(ifc, `"*\`)
 }
 
 // Render implements redirect.Engine: the nft -f input of the one batch an
@@ -255,6 +265,22 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	ok := false
 	defer func() { keep(ok) }()
 
+	// The policy route goes in first: TPROXY rules without it would send
+	// captured packets nowhere. A batch the kernel refuses takes back
+	// what this install added.
+	flushed := false
+	if t := p.InboundTProxy; t != nil {
+		undo, err := tproxyroute.Ensure(e.opts.NetnsPath, t, familyLabels(p), e.log)
+		if err != nil {
+			return fmt.Errorf("install TPROXY routes: %w", err)
+		}
+		defer func() {
+			if !flushed && !ok {
+				undo()
+			}
+		}()
+	}
+
 	rs := Render(p)
 	if e.corrupt != nil {
 		e.corrupt(rs)
@@ -304,10 +330,14 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		e.remember(nil)
 		return fmt.Errorf("install: apply table inet %s (nothing was changed): %w", TableName, err)
 	}
-	st := &redirect.State{Engine: Name, Netns: e.opts.NetnsPath, Plan: p.Clone(), InstalledAt: time.Now().UTC()}
-	for _, f := range families(p) {
-		st.Families = append(st.Families, f.label())
+	flushed = true
+	if prev != nil && prev.Plan != nil && prev.Plan.InboundTProxy != nil {
+		// The rules no longer use what the previous plan routed.
+		if err := tproxyroute.Remove(e.opts.NetnsPath, prev.Plan.InboundTProxy, p.InboundTProxy, familyLabels(p)); err != nil {
+			e.log.Warn("could not remove the previous TPROXY routes", "err", err)
+		}
 	}
+	st := &redirect.State{Engine: Name, Netns: e.opts.NetnsPath, Plan: p.Clone(), InstalledAt: time.Now().UTC(), Families: familyLabels(p)}
 	next := &known{st: st, rs: rs}
 	g, gerr := gc.get()
 	if incremental && unchangedGen && gerr == nil && g == k.gen+1 {
@@ -361,11 +391,14 @@ func (e *Engine) readBack(c *nftables.Conn, rs *Ruleset) (string, error) {
 		return "", err
 	}
 	texts := snap.texts(rs)
-	return snap.record(func(d string) (string, bool) { t, ok := texts[d]; return t, ok }), nil
+	return snap.record(func(chain, d string) (string, bool) { t, ok := texts[chain+" "+d]; return t, ok }), nil
 }
 
-// textsOf recovers the digest-to-text map from a record.
-func textsOf(st *redirect.State) func(string) (string, bool) {
+// textsOf recovers from a record the text of each rule, by chain and
+// digest: rules of two chains may share a digest (the netlink library
+// decodes no tproxy expression, so the IPv4 and IPv6 TPROXY rules digest
+// alike) and still read differently.
+func textsOf(st *redirect.State) func(chain, digest string) (string, bool) {
 	m := map[string]string{}
 	if st != nil {
 		for _, l := range strings.Split(st.Applied["inet"], "\n") {
@@ -377,10 +410,10 @@ func textsOf(st *redirect.State) func(string) (string, bool) {
 			if i < 0 || j < i {
 				continue
 			}
-			m[rest[j+2:]] = rest[i+2 : j]
+			m[rest[:i]+" "+rest[j+2:]] = rest[i+2 : j]
 		}
 	}
-	return func(d string) (string, bool) { t, ok := m[d]; return t, ok }
+	return func(chain, d string) (string, bool) { t, ok := m[chain+" "+d]; return t, ok }
 }
 
 // skeleton is the ruleset without set elements: equal skeletons differ only
@@ -472,6 +505,11 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 			return fmt.Errorf("uninstall: delete table inet %s: %w", TableName, err)
 		}
 	}
+	if prev != nil && prev.Plan != nil && prev.Plan.InboundTProxy != nil {
+		if err := tproxyroute.Remove(e.opts.NetnsPath, prev.Plan.InboundTProxy, nil, nil); err != nil {
+			return fmt.Errorf("uninstall TPROXY routes: %w", err)
+		}
+	}
 	e.remember(nil)
 	if err := redirect.RemoveState(e.opts.StateDir); err != nil {
 		return err
@@ -519,8 +557,13 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	if st.Plan != nil && st.Plan.ResolvConf != "" {
 		s.Notes = append(s.Notes, "nameservers read from "+st.Plan.ResolvConf)
 	}
+	routes, err := e.routeDrift(st)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
 	if live == nil {
 		s.Drift = append(s.Drift, fmt.Sprintf("table inet %s is missing", TableName))
+		s.Drift = append(s.Drift, routes...)
 		return s, nil
 	}
 	rec := live.record(textsOf(st))
@@ -528,8 +571,28 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	if st.Plan != nil && strings.Contains(strings.Join(s.Drift, "\n"), ": set ") {
 		s.Drift = append(s.Drift, elementDrift(sentSets(Render(st.Plan)), live.sets)...)
 	}
+	s.Drift = append(s.Drift, routes...)
 	s.Sections = sections(live, textsOf(st))
 	return s, nil
+}
+
+// routeDrift reports the TPROXY policy rules and routes of the recorded
+// plan that are missing: they live outside the table, so the nftables
+// generation says nothing about them.
+func (e *Engine) routeDrift(st *redirect.State) ([]string, error) {
+	if st == nil || st.Plan == nil || st.Plan.InboundTProxy == nil {
+		return nil, nil
+	}
+	return tproxyroute.Drift(e.opts.NetnsPath, st.Plan.InboundTProxy, st.Families)
+}
+
+// familyLabels names the families a plan captures as records do.
+func familyLabels(p *redirect.Plan) []string {
+	var out []string
+	for _, f := range families(p) {
+		out = append(out, f.label())
+	}
+	return out
 }
 
 // elementDrift names the elements that differ in sets whose contents
@@ -589,6 +652,9 @@ func (e *Engine) unchangedStatus() *redirect.Status {
 	if err != nil || g != k.gen {
 		return nil
 	}
+	if d, err := e.routeDrift(k.st); err != nil || len(d) > 0 {
+		return nil // the full status reports it
+	}
 	s := &redirect.Status{Engine: Name, Installed: true, Plan: k.st.Plan}
 	if k.st.Chosen != "" {
 		s.Notes = append(s.Notes, "engine "+Name+": "+k.st.Chosen)
@@ -599,7 +665,7 @@ func (e *Engine) unchangedStatus() *redirect.Status {
 }
 
 // sections lists each set's size and each chain's rules.
-func sections(live *snapshot, textOf func(string) (string, bool)) []redirect.Section {
+func sections(live *snapshot, textOf func(chain, digest string) (string, bool)) []redirect.Section {
 	sets := redirect.Section{Name: "inet " + TableName + " sets (kernel elements, interval ends included)"}
 	for _, st := range live.sets {
 		sets.Lines = append(sets.Lines, fmt.Sprintf("%s: %d", st.name, len(st.elems)))
@@ -608,7 +674,7 @@ func sections(live *snapshot, textOf func(string) (string, bool)) []redirect.Sec
 	for _, c := range live.chains {
 		sec := redirect.Section{Name: "inet " + TableName + " " + strings.TrimPrefix(c.line, "chain ")}
 		for _, r := range c.rules {
-			text, ok := textOf(r.digest)
+			text, ok := textOf(c.name, r.digest)
 			if !ok {
 				text = fmt.Sprintf("(a rule shunt did not write, handle %d)", r.handle)
 			}

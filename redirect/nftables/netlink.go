@@ -237,7 +237,7 @@ func readTable(c *nftables.Conn) (*snapshot, error) {
 // record prints the snapshot one line per set element, chain and rule. A
 // rule is named by its text, which textOf finds from its digest, and the
 // digest stays on the line: a rule someone changed no longer compares equal.
-func (s *snapshot) record(textOf func(digest string) (string, bool)) string {
+func (s *snapshot) record(textOf func(chain, digest string) (string, bool)) string {
 	var b strings.Builder
 	for _, st := range s.sets {
 		b.WriteString(st.line() + "\n")
@@ -245,7 +245,7 @@ func (s *snapshot) record(textOf func(digest string) (string, bool)) string {
 	for _, c := range s.chains {
 		b.WriteString(c.line + "\n")
 		for _, r := range c.rules {
-			text, ok := textOf(r.digest)
+			text, ok := textOf(c.name, r.digest)
 			if !ok {
 				text = fmt.Sprintf("(a rule shunt did not write, handle %d)", r.handle)
 			}
@@ -255,7 +255,7 @@ func (s *snapshot) record(textOf func(digest string) (string, bool)) string {
 	return b.String()
 }
 
-// texts maps the digests of a freshly written table's rules to their text,
+// texts maps the chain and digest of a freshly written table's rules to their text,
 // pairing the rules read back with the rules sent, chain by chain.
 func (s *snapshot) texts(rs *Ruleset) map[string]string {
 	sent := map[string][]rule{}
@@ -269,7 +269,7 @@ func (s *snapshot) texts(rs *Ruleset) map[string]string {
 			continue
 		}
 		for i, r := range c.rules {
-			out[r.digest] = want[i].String()
+			out[c.name+" "+r.digest] = want[i].String()
 		}
 	}
 	return out

@@ -48,6 +48,37 @@ func scenarios(t testing.TB) map[string]*redirect.Plan {
 		"all-dns-no-inbound":  mk(map[string]string{"redirectAllDNS": "true", "noInbound": "true", "bypassMark": "0"}, nil),
 		"no-dns-custom-ports": mk(map[string]string{"noDNS": "true", "inboundPort": "16006", "outboundPort": "16001", "dnsPort": "16053", "proxyUID": "1337"}, nil),
 		"ipv4-only":           mk(map[string]string{"ipFamily": "ipv4"}, nil),
+		"tproxy": mk(map[string]string{
+			"inboundMode":         "tproxy",
+			"excludeInboundPorts": "9090",
+			"excludeInboundCidrs": "192.168.0.0/16",
+			"includeInboundPorts": "8080,8443-8444",
+		}, nil),
+		"include-only": mk(map[string]string{
+			"includeOutboundCidrs": "10.0.0.0/8,192.168.1.0/24,fd00:10::/64",
+			"includeOutboundPorts": "80,443,8000-8100",
+			"includeInboundPorts":  "8080",
+			"excludeOutboundPorts": "8081",
+		}, nil),
+		"include-ports-v4-cidrs": mk(map[string]string{
+			"includeOutboundCidrs": "10.0.0.0/8",
+			"includeOutboundPorts": "443",
+		}, nil),
+		"vnet": mk(map[string]string{
+			"vnetInterfaces": "docker0:172.17.0.0/16,tap0,br1:fd00:17::/64,vm+:10.3.0.0/20",
+		}, nil),
+		"vnet-tproxy": mk(map[string]string{
+			"vnetInterfaces": "docker0:172.17.0.0/16",
+			"inboundMode":    "tproxy",
+			"tproxyMark":     "0x77",
+		}, nil),
+		"drop-invalid-nflog": mk(map[string]string{"dropInvalid": "true", "packetLog": "nflog:5", "inboundMode": "tproxy", "meshCidrs": "10.244.0.0/16"}, func(p *redirect.Plan) {
+			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{netip.MustParsePrefix("240.0.0.0/4")}}
+		}),
+		"packet-log-kernel": mk(map[string]string{"packetLog": "kernel", "redirectAllDNS": "true", "vnetInterfaces": "docker0", "includeOutboundPorts": "443"}, nil),
+		"nflog-group0-lockdown-include": mk(map[string]string{"packetLog": "nflog", "includeOutboundCidrs": "10.0.0.0/8", "dropInvalid": "true", "ipFamily": "ipv4", "meshCidrs": "10.244.0.0/16"}, func(p *redirect.Plan) {
+			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{netip.MustParsePrefix("240.0.0.0/4")}}
+		}),
 		"lockdown": mk(map[string]string{"meshCidrs": "10.244.0.0/16,10.96.0.0/12,fd00:244::/56"}, func(p *redirect.Plan) {
 			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{netip.MustParsePrefix("240.0.0.0/4"), netip.MustParsePrefix("10.1.0.9/32"), netip.MustParsePrefix("fd00:f::/48")},
 				Endpoints: []netip.AddrPort{netip.MustParseAddrPort("203.0.113.5:443"), netip.MustParseAddrPort("[::ffff:203.0.113.6]:8443"), netip.MustParseAddrPort("[fd00:e::5]:443")}}
@@ -114,21 +145,20 @@ func TestCheckRefusesWhatItCannotDo(t *testing.T) {
 	if err := Check(p); err != nil {
 		t.Fatalf("default plan refused: %v", err)
 	}
-	for key, set := range map[string]func(*redirect.Plan){
-		"dropInvalid":          func(q *redirect.Plan) { q.DropInvalid = true },
-		"inboundMode":          func(q *redirect.Plan) { q.InboundTProxy = &redirect.TProxy{Mark: 1337, RouteTable: 133} },
-		"includeOutboundPorts": func(q *redirect.Plan) { q.IncludeOutboundPorts = []redirect.PortRange{{First: 443, Last: 443}} },
-		"vnetInterfaces":       func(q *redirect.Plan) { q.VNets = []redirect.VNet{{Interface: "vnet0"}} },
-	} {
-		q := p.Clone()
-		set(q)
-		if err := Check(q); err == nil || !strings.HasPrefix(err.Error(), key+":") || !strings.Contains(err.Error(), "nftables engine") {
-			t.Errorf("%s: %v, want a refusal naming the key", key, err)
+	// Every optional feature of the plan is implemented.
+	for name, q := range scenarios(t) {
+		if err := Check(q); err != nil {
+			t.Errorf("scenario %s refused: %v", name, err)
 		}
 	}
 	bad := p.Clone()
 	bad.ExcludeInterfaces = []string{`a"b`}
 	if err := Check(bad); err == nil || !strings.Contains(err.Error(), "excludeInterfaces") {
 		t.Errorf("quote in an interface name: %v", err)
+	}
+	bad = p.Clone()
+	bad.VNets = []redirect.VNet{{Interface: `tap*`}}
+	if err := Check(bad); err == nil || !strings.HasPrefix(err.Error(), "vnetInterfaces:") {
+		t.Errorf("* in a vnet interface name: %v", err)
 	}
 }

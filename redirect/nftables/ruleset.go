@@ -22,6 +22,7 @@ const TableName = "shunt"
 // filter (0), after nat has redirected what it captures.
 const (
 	priorityRaw    = -300
+	priorityMangle = -150
 	priorityDstNAT = -100
 	priorityFilter = 0
 )
@@ -113,10 +114,26 @@ func Render(p *redirect.Plan) *Ruleset {
 		inPorts = rs.addSet(newPortSet("exclude_inbound_ports", portRanges(p.ExcludeInboundPorts)))
 	}
 	outPorts := rs.addSet(newPortSet("exclude_outbound_ports", portRanges(p.ExcludeOutboundPorts)))
-	type famSets struct{ exIn, exOut, dns, mesh, allowed, endpoints *set }
+	var incInPorts, incOutPorts *set
+	if p.CaptureInbound && len(p.IncludeInboundPorts) > 0 {
+		incInPorts = rs.addSet(newPortSet("include_inbound_ports", portRanges(p.IncludeInboundPorts)))
+	}
+	if len(p.IncludeOutboundPorts) > 0 {
+		incOutPorts = rs.addSet(newPortSet("include_outbound_ports", portRanges(p.IncludeOutboundPorts)))
+	}
+	type famSets struct {
+		exIn, exOut, dns, mesh, allowed, endpoints *set
+		inc                                        include
+	}
 	sets := map[fam]*famSets{}
 	for _, f := range fams {
-		s := &famSets{}
+		s := &famSets{inc: include{ports: incOutPorts}}
+		if len(p.IncludeOutboundCIDRs) > 0 {
+			// Also when the family has none: the capture rule then
+			// matches nothing, as the plan says, and adding one later
+			// is an element change.
+			s.inc.cidrs = rs.addSet(newAddrSet("include_outbound"+f.suffix(), f, p.IncludeOutboundCIDRs))
+		}
 		if p.CaptureInbound {
 			s.exIn = rs.addSet(newAddrSet("exclude_inbound"+f.suffix(), f, p.ExcludeInboundCIDRs))
 		}
@@ -135,7 +152,8 @@ func Render(p *redirect.Plan) *Ruleset {
 	// Base chains first, then each family's chains, so the table reads
 	// from the hooks down.
 	var pre *chain
-	if p.CaptureInbound {
+	redirectIn := p.CaptureInbound && p.InboundTProxy == nil
+	if redirectIn || len(p.VNets) > 0 {
 		pre = rs.addChain("prerouting", &hook{nftables.ChainTypeNAT, "prerouting", priorityDstNAT})
 	}
 	out := rs.addChain("output", &hook{nftables.ChainTypeNAT, "output", priorityDstNAT})
@@ -148,13 +166,37 @@ func Render(p *redirect.Plan) *Ruleset {
 		rawPre = rs.addChain("raw_prerouting", &hook{nftables.ChainTypeFilter, "prerouting", priorityRaw})
 		rawOut = rs.addChain("raw_output", &hook{nftables.ChainTypeFilter, "output", priorityRaw})
 	}
+	// Dropping invalid packets and TPROXY run where iptables' mangle
+	// table does: after conntrack (-200) has classified the packet, before
+	// nat.
+	var manglePre, mangleOut *chain
+	if p.DropInvalid || p.InboundTProxy != nil {
+		manglePre = rs.addChain("mangle_prerouting", &hook{nftables.ChainTypeFilter, "prerouting", priorityMangle})
+	}
+	if p.InboundTProxy != nil {
+		// A route chain: changing the mark of a locally sent packet
+		// routes it again, as iptables' mangle OUTPUT does.
+		mangleOut = rs.addChain("mangle_output", &hook{nftables.ChainTypeRoute, "output", priorityMangle})
+	}
 	// The port guard and lockdown share the filter output hook, in the
 	// iptables engine's order (its filter OUTPUT jumps).
 	filterOut := rs.addChain("filter_output", &hook{nftables.ChainTypeFilter, "output", priorityFilter})
 	filterOut.add(jump("port_guard"))
+	if p.DropInvalid {
+		for _, f := range fams {
+			manglePre.add(logged(p.PacketLog, "drop-invalid", metaNfproto(f), ctInvalid(), drop())...)
+		}
+	}
 	for _, f := range fams {
-		if pre != nil {
+		if redirectIn {
 			pre.add(metaNfproto(f), l4proto("tcp"), jump("inbound"+f.suffix()))
+		}
+		if len(p.VNets) > 0 {
+			pre.add(metaNfproto(f), jump("vnet"+f.suffix()))
+		}
+		if p.InboundTProxy != nil {
+			manglePre.add(metaNfproto(f), l4proto("tcp"), jump("tproxy_inbound"+f.suffix()))
+			mangleOut.add(metaNfproto(f), l4proto("tcp"), jump("tproxy_output"))
 		}
 		out.add(metaNfproto(f), jump("output"+f.suffix()))
 		if zones[f] {
@@ -167,21 +209,36 @@ func Render(p *redirect.Plan) *Ruleset {
 	}
 
 	renderPortGuard(rs.addChain("port_guard", nil), p, guarded)
+	if p.InboundTProxy != nil {
+		renderTProxyOutput(rs.addChain("tproxy_output", nil), p.InboundTProxy)
+	}
 	for _, f := range fams {
 		s := sets[f]
-		if p.CaptureInbound {
+		if redirectIn {
 			c := rs.addChain("inbound"+f.suffix(), nil)
-			c.add(ifname(true, "lo"), ret())
-			for _, ifc := range p.ExcludeInterfaces {
-				c.add(ifname(true, ifc), ret())
-			}
-			c.add(addrIn(f, true, s.exIn), ret())
-			c.add(portIn("tcp", true, inPorts), ret())
-			c.add(l4proto("tcp"), redirectTo(p.InboundPort))
+			renderInboundReturns(c, p, f, s.exIn, inPorts)
+			c.add(logged(p.PacketLog, "in-redirect", inboundTCP(incInPorts), redirectTo(p.InboundPort))...)
 		}
-		renderOutput(rs.addChain("output"+f.suffix(), nil), p, f, s.exOut, outPorts, s.dns)
+		if p.InboundTProxy != nil {
+			c := rs.addChain("tproxy_inbound"+f.suffix(), nil)
+			renderInboundReturns(c, p, f, s.exIn, inPorts)
+			// Packets of connections already set up find their socket
+			// by address: the destination is local. That keeps
+			// connections the application accepted before the install
+			// with the application.
+			c.add(l4proto("tcp"), ctEstablished(), ret())
+			c.add(logged(p.PacketLog, "in-tproxy", inboundTCP(incInPorts), tproxyTo(f, p.InboundPort, p.InboundTProxy.Mark))...)
+		}
+		renderOutput(rs.addChain("output"+f.suffix(), nil), p, f, s.exOut, outPorts, s.dns, s.inc)
+		if len(p.VNets) > 0 {
+			renderVNets(rs.addChain("vnet"+f.suffix(), nil), p, f, s.dns, s.inc)
+		}
 		if zones[f] {
-			renderZones(rs.addChain("dns_zone_out"+f.suffix(), nil), rs.addChain("dns_zone_in"+f.suffix(), nil), p, f, s.dns)
+			zin := &chain{name: "dns_zone_in" + f.suffix()}
+			zout := rs.addChain("dns_zone_out"+f.suffix(), nil)
+			rs.chains = append(rs.chains, zin)
+			renderVNetZones(zin, p, f, s.dns)
+			renderZones(zout, zin, p, f, s.dns)
 		}
 		if p.Egress != nil {
 			c := rs.addChain("egress"+f.suffix(), nil)
@@ -217,7 +274,7 @@ func Render(p *redirect.Plan) *Ruleset {
 			// is gone (flushed, being repaired): reset it, allowed
 			// destination or not, until the redirect is back.
 			c.add(l4proto("tcp"), ctNew(), jump("egress_gap"+f.suffix()))
-			renderEgressGap(rs.addChain("egress_gap"+f.suffix(), nil), p, f, s.exOut, outPorts)
+			renderEgressGap(rs.addChain("egress_gap"+f.suffix(), nil), p, f, s.exOut, outPorts, s.inc)
 			c.add(addrIn(f, false, s.mesh), ret())
 			c.add(addrIn(f, false, s.allowed), ret())
 			// An endpoint of the proxy opens its TCP port, not its host.
@@ -230,6 +287,7 @@ func Render(p *redirect.Plan) *Ruleset {
 			c.add(rejectUnreachable(f))
 		}
 	}
+	logLockdown(rs, p.PacketLog)
 	return rs
 }
 
@@ -249,19 +307,24 @@ func passthroughSource(f fam) netip.Addr {
 
 // renderOutput writes the outbound chain of one family, rule for rule in
 // the iptables engine's order.
-func renderOutput(c *chain, p *redirect.Plan, f fam, exOut, outPorts, dns *set) {
+func renderOutput(c *chain, p *redirect.Plan, f fam, exOut, outPorts, dns *set, inc include) {
 	for _, ifc := range p.ExcludeInterfaces {
 		c.add(ifname(false, ifc), ret())
 	}
 	if p.BypassMark != 0 {
 		c.add(mark(p.BypassMark, false), ret())
 	}
+	if t := p.InboundTProxy; t != nil {
+		// The proxy's connections to the application from the client's
+		// address: inbound traffic already, not to be captured again.
+		c.add(mark(t.Mark, false), ret())
+	}
 	c.add(addr(f, true, false, passthroughSource(f)), ifname(false, "lo"), ret())
 	uid := idRange{p.ProxyUID, p.ProxyUID}
 	if p.CaptureInbound {
 		// The proxy connecting to a local address other than localhost
 		// reaches the workload through inbound capture.
-		c.add(addr(f, false, true, localhost(f)), ifname(false, "lo"), l4proto("tcp"), skid(false, uid, false), redirectTo(p.InboundPort))
+		c.add(logged(p.PacketLog, "in-redirect", addr(f, false, true, localhost(f)), ifname(false, "lo"), l4proto("tcp"), skid(false, uid, false), redirectTo(p.InboundPort))...)
 	}
 	c.add(skid(false, uid, false), ret())
 	if p.ProxyGID != nil {
@@ -280,31 +343,25 @@ func renderOutput(c *chain, p *redirect.Plan, f fam, exOut, outPorts, dns *set) 
 			}
 		}
 	}
-	switch p.DNSMode {
-	case redirect.DNSAll:
-		c.add(port("udp", true, portRange{53, 53}), redirectTo(p.DNSPort))
-		c.add(port("tcp", true, portRange{53, 53}), redirectTo(p.DNSPort))
-	case redirect.DNSResolvers:
-		if dns != nil {
-			c.add(addrIn(f, false, dns), port("udp", true, portRange{53, 53}), redirectTo(p.DNSPort))
-			c.add(addrIn(f, false, dns), port("tcp", true, portRange{53, 53}), redirectTo(p.DNSPort))
-		}
-	}
+	renderDNSRedirects(c, p, f, dns)
 	c.add(ifname(false, "lo"), ret())
 	c.add(addrIn(f, false, exOut), ret())
 	c.add(portIn("tcp", true, outPorts), ret())
-	c.add(l4proto("tcp"), redirectTo(p.OutboundPort))
+	outboundCapture(c, f, inc, nil, p.PacketLog, "out-redirect", redirectTo(p.OutboundPort))
 }
 
 // renderEgressGap writes the output chain's outbound TCP decision without
 // its NAT: what it would redirect is reset, what it leaves alone (the
 // proxy's own, excluded) returns to the allow list.
-func renderEgressGap(c *chain, p *redirect.Plan, f fam, exOut, outPorts *set) {
+func renderEgressGap(c *chain, p *redirect.Plan, f fam, exOut, outPorts *set, inc include) {
 	for _, ifc := range p.ExcludeInterfaces {
 		c.add(ifname(false, ifc), ret())
 	}
 	if p.BypassMark != 0 {
 		c.add(mark(p.BypassMark, false), ret())
+	}
+	if t := p.InboundTProxy; t != nil {
+		c.add(mark(t.Mark, false), ret())
 	}
 	c.add(skid(false, idRange{p.ProxyUID, p.ProxyUID}, false), ret())
 	if p.ProxyGID != nil {
@@ -323,7 +380,7 @@ func renderEgressGap(c *chain, p *redirect.Plan, f fam, exOut, outPorts *set) {
 	c.add(ifname(false, "lo"), ret())
 	c.add(addrIn(f, false, exOut), ret())
 	c.add(portIn("tcp", true, outPorts), ret())
-	c.add(l4proto("tcp"), rejectTCPReset())
+	outboundCapture(c, f, inc, nil, nil, "", rejectTCPReset())
 }
 
 // renderZones writes the conntrack-zone split of DNS for one family. As

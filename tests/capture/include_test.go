@@ -7,7 +7,7 @@ import (
 // Include-only lists narrow capture: only these destinations, ports and
 // inbound ports reach the proxy; exclusions still apply inside them.
 func TestIncludeOnlyListsLimitCapture(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range engines {
 		t.Run(backend, func(t *testing.T) {
 			w := newWorld(t, backend)
 			w.serveHTTP(8080, 8081, 8082)

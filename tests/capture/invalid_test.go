@@ -30,6 +30,8 @@ func TestDropInvalidStopsSpuriousResets(t *testing.T) {
 		{"nft", false, true},
 		{"nft", true, false},
 		{"legacy", true, false},
+		{nativeNftables, false, true},
+		{nativeNftables, true, false},
 	}
 	for _, c := range cases {
 		t.Run(fmt.Sprintf("%s/dropInvalid=%v", c.backend, c.drop), func(t *testing.T) {
@@ -38,6 +40,13 @@ func TestDropInvalidStopsSpuriousResets(t *testing.T) {
 			args := []string{"--no-dns"}
 			if c.drop {
 				args = append(args, "--drop-invalid")
+			}
+			// nftables rules keep no counters: the drop is seen in the
+			// packet log the rule writes instead.
+			var nflog func() string
+			if c.backend == nativeNftables && c.drop {
+				nflog = listenNFLOG(t, w.pod, 9)
+				args = append(args, "--packet-log", "nflog:9")
 			}
 			w.install(args...)
 			for _, dst := range []string{"10.1.0.1:8080", "[fd00:1::1]:8080"} {
@@ -73,7 +82,7 @@ func TestDropInvalidStopsSpuriousResets(t *testing.T) {
 				time.Sleep(300 * time.Millisecond)
 				resets = outResets(t, w.pod) - before
 				if (resets > 0) != c.wantResets {
-					t.Errorf("%s: the pod sent %d resets for an out-of-window segment; want resets=%v\n%s", dst, resets, c.wantResets, w.pod.MustRun("iptables-"+c.backend+"-save", "-c"))
+					t.Errorf("%s: the pod sent %d resets for an out-of-window segment; want resets=%v\n%s", dst, resets, c.wantResets, w.saveCounted(false))
 				}
 				// The reset carries the acknowledgement the client expects:
 				// without dropInvalid it kills the client's connection.
@@ -82,7 +91,13 @@ func TestDropInvalidStopsSpuriousResets(t *testing.T) {
 					t.Errorf("%s: after the out-of-window segment, writing gave %v; want the connection broken=%v", dst, err, c.wantResets)
 				}
 			}
-			if c.drop {
+			if nflog != nil {
+				for _, dst := range []string{"10.1.0.1:8080", "[fd00:1::1]:8080"} {
+					if want := "shunt-drop-invalid " + dst; !waitFor(func() bool { return strings.Contains(nflog(), want) }) {
+						t.Errorf("no NFLOG record %q of the dropped segment; got:\n%s", want, nflog())
+					}
+				}
+			} else if c.drop {
 				for _, v6 := range []bool{false, true} {
 					prog := "iptables-" + c.backend + "-save"
 					if v6 {
@@ -95,6 +110,18 @@ func TestDropInvalidStopsSpuriousResets(t *testing.T) {
 			}
 		})
 	}
+}
+
+// saveCounted is save with the iptables rules' counters.
+func (w *world) saveCounted(v6 bool) string {
+	if w.backend == nativeNftables {
+		return w.save(v6)
+	}
+	prog := "iptables-" + w.backend + "-save"
+	if v6 {
+		prog = "ip6tables-" + w.backend + "-save"
+	}
+	return w.pod.MustRun(prog, "-c")
 }
 
 // holdListener accepts connections in n and keeps them open until the test

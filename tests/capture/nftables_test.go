@@ -155,6 +155,12 @@ func TestNftablesStatusDriftAndExplain(t *testing.T) {
 	if err != nil || !strings.Contains(out, "table inet shunt {") || !strings.Contains(out, "delete table inet shunt") {
 		t.Errorf("install --dry-run: %v\n%s", err, out)
 	}
+	out, err = w.shunt("install", "--dry-run", "--inbound-mode", "tproxy", "--drop-invalid", "--packet-log", "nflog:3", "--include-outbound-ports", "443", "--vnet-interfaces", "tap0")
+	for _, want := range []string{"tproxy ip to :15006 meta mark set 0x00000539 accept", "ct state invalid log prefix \"shunt-drop-invalid\" group 3 drop", "set include_outbound_ports {", "chain vnet4 {"} {
+		if err != nil || !strings.Contains(out, want) {
+			t.Errorf("install --dry-run with every option lacks %q: %v\n%s", want, err, out)
+		}
+	}
 	out, err = w.shunt("uninstall", "--dry-run")
 	if err != nil || !strings.Contains(out, "delete table inet shunt") {
 		t.Errorf("uninstall --dry-run: %v\n%s", err, out)
@@ -250,26 +256,43 @@ func refused(out string, err error) bool {
 	return exitCode(err) == 7 && strings.Contains(out, "Couldn't connect") && !strings.Contains(out, "Timeout")
 }
 
-// TestNftablesRefusesOptionsItLacks: a capture option the nftables engine
-// does not implement is refused, naming its key, and nothing is installed.
-func TestNftablesRefusesOptionsItLacks(t *testing.T) {
+// TestNftablesLockdownWithIncludeList: under lockdown, TCP that the
+// include-only list leaves uncaptured goes straight to an allowed
+// destination, and the gap guard (the NAT gone) resets only what capture
+// would have redirected.
+func TestNftablesLockdownWithIncludeList(t *testing.T) {
 	w := newWorld(t, nativeNftables)
-	for _, c := range []struct {
-		flag []string
-		key  string
-	}{
-		{[]string{"--drop-invalid"}, "dropInvalid"},
-		{[]string{"--inbound-mode", "tproxy"}, "inboundMode"},
-		{[]string{"--include-outbound-ports", "443"}, "includeOutboundPorts"},
-		{[]string{"--vnet-interfaces", "vnet0"}, "vnetInterfaces"},
-		{[]string{"--packet-log", "nflog"}, "packetLog"},
-	} {
-		out, err := w.shunt(append([]string{"install"}, c.flag...)...)
-		if err == nil || !strings.Contains(out, c.key) || !strings.Contains(out, "nftables engine") {
-			t.Errorf("install %v: %v, want a refusal naming %s and the engine:\n%s", c.flag, err, c.key, out)
+	w.serveHTTP(8080, 8081)
+	w.startProxies()
+	cfg := redirect.NewConfig()
+	for k, v := range map[string]string{"netns": w.pod.Path(), "resolvConf": filepath.Join("/etc/netns", w.pod.Name(), "resolv.conf"), "meshCidrs": "10.1.0.3/32", "includeOutboundPorts": "8080"} {
+		if err := cfg.Set(k, v, "test"); err != nil {
+			t.Fatal(err)
 		}
-		if r := w.pod.ShuntRules(); r != "" {
-			t.Errorf("install %v left rules:\n%s", c.flag, r)
-		}
+	}
+	p, err := cfg.Plan(redirect.OSHost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Egress = &redirect.Egress{}
+	eng := nftables.New(nftables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir})
+	if err := eng.Install(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = eng.Uninstall(context.Background()) })
+	if !w.fetch(appUID, "http://10.1.0.3:8080/", "remote:8080", "10.1.0.3:8080") {
+		t.Errorf("an included port was not captured")
+	}
+	if w.fetch(appUID, "http://10.1.0.3:8081/", "remote:8081", "10.1.0.3:8081") {
+		t.Errorf("a port outside the include list was captured")
+	}
+	// The NAT rules gone: the included port is reset, the other still
+	// reaches the allowed destination.
+	w.pod.MustRun("nft", "flush", "chain", "inet", "shunt", "output4")
+	if got, err := w.curl(appUID, "http://10.1.0.3:8080/"); !refused(got, err) {
+		t.Errorf("without NAT, the included port: %q, %v; want a reset", got, err)
+	}
+	if got, err := w.curl(appUID, "http://10.1.0.3:8081/"); err != nil || got != "remote:8081" {
+		t.Errorf("without NAT, the port outside the include list: %q, %v; want it to reach the allowed destination", got, err)
 	}
 }

@@ -19,7 +19,7 @@ import (
 // redirect; it is switched on and off by installing again, without
 // touching connections.
 func TestPacketLogIsSwitchableAtRuntime(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range engines {
 		t.Run(backend, func(t *testing.T) {
 			w := newWorld(t, backend)
 			w.serveHTTP(8080)

@@ -24,7 +24,7 @@ import (
 // who called it. The policy route that takes the application's replies
 // back to the proxy is shunt's (netlink), in both families.
 func TestTProxyInboundKeepsTheClientAddress(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range engines {
 		t.Run(backend, func(t *testing.T) {
 			w := newWorld(t, backend)
 			peerApp(t, w.pod, "[::]:8080")
@@ -98,21 +98,51 @@ func TestTProxyInboundKeepsTheClientAddress(t *testing.T) {
 
 // Changing inbound mode replaces the rules and the routes in one install.
 func TestTProxyModeCanBeSwitched(t *testing.T) {
+	for _, backend := range []string{"nft", nativeNftables} {
+		t.Run(backend, func(t *testing.T) {
+			w := newWorld(t, backend)
+			peerApp(t, w.pod, "[::]:8080")
+			seen := transparentProxy(t, w.pod, 0x77)
+			w.install("--inbound-mode", "tproxy", "--tproxy-mark", "0x77", "--tproxy-route-table", "177", "--no-dns")
+			if got, err := curlFrom(w.remote, "http://10.1.0.1:8080/"); err != nil || got != "app saw 10.1.0.2" || !strings.Contains(seen(), "10.1.0.2 -> 10.1.0.1:8080") {
+				t.Errorf("GET with tproxy mark 0x77 = %q, %v; proxy saw %s", got, err, seen())
+			}
+			w.install("--no-dns")
+			for _, fam := range []string{"-4", "-6"} {
+				if rules := w.pod.MustRun("ip", fam, "rule"); strings.Contains(rules, "lookup 177") {
+					t.Errorf("back to redirect mode, the policy rule stayed:\n%s", rules)
+				}
+			}
+			if save := w.save(false); strings.Contains(strings.ToLower(save), "tproxy") {
+				t.Errorf("back to redirect mode, TPROXY rules stayed:\n%s", save)
+			}
+		})
+	}
+}
+
+// Moving a TPROXY capture from one netfilter engine to the other keeps the
+// policy route both use: the old engine's uninstall does not take the new
+// capture's route with it.
+func TestTProxyEngineChangeKeepsTheRoute(t *testing.T) {
 	w := newWorld(t, "nft")
+	testenv.RequireBinary(t, "nft")
 	peerApp(t, w.pod, "[::]:8080")
-	seen := transparentProxy(t, w.pod, 0x77)
-	w.install("--inbound-mode", "tproxy", "--tproxy-mark", "0x77", "--tproxy-route-table", "177", "--no-dns")
-	if got, err := curlFrom(w.remote, "http://10.1.0.1:8080/"); err != nil || got != "app saw 10.1.0.2" || !strings.Contains(seen(), "10.1.0.2 -> 10.1.0.1:8080") {
-		t.Errorf("GET with tproxy mark 0x77 = %q, %v; proxy saw %s", got, err, seen())
-	}
-	w.install("--no-dns")
-	for _, fam := range []string{"-4", "-6"} {
-		if rules := w.pod.MustRun("ip", fam, "rule"); strings.Contains(rules, "lookup 177") {
-			t.Errorf("back to redirect mode, the policy rule stayed:\n%s", rules)
+	seen := transparentProxy(t, w.pod, redirect.DefaultTProxyMark)
+	w.install("--inbound-mode", "tproxy", "--no-dns")
+	for _, engine := range []string{"nftables", "iptables"} {
+		out, err := w.shunt("install", "--engine", engine, "--inbound-mode", "tproxy", "--no-dns")
+		if err != nil {
+			t.Fatalf("install --engine %s: %v\n%s", engine, err, out)
 		}
-	}
-	if save := w.save(false); strings.Contains(save, "TPROXY") {
-		t.Errorf("back to redirect mode, TPROXY rules stayed:\n%s", save)
+		if out, err := w.shunt("status"); err != nil || !strings.Contains(out, "engine:  "+engine) {
+			t.Errorf("status after moving to %s: %v\n%s", engine, err, out)
+		}
+		for _, c := range []struct{ dst, client string }{{"10.1.0.1:8080", "10.1.0.2"}, {"[fd00:1::1]:8080", "fd00:1::"}} {
+			got, err := curlFrom(w.remote, "http://"+c.dst+"/")
+			if err != nil || !strings.HasPrefix(got, "app saw "+c.client) || !strings.Contains(seen(), " -> "+c.dst) {
+				t.Errorf("%s: remote GET %s = %q, %v; proxy saw:\n%s", engine, c.dst, got, err, seen())
+			}
+		}
 	}
 }
 

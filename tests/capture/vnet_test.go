@@ -14,7 +14,7 @@ import (
 // traffic is captured as the workload's outbound traffic, except inside
 // the nested network itself.
 func TestVNetTrafficIsCapturedAsOutbound(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range engines {
 		t.Run(backend, func(t *testing.T) {
 			w := newWorld(t, backend)
 			vm := testenv.NewNetns(t, "vm")
