@@ -38,7 +38,11 @@ const (
 	// that fills it is treated as truncated (shunt asks for at most
 	// ednsBufSize bytes) and fetched again over TCP.
 	poolReadBuf = 4096
-	poolBatch   = 16
+	// poolBatch is how many answers one read takes. Small: sockets are
+	// replaced about every 256 queries and a retired one lives on, with its
+	// buffers, until its last query ends (up to QueryTimeout), so under a
+	// flood hundreds of them exist at once.
+	poolBatch = 4
 )
 
 // errPoolClosed is returned to queries still waiting when a pool closes.
