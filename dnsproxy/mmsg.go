@@ -9,17 +9,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// mmsgBatch is a set of datagrams moved by one recvmmsg or sendmmsg call.
+// mmsgBatch is a set of datagrams moved by one recvmmsg or sendmmsg call
+// on a non-blocking socket (MSG_DONTWAIT: when there is nothing to read the
+// reader parks in the netpoller as usual). It keeps the clients' addresses
+// as raw bytes and sends answers back to them as they are, so a table
+// answer allocates nothing (x/net's batches allocate a *net.UDPAddr per
+// datagram).
 //
-// The calls are made with syscall.RawSyscall6 on the non-blocking socket
-// (MSG_DONTWAIT: they never block; when there is nothing to read the
-// reader parks in the netpoller as usual). The raw form skips the
-// runtime's entersyscall/exitsyscall, which on an otherwise idle process
-// woke the runtime's sysmon thread on nearly every datagram (sysmon sleeps
-// while every P is idle, and entering a system call wakes it to watch
-// that call); at 20,000 q/s that was a fifth of the CPU a table answer
-// cost. It also reads the client's address as raw bytes, which are sent
-// back as they are, so a table answer allocates nothing.
+// The calls go through syscall.Syscall6, with the runtime's system-call
+// bookkeeping. syscall.RawSyscall6 skips it and, at 20,000 q/s, cut a
+// table answer's CPU by 40 % (entering a system call wakes the runtime's
+// sysmon thread whenever the process was idle), but in the same runs the
+// p99 at a fixed rate on a loaded machine was 3-10x worse
+// (docs/performance.md): the tail is worth more than the CPU.
 type mmsgBatch struct {
 	hdrs  []unix.Mmsghdr
 	iovs  []unix.Iovec
@@ -85,7 +87,7 @@ func (b *mmsgBatch) recv(fd uintptr, bufs [][]byte) (int, syscall.Errno) {
 		b.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 	}
 	for {
-		r, _, e := syscall.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(bufs)), unix.MSG_DONTWAIT, 0, 0)
+		r, _, e := syscall.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(bufs)), unix.MSG_DONTWAIT, 0, 0)
 		if e != syscall.EINTR {
 			return int(r), e
 		}
@@ -100,7 +102,7 @@ func (b *mmsgBatch) send(rc syscall.RawConn, n int) error {
 	for off < n {
 		err := rc.Write(func(fd uintptr) bool {
 			for {
-				r, _, e := syscall.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[off])), uintptr(n-off), unix.MSG_DONTWAIT, 0, 0)
+				r, _, e := syscall.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[off])), uintptr(n-off), unix.MSG_DONTWAIT, 0, 0)
 				switch e {
 				case syscall.EINTR:
 					continue
