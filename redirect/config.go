@@ -55,6 +55,7 @@ func Options() []Option {
 		{Key: "inboundPort", Default: fmt.Sprint(DefaultInboundPort), Help: "port the proxy's inbound listener uses"},
 		{Key: "outboundPort", Default: fmt.Sprint(DefaultOutboundPort), Help: "port the proxy's outbound listener uses"},
 		{Key: "dnsPort", Default: fmt.Sprint(DefaultDNSPort), Help: "port the DNS interceptor listens on"},
+		{Key: "adminPort", Default: fmt.Sprint(DefaultAdminPort), Help: "port of the agent's admin endpoint (shunt run --admin), guarded like the captured ports: only root, the proxy's UID or GID or the bypass mark may answer from it (0 or off: not guarded)"},
 		{Key: "noInbound", Bool: true, Help: "do not capture inbound traffic"},
 		{Key: "redirectDNS", Bool: true, Help: "capture DNS to the nameservers of the workload's resolv.conf (default)"},
 		{Key: "redirectAllDNS", Bool: true, Help: "capture DNS to any port-53 destination"},

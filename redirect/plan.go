@@ -15,7 +15,9 @@ const (
 	DefaultInboundPort  = wire.InboundPort
 	DefaultOutboundPort = wire.OutboundPort
 	DefaultDNSPort      = wire.DNSPort
-	DefaultProxyUID     = 5678
+	// DefaultAdminPort is the port of shunt run's default --admin address.
+	DefaultAdminPort = 15090
+	DefaultProxyUID  = 5678
 	// DefaultBypassMark is the socket mark (SO_MARK) that exempts a socket's
 	// packets from capture. shunt's own DNS interceptor sets it on its
 	// upstream queries, so they leave even when it does not run as the
@@ -173,10 +175,15 @@ type Plan struct {
 	BypassMark  uint32  `json:"bypassMark"`
 	InboundPort uint16  `json:"inboundPort"`
 	// CaptureInbound is false when inbound capture is disabled.
-	CaptureInbound bool    `json:"captureInbound"`
-	OutboundPort   uint16  `json:"outboundPort"`
-	DNSPort        uint16  `json:"dnsPort"`
-	DNSMode        DNSMode `json:"dnsMode"`
+	CaptureInbound bool   `json:"captureInbound"`
+	OutboundPort   uint16 `json:"outboundPort"`
+	DNSPort        uint16 `json:"dnsPort"`
+	// AdminPort is the agent's admin endpoint port (0: none). Nothing is
+	// captured to it, but the port guard keeps it as it keeps the
+	// captured ports: a process of the pod that holds it while the agent
+	// is down answers no one.
+	AdminPort uint16  `json:"adminPort,omitempty"`
+	DNSMode   DNSMode `json:"dnsMode"`
 	// DNSServers are the workload's nameservers, read from ResolvConf.
 	DNSServers []netip.Addr `json:"dnsServers,omitempty"`
 	// ResolvConf is the file the nameservers came from.

@@ -60,8 +60,12 @@ type Intent struct {
 
 // String describes an interrupted install for status and logs.
 func (in *Intent) String() string {
-	return fmt.Sprintf("an install (pid %d, started %s, %s %v) did not finish: its rules may be partly in place; install again or uninstall",
-		in.PID, in.StartedAt.Format(time.RFC3339), in.Backend, in.Families)
+	what := ""
+	if in.Backend != "" || len(in.Families) > 0 {
+		what = fmt.Sprintf(", %s %v", in.Backend, in.Families)
+	}
+	return fmt.Sprintf("an install (pid %d, started %s%s) did not finish: its rules may be partly in place; install again or uninstall",
+		in.PID, in.StartedAt.Format(time.RFC3339), what)
 }
 
 // RecordIntent saves prev (an empty record of the engine when nothing is
@@ -288,9 +292,17 @@ func SaveResolvConf(dir string, content []byte) error {
 	return nil
 }
 
-// RemoveState forgets the installation.
+// RemoveState forgets the installation, and the temporary files of a
+// write that a killed process left before it could rename them.
 func RemoveState(dir string) error {
-	for _, f := range []string{stateFile, ResolvConfFile} {
+	files := []string{stateFile, ResolvConfFile}
+	for _, pattern := range []string{".capture-*.json", ".resolv-*.conf"} {
+		m, _ := filepath.Glob(filepath.Join(dir, pattern))
+		for _, f := range m {
+			files = append(files, filepath.Base(f))
+		}
+	}
+	for _, f := range files {
 		err := os.Remove(filepath.Join(dir, f))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove state: %w", err)

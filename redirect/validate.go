@@ -115,12 +115,15 @@ func (c *Config) Plan(h Host) (*Plan, error) {
 	p.InboundPort = v.port("inboundPort")
 	p.OutboundPort = v.port("outboundPort")
 	p.DNSPort = v.port("dnsPort")
+	if a := strings.TrimSpace(c.Get("adminPort")); a != "0" && a != "off" {
+		p.AdminPort = v.port("adminPort")
+	}
 	p.CaptureInbound = !c.Bool("noInbound")
 	p.BypassMark = v.uint32("bypassMark")
 
 	ports := map[uint16]string{}
-	for _, k := range []string{"outboundPort", "inboundPort", "dnsPort"} {
-		port := map[string]uint16{"inboundPort": p.InboundPort, "outboundPort": p.OutboundPort, "dnsPort": p.DNSPort}[k]
+	for _, k := range []string{"outboundPort", "inboundPort", "dnsPort", "adminPort"} {
+		port := map[string]uint16{"inboundPort": p.InboundPort, "outboundPort": p.OutboundPort, "dnsPort": p.DNSPort, "adminPort": p.AdminPort}[k]
 		if port == 0 {
 			continue
 		}

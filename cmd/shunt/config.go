@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -73,6 +74,20 @@ func loadCaptureConfig(cmd *cobra.Command) (*redirect.Config, error) {
 		// One state per namespace, so installs into several namespaces
 		// from the host do not overwrite each other's record.
 		_ = cfg.Set("stateDir", filepath.Join(redirect.DefaultStateDir, "netns", filepath.Base(cfg.Get("netns"))), "default")
+	}
+	if f := cmd.Flags().Lookup("admin"); f != nil && !cfg.IsSet("adminPort") {
+		// shunt run guards the port its admin endpoint really uses.
+		port := "0"
+		if a := f.Value.String(); a != "off" && a != "" {
+			_, p, err := net.SplitHostPort(a)
+			if err != nil {
+				return nil, usageErrorf("--admin %q: not HOST:PORT: %v", a, err)
+			}
+			port = p
+		}
+		if err := cfg.Set("adminPort", port, "flag --admin"); err != nil {
+			return nil, err
+		}
 	}
 	if ns := cfg.Get("netns"); ns != "" {
 		if _, err := os.Stat(ns); errors.Is(err, os.ErrNotExist) {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -116,6 +117,11 @@ type record struct {
 	// Objects is the digest of the programs' object that was loaded: an
 	// install of the same build onto attached links only writes maps.
 	Objects string `json:"objects,omitempty"`
+	// Intent, when set, is an install that began and neither finished nor
+	// rolled back (the process was killed): any of its maps and links may
+	// be pinned, next to or instead of those of the plan above (nil when
+	// nothing was installed before it).
+	Intent *redirect.Intent `json:"intent,omitempty"`
 }
 
 // objectsDigest identifies this build's programs.
@@ -152,11 +158,30 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 		return err
 	}
 
+	// The intent is on disk before the first pin or link changes: killed at
+	// any point from here on, the install leaves a record that status,
+	// install and uninstall recognise. A failed install puts the record it
+	// found back once it has undone its changes.
+	found, rerr := e.readState()
+	if rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		e.log.Warn("recorded plan unreadable; reading the maps instead", "err", rerr)
+	}
+	prev := found
+	if prev != nil && (prev.PinDir != e.pinDir || prev.Cgroup != e.cgroup) {
+		prev = nil // another installation's record: nothing known here
+	}
+	if err := e.recordIntent(prev, p); err != nil {
+		return err
+	}
+
 	var undo []func()
 	defer func() {
 		if err != nil {
 			for i := len(undo) - 1; i >= 0; i-- {
 				undo[i]()
+			}
+			if cerr := e.clearIntent(found); cerr != nil {
+				err = fmt.Errorf("%w; %v", err, cerr)
 			}
 		}
 	}()
@@ -187,9 +212,10 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 	// The record says what the pinned maps hold and which programs run.
 	// When it matches this build and every link is still attached, a plan
 	// change is map writes alone: no program is loaded or verified again.
-	prev := e.priorRecord()
+	// After an interrupted install, neither the links' programs nor the
+	// maps' contents are known: load afresh and read every map back.
 	maps := pinned
-	current := prev != nil && prev.Objects == objectsDigest() && len(pinned) == len(spec.Maps) && e.linksAttached(cgFD, nsFD) && tcAttached(e.netns, e.pinDir)
+	current := prev != nil && prev.Intent == nil && prev.Objects == objectsDigest() && len(pinned) == len(spec.Maps) && e.linksAttached(cgFD, nsFD) && tcAttached(e.netns, e.pinDir)
 	var coll *ebpf.Collection
 	if !current {
 		coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
@@ -205,7 +231,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 	// entries back. The small maps are read back, so an install also
 	// repairs them.
 	var before map[string]*contents
-	if prev != nil && prev.Plan != nil {
+	if prev != nil && prev.Intent == nil && prev.Plan != nil {
 		if old, derr := desired(prev.Plan, nil); derr == nil {
 			before = map[string]*contents{}
 			for _, c := range old {
@@ -364,20 +390,30 @@ func (e *Engine) linksAttached(cgFD, nsFD int) bool {
 	return true
 }
 
-// priorRecord is the record of the installation in this pin directory, or
-// nil when there is none this engine can trust.
-func (e *Engine) priorRecord() *record {
-	rec, err := e.readState()
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			e.log.Warn("recorded plan unreadable; reading the maps instead", "err", err)
+// recordIntent saves the record of what is installed (prev, when it is
+// this installation's) with the intent of installing p added.
+func (e *Engine) recordIntent(prev *record, p *redirect.Plan) error {
+	r := record{Cgroup: e.cgroup, Netns: e.netns, PinDir: e.pinDir}
+	if prev != nil {
+		r = *prev
+	}
+	r.Intent = &redirect.Intent{Engine: e.Name(), Plan: p.Clone(), PID: os.Getpid(), StartedAt: time.Now().UTC()}
+	if err := writeJSON(e.state, "record install intent", r); err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	return nil
+}
+
+// clearIntent puts back the record an install found (none, when it found
+// none) once the install has undone what it changed.
+func (e *Engine) clearIntent(prev *record) error {
+	if prev == nil {
+		if err := os.Remove(e.state); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("clear install intent: %w", err)
 		}
 		return nil
 	}
-	if rec.PinDir != e.pinDir || rec.Cgroup != e.cgroup {
-		return nil
-	}
-	return rec
+	return writeJSON(e.state, "clear install intent", prev)
 }
 
 func (e *Engine) writeState(p *redirect.Plan) error {
@@ -417,6 +453,10 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
+	// A write the killed process did not get to rename.
+	if err := os.Remove(e.state + ".tmp"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
@@ -432,17 +472,49 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	st := &redirect.Status{Engine: "ebpf"}
 	rec, err := e.readState()
-	if errors.Is(err, os.ErrNotExist) {
-		if _, serr := os.Stat(e.linkPin(attachments[0].prog)); serr != nil {
+	pins := pinnedNames(e.pinDir)
+	// What an interrupted install left is said first.
+	var first []string
+	defer func() {
+		sort.Strings(st.Drift)
+		st.Drift = append(first, st.Drift...)
+	}()
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		// With no record (an earlier version's install, a lost state
+		// directory), only links say capture is live: maps capture
+		// nothing, and the directory may be a node's, whose maps and
+		// programs are not this engine's.
+		var links []string
+		for _, name := range pins {
+			if strings.HasPrefix(name, "link_") {
+				links = append(links, name)
+			}
+		}
+		if len(links) == 0 {
 			return nil, redirect.ErrNotInstalled
 		}
-		st.Drift = append(st.Drift, "programs are pinned but the applied plan ("+e.state+") is missing")
-	} else if err != nil {
+		st.Installed = true
+		first = append(first, fmt.Sprintf("pinned in %s but no installation is recorded (%s is missing): %s", e.pinDir, e.state, strings.Join(links, ", ")))
+	case err != nil:
 		return nil, err
-	}
-	st.Installed = true
-	if rec != nil {
+	default:
+		// A record holding only an intent is an install that never
+		// finished: nothing is known to be installed, but any of its
+		// links may be attached.
+		st.Installed = rec.Plan != nil
 		st.Plan = rec.Plan
+		if in := rec.Intent; in != nil {
+			first = append(first, in.String())
+			if len(pins) == 0 {
+				first = append(first, "nothing is pinned in "+e.pinDir)
+			} else {
+				first = append(first, fmt.Sprintf("pinned in %s: %s", e.pinDir, strings.Join(pins, ", ")))
+			}
+			if !st.Installed {
+				st.Plan = in.Plan
+			}
+		}
 	}
 
 	cgFD, nsFD, closeTargets, err := openTargets(e.cgroup, e.netns)
@@ -452,6 +524,12 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	defer closeTargets()
 
 	progs, drift := linkStatus("programs", e.pinDir, cgFD, nsFD, nil)
+	if !st.Installed {
+		// Only what the interrupted install left: no plan to check
+		// the links and maps against.
+		st.Sections = append(st.Sections, progs)
+		return st, nil
+	}
 	st.Drift = append(st.Drift, drift...)
 	st.Sections = append(st.Sections, progs)
 
@@ -492,8 +570,21 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	if s, err := e.stats(); err == nil {
 		st.Sections = append(st.Sections, s)
 	}
-	sort.Strings(st.Drift)
 	return st, nil
+}
+
+// pinnedNames lists what is pinned in dir (links, tc links, maps), sorted.
+func pinnedNames(dir string) []string {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	out := make([]string, 0, len(ents))
+	for _, ent := range ents {
+		out = append(out, ent.Name())
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (e *Engine) listenerCount() int {

@@ -1,8 +1,8 @@
 package ebpf
 
 import (
-	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -43,26 +44,22 @@ func registerListener(ctx context.Context, log *slog.Logger, netnsPath string, p
 	if err := unix.Stat(nsPath, &nsStat); err != nil {
 		return 0, fmt.Errorf("network namespace %s: %w", nsPath, err)
 	}
+	// The namespace's listening sockets first: when nothing listens (a
+	// pod being created), the search of every process on the node for the
+	// socket's owner is not needed.
+	inodes, err := listeningSockets(netnsPath, port) // socket inode → map key (0 IPv4, 1 IPv6)
+	if err != nil {
+		return 0, err
+	}
+	if len(inodes) == 0 {
+		return 0, fmt.Errorf("no socket listens on TCP port %d", port)
+	}
 	pids, err := pidsInNetns(nsStat)
 	if err != nil {
 		return 0, err
 	}
 	if len(pids) == 0 {
 		return 0, errors.New("no process runs in the network namespace")
-	}
-	// Every process of the namespace sees the same tables.
-	inodes := map[uint64]uint32{} // socket inode → map key (0 IPv4, 1 IPv6)
-	for key, table := range []string{"tcp", "tcp6"} {
-		ino, err := listeningInodes(filepath.Join("/proc", strconv.Itoa(pids[0]), "net", table), port)
-		if err != nil {
-			return 0, err
-		}
-		for _, i := range ino {
-			inodes[i] = uint32(key)
-		}
-	}
-	if len(inodes) == 0 {
-		return 0, fmt.Errorf("no socket listens on TCP port %d", port)
 	}
 	done := map[uint32]bool{}
 	for _, pid := range pids {
@@ -147,34 +144,75 @@ func pidsInNetns(ns unix.Stat_t) ([]int, error) {
 	return out, nil
 }
 
-// listeningInodes reads /proc/net/tcp{,6}: sockets in state 0A (LISTEN)
-// whose local port is port.
-func listeningInodes(path string, port uint16) ([]uint64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
+// listeningSockets asks the kernel (sock_diag, on a socket made inside the
+// namespace) for the TCP sockets listening on port: their inodes, each with
+// its sk_lookup map key (0 IPv4, 1 IPv6). A dump of listeners alone walks
+// only the listening hash, where /proc/net/tcp walks every established
+// connection of the machine too (milliseconds on a busy node).
+func listeningSockets(netnsPath string, port uint16) (map[uint64]uint32, error) {
+	var fd int
+	if err := inNetns(netnsPath, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("sock_diag socket in %s: %w", orDefault(netnsPath, "current namespace"), err)
 	}
-	defer f.Close()
-	var out []uint64
-	s := bufio.NewScanner(f)
-	s.Scan() // header
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) < 10 || fields[3] != "0A" {
-			continue
+	defer unix.Close(fd)
+	const tcpListen = 10
+	out := map[uint64]uint32{}
+	buf := make([]byte, 64<<10)
+	for key, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		// struct nlmsghdr, then struct inet_diag_req_v2 (56 bytes).
+		req := make([]byte, unix.NLMSG_HDRLEN+56)
+		binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
+		binary.NativeEndian.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
+		binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+		binary.NativeEndian.PutUint32(req[8:], uint32(key+1))
+		req[16], req[17] = family, unix.IPPROTO_TCP
+		binary.NativeEndian.PutUint32(req[20:], 1<<tcpListen)
+		if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return nil, fmt.Errorf("sock_diag request: %w", err)
 		}
-		_, hexPort, ok := strings.Cut(fields[1], ":")
-		if !ok {
-			continue
-		}
-		p, err := strconv.ParseUint(hexPort, 16, 16)
-		if err != nil || uint16(p) != port {
-			continue
-		}
-		ino, err := strconv.ParseUint(fields[9], 10, 64)
-		if err == nil && ino != 0 {
-			out = append(out, ino)
+	recv:
+		for {
+			n, _, err := unix.Recvfrom(fd, buf, 0)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("sock_diag: %w", err)
+			}
+			msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+			if err != nil {
+				return nil, fmt.Errorf("sock_diag: %w", err)
+			}
+			for _, m := range msgs {
+				switch m.Header.Type {
+				case unix.NLMSG_DONE:
+					break recv
+				case unix.NLMSG_ERROR:
+					if family == unix.AF_INET6 {
+						break recv // no IPv6 in this kernel
+					}
+					if len(m.Data) >= 4 {
+						if e := -int32(binary.NativeEndian.Uint32(m.Data)); e > 0 {
+							return nil, fmt.Errorf("sock_diag: %w", unix.Errno(e))
+						}
+					}
+					break recv
+				}
+				// struct inet_diag_msg: state at 1, the source port
+				// (network order) at 4, the inode at 68.
+				d := m.Data
+				if len(d) < 72 || d[1] != tcpListen || binary.BigEndian.Uint16(d[4:]) != port {
+					continue
+				}
+				if ino := binary.NativeEndian.Uint32(d[68:]); ino != 0 {
+					out[uint64(ino)] = uint32(key)
+				}
+			}
 		}
 	}
-	return out, s.Err()
+	return out, nil
 }

@@ -8,10 +8,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -45,6 +49,7 @@ type NodeOptions struct {
 type Node struct {
 	pinDir, stateDir string
 	log              *slog.Logger
+	specMu           sync.Mutex // guards spec, parsed when first needed
 	spec             *ebpf.CollectionSpec
 	progs            map[string]*ebpf.Program
 	maps             map[string]*ebpf.Map
@@ -143,29 +148,36 @@ func NewNode(opts NodeOptions) (*Node, error) {
 }
 
 // OpenNode opens the programs and maps a node agent pinned; it loads
-// nothing, and fails when they are missing or of another build.
+// nothing, and fails when they are missing or of another build. It is what
+// every CNI plugin process pays before an enrolment, so it does not parse
+// the programs' object: the digest in node_info says the pins are this
+// build's, so their layouts are the object's, and the names come from the
+// generated bindings.
 func OpenNode(opts NodeOptions) (*Node, error) {
 	opts = opts.withDefaults()
-	spec, err := loadNodeCapture()
+	n := &Node{pinDir: opts.PinDir, stateDir: opts.StateDir, log: opts.Logger, maps: map[string]*ebpf.Map{}, progs: map[string]*ebpf.Program{}}
+	info, err := ebpf.LoadPinnedMap(n.mapPin("node_info"), nil)
 	if err != nil {
-		return nil, fmt.Errorf("load node capture programs' spec: %w", err)
+		return nil, fmt.Errorf("the node's capture maps are not pinned in %s (is `shunt node` running with the eBPF engine?): %w", n.pinDir, err)
 	}
-	n := &Node{pinDir: opts.PinDir, stateDir: opts.StateDir, log: opts.Logger, spec: spec, progs: map[string]*ebpf.Program{}}
-	pinned, err := n.pinnedMaps()
-	if err != nil {
-		return nil, err
-	}
-	n.maps = pinned
-	if len(pinned) != len(spec.Maps) {
-		n.Close()
-		return nil, fmt.Errorf("the node's capture maps are not pinned in %s (is `shunt node` running with the eBPF engine?)", n.pinDir)
-	}
+	n.maps["node_info"] = info
 	var got [32]byte
-	if err := pinned["node_info"].Lookup(uint32(0), &got); err != nil || got != nodeDigest() {
+	if err := info.Lookup(uint32(0), &got); err != nil || got != nodeDigest() {
 		n.Close()
 		return nil, fmt.Errorf("the programs pinned in %s are not this build's", n.pinDir)
 	}
-	for name := range spec.Programs {
+	for _, name := range ebpfNames(nodeCaptureMaps{}) {
+		if name == "node_info" {
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(n.mapPin(name), nil)
+		if err != nil {
+			n.Close()
+			return nil, fmt.Errorf("the node's capture map %s is not pinned in %s: %w", name, n.pinDir, err)
+		}
+		n.maps[name] = m
+	}
+	for _, name := range ebpfNames(nodeCapturePrograms{}) {
 		p, err := ebpf.LoadPinnedProgram(n.progPin(name), nil)
 		if err != nil {
 			n.Close()
@@ -174,6 +186,34 @@ func OpenNode(opts NodeOptions) (*Node, error) {
 		n.progs[name] = p
 	}
 	return n, nil
+}
+
+// ebpfNames lists the `ebpf` tags of a generated bindings struct: the
+// names of its object's maps or programs.
+func ebpfNames(v any) []string {
+	t := reflect.TypeOf(v)
+	out := make([]string, 0, t.NumField())
+	for i := 0; i < t.NumField(); i++ {
+		if name := t.Field(i).Tag.Get("ebpf"); name != "" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// loadSpec parses the node programs' object, the first time it is needed
+// (a pod's first non-empty list needs its inner map's layout).
+func (n *Node) loadSpec() (*ebpf.CollectionSpec, error) {
+	n.specMu.Lock()
+	defer n.specMu.Unlock()
+	if n.spec == nil {
+		spec, err := loadNodeCapture()
+		if err != nil {
+			return nil, fmt.Errorf("load node capture programs' spec: %w", err)
+		}
+		n.spec = spec
+	}
+	return n.spec, nil
 }
 
 func (n *Node) pinnedMaps() (map[string]*ebpf.Map, error) {
@@ -238,6 +278,131 @@ type podRecord struct {
 	CgroupID uint64         `json:"cgroupID"`
 	Netns    string         `json:"netns,omitempty"`
 	Plan     *redirect.Plan `json:"plan"`
+	// Local is the pod's own addresses as written with Plan: with the
+	// plan, they name every entry of the pod in the node's shared maps,
+	// so an enrolment or a leave reads and writes those entries alone
+	// instead of scanning every pod's (Keyed says the record has them;
+	// records of earlier versions do not).
+	Local []netip.Addr `json:"local,omitempty"`
+	Keyed bool         `json:"keyed,omitempty"`
+	// Pending lists enrolments that began and did not finish (the
+	// process was killed), the latest last: any of their entries may be in
+	// place next to Plan's.
+	Pending []pendingEnrolment `json:"pending,omitempty"`
+}
+
+// pendingEnrolment is an enrolment under way, recorded before its first
+// map write.
+type pendingEnrolment struct {
+	Plan      *redirect.Plan `json:"plan"`
+	Local     []netip.Addr   `json:"local,omitempty"`
+	PID       int            `json:"pid"`
+	StartedAt time.Time      `json:"startedAt"`
+}
+
+// written returns, per shared map, the pod's entries its record says may be
+// in place (the applied plan's and an unfinished enrolment's) and the
+// addresses it may own in addr_pods. ok is false when the record cannot
+// say (an earlier version's): the caller then scans the maps.
+func (r *podRecord) written() (flat map[string]*contents, addrs []netip.Addr, ok bool) {
+	flat = map[string]*contents{}
+	if r == nil {
+		return flat, nil, true
+	}
+	if !r.Keyed && r.Plan != nil {
+		return nil, nil, false
+	}
+	add := func(p *redirect.Plan, local []netip.Addr) bool {
+		if p == nil {
+			return true
+		}
+		cs, err := desired(p, local)
+		if err != nil {
+			return false
+		}
+		for _, c := range cs {
+			name := nodeFlat[c.name]
+			if name == "" {
+				continue
+			}
+			if flat[name] == nil {
+				flat[name] = newContents(name, false)
+			}
+			for k, e := range prefixed(c, r.CgroupID).entries {
+				flat[name].entries[k] = e
+			}
+		}
+		addrs = append(addrs, local...)
+		return true
+	}
+	if !add(r.Plan, r.Local) {
+		return nil, nil, false
+	}
+	for _, in := range r.Pending {
+		if !add(in.Plan, in.Local) {
+			return nil, nil, false
+		}
+	}
+	return flat, addrs, true
+}
+
+// diffKeyed is diffShare for a pod whose entries are known: it looks up
+// the keys of want and of was (what may be in place) alone, O(the pod's
+// entries) whatever the number of pods sharing the map.
+func diffKeyed(m *ebpf.Map, was, want *contents) ([]change, error) {
+	var out []change
+	for _, e := range want.entries {
+		var got []byte
+		err := m.Lookup(e.key, &got)
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			out = append(out, change{m: m, key: e.key, value: e.value})
+		case err != nil:
+			return nil, fmt.Errorf("read %s: %w", want.name, err)
+		case !bytes.Equal(got, e.value):
+			out = append(out, change{m: m, key: e.key, old: got, value: e.value})
+		}
+	}
+	if was == nil {
+		return out, nil
+	}
+	for ks, e := range was.entries {
+		if _, ok := want.entries[ks]; ok {
+			continue
+		}
+		var got []byte
+		err := m.Lookup(e.key, &got)
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+		case err != nil:
+			return nil, fmt.Errorf("read %s: %w", want.name, err)
+		default:
+			out = append(out, change{m: m, key: e.key, old: got})
+		}
+	}
+	return out, nil
+}
+
+// addrChanges returns the writes that make addr_pods name the pod as the
+// owner of exactly want's addresses; was lists the addresses it may own.
+func (n *Node) addrChanges(id uint64, want *contents, was []netip.Addr, keyed bool) ([]change, error) {
+	idBytes := podKey(id)
+	m := n.maps["addr_pods"]
+	if !keyed {
+		return diffShare(m, want, func(_, v []byte) bool { return bytes.Equal(v, idBytes) })
+	}
+	stale := newContents("addr_pods", false)
+	for _, a := range was {
+		k := mustBytes(captureAddr{Ip: addr16(a)})
+		if _, ok := want.entries[string(k)]; ok {
+			continue
+		}
+		var got []byte
+		if m.Lookup(k, &got) == nil && bytes.Equal(got, idBytes) {
+			stale.entries[string(k)] = entry{key: k, value: got}
+		}
+	}
+	return diffKeyed(m, stale, want)
 }
 
 func (n *Node) readRecord(pod string) (*podRecord, error) {
@@ -329,18 +494,54 @@ func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redir
 	if err != nil {
 		return err
 	}
-	fresh := false
-	if _, serr := os.Stat(n.record(pod)); errors.Is(serr, os.ErrNotExist) {
-		fresh = true
+	prev, rerr := n.readRecord(pod)
+	fresh := errors.Is(rerr, os.ErrNotExist)
+	unreadable := rerr != nil && !fresh
+	if unreadable {
+		n.log.Warn("the pod's record is unreadable; scanning the node's maps instead", "cgroup", cg, "err", rerr)
+		prev = nil
+	}
+	if prev != nil && prev.CgroupID != id {
+		prev = nil // a cgroup of the same name made again: another pod
+	}
+	was, wasAddrs, keyed := prev.written()
+	if unreadable {
+		keyed = false
+	}
+	// The intent is on disk before the first map write: an enrolment
+	// killed at any point leaves a record naming every entry it may have
+	// written, for the next enrolment, Leave and Status.
+	rec := &podRecord{Cgroup: cg, CgroupID: id, Netns: netnsPath, Keyed: keyed}
+	if prev != nil {
+		*rec = *prev
+		rec.Netns = netnsPath
+	}
+	rec.Pending = append(append([]pendingEnrolment(nil), rec.Pending...), pendingEnrolment{Plan: p.Clone(), Local: local, PID: os.Getpid(), StartedAt: time.Now().UTC()})
+	if err := n.writeRecord(pod, rec); err != nil {
+		return err
 	}
 	defer func() {
 		// A pod that was not enrolled before is left as it was: not at all.
 		if err != nil && fresh {
-			if lerr := n.leave(pod, id); lerr != nil {
+			if lerr := n.leave(pod, id, rec); lerr != nil {
 				n.log.Error("undo a failed enrolment", "cgroup", cg, "err", lerr)
 			}
 		}
 	}()
+	// The tc attach waits in the kernel for an RCU grace period (5-12 ms,
+	// longer under load), the largest part of an enrolment: it runs beside
+	// the map writes and the cgroup attaches instead of after them. Until
+	// the pod's entries exist the program finds no pod for the packets and
+	// lets them pass, as before the enrolment.
+	// A plan without inbound capture gives the program nothing to do.
+	tcDone := make(chan struct{})
+	go func() {
+		defer close(tcDone)
+		if p.CaptureInbound {
+			n.attachPodTC(pod, netnsPath)
+		}
+	}()
+	defer func() { <-tcDone }() // before the undo above
 
 	// Addresses first: another pod claiming one would have sk_lookup steer
 	// its connections here.
@@ -361,7 +562,13 @@ func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redir
 			v := c.entries[string(mustBytes(uint32(0)))].value
 			changes = []change{{m: n.maps["pods"], key: idBytes, value: v}}
 		case nodeFlat[c.name] != "":
-			if changes, err = diffShare(n.maps[nodeFlat[c.name]], prefixed(c, id), hasPrefix(idBytes)); err != nil {
+			m := n.maps[nodeFlat[c.name]]
+			if keyed {
+				changes, err = diffKeyed(m, was[nodeFlat[c.name]], prefixed(c, id))
+			} else {
+				changes, err = diffShare(m, prefixed(c, id), hasPrefix(idBytes))
+			}
+			if err != nil {
 				return err
 			}
 		case nodeInner[c.name] != "":
@@ -381,7 +588,7 @@ func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redir
 			}
 		}
 	}
-	changes, err := diffShare(n.maps["addr_pods"], owners, func(_, v []byte) bool { return bytes.Equal(v, idBytes) })
+	changes, err := n.addrChanges(id, owners, wasAddrs, keyed)
 	if err != nil {
 		return err
 	}
@@ -404,7 +611,7 @@ func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redir
 	if err := n.attachPod(pod, cg, netnsPath); err != nil {
 		return err
 	}
-	if err := n.writeRecord(pod, &podRecord{Cgroup: cg, CgroupID: id, Netns: netnsPath, Plan: p}); err != nil {
+	if err := n.writeRecord(pod, &podRecord{Cgroup: cg, CgroupID: id, Netns: netnsPath, Plan: p, Local: local, Keyed: true}); err != nil {
 		return err
 	}
 	if p.CaptureInbound {
@@ -440,7 +647,11 @@ func (n *Node) innerChanges(outer string, id uint64, want *contents) (*ebpf.Map,
 		// (milliseconds, each): an empty list costs the pod nothing.
 		return nil, nil, nil
 	}
-	spec := n.spec.Maps[outer].InnerMap
+	cs, err := n.loadSpec()
+	if err != nil {
+		return nil, nil, err
+	}
+	spec := cs.Maps[outer].InnerMap
 	if spec == nil {
 		return nil, nil, fmt.Errorf("map %s has no inner map", outer)
 	}
@@ -508,15 +719,25 @@ func (n *Node) attachPod(pod, cg, netnsPath string) error {
 			return fmt.Errorf("pin %s: %w", a.prog, err)
 		}
 	}
-	if !tcAttached(netnsPath, dir) {
-		var undo []func()
-		if err := attachTC(n.log, netnsPath, dir, n.progs["inbound_tc"], &undo); err != nil {
-			// sk_lookup still steers to a plain TCP listener (TCX
-			// needs kernel 6.6).
-			n.log.Warn("inbound steering at tc unavailable: an MPTCP inbound listener will not be reached", "netns", netnsPath, "err", err)
-		}
-	}
 	return nil
+}
+
+// attachPodTC attaches inbound_tc to the pod's interfaces where it is not
+// yet; a failure is logged, not fatal: sk_lookup still steers to a plain
+// TCP listener (TCX needs kernel 6.6).
+func (n *Node) attachPodTC(pod, netnsPath string) {
+	dir := n.podPinDir(pod)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		n.log.Warn("inbound steering at tc unavailable", "netns", netnsPath, "err", err)
+		return
+	}
+	if tcAttached(netnsPath, dir) {
+		return
+	}
+	var undo []func()
+	if err := attachTC(n.log, netnsPath, dir, n.progs["inbound_tc"], &undo); err != nil {
+		n.log.Warn("inbound steering at tc unavailable: an MPTCP inbound listener will not be reached", "netns", netnsPath, "err", err)
+	}
 }
 
 func (n *Node) registerListener(ctx context.Context, id uint64, netnsPath string, port uint16) (int, error) {
@@ -531,6 +752,9 @@ func (n *Node) SyncListener(ctx context.Context, cgroupPath string) (int, error)
 	rec, err := n.readRecord(cgroupName(cgroupPath))
 	if err != nil {
 		return 0, fmt.Errorf("read the pod's record: %w", err)
+	}
+	if rec.Plan == nil {
+		return 0, fmt.Errorf("the pod's enrolment did not finish: enrol it again")
 	}
 	return n.registerListener(ctx, rec.CgroupID, rec.Netns, rec.Plan.InboundPort)
 }
@@ -549,6 +773,7 @@ func (n *Node) Leave(ctx context.Context, cgroupPath string) error {
 	case err == nil:
 		id = rec.CgroupID
 	case errors.Is(err, os.ErrNotExist):
+		rec = nil
 		if _, serr := os.Stat(n.podPinDir(pod)); serr != nil {
 			return redirect.ErrNotInstalled
 		}
@@ -558,14 +783,16 @@ func (n *Node) Leave(ctx context.Context, cgroupPath string) error {
 	default:
 		return err
 	}
-	if err := n.leave(pod, id); err != nil {
+	if err := n.leave(pod, id, rec); err != nil {
 		return err
 	}
 	n.log.Info("pod left the node's ebpf capture", "cgroup", cg)
 	return nil
 }
 
-func (n *Node) leave(pod string, id uint64) error {
+// leave removes the pod's links and entries; rec, its record, names the
+// entries (nil: none is known, and the shared maps are scanned).
+func (n *Node) leave(pod string, id uint64, rec *podRecord) error {
 	dir := n.podPinDir(pod)
 	_, errs := removeLinks(n.log, dir)
 	_, tcErrs := removeTCLinks(n.log, dir)
@@ -588,8 +815,18 @@ func (n *Node) leave(pod string, id uint64) error {
 	for f := uint32(0); f < 2; f++ {
 		del(n.maps["inbound_listener"], nodeCapturePodListener{Pod: id, Family: f})
 	}
+	was, wasAddrs, keyed := rec.written()
+	if rec == nil {
+		keyed = false
+	}
 	for _, flat := range nodeFlat {
-		changes, err := diffShare(n.maps[flat], newContents(flat, false), hasPrefix(idBytes))
+		var changes []change
+		var err error
+		if keyed {
+			changes, err = diffKeyed(n.maps[flat], was[flat], newContents(flat, false))
+		} else {
+			changes, err = diffShare(n.maps[flat], newContents(flat, false), hasPrefix(idBytes))
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -600,7 +837,7 @@ func (n *Node) leave(pod string, id uint64) error {
 			}
 		}
 	}
-	changes, err := diffShare(n.maps["addr_pods"], newContents("addr_pods", false), func(_, v []byte) bool { return bytes.Equal(v, idBytes) })
+	changes, err := n.addrChanges(id, newContents("addr_pods", false), wasAddrs, keyed)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -656,10 +893,13 @@ func UninstallNode(ctx context.Context, opts NodeOptions) error {
 		pods, _ := os.ReadDir(filepath.Join(n.pinDir, "pods"))
 		for _, p := range pods {
 			var id uint64
-			if rec, rerr := n.readRecord(p.Name()); rerr == nil {
+			rec, rerr := n.readRecord(p.Name())
+			if rerr == nil {
 				id = rec.CgroupID
+			} else {
+				rec = nil
 			}
-			if err := n.leave(p.Name(), id); err != nil {
+			if err := n.leave(p.Name(), id, rec); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -717,7 +957,19 @@ func (n *Node) Status(ctx context.Context, cgroupPath string) (*redirect.Status,
 	if err != nil {
 		return nil, err
 	}
-	st := &redirect.Status{Engine: "ebpf", Backend: "node", Installed: true, Plan: rec.Plan}
+	st := &redirect.Status{Engine: "ebpf", Backend: "node", Installed: rec.Plan != nil, Plan: rec.Plan}
+	var first []string // an unfinished enrolment is said first
+	defer func() {
+		sort.Strings(st.Drift)
+		st.Drift = append(first, st.Drift...)
+	}()
+	if len(rec.Pending) > 0 {
+		in := rec.Pending[len(rec.Pending)-1]
+		first = append(first, fmt.Sprintf("an enrolment (pid %d, started %s) did not finish: its entries and links may be partly in place; enrol again (install) or uninstall", in.PID, in.StartedAt.Format(time.RFC3339)))
+		if !st.Installed {
+			st.Plan = in.Plan
+		}
+	}
 	cgFD, nsFD, closeTargets, err := openTargets(cg, rec.Netns)
 	if err != nil {
 		return nil, err
@@ -728,8 +980,11 @@ func (n *Node) Status(ctx context.Context, cgroupPath string) (*redirect.Status,
 		ids = map[string]ebpf.ProgramID{}
 	}
 	progs, drift := linkStatus("programs (shared by the node, pinned in "+n.pinDir+")", n.podPinDir(pod), cgFD, nsFD, ids)
-	st.Drift = append(st.Drift, drift...)
 	st.Sections = append(st.Sections, progs)
+	if !st.Installed {
+		return st, nil
+	}
+	st.Drift = append(st.Drift, drift...)
 
 	local, err := localAddrs(ctx, rec.Netns)
 	if err != nil {
@@ -805,7 +1060,6 @@ func (n *Node) Status(ctx context.Context, cgroupPath string) (*redirect.Status,
 		}
 		st.Sections = append(st.Sections, s)
 	}
-	sort.Strings(st.Drift)
 	return st, nil
 }
 

@@ -390,14 +390,52 @@ type ebpfRecorded struct {
 	cfg *redirect.Config
 }
 
+// Install records the intent in the common record first, so that a
+// process killed at any point leaves a record naming the engine, the
+// cgroup and the pins (the engine's own record says what it got to).
 func (e *ebpfRecorded) Install(ctx context.Context, p *redirect.Plan) error {
-	if err := e.Engine.Install(ctx, p); err != nil {
+	dir := e.cfg.Get("stateDir")
+	prev, err := redirect.LoadState(dir)
+	if err != nil {
 		return err
 	}
-	return redirect.SaveState(e.cfg.Get("stateDir"), &redirect.State{
+	base := prev
+	if base == nil || base.Engine != e.Name() {
+		base = &redirect.State{Engine: e.Name(), Netns: e.cfg.Get("netns"), Cgroup: e.cfg.Get("cgroup"), PinDir: e.PinDir()}
+	}
+	if err := redirect.RecordIntent(dir, base, redirect.Intent{Engine: e.Name(), Plan: p.Clone()}); err != nil {
+		return err
+	}
+	if err := e.Engine.Install(ctx, p); err != nil {
+		// The engine undid its changes: so is the record.
+		if cerr := redirect.ClearIntent(dir, prev); cerr != nil {
+			return fmt.Errorf("%w; %v", err, cerr)
+		}
+		return err
+	}
+	return redirect.SaveState(dir, &redirect.State{
 		Engine: e.Name(), Netns: e.cfg.Get("netns"), Cgroup: e.cfg.Get("cgroup"), PinDir: e.PinDir(),
 		Plan: p.Clone(), InstalledAt: time.Now().UTC(),
 	})
+}
+
+// Status reports an install whose common record holds an intent the
+// engine's own record does not (killed before the engine began, or after
+// it finished).
+func (e *ebpfRecorded) Status(ctx context.Context) (*redirect.Status, error) {
+	s, err := e.Engine.Status(ctx)
+	st, lerr := redirect.LoadState(e.cfg.Get("stateDir"))
+	if lerr != nil || st == nil || st.Intent == nil {
+		return s, err
+	}
+	switch {
+	case errors.Is(err, redirect.ErrNotInstalled):
+		return &redirect.Status{Engine: e.Name(), Plan: st.Intent.Plan,
+			Drift: []string{st.Intent.String(), "nothing of it is pinned in " + e.PinDir()}}, nil
+	case err == nil && len(s.Drift) == 0:
+		s.Notes = append(s.Notes, "the record in "+e.cfg.Get("stateDir")+" still holds an install that did not finish ("+st.Intent.String()+"), but everything it installs is in place")
+	}
+	return s, err
 }
 
 func (e *ebpfRecorded) Uninstall(ctx context.Context) error {

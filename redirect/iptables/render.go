@@ -20,6 +20,7 @@ const (
 	chainEgress          = "SHUNT_EGRESS"
 	chainPortGuard       = "SHUNT_PORT_GUARD"
 	chainEgressGap       = "SHUNT_EGRESS_GAP"
+	chainEgressBackstop  = "SHUNT_EGRESS_BACKSTOP"
 )
 
 // DNS conntrack zones. The application's queries to a nameserver are
@@ -55,6 +56,7 @@ func Render(p *redirect.Plan, v6 bool) *Ruleset {
 	r.portGuard()
 	if p.Egress != nil {
 		r.egress()
+		r.egressBackstop()
 	}
 	return r.rs
 }
@@ -258,8 +260,23 @@ func (r *renderer) portGuard() {
 	if p.DNSMode != redirect.DNSNone {
 		tcp = append(tcp, redirect.PortRange{First: p.DNSPort, Last: p.DNSPort})
 	}
-	r.jump("filter", "OUTPUT", "", chainPortGuard)
-	g := func(parts ...string) { r.rule("filter", chainPortGuard, parts...) }
+	if p.AdminPort != 0 {
+		// Nothing is captured to the admin endpoint, but probes (a
+		// kubelet's, an operator's curl) trust what answers there.
+		tcp = append(tcp, redirect.PortRange{First: p.AdminPort, Last: p.AdminPort})
+	}
+	// The same chain in the mangle table's OUTPUT too: a flush of the
+	// filter table (iptables -F) would otherwise open the ports until the
+	// agent, which may be the one that is down, repairs it.
+	for _, table := range []string{"filter", "mangle"} {
+		r.portGuardIn(table, tcp)
+	}
+}
+
+func (r *renderer) portGuardIn(table string, tcp []redirect.PortRange) {
+	p := r.p
+	r.jump(table, "OUTPUT", "", chainPortGuard)
+	g := func(parts ...string) { r.rule(table, chainPortGuard, parts...) }
 	g("-m owner ! --socket-exists -j RETURN")
 	g("-m owner --uid-owner 0 -j RETURN")
 	g("-m owner --uid-owner", fmt.Sprint(p.ProxyUID), "-j RETURN")
@@ -278,29 +295,10 @@ func (r *renderer) portGuard() {
 }
 
 func (r *renderer) egress() {
-	p := r.p
 	r.jump("filter", "OUTPUT", "", chainEgress)
 	e := func(parts ...string) { r.rule("filter", chainEgress, parts...) }
 	e("-o lo -j RETURN")
-	if r.v6 {
-		// Neighbour discovery leaves through OUTPUT too, to
-		// solicited-node multicast addresses no plan allows, and
-		// conntrack leaves it untracked: refused, no address on the
-		// link would resolve, allowed ones included. MLD reports
-		// announce those multicast groups to snooping bridges, which
-		// otherwise stop delivering solicitations once a querier runs.
-		// Only the hop limits RFC 4861 and RFC 3810 require pass (the
-		// kernel sends those; receivers drop the others).
-		//
-		// Router and neighbour solicitation and advertisement, redirect.
-		for _, typ := range []int{133, 134, 135, 136, 137} {
-			e(fmt.Sprintf("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 255 -j RETURN", typ))
-		}
-		// MLDv1 report and done, MLDv2 report.
-		for _, typ := range []int{131, 132, 143} {
-			e(fmt.Sprintf("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 1 -j RETURN", typ))
-		}
-	}
+	r.linkPlumbing(e)
 	// What capture redirected to the proxy or to the DNS interceptor still
 	// carries the interface its first route chose (-o is fixed before the
 	// nat hook rewrites the destination): recognise it by its NAT state.
@@ -314,7 +312,50 @@ func (r *renderer) egress() {
 	// being repaired). Refuse it even to an allowed destination rather
 	// than let it out unproxied until the rules come back.
 	e("-p tcp -m conntrack --ctstate NEW -j " + chainEgressGap)
+	// So is a DNS query over UDP that capture sends to the interceptor:
+	// without NAT state it would reach the nameserver, which the allow
+	// list below lets through for the proxy and shunt.
+	if len(r.dnsCaptured()) > 0 {
+		e("-p udp -m udp --dport 53 -m conntrack --ctstate NEW -j " + chainEgressGap)
+	}
 	r.egressGap()
+	r.allowed(e)
+	r.logged("filter", chainEgress, "lockdown-reject", "-p tcp", "-j REJECT --reject-with tcp-reset")
+	if r.v6 {
+		r.logged("filter", chainEgress, "lockdown-reject", "", "-j REJECT --reject-with icmp6-port-unreachable")
+	} else {
+		r.logged("filter", chainEgress, "lockdown-reject", "", "-j REJECT --reject-with icmp-port-unreachable")
+	}
+}
+
+// linkPlumbing lets out, under lockdown, what IPv6 needs to reach any
+// destination at all.
+func (r *renderer) linkPlumbing(e func(parts ...string)) {
+	if !r.v6 {
+		return
+	}
+	// Neighbour discovery leaves through OUTPUT too, to
+	// solicited-node multicast addresses no plan allows, and
+	// conntrack leaves it untracked: refused, no address on the
+	// link would resolve, allowed ones included. MLD reports
+	// announce those multicast groups to snooping bridges, which
+	// otherwise stop delivering solicitations once a querier runs.
+	// Only the hop limits RFC 4861 and RFC 3810 require pass (the
+	// kernel sends those; receivers drop the others).
+	//
+	// Router and neighbour solicitation and advertisement, redirect.
+	for _, typ := range []int{133, 134, 135, 136, 137} {
+		e(fmt.Sprintf("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 255 -j RETURN", typ))
+	}
+	// MLDv1 report and done, MLDv2 report.
+	for _, typ := range []int{131, 132, 143} {
+		e(fmt.Sprintf("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 1 -j RETURN", typ))
+	}
+}
+
+// allowed returns from the lockdown chain what the mesh lets out.
+func (r *renderer) allowed(e func(parts ...string)) {
+	p := r.p
 	for _, c := range redirect.PrefixesOf(p.MeshCIDRs, r.v6) {
 		e("-d " + c.String() + " -j RETURN")
 	}
@@ -329,12 +370,26 @@ func (r *renderer) egress() {
 		e("-d " + r.host(ns) + " -p udp -m udp --dport 53 -j RETURN")
 		e("-d " + r.host(ns) + " -p tcp -m tcp --dport 53 -j RETURN")
 	}
-	r.logged("filter", chainEgress, "lockdown-reject", "-p tcp", "-j REJECT --reject-with tcp-reset")
-	if r.v6 {
-		r.logged("filter", chainEgress, "lockdown-reject", "", "-j REJECT --reject-with icmp6-port-unreachable")
-	} else {
-		r.logged("filter", chainEgress, "lockdown-reject", "", "-j REJECT --reject-with icmp-port-unreachable")
-	}
+}
+
+// egressBackstop repeats the lockdown in the mangle table's POSTROUTING,
+// with DROP (REJECT exists in the filter table only): a flush of the filter
+// table (iptables -F) removes SHUNT_EGRESS until the agent repairs it, and
+// meanwhile the proxy's own connections, the application's UDP and what
+// capture excludes would leave for any destination. POSTROUTING, not
+// OUTPUT, because only after the nat hook does a redirected packet carry
+// its NAT state. Only packets from a local address: lockdown governs what
+// the pod sends, not what it forwards. When the filter rules are in place
+// nothing new reaches it that they refuse, so it changes nothing then.
+func (r *renderer) egressBackstop() {
+	r.jump("mangle", "POSTROUTING", "-m addrtype --src-type LOCAL", chainEgressBackstop)
+	e := func(parts ...string) { r.rule("mangle", chainEgressBackstop, parts...) }
+	e("-o lo -j RETURN")
+	r.linkPlumbing(e)
+	e("-m conntrack --ctstate DNAT -j RETURN")
+	e("-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
+	r.allowed(e)
+	r.logged("mangle", chainEgressBackstop, "lockdown-drop", "", "-j DROP")
 }
 
 // egressGap writes SHUNT_EGRESS_GAP: SHUNT_OUTPUT's outbound TCP decision
@@ -358,15 +413,24 @@ func (r *renderer) egressGap() {
 	}
 	for _, e := range p.ExcludeOutboundPortsForUIDs {
 		for _, proto := range protocols(e.Protocol) {
-			if proto != "tcp" {
-				continue
-			}
 			for _, ports := range multiport(e.Ports) {
 				for _, u := range e.UIDs {
-					g("-p tcp -m multiport --dports "+ports+" -m owner --uid-owner "+u.String(), "-j RETURN")
+					g("-p "+proto+" -m multiport --dports "+ports+" -m owner --uid-owner "+u.String(), "-j RETURN")
 				}
 			}
 		}
+	}
+	// DNS capture comes before the exclusions, as in SHUNT_OUTPUT: a query
+	// it would send to the interceptor is refused at once, over UDP with
+	// the port-unreachable a closed port sends, so the resolver gives up
+	// (or tries its next server, refused alike) instead of waiting.
+	unreachable := "icmp-port-unreachable"
+	if r.v6 {
+		unreachable = "icmp6-port-unreachable"
+	}
+	for _, dst := range r.dnsCaptured() {
+		g(dst + "-p udp -m udp --dport 53 -j REJECT --reject-with " + unreachable)
+		g(dst + "-p tcp -m tcp --dport 53 -j REJECT --reject-with tcp-reset")
 	}
 	g("-o lo -j RETURN")
 	for _, c := range redirect.PrefixesOf(p.ExcludeOutboundCIDRs, r.v6) {
@@ -376,6 +440,23 @@ func (r *renderer) egressGap() {
 		g("-p tcp -m multiport --dports " + ports + " -j RETURN")
 	}
 	r.outboundCapture(chainEgressGap, "", "-j REJECT --reject-with tcp-reset")
+}
+
+// dnsCaptured returns the destination match ("-d HOST " or "" for any) of
+// each port-53 rule DNS capture writes for the family: none when DNS is
+// not captured or the family has no nameserver.
+func (r *renderer) dnsCaptured() []string {
+	switch r.p.DNSMode {
+	case redirect.DNSAll:
+		return []string{""}
+	case redirect.DNSResolvers:
+		var out []string
+		for _, ns := range r.p.DNSServersOf(r.v6) {
+			out = append(out, "-d "+r.host(ns)+" ")
+		}
+		return out
+	}
+	return nil
 }
 
 func protocols(p string) []string {

@@ -80,7 +80,7 @@ func (e *Engine) RecordChoice(reason string) { e.chosen = reason }
 // implements it: a plan is never installed only in part.
 var supportedPlanKeys = []string{
 	"proxyUID", "proxyGID", "bypassMark", "inboundPort", "captureInbound", "outboundPort",
-	"dnsPort", "dnsMode", "dnsServers", "resolvConf",
+	"dnsPort", "adminPort", "dnsMode", "dnsServers", "resolvConf",
 	"excludeInboundPorts", "excludeOutboundPorts", "excludeInboundCidrs", "excludeOutboundCidrs",
 	"excludeOutboundPortsForUids", "excludeInterfaces", "ipFamily", "meshCidrs", "egress",
 	"inboundTproxy", "dropInvalid", "includeOutboundCidrs", "includeOutboundPorts", "includeInboundPorts", "vnets", "packetLog",
@@ -301,7 +301,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			if err != nil && !errors.Is(err, errNoTable) {
 				return fmt.Errorf("install: %w", err)
 			}
-			intact = live != nil && live.record(textsOf(prev)) == prev.Applied["inet"]
+			intact = live != nil && live.record(textsOf(prev)) == prev.Applied["inet"] && hooksAsRendered(live, rs)
 		}
 	}
 	incremental := false
@@ -418,6 +418,23 @@ func textsOf(st *redirect.State) func(chain, digest string) (string, bool) {
 
 // skeleton is the ruleset without set elements: equal skeletons differ only
 // in what their sets hold.
+// hooksAsRendered reports whether the live base chains hook where rs's
+// do. A table a build with other priorities wrote (the nat chains were
+// at dstnat before) is as recorded, yet must be written again for the
+// ordering beside other tools' nat chains to hold.
+func hooksAsRendered(live *snapshot, rs *Ruleset) bool {
+	lines := map[string]string{}
+	for _, c := range live.chains {
+		lines[c.name] = c.line + " "
+	}
+	for _, c := range rs.chains {
+		if c.base != nil && !strings.Contains(lines[c.name], fmt.Sprintf(" hook %s priority %d ", c.base.hook, c.base.priority)) {
+			return false
+		}
+	}
+	return true
+}
+
 func (rs *Ruleset) skeleton() string {
 	var b strings.Builder
 	for _, s := range rs.sets {

@@ -28,7 +28,7 @@ func dial(path string) (*nftables.Conn, func(), error) {
 	// One socket for every request of the operation: each new socket in
 	// another namespace costs a thread entering it.
 	if path == "" {
-		c, err := nftables.New(nftables.AsLasting())
+		c, err := nftables.New(nftables.AsLasting(), ackOptions())
 		if err != nil {
 			return nil, nil, fmt.Errorf("open nftables netlink socket: %w", err)
 		}
@@ -38,12 +38,25 @@ func dial(path string) (*nftables.Conn, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("netns %s: %w", path, err)
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting())
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting(), ackOptions())
 	f.Close() // the socket, made, lives in the namespace on its own
 	if err != nil {
 		return nil, nil, fmt.Errorf("open nftables netlink socket in %s: %w", path, err)
 	}
 	return c, func() { _ = c.CloseLasting() }, nil
+}
+
+// ackOptions keep the kernel's acknowledgements of a whole table's batch
+// (one per message) within the socket's receive buffer: without
+// NETLINK_CAP_ACK each one carries a copy of its request, and a table with
+// lockdown overflowed the default buffer (ENOBUFS, batch not confirmed).
+func ackOptions() nftables.ConnOption {
+	return nftables.WithSockOptions(func(c *netlink.Conn) error {
+		if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
+			return fmt.Errorf("set NETLINK_CAP_ACK: %w", err)
+		}
+		return c.SetReadBuffer(4 << 20) // capped by net.core.rmem_max
+	})
 }
 
 // queueTable adds to c's batch the messages that make shunt's table equal

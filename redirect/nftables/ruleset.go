@@ -20,11 +20,25 @@ const TableName = "shunt"
 // dstnat (-100) as iptables' nat PREROUTING and OUTPUT; conntrack zones at
 // raw (-300), before conntrack (-200) looks the packet up; lockdown at
 // filter (0), after nat has redirected what it captures.
+//
+// Except that nat is one off dstnat. Between nat chains of equal priority
+// the kernel runs the one registered last first, and the first to NAT a
+// connection wins, so at -100 the order beside kube-proxy's nftables mode
+// and Docker (both DNAT at dstnat) depended on which table was created
+// last. The output chain runs at dstnat-1: capture sees the address the
+// application dialed (a ClusterIP, as in a pod) even when kube-proxy
+// re-creates its table after shunt's, and the proxy's own connection, not
+// captured, is DNATed by them as before. The prerouting chain runs at
+// dstnat+1: a connection another tool forwards elsewhere (Docker's
+// published ports, kube-proxy's NodePorts) is that tool's, not the
+// workload's inbound, whichever table is newer.
 const (
-	priorityRaw    = -300
-	priorityMangle = -150
-	priorityDstNAT = -100
-	priorityFilter = 0
+	priorityRaw        = -300
+	priorityMangle     = -150
+	priorityDstNAT     = -100
+	priorityOutputNAT  = priorityDstNAT - 1
+	priorityInboundNAT = priorityDstNAT + 1
+	priorityFilter     = 0
 )
 
 // DNS conntrack zones, as the iptables engine uses: the application's
@@ -154,9 +168,9 @@ func Render(p *redirect.Plan) *Ruleset {
 	var pre *chain
 	redirectIn := p.CaptureInbound && p.InboundTProxy == nil
 	if redirectIn || len(p.VNets) > 0 {
-		pre = rs.addChain("prerouting", &hook{nftables.ChainTypeNAT, "prerouting", priorityDstNAT})
+		pre = rs.addChain("prerouting", &hook{nftables.ChainTypeNAT, "prerouting", priorityInboundNAT})
 	}
-	out := rs.addChain("output", &hook{nftables.ChainTypeNAT, "output", priorityDstNAT})
+	out := rs.addChain("output", &hook{nftables.ChainTypeNAT, "output", priorityOutputNAT})
 	zones := map[fam]bool{}
 	for _, f := range fams {
 		zones[f] = p.DNSMode == redirect.DNSAll || p.DNSMode == redirect.DNSResolvers && sets[f].dns != nil
@@ -182,6 +196,13 @@ func Render(p *redirect.Plan) *Ruleset {
 	// iptables engine's order (its filter OUTPUT jumps).
 	filterOut := rs.addChain("filter_output", &hook{nftables.ChainTypeFilter, "output", priorityFilter})
 	filterOut.add(jump("port_guard"))
+	// The lockdown again, in a base chain of its own: flushing
+	// filter_output (or one family's egress chain) would let everything
+	// out until the agent repairs it. Later than filter_output, so it
+	// sees only what the lockdown let through, which it lets through too.
+	// The port guard too, for the same reason.
+	backstop := rs.addChain("filter_output_backstop", &hook{nftables.ChainTypeFilter, "output", priorityFilter + 10})
+	backstop.add(jump("port_guard_backstop"))
 	if p.DropInvalid {
 		for _, f := range fams {
 			manglePre.add(logged(p.PacketLog, "drop-invalid", metaNfproto(f), ctInvalid(), drop())...)
@@ -205,10 +226,12 @@ func Render(p *redirect.Plan) *Ruleset {
 		}
 		if p.Egress != nil {
 			filterOut.add(metaNfproto(f), jump("egress"+f.suffix()))
+			backstop.add(metaNfproto(f), jump("egress_backstop"+f.suffix()))
 		}
 	}
 
 	renderPortGuard(rs.addChain("port_guard", nil), p, guarded)
+	renderPortGuard(rs.addChain("port_guard_backstop", nil), p, guarded)
 	if p.InboundTProxy != nil {
 		renderTProxyOutput(rs.addChain("tproxy_output", nil), p.InboundTProxy)
 	}
@@ -242,53 +265,71 @@ func Render(p *redirect.Plan) *Ruleset {
 		}
 		if p.Egress != nil {
 			c := rs.addChain("egress"+f.suffix(), nil)
-			c.add(ifname(false, "lo"), ret())
-			if f.v6 {
-				// Neighbour discovery runs through the output hook
-				// too, to multicast addresses no plan allows and
-				// untracked by conntrack: refused, no IPv6 address
-				// on the link would be reachable, allowed ones
-				// included. MLD reports keep snooping bridges
-				// delivering solicitations. Only the hop limits the
-				// RFCs require pass, as in the iptables engine.
-				for _, m := range []struct {
-					name    string
-					typ, hl byte
-				}{
-					{"nd-router-solicit", 133, 255}, {"nd-router-advert", 134, 255},
-					{"nd-neighbor-solicit", 135, 255}, {"nd-neighbor-advert", 136, 255},
-					{"nd-redirect", 137, 255},
-					{"mld-listener-report", 131, 1}, {"mld-listener-done", 132, 1},
-					{"mld2-listener-report", 143, 1},
-				} {
-					c.add(icmpv6TypeHopLimit(m.name, m.typ, m.hl), ret())
-				}
-			}
-			// What capture redirected still carries the interface its
-			// first route chose: recognise it by its NAT state.
-			c.add(ctDNAT(), ret())
-			// Connections allowed when they started survive a plan change.
-			c.add(ctEstablished(), ret())
-			// A new TCP connection capture redirects that carries no
-			// NAT state went around the proxy while the output chain
-			// is gone (flushed, being repaired): reset it, allowed
-			// destination or not, until the redirect is back.
-			c.add(l4proto("tcp"), ctNew(), jump("egress_gap"+f.suffix()))
-			renderEgressGap(rs.addChain("egress_gap"+f.suffix(), nil), p, f, s.exOut, outPorts, s.inc)
-			c.add(addrIn(f, false, s.mesh), ret())
-			c.add(addrIn(f, false, s.allowed), ret())
-			// An endpoint of the proxy opens its TCP port, not its host.
-			c.add(endpointIn(f, s.endpoints), ret())
-			if s.dns != nil {
-				c.add(addrIn(f, false, s.dns), port("udp", true, portRange{53, 53}), ret())
-				c.add(addrIn(f, false, s.dns), port("tcp", true, portRange{53, 53}), ret())
-			}
-			c.add(l4proto("tcp"), rejectTCPReset())
-			c.add(rejectUnreachable(f))
+			renderEgress(c, p, f, s.mesh, s.allowed, s.endpoints, s.dns)
+			renderEgressGap(rs.addChain("egress_gap"+f.suffix(), nil), p, f, s.exOut, outPorts, s.dns, s.inc)
+		}
+	}
+	if p.Egress != nil {
+		for _, f := range fams {
+			s := sets[f]
+			renderEgress(rs.addChain("egress_backstop"+f.suffix(), nil), p, f, s.mesh, s.allowed, s.endpoints, s.dns)
 		}
 	}
 	logLockdown(rs, p.PacketLog)
 	return rs
+}
+
+// renderEgress writes one family's lockdown chain (and its backstop's,
+// the same rules).
+func renderEgress(c *chain, p *redirect.Plan, f fam, mesh, allowed, endpoints, dns *set) {
+	c.add(ifname(false, "lo"), ret())
+	if f.v6 {
+		// Neighbour discovery runs through the output hook
+		// too, to multicast addresses no plan allows and
+		// untracked by conntrack: refused, no IPv6 address
+		// on the link would be reachable, allowed ones
+		// included. MLD reports keep snooping bridges
+		// delivering solicitations. Only the hop limits the
+		// RFCs require pass, as in the iptables engine.
+		for _, m := range []struct {
+			name    string
+			typ, hl byte
+		}{
+			{"nd-router-solicit", 133, 255}, {"nd-router-advert", 134, 255},
+			{"nd-neighbor-solicit", 135, 255}, {"nd-neighbor-advert", 136, 255},
+			{"nd-redirect", 137, 255},
+			{"mld-listener-report", 131, 1}, {"mld-listener-done", 132, 1},
+			{"mld2-listener-report", 143, 1},
+		} {
+			c.add(icmpv6TypeHopLimit(m.name, m.typ, m.hl), ret())
+		}
+	}
+	// What capture redirected still carries the interface its
+	// first route chose: recognise it by its NAT state.
+	c.add(ctDNAT(), ret())
+	// Connections allowed when they started survive a plan change.
+	c.add(ctEstablished(), ret())
+	// A new TCP connection capture redirects that carries no
+	// NAT state went around the proxy while the output chain
+	// is gone (flushed, being repaired): reset it, allowed
+	// destination or not, until the redirect is back.
+	c.add(l4proto("tcp"), ctNew(), jump("egress_gap"+f.suffix()))
+	// So is a DNS query over UDP that capture sends to the
+	// interceptor: it would reach the nameserver, which the
+	// allow list lets through for the proxy and shunt.
+	for _, dst := range dnsCaptured(p, f, dns) {
+		c.add(append(dst, port("udp", true, portRange{53, 53}), ctNew(), jump("egress_gap"+f.suffix()))...)
+	}
+	c.add(addrIn(f, false, mesh), ret())
+	c.add(addrIn(f, false, allowed), ret())
+	// An endpoint of the proxy opens its TCP port, not its host.
+	c.add(endpointIn(f, endpoints), ret())
+	if dns != nil {
+		c.add(addrIn(f, false, dns), port("udp", true, portRange{53, 53}), ret())
+		c.add(addrIn(f, false, dns), port("tcp", true, portRange{53, 53}), ret())
+	}
+	c.add(l4proto("tcp"), rejectTCPReset())
+	c.add(rejectUnreachable(f))
 }
 
 func localhost(f fam) netip.Addr {
@@ -353,7 +394,7 @@ func renderOutput(c *chain, p *redirect.Plan, f fam, exOut, outPorts, dns *set, 
 // renderEgressGap writes the output chain's outbound TCP decision without
 // its NAT: what it would redirect is reset, what it leaves alone (the
 // proxy's own, excluded) returns to the allow list.
-func renderEgressGap(c *chain, p *redirect.Plan, f fam, exOut, outPorts *set, inc include) {
+func renderEgressGap(c *chain, p *redirect.Plan, f fam, exOut, outPorts, dns *set, inc include) {
 	for _, ifc := range p.ExcludeInterfaces {
 		c.add(ifname(false, ifc), ret())
 	}
@@ -368,19 +409,43 @@ func renderEgressGap(c *chain, p *redirect.Plan, f fam, exOut, outPorts *set, in
 		c.add(skid(true, idRange{*p.ProxyGID, *p.ProxyGID}, false), ret())
 	}
 	for _, e := range p.ExcludeOutboundPortsForUIDs {
-		if e.Protocol != "tcp" && e.Protocol != "all" {
-			continue
+		protos := []string{e.Protocol}
+		if e.Protocol == "all" {
+			protos = []string{"tcp", "udp"}
 		}
-		for _, pr := range portRanges(e.Ports) {
-			for _, u := range e.UIDs {
-				c.add(port("tcp", true, pr), skid(false, idRange{u.First, u.Last}, false), ret())
+		for _, proto := range protos {
+			for _, pr := range portRanges(e.Ports) {
+				for _, u := range e.UIDs {
+					c.add(port(proto, true, pr), skid(false, idRange{u.First, u.Last}, false), ret())
+				}
 			}
 		}
+	}
+	// DNS capture comes before the exclusions, as in the output chain: a
+	// query it would send to the interceptor is refused at once, over UDP
+	// with the port-unreachable of a closed port, so the resolver gives up
+	// (or tries its next server, refused alike) instead of waiting.
+	for _, dst := range dnsCaptured(p, f, dns) {
+		c.add(append(dst, port("udp", true, portRange{53, 53}), rejectUnreachable(f))...)
+		c.add(append(dst, port("tcp", true, portRange{53, 53}), rejectTCPReset())...)
 	}
 	c.add(ifname(false, "lo"), ret())
 	c.add(addrIn(f, false, exOut), ret())
 	c.add(portIn("tcp", true, outPorts), ret())
 	outboundCapture(c, f, inc, nil, nil, "", rejectTCPReset())
+}
+
+// dnsCaptured returns the destination match of each port-53 rule DNS
+// capture writes for a family (an empty match: any destination), none when
+// DNS is not captured or the family has no nameserver.
+func dnsCaptured(p *redirect.Plan, f fam, dns *set) [][]term {
+	switch {
+	case p.DNSMode == redirect.DNSAll:
+		return [][]term{nil}
+	case p.DNSMode == redirect.DNSResolvers && dns != nil:
+		return [][]term{{addrIn(f, false, dns)}}
+	}
+	return nil
 }
 
 // renderZones writes the conntrack-zone split of DNS for one family. As
@@ -409,7 +474,8 @@ func renderZones(out, in *chain, p *redirect.Plan, f fam, dns *set) {
 	in.add(append(src, port("udp", false, portRange{53, 53}), ctZone(zoneUpstream))...)
 }
 
-// guardedTCPPorts are the ports capture redirects TCP to.
+// guardedTCPPorts are the ports capture redirects TCP to, and the admin
+// endpoint's.
 func guardedTCPPorts(p *redirect.Plan) []portRange {
 	out := []portRange{{p.OutboundPort, p.OutboundPort}}
 	if p.CaptureInbound {
@@ -417,6 +483,11 @@ func guardedTCPPorts(p *redirect.Plan) []portRange {
 	}
 	if p.DNSMode != redirect.DNSNone {
 		out = append(out, portRange{p.DNSPort, p.DNSPort})
+	}
+	if p.AdminPort != 0 {
+		// Nothing is captured to the admin endpoint, but probes trust
+		// what answers there.
+		out = append(out, portRange{p.AdminPort, p.AdminPort})
 	}
 	return out
 }

@@ -436,7 +436,12 @@ func TestEBPFNodeRepairsPodsStartedBefore(t *testing.T) {
 	}
 
 	n.start("install")
-	waitFor(t, 15*time.Second, "shop/web repaired", n.agent, func() bool { return len(n.podRecords(web.cgroup)) > 0 })
+	// The node's record of the pod comes first (an enrolment records what
+	// it is about to write), its links after: the programs are the node's
+	// once it has recorded the pod.
+	waitFor(t, 15*time.Second, "shop/web repaired", n.agent, func() bool {
+		return len(n.podRecords(web.cgroup)) > 0 && fmt.Sprint(n.attached(web.cgroup)) == fmt.Sprint(n.programIDs())
+	})
 	progs := n.programIDs()
 	if got := n.attached(web.cgroup); fmt.Sprint(got) != fmt.Sprint(progs) {
 		t.Fatalf("repaired pod's cgroup runs programs %v, want the node's %v", got, progs)
