@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +21,7 @@ var ErrAllUpstreamsFailed = errors.New("every upstream failed")
 type upstream struct {
 	addr      netip.AddrPort
 	dial      string // addr as the dialer takes it, formatted once
+	pool      *udpPool
 	m         *upstreamMetrics
 	fails     atomic.Int32 // consecutive failures
 	downUntil atomic.Int64 // unix nanos; skipped to the back of the order until then
@@ -50,7 +50,9 @@ func (u *upstream) record(d time.Duration, err error, now time.Time) {
 
 // forwarder sends queries to upstreams: healthy ones first in the order
 // given, the next one also asked when the current one is silent for the
-// hedge delay, each attempt on a fresh socket with a fresh random ID.
+// hedge delay, each attempt with a fresh random ID, over UDP on one of the
+// upstream's pooled sockets (upstreampool.go), over TCP on a fresh
+// connection.
 type forwarder struct {
 	ups     atomic.Pointer[[]*upstream]
 	dialer  net.Dialer
@@ -153,9 +155,10 @@ func (f *forwarder) exchange(ctx context.Context, req *dns.Msg, tcp bool) (*dns.
 	}
 }
 
-// attempt asks one upstream. The query gets a fresh random ID and, through
-// a new socket, a fresh random source port; a reply counts only if its ID
-// and question match, which is what makes spoofing a reply hard.
+// attempt asks one upstream. The query gets a fresh random ID on a socket
+// with a random source port that lives at most a second; a reply counts
+// only if it comes from the upstream and its ID and question match, which
+// is what makes spoofing a reply hard.
 func (f *forwarder) attempt(ctx context.Context, u *upstream, req *dns.Msg, tcp bool) (*dns.Msg, error) {
 	start := time.Now()
 	m, err := f.ask(ctx, u, req, tcp)
@@ -176,19 +179,18 @@ func (f *forwarder) attempt(ctx context.Context, u *upstream, req *dns.Msg, tcp 
 
 func (f *forwarder) ask(ctx context.Context, u *upstream, req *dns.Msg, tcp bool) (*dns.Msg, error) {
 	q := req.Copy()
-	q.Id = dns.Id()
 	if opt := q.IsEdns0(); opt != nil {
 		// Ask for as much as shunt can take; the client's own limit is
 		// applied when the answer is sent back to it.
 		opt.SetUDPSize(f.bufSize)
 	}
-	network := "udp"
-	if tcp {
-		network = "tcp"
+	if !tcp {
+		return f.askUDP(ctx, u, q)
 	}
-	conn, err := f.dialer.DialContext(ctx, network, u.dial)
+	q.Id = dns.Id()
+	conn, err := f.dialer.DialContext(ctx, "tcp", u.dial)
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: dial %s: %w", u.addr, network, err)
+		return nil, fmt.Errorf("upstream %s: dial tcp: %w", u.addr, err)
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
@@ -196,42 +198,50 @@ func (f *forwarder) ask(ctx context.Context, u *upstream, req *dns.Msg, tcp bool
 	if d, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(d)
 	}
-	if tcp {
-		return f.readTCP(ctx, u, conn, q)
-	}
+	return f.readTCP(ctx, u, conn, q)
+}
+
+// askUDP asks over one of the upstream's pooled sockets, under an ID that
+// no other query waiting on that socket holds.
+func (f *forwarder) askUDP(ctx context.Context, u *upstream, q *dns.Msg) (*dns.Msg, error) {
+	q.Id = 0
 	b, err := q.Pack()
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: pack query: %w", u.addr, err)
 	}
-	if _, err := conn.Write(b); err != nil {
+	qend := questionEnd(b)
+	if qend < 0 {
+		return nil, fmt.Errorf("upstream %s: pack query: no question", u.addr)
+	}
+	sock, id, w, err := u.pool.register(ctx, b[12:qend])
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", u.addr, err)
+	}
+	defer sock.done(id)
+	binary.BigEndian.PutUint16(b, id)
+	q.Id = id
+	if _, err := sock.conn.Write(b); err != nil {
 		return nil, fmt.Errorf("upstream %s: send over udp: %w", u.addr, err)
 	}
-	// A small pooled buffer, not one of 64 KiB per query: shunt asks for
-	// answers of at most bufSize bytes (or 512 without EDNS0), so anything
-	// that fills this buffer is treated as truncated and asked over TCP.
-	bp := udpBufs.Get().(*[]byte)
-	defer udpBufs.Put(bp)
-	buf := *bp
 	for {
-		n, err := conn.Read(buf)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("upstream %s over udp: %w", u.addr, ctx.Err())
-			}
-			return nil, fmt.Errorf("upstream %s: read over udp: %w", u.addr, err)
+		var a poolAnswer
+		select {
+		case a = <-w.answers:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("upstream %s over udp: %w", u.addr, ctx.Err())
+		}
+		if a.err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", u.addr, a.err)
 		}
 		r := new(dns.Msg)
-		if n == len(buf) {
-			// Too large for shunt's buffer: keep the header only and let the
-			// TCP retry fetch it whole.
-			if buf[2]&0x80 == 0 || binary.BigEndian.Uint16(buf) != q.Id {
-				continue
-			}
+		if len(a.b) == poolReadBuf {
+			// Too large for shunt's buffer: keep the header only and let
+			// the TCP retry fetch it whole.
 			r.Id, r.Response, r.Truncated = q.Id, true, true
 			r.Question = q.Question
 			return r, nil
 		}
-		if err := r.Unpack(buf[:n]); err != nil {
+		if err := r.Unpack(a.b); err != nil {
 			continue // garbage on UDP: keep waiting for the real reply
 		}
 		if r.Id != q.Id || !r.Response || !sameQuestion(r, q) {
@@ -241,8 +251,25 @@ func (f *forwarder) ask(ctx context.Context, u *upstream, req *dns.Msg, tcp bool
 	}
 }
 
-// udpBufs are the buffers upstream UDP answers are read into.
-var udpBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
+// questionEnd returns the offset just past the first question of the
+// packed message b, or -1 if it has none (or it is cut short).
+func questionEnd(b []byte) int {
+	if len(b) < 12 || binary.BigEndian.Uint16(b[4:]) == 0 {
+		return -1
+	}
+	off := 12
+	for off < len(b) && b[off] != 0 {
+		if b[off]&0xc0 != 0 {
+			return -1 // a query shunt packed has no pointer in its question
+		}
+		off += int(b[off]) + 1
+	}
+	off += 1 + 4
+	if off > len(b) {
+		return -1
+	}
+	return off
+}
 
 func (f *forwarder) readTCP(ctx context.Context, u *upstream, conn net.Conn, q *dns.Msg) (*dns.Msg, error) {
 	co := &dns.Conn{Conn: conn}

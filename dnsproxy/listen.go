@@ -10,91 +10,143 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 )
 
 // batchSize is how many datagrams one recvmmsg/sendmmsg call moves: under
 // load this divides the system calls per query by up to this much.
 const batchSize = 32
 
-// serveUDP reads queries from one socket, in batches. Table answers are
-// written from this goroutine without allocating; everything else is handed
-// to a goroutine, bounded by MaxInFlight, so that a slow upstream never
-// holds up table answers.
+// serveUDP reads queries from one socket, in batches. Table and cache
+// answers are made and written by the reader without allocating;
+// everything else is handed to a goroutine, bounded by MaxInFlight, so
+// that a slow upstream never holds up table answers.
 func (s *Server) serveUDP(stop, work context.Context, pc net.PacketConn, handlers *sync.WaitGroup) {
-	uc, ok := pc.(*net.UDPConn)
-	if !ok {
+	r := s.newUDPReader(stop, work, pc, handlers)
+	if r == nil {
 		s.serveUDPSimple(stop, work, pc, handlers)
 		return
 	}
-	var bc batchConn
-	if la, _ := uc.LocalAddr().(*net.UDPAddr); la != nil && la.IP.To4() != nil {
-		bc = ipv4.NewPacketConn(uc)
-	} else {
-		bc = ipv6.NewPacketConn(uc)
-	}
-	in := make([]ipv4.Message, batchSize)
-	out := make([]ipv4.Message, 0, batchSize)
-	bufs := make([][]byte, batchSize)
-	outBufs := make([][]byte, batchSize)
-	for i := range in {
-		bufs[i] = make([]byte, s.cfg.MaxMessageSize+1)
-		outBufs[i] = make([]byte, 0, 2048)
-		in[i].Buffers = [][]byte{bufs[i]}
-	}
-	outMsgs := make([]ipv4.Message, batchSize)
-	for i := range outMsgs {
-		outMsgs[i].Buffers = make([][]byte, 1)
-	}
-	var nb [256]byte
-	var q query
-	adm := newAdmission()
-	write := func(b []byte, to netip.AddrPort) { _, _ = uc.WriteToUDPAddrPort(b, to) }
+	s.readers.Store(r.id, r)
+	defer s.readers.Delete(r.id)
 	for {
-		n, err := bc.ReadBatch(in, 0)
-		if err != nil {
-			if stop.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
+		err := r.rc.Read(func(fd uintptr) bool {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return r.readBatch(fd)
+		})
+		if err != nil && (stop.Err() != nil || errors.Is(err, net.ErrClosed)) {
+			return
+		}
+	}
+}
+
+// udpReader is the state of one UDP socket's reader: its batches and its
+// admission window. Whoever holds mu reads the socket: the reader
+// goroutine, or a slow-path goroutine lending a hand (helpRead).
+type udpReader struct {
+	s        *Server
+	id       int
+	stop     context.Context
+	work     context.Context
+	handlers *sync.WaitGroup
+	uc       *net.UDPConn
+	rc       syscall.RawConn
+	write    func([]byte, netip.AddrPort)
+
+	mu            sync.Mutex
+	in, out       *mmsgBatch
+	bufs, outBufs [][]byte
+	nb            [256]byte
+	q             query
+	adm           admission
+}
+
+func (s *Server) newUDPReader(stop, work context.Context, pc net.PacketConn, handlers *sync.WaitGroup) *udpReader {
+	uc, ok := pc.(*net.UDPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	r := &udpReader{s: s, id: int(s.readerIDs.Add(1)), stop: stop, work: work, handlers: handlers, uc: uc, rc: rc,
+		in: newMmsgBatch(batchSize), out: newMmsgBatch(batchSize),
+		bufs: make([][]byte, batchSize), outBufs: make([][]byte, batchSize), adm: newAdmission()}
+	for i := range r.bufs {
+		r.bufs[i] = make([]byte, s.cfg.MaxMessageSize+1)
+		r.outBufs[i] = make([]byte, 0, 2048)
+	}
+	r.write = func(b []byte, to netip.AddrPort) { _, _ = uc.WriteToUDPAddrPort(b, to) }
+	return r
+}
+
+// readBatch reads one batch from the socket fd without waiting, answers
+// what it can and hands the rest to the slow path. It reports false when
+// nothing was waiting. Called with r.mu held.
+func (r *udpReader) readBatch(fd uintptr) bool {
+	s := r.s
+	n, errno := r.in.recv(fd, r.bufs)
+	if errno == syscall.EAGAIN {
+		return false
+	}
+	if errno != 0 {
+		return true // the next read tries again
+	}
+	r.adm.batch(time.Now(), n == len(r.bufs))
+	nout := 0
+	for i := 0; i < n; i++ {
+		size := r.in.received(i)
+		if size > s.cfg.MaxMessageSize || size < 12 {
+			s.metrics.query(0, OutcomeDropped)
 			continue
 		}
-		adm.batch(time.Now(), n == len(in))
-		out = out[:0]
-		for i := 0; i < n; i++ {
-			req := bufs[i][:in[i].N]
-			if in[i].N > s.cfg.MaxMessageSize || in[i].N < 12 {
-				s.metrics.query(0, OutcomeDropped)
-				continue
-			}
-			if resp, ok := s.fast(req, outBufs[i][:0], &nb, &q, true); ok {
-				m := &outMsgs[len(out)]
-				m.Buffers[0] = resp
-				m.Addr = in[i].Addr
-				out = append(out, *m)
-				continue
-			}
-			from, _ := in[i].Addr.(*net.UDPAddr)
-			if from == nil {
-				continue
-			}
-			if !adm.allow(s.clients.holds(from.AddrPort()) == 0) {
-				s.metrics.query(0, OutcomeDropped)
-				continue
-			}
-			s.slowUDP(work, req, from.AddrPort(), write, handlers)
+		req := r.bufs[i][:size]
+		if resp, ok := s.fast(req, r.outBufs[i][:0], &r.nb, &r.q, true); ok {
+			r.out.set(nout, resp)
+			r.out.copyName(nout, r.in, i)
+			nout++
+			continue
 		}
-		for len(out) > 0 {
-			w, err := bc.WriteBatch(out, 0)
-			if err != nil || w <= 0 {
-				break // the client will retry; never spin on a broken socket
-			}
-			out = out[w:]
+		from := r.in.addr(i)
+		if !from.IsValid() {
+			continue
 		}
+		if !r.adm.allow(s.clients.holds(from) == 0) {
+			s.metrics.query(0, OutcomeDropped)
+			continue
+		}
+		s.slowUDP(r.work, req, from, r.write, r.handlers)
 	}
+	if nout > 0 {
+		_ = r.out.send(r.rc, nout) // a client whose answer is lost retries
+	}
+	return true
+}
+
+// helpRead has a slow-path goroutine read one batch from each UDP socket
+// whose reader is not at work. The Go scheduler looks at the netpoller
+// only when it has nothing else to run (or every 10 ms, from sysmon), so
+// while slow-path goroutines keep the CPU busy a reader woken by a table
+// query would wait behind all of them, up to 10 ms; slow-path work calls
+// this before and after its share of CPU, so table and cache answers wait
+// at most for one slow-path query. A read that finds nothing costs one
+// non-blocking system call.
+func (s *Server) helpRead() {
+	s.readers.Range(func(_, v any) bool {
+		r := v.(*udpReader)
+		if r.stop.Err() != nil || !r.mu.TryLock() {
+			return true
+		}
+		_ = r.rc.Control(func(fd uintptr) { r.readBatch(fd) })
+		r.mu.Unlock()
+		return true
+	})
 }
 
 // batchConn is what ipv4.PacketConn and ipv6.PacketConn share.
@@ -126,7 +178,10 @@ func (s *Server) slowUDP(work context.Context, req []byte, from netip.AddrPort, 
 		defer handlers.Done()
 		defer s.clients.release(from)
 		defer func() { <-s.inflight }()
-		if resp := s.handle(work, cp, false); resp != nil {
+		s.helpRead()
+		resp := s.handle(work, cp, false)
+		s.helpRead()
+		if resp != nil {
 			write(resp, from)
 		}
 	}()

@@ -164,9 +164,12 @@ type Server struct {
 	refreshes  map[cacheKey]*refreshing
 	background sync.WaitGroup
 	running    atomic.Bool
-	ready      chan struct{}
-	addrsMu    sync.Mutex
-	addrs      []net.Addr
+	// readers are the UDP sockets' readers, by id, for helpRead.
+	readers   sync.Map
+	readerIDs atomic.Int64
+	ready     chan struct{}
+	addrsMu   sync.Mutex
+	addrs     []net.Addr
 }
 
 // New checks cfg and builds a Server. It fails when a listen address is not
@@ -272,11 +275,17 @@ func (s *Server) SetUpstreams(addrs ...netip.AddrPort) error {
 		seen[ap] = true
 		u := old[ap]
 		if u == nil {
-			u = &upstream{addr: ap, dial: ap.String(), m: s.metrics.upstream(ap)}
+			u = &upstream{addr: ap, dial: ap.String(), m: s.metrics.upstream(ap), pool: newUDPPool(ap.String(), &s.fwd.dialer)}
 		}
+		delete(old, ap)
 		ups = append(ups, u)
 	}
 	s.fwd.ups.Store(&ups)
+	// Queries still waiting on a removed upstream fail now; it is not
+	// asked again.
+	for _, u := range old {
+		u.pool.close()
+	}
 	return nil
 }
 
@@ -346,7 +355,7 @@ func (s *Server) listen(ctx context.Context, ap netip.AddrPort) ([]net.PacketCon
 		}
 		return nil, nil, err
 	}
-	lc := net.ListenConfig{Control: reusePort}
+	lc := net.ListenConfig{Control: udpListenControl}
 	// With port 0 the first socket picks the port the others share.
 	addr := ap
 	for i := 0; i < s.cfg.UDPSockets; i++ {
@@ -425,5 +434,8 @@ func (s *Server) Serve(ctx context.Context, pcs []net.PacketConn, lns []net.List
 		pc.Close()
 	}
 	conns.closeAll()
+	for _, u := range *s.fwd.ups.Load() {
+		u.pool.close()
+	}
 	return nil
 }

@@ -22,6 +22,10 @@
 # CLIENT_CPUS (dnsperf and the bind9 upstream, default 1): with the servers
 # and the load generator on separate cores, each server gets the same CPU
 # and none competes with dnsperf for it. Set both empty to not pin.
+# BASELINE=REV also runs shunt built from that git revision (e.g.
+# BASELINE=main) in every latency run, next to the others, and prints its
+# ratios to Unbound too: a before/after measured on the same machine at
+# the same time.
 set -euo pipefail
 
 DUR=${DUR:-10}
@@ -29,6 +33,7 @@ CLIENTS=${CLIENTS:-16}
 THREADS=${THREADS:-2}
 OUTSTANDING=${OUTSTANDING:-500}
 RATES=${RATES:-20000 50000}
+BASELINE=${BASELINE:-}
 LATDUR=${LATDUR:-5}
 REPEAT=${REPEAT:-3}
 SERVER_CPUS=${SERVER_CPUS-0}
@@ -51,7 +56,7 @@ cleanup() {
 trap cleanup EXIT
 
 BASE=$((20000 + RANDOM % 10000))
-SHUNT=$BASE UNBOUND=$((BASE + 1)) DNSMASQ=$((BASE + 2)) NAMED=$((BASE + 3))
+SHUNT=$BASE UNBOUND=$((BASE + 1)) DNSMASQ=$((BASE + 2)) NAMED=$((BASE + 3)) OLD=$((BASE + 4))
 
 echo "building shunt..."
 SHUNT_CMD=()
@@ -64,6 +69,13 @@ else
 	head -3 "$WORK/build.log" >&2
 	(cd "$ROOT" && go build -o "$WORK/dnsserve" ./bench/dns/dnsserve)
 	SHUNT_CMD=("$WORK/dnsserve")
+fi
+
+if [ -n "$BASELINE" ]; then
+	echo "building shunt at $BASELINE..."
+	mkdir "$WORK/old"
+	(cd "$ROOT" && git archive "$BASELINE" | tar -x -C "$WORK/old")
+	(cd "$WORK/old" && go build -o "$WORK/shunt-old" ./cmd/shunt)
 fi
 
 # Names: table names svc-I.bench.mesh -> 240.0.X.Y, forwarded names
@@ -145,6 +157,10 @@ start dnsmasq "${SRV[@]}" dnsmasq -k --port=$DNSMASQ --listen-address=127.0.0.1 
 	--addn-hosts="$WORK/hosts" --pid-file= --cache-size=10000 --local-ttl=30 --user=root
 start shunt "${SRV[@]}" "${SHUNT_CMD[@]}" --listen 127.0.0.1:$SHUNT --table "$WORK/table.yaml" --upstream 127.0.0.1:$NAMED \
 	--cache-size 20000
+if [ -n "$BASELINE" ]; then
+	start old "${SRV[@]}" "$WORK/shunt-old" dns --resolv-conf "" --upstream-mark 0 --log-level warn \
+		--listen 127.0.0.1:$OLD --table "$WORK/table.yaml" --upstream 127.0.0.1:$NAMED --cache-size 20000
+fi
 
 wait_for() { # port name want
 	for _ in $(seq 100); do
@@ -159,6 +175,7 @@ wait_for $NAMED host-1.fwd.test 198.18.0.1
 wait_for $SHUNT svc-1.bench.mesh 240.0.0.1
 wait_for $UNBOUND svc-1.bench.mesh 240.0.0.1
 wait_for $DNSMASQ svc-1.bench.mesh 240.0.0.1
+if [ -n "$BASELINE" ]; then wait_for $OLD svc-1.bench.mesh 240.0.0.1; fi
 
 # qps NAME PORT QUERYFILE: prints "QPS LOST%", flat out.
 qps() {
@@ -204,7 +221,7 @@ row "table: unbound local-data" "$u_q" "$u_l"
 row "table: dnsmasq" "$d_q" "$d_l"
 
 # Warm both caches with every forwarded name before measuring.
-for port in $SHUNT $UNBOUND; do
+for port in $SHUNT $UNBOUND ${BASELINE:+$OLD}; do
 	"${CLI[@]}" dnsperf -s 127.0.0.1 -p $port -d "$WORK/q-fwd.txt" -n 1 -c 4 -q 100 >/dev/null 2>&1 || true
 done
 read -r sf_q sf_l < <(qps shunt-fwd $SHUNT "$WORK/q-fwd.txt")
@@ -226,14 +243,19 @@ for run in $(seq "$REPEAT"); do
 			read -r up up9 uc_cpu ul < <(lat "unbound-$sc" $UNBOUND "$WORK/q-$sc.txt" "$rate" "${PID_OF[unbound]}")
 			printf "%-4s %-9s %6s  %-24s %-24s %-22s\n" "$run" "$sc" "$rate" "$sp / $up" "$sp9 / $up9" "$sc_cpu / $uc_cpu"
 			echo "$sc $rate $(ratio "$sp" "$up") $(ratio "$sp9" "$up9") $(ratio "$sc_cpu" "$uc_cpu")" >>"$RES"
+			if [ -n "$BASELINE" ]; then
+				read -r bp bp9 bc_cpu bl < <(lat "old-$sc" $OLD "$WORK/q-$sc.txt" "$rate" "${PID_OF[old]}")
+				printf "%-4s %-9s %6s  %-24s %-24s %-22s\n" "" "$BASELINE" "" "$bp" "$bp9" "$bc_cpu"
+				echo "$BASELINE-$sc $rate $(ratio "$bp" "$up") $(ratio "$bp9" "$up9") $(ratio "$bc_cpu" "$uc_cpu")" >>"$RES"
+			fi
 		done
 	done
 done
 echo
 echo "shunt/unbound ratios over $REPEAT runs (lower is better; targets: p99 and p99.9 <= 1, CPU <= 0.7): median [min-max]"
-for sc in table fwd; do
+for sc in table fwd ${BASELINE:+$BASELINE-table $BASELINE-fwd}; do
 	for rate in $RATES; do
-		printf "%-9s %6s q/s:" "$sc" "$rate"
+		printf "%-14s %6s q/s:" "$sc" "$rate"
 		for col in 3 4 5; do
 			name=$( [ $col = 3 ] && echo p99 || { [ $col = 4 ] && echo p99.9 || echo CPU; })
 			awk -v sc=$sc -v r=$rate -v c=$col '$1 == sc && $2 == r && $c != "n/a" {print $c}' "$RES" | sort -g |
