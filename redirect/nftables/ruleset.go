@@ -371,19 +371,7 @@ func renderOutput(c *chain, p *redirect.Plan, f fam, exOut, outPorts, dns *set, 
 	if p.ProxyGID != nil {
 		c.add(skid(true, idRange{*p.ProxyGID, *p.ProxyGID}, false), ret())
 	}
-	for _, e := range p.ExcludeOutboundPortsForUIDs {
-		protos := []string{e.Protocol}
-		if e.Protocol == "all" {
-			protos = []string{"tcp", "udp"}
-		}
-		for _, proto := range protos {
-			for _, pr := range portRanges(e.Ports) {
-				for _, u := range e.UIDs {
-					c.add(port(proto, true, pr), skid(false, idRange{u.First, u.Last}, false), ret())
-				}
-			}
-		}
-	}
+	renderUIDPortExclusions(c, p)
 	renderDNSRedirects(c, p, f, dns)
 	c.add(ifname(false, "lo"), ret())
 	c.add(addrIn(f, false, exOut), ret())
@@ -408,19 +396,7 @@ func renderEgressGap(c *chain, p *redirect.Plan, f fam, exOut, outPorts, dns *se
 	if p.ProxyGID != nil {
 		c.add(skid(true, idRange{*p.ProxyGID, *p.ProxyGID}, false), ret())
 	}
-	for _, e := range p.ExcludeOutboundPortsForUIDs {
-		protos := []string{e.Protocol}
-		if e.Protocol == "all" {
-			protos = []string{"tcp", "udp"}
-		}
-		for _, proto := range protos {
-			for _, pr := range portRanges(e.Ports) {
-				for _, u := range e.UIDs {
-					c.add(port(proto, true, pr), skid(false, idRange{u.First, u.Last}, false), ret())
-				}
-			}
-		}
-	}
+	renderUIDPortExclusions(c, p)
 	// DNS capture comes before the exclusions, as in the output chain: a
 	// query it would send to the interceptor is refused at once, over UDP
 	// with the port-unreachable of a closed port, so the resolver gives up
@@ -554,4 +530,23 @@ func (rs *Ruleset) Body() string {
 	}
 	b.WriteString("}\n")
 	return b.String()
+}
+
+// renderUIDPortExclusions returns, before any redirect, the outbound ports
+// excluded for given UIDs: the output chain and the egress gap must leave
+// exactly the same sockets alone.
+func renderUIDPortExclusions(c *chain, p *redirect.Plan) {
+	for _, e := range p.ExcludeOutboundPortsForUIDs {
+		protos := []string{e.Protocol}
+		if e.Protocol == "all" {
+			protos = []string{"tcp", "udp"}
+		}
+		for _, proto := range protos {
+			for _, pr := range portRanges(e.Ports) {
+				for _, u := range e.UIDs {
+					c.add(port(proto, true, pr), skid(false, idRange{u.First, u.Last}, false), ret())
+				}
+			}
+		}
+	}
 }
