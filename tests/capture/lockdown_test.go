@@ -41,12 +41,7 @@ func TestLockdownResolvesIPv6Neighbours(t *testing.T) {
 			}
 			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{netip.MustParsePrefix("fd00:1::3/128")},
 				Endpoints: []netip.AddrPort{netip.MustParseAddrPort("[fd00:1::2]:8081")}}
-			var eng redirect.Engine
-			if backend == nativeNftables {
-				eng = nftables.New(nftables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir})
-			} else {
-				eng = iptables.New(iptables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir, Backend: backend})
-			}
+			eng := w.engine(backend)
 			if err := eng.Install(context.Background(), p); err != nil {
 				t.Fatal(err)
 			}
@@ -148,12 +143,7 @@ func lockdownWithoutNAT(t *testing.T, backend string, allDNS bool) {
 	}
 	p.Egress = &redirect.Egress{Allowed: []netip.Prefix{
 		netip.MustParsePrefix("10.1.0.2/32"), netip.MustParsePrefix("fd00:1::2/128"), netip.MustParsePrefix("10.1.0.3/32")}}
-	var eng redirect.Engine
-	if backend == nativeNftables {
-		eng = nftables.New(nftables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir})
-	} else {
-		eng = iptables.New(iptables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir, Backend: backend})
-	}
+	eng := w.engine(backend)
 	if err := eng.Install(context.Background(), p); err != nil {
 		t.Fatal(err)
 	}
@@ -225,12 +215,7 @@ func TestLockdownHoldsWithoutFilterRules(t *testing.T) {
 			}
 			p.Egress = &redirect.Egress{Allowed: []netip.Prefix{
 				netip.MustParsePrefix("10.1.0.2/32"), netip.MustParsePrefix("fd00:1::2/128")}}
-			var eng redirect.Engine
-			if backend == nativeNftables {
-				eng = nftables.New(nftables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir})
-			} else {
-				eng = iptables.New(iptables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir, Backend: backend})
-			}
+			eng := w.engine(backend)
 			if err := eng.Install(context.Background(), p); err != nil {
 				t.Fatal(err)
 			}
@@ -276,4 +261,13 @@ func (w *world) curlFor(uid, secs int, url string) (string, error) {
 	defer cancel()
 	out, err := w.pod.CommandAs(ctx, uid, uid, "curl", "-sS", "--max-time", fmt.Sprint(secs), url).CombinedOutput()
 	return string(out), err
+}
+
+// engine is the capture engine the lockdown tests install directly:
+// the nftables engine, or the iptables engine on the given backend.
+func (w *world) engine(backend string) redirect.Engine {
+	if backend == nativeNftables {
+		return nftables.New(nftables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir})
+	}
+	return iptables.New(iptables.Options{NetnsPath: w.pod.Path(), StateDir: w.stateDir, Backend: backend})
 }
