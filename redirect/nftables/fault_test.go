@@ -148,22 +148,7 @@ func TestDriftIsReportedAndRestored(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			n.MustRun("nft", c.nft...)
-			st, err := eng.Status(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !strings.Contains(strings.Join(st.Drift, "\n"), c.drift) {
-				t.Errorf("drift %q does not report %q", st.Drift, c.drift)
-			}
-			if err := eng.Install(ctx, p); err != nil {
-				t.Fatal(err)
-			}
-			if st, err := eng.Status(ctx); err != nil || len(st.Drift) > 0 {
-				t.Errorf("after restore: %v %v", st.Drift, err)
-			}
-			if got := nftList(t, n); got != clean {
-				t.Errorf("restored table differs:\n%s\nwant\n%s", got, clean)
-			}
+			driftIsReportedAndRestored(ctx, t, eng, p, n, c.drift, clean)
 		})
 	}
 }
@@ -212,5 +197,28 @@ func TestCrashAfterTheBatchIsRecognised(t *testing.T) {
 	}
 	if out, _ := first.Run("nft", "list", "ruleset"); strings.TrimSpace(out) != "" {
 		t.Errorf("uninstall left %s", out)
+	}
+}
+
+// driftIsReportedAndRestored checks, after a change made outside shunt, that
+// status names it (want is part of a drift line) and that an install puts
+// the table back exactly as clean.
+func driftIsReportedAndRestored(ctx context.Context, t *testing.T, eng *Engine, p *redirect.Plan, n *testenv.Netns, want, clean string) {
+	t.Helper()
+	st, err := eng.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(st.Drift, "\n"), want) {
+		t.Errorf("drift %q does not report %q", st.Drift, want)
+	}
+	if err := eng.Install(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := eng.Status(ctx); err != nil || len(st.Drift) > 0 {
+		t.Errorf("after restore: %v %v", st.Drift, err)
+	}
+	if got := nftList(t, n); got != clean {
+		t.Errorf("restored table differs:\n%s\nwant\n%s", got, clean)
 	}
 }

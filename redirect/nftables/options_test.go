@@ -78,22 +78,7 @@ func TestOptionDriftIsReportedAndRestored(t *testing.T) {
 			}
 			argv := c.change(n)
 			n.MustRun(argv[0], argv[1:]...)
-			st, err := eng.Status(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !strings.Contains(strings.Join(st.Drift, "\n"), c.drift) {
-				t.Errorf("drift %q does not report %q", st.Drift, c.drift)
-			}
-			if err := eng.Install(ctx, p); err != nil {
-				t.Fatal(err)
-			}
-			if st, err := eng.Status(ctx); err != nil || len(st.Drift) > 0 {
-				t.Errorf("after restore: %v %v", st.Drift, err)
-			}
-			if got := nftList(t, n); got != clean {
-				t.Errorf("restored table differs:\n%s\nwant\n%s", got, clean)
-			}
+			driftIsReportedAndRestored(ctx, t, eng, p, n, c.drift, clean)
 			if got := n.MustRun("ip", "rule") + n.MustRun("ip", "-6", "rule") + n.MustRun("ip", "route", "show", "table", "all"); got != routes {
 				t.Errorf("restored routes differ:\n%s\nwant\n%s", got, routes)
 			}
