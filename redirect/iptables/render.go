@@ -177,25 +177,11 @@ func (r *renderer) nat() {
 	if p.ProxyGID != nil {
 		out("-m owner --gid-owner", fmt.Sprint(*p.ProxyGID), "-j RETURN")
 	}
-	for _, e := range p.ExcludeOutboundPortsForUIDs {
-		for _, proto := range protocols(e.Protocol) {
-			for _, ports := range multiport(e.Ports) {
-				for _, u := range e.UIDs {
-					out("-p "+proto+" -m multiport --dports "+ports+" -m owner --uid-owner "+u.String(), "-j RETURN")
-				}
-			}
-		}
-	}
+	r.uidPortExclusions(out)
 	dnsTo := fmt.Sprintf("-j REDIRECT --to-ports %d", p.DNSPort)
-	switch p.DNSMode {
-	case redirect.DNSAll:
-		r.logged("nat", chainOutput, "dns-redirect", "-p udp -m udp --dport 53", dnsTo)
-		r.logged("nat", chainOutput, "dns-redirect", "-p tcp -m tcp --dport 53", dnsTo)
-	case redirect.DNSResolvers:
-		for _, ns := range p.DNSServersOf(r.v6) {
-			r.logged("nat", chainOutput, "dns-redirect", "-d "+r.host(ns)+" -p udp -m udp --dport 53", dnsTo)
-			r.logged("nat", chainOutput, "dns-redirect", "-d "+r.host(ns)+" -p tcp -m tcp --dport 53", dnsTo)
-		}
+	for _, dst := range r.dnsCaptured() {
+		r.logged("nat", chainOutput, "dns-redirect", dst+"-p udp -m udp --dport 53", dnsTo)
+		r.logged("nat", chainOutput, "dns-redirect", dst+"-p tcp -m tcp --dport 53", dnsTo)
 	}
 	out("-o lo -j RETURN")
 	for _, c := range redirect.PrefixesOf(p.ExcludeOutboundCIDRs, r.v6) {
@@ -411,15 +397,7 @@ func (r *renderer) egressGap() {
 	if p.ProxyGID != nil {
 		g("-m owner --gid-owner", fmt.Sprint(*p.ProxyGID), "-j RETURN")
 	}
-	for _, e := range p.ExcludeOutboundPortsForUIDs {
-		for _, proto := range protocols(e.Protocol) {
-			for _, ports := range multiport(e.Ports) {
-				for _, u := range e.UIDs {
-					g("-p "+proto+" -m multiport --dports "+ports+" -m owner --uid-owner "+u.String(), "-j RETURN")
-				}
-			}
-		}
-	}
+	r.uidPortExclusions(g)
 	// DNS capture comes before the exclusions, as in SHUNT_OUTPUT: a query
 	// it would send to the interceptor is refused at once, over UDP with
 	// the port-unreachable a closed port sends, so the resolver gives up
@@ -457,6 +435,20 @@ func (r *renderer) dnsCaptured() []string {
 		return out
 	}
 	return nil
+}
+
+// uidPortExclusions returns the outbound ports excluded for given UIDs:
+// SHUNT_OUTPUT and the egress gap must leave exactly the same sockets alone.
+func (r *renderer) uidPortExclusions(emit func(parts ...string)) {
+	for _, e := range r.p.ExcludeOutboundPortsForUIDs {
+		for _, proto := range protocols(e.Protocol) {
+			for _, ports := range multiport(e.Ports) {
+				for _, u := range e.UIDs {
+					emit("-p "+proto+" -m multiport --dports "+ports+" -m owner --uid-owner "+u.String(), "-j RETURN")
+				}
+			}
+		}
+	}
 }
 
 func protocols(p string) []string {
