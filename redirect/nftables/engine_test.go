@@ -89,24 +89,30 @@ func TestInstallIsWhatNftMakesOfTheDryRun(t *testing.T) {
 // result equals a fresh install of the new plan.
 func TestSetChangeIsElementsOnly(t *testing.T) {
 	testenv.RequireBinary(t, "nft")
-	ctx := context.Background()
 	p := scenarios(t)["lockdown"]
+	q := p.Clone()
+	q.Egress.Allowed = append(q.Egress.Allowed, netip.MustParsePrefix("10.1.0.10/32"), netip.MustParsePrefix("241.0.0.0/8"), netip.MustParsePrefix("fd00:e::/48"))
+	q.Egress.Allowed = q.Egress.Allowed[1:] // 240.0.0.0/4 removed
+	q.ExcludeOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	elementChangeEqualsFreshInstall(context.Background(), t, p, q)
+}
+
+// elementChangeEqualsFreshInstall installs p, then q, which differs from
+// it in set contents only, and checks that no rule was rewritten (the rule
+// handles stay), that the table equals a fresh install of q in another
+// namespace, and that status sees no drift.
+func elementChangeEqualsFreshInstall(ctx context.Context, t *testing.T, p, q *redirect.Plan) {
+	t.Helper()
 	a, b := testenv.NewNetns(t, "nftinc"), testenv.NewNetns(t, "nftfresh")
 	eng := New(Options{NetnsPath: a.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
 	if err := eng.Install(ctx, p); err != nil {
 		t.Fatal(err)
 	}
 	before := nftList(t, a, "-a")
-	q := p.Clone()
-	q.Egress.Allowed = append(q.Egress.Allowed, netip.MustParsePrefix("10.1.0.10/32"), netip.MustParsePrefix("241.0.0.0/8"), netip.MustParsePrefix("fd00:e::/48"))
-	q.Egress.Allowed = q.Egress.Allowed[1:] // 240.0.0.0/4 removed
-	q.ExcludeOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
 	if err := eng.Install(ctx, q); err != nil {
 		t.Fatal(err)
 	}
-	after := nftList(t, a, "-a")
-	// Rule handles stay: the chains were not rewritten.
-	if handles(before) != handles(after) {
+	if after := nftList(t, a, "-a"); handles(before) != handles(after) {
 		t.Errorf("an element change rewrote rules:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 	fresh := New(Options{NetnsPath: b.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})

@@ -128,31 +128,9 @@ func TestTProxyRoutesFollowThePlan(t *testing.T) {
 // change, and its result equals a fresh install.
 func TestIncludeListChangeIsElementsOnly(t *testing.T) {
 	testenv.RequireBinary(t, "nft")
-	ctx := context.Background()
 	p := scenarios(t)["include-ports-v4-cidrs"]
-	a, b := testenv.NewNetns(t, "nftincinc"), testenv.NewNetns(t, "nftincfresh")
-	eng := New(Options{NetnsPath: a.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
-	if err := eng.Install(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	before := nftList(t, a, "-a")
 	q := p.Clone()
 	q.IncludeOutboundCIDRs = append(q.IncludeOutboundCIDRs, netip.MustParsePrefix("fd00:10::/64"))
 	q.IncludeOutboundPorts = append(q.IncludeOutboundPorts, redirect.PortRange{First: 8443, Last: 8443})
-	if err := eng.Install(ctx, q); err != nil {
-		t.Fatal(err)
-	}
-	if after := nftList(t, a, "-a"); handles(before) != handles(after) {
-		t.Errorf("an include-list change rewrote rules:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
-	fresh := New(Options{NetnsPath: b.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
-	if err := fresh.Install(ctx, q); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := nftList(t, a), nftList(t, b); got != want {
-		t.Errorf("element update and fresh install differ:\nupdated:\n%s\nfresh:\n%s", got, want)
-	}
-	if st, err := eng.Status(ctx); err != nil || len(st.Drift) > 0 {
-		t.Errorf("status after the update: %v %v", st.Drift, err)
-	}
+	elementChangeEqualsFreshInstall(context.Background(), t, p, q)
 }
