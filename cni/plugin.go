@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -76,7 +75,20 @@ type record struct {
 
 const recordFile = "cni.json"
 
-var containerIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]*$`)
+// validContainerID says whether id matches ^[A-Za-z0-9][A-Za-z0-9_.-]*$, the
+// form the runtime's container IDs take (and a safe directory name). It is
+// not a regexp: compiling one at package initialisation cost every start
+// of the plugin.
+func validContainerID(id string) bool {
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		alnum := c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '_' && c != '.' && c != '-') {
+			return false
+		}
+	}
+	return id != ""
+}
 
 func (p *Plugin) log() *slog.Logger {
 	if p.Logger != nil {
@@ -94,7 +106,7 @@ func (p *Plugin) context() (context.Context, context.CancelFunc) {
 }
 
 func containerDir(conf *NetConf, id string) (string, error) {
-	if !containerIDPattern.MatchString(id) {
+	if !validContainerID(id) {
 		return "", types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_CONTAINERID", fmt.Sprintf("%q: want letters, digits, '_', '.', '-'", id))
 	}
 	return filepath.Join(conf.StateDir, id), nil
@@ -380,7 +392,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	}
 	var errs []string
 	for _, e := range entries {
-		if !e.IsDir() || valid[e.Name()] || !containerIDPattern.MatchString(e.Name()) {
+		if !e.IsDir() || valid[e.Name()] || !validContainerID(e.Name()) {
 			continue
 		}
 		if err := p.remove(ctx, filepath.Join(conf.StateDir, e.Name())); err != nil {

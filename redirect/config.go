@@ -3,9 +3,10 @@ package redirect
 import (
 	"errors"
 	"fmt"
-	"regexp"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -45,8 +46,16 @@ type Option struct {
 }
 
 // Options lists every key of the capture configuration, in the order help
-// text shows them.
-func Options() []Option {
+// text shows them. The slice is the caller's to change.
+func Options() []Option { return slices.Clone(options()) }
+
+// options is the table behind Options, built once on first use and shared
+// (never modified): every Set, Get and flag registration looks keys up in
+// it, and building it at package initialisation would cost every process
+// start, including those of commands that never read a configuration.
+var options = sync.OnceValue(buildOptions)
+
+func buildOptions() []Option {
 	opts := []Option{
 		{Key: "engine", Default: "iptables", Help: "capture engine: iptables, nftables, ebpf or auto (eBPF where supported and the cgroup is known, else iptables when installed, else nftables)"},
 		{Key: "iptablesBackend", Default: "auto", Help: "iptables variant: auto (the one holding rules, else nft), legacy or nft"},
@@ -94,7 +103,7 @@ func Options() []Option {
 }
 
 func optionByKey(key string) (Option, bool) {
-	for _, o := range Options() {
+	for _, o := range options() {
 		if o.Key == key {
 			return o, true
 		}
@@ -125,7 +134,7 @@ func kebab(key string) string {
 // NewConfig returns a configuration holding only the defaults.
 func NewConfig() *Config {
 	c := &Config{values: map[string]string{}, origin: map[string]string{}}
-	for _, o := range Options() {
+	for _, o := range options() {
 		if o.Default != "" {
 			c.values[o.Key] = o.Default
 			c.origin[o.Key] = "default"
@@ -177,7 +186,7 @@ func (c *Config) Values() map[string]string {
 
 func suggest(key string) string {
 	lk := strings.ToLower(key)
-	for _, o := range Options() {
+	for _, o := range options() {
 		if strings.ToLower(o.Key) == lk || o.Flag == lk {
 			return fmt.Sprintf(" (did you mean %q?)", o.Key)
 		}
@@ -266,7 +275,7 @@ func nodeKind(n *yaml.Node) string {
 // configure something else are listed in ignore.
 func (c *Config) LoadEnv(environ []string, ignore ...string) error {
 	byEnv := map[string]Option{}
-	for _, o := range Options() {
+	for _, o := range options() {
 		byEnv[o.Env] = o
 	}
 	var unknown []string
@@ -302,26 +311,91 @@ func (c *Config) Warnings() []string { return append([]string(nil), c.warnings..
 // turned into '_'): NAME_SERVICE_HOST, NAME_SERVICE_PORT,
 // NAME_SERVICE_PORT_<PORTNAME>, NAME_PORT=<proto>://<ip>:<port>, and for
 // each port NAME_PORT_<port>_<PROTO> with its _PROTO, _PORT and _ADDR.
-var (
-	serviceLinkName = regexp.MustCompile(`^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$`)
-	serviceLinkURL  = regexp.MustCompile(`^(tcp|udp|sctp)://[^\s]+:[0-9]+$`)
-)
-
+//
+// They are matched by hand rather than with regular expressions, whose
+// compilation at package initialisation cost every process start (the
+// test checks the matchers against the expressions they stand for).
+//
 // IsServiceLink reports whether an environment variable has the form of a
 // Kubernetes service link. NAME_PORT holds a URL, which tells it apart from
 // a port number: a Service named shunt-dns gives SHUNT_DNS_PORT=udp://...,
 // which is not the dnsPort key.
 func IsServiceLink(name, value string) bool {
-	if serviceLinkName.MatchString(name) {
+	if isServiceLinkName(name) {
 		return true
 	}
-	return strings.HasSuffix(name, "_PORT") && serviceLinkURL.MatchString(value)
+	return strings.HasSuffix(name, "_PORT") && isServiceLinkURL(value)
+}
+
+// isServiceLinkName matches
+// ^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$
+func isServiceLinkName(name string) bool {
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; !(c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	// Every suffix needs a non-empty NAME before it; any occurrence of the
+	// suffix's start may be the one, as in the expression.
+	for i := 1; i < len(name); i++ {
+		rest := name[i:]
+		if rest == "_SERVICE_HOST" {
+			return true
+		}
+		if after, ok := strings.CutPrefix(rest, "_SERVICE_PORT"); ok && (after == "" || len(after) >= 2 && after[0] == '_') {
+			return true
+		}
+		if after, ok := strings.CutPrefix(rest, "_PORT_"); ok && isPortProtoSuffix(after) {
+			return true
+		}
+	}
+	return false
+}
+
+// isPortProtoSuffix matches [0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?$.
+func isPortProtoSuffix(s string) bool {
+	n := 0
+	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+		n++
+	}
+	if n == 0 || n == len(s) || s[n] != '_' {
+		return false
+	}
+	s = s[n+1:]
+	for _, proto := range []string{"TCP", "UDP", "SCTP"} {
+		if after, ok := strings.CutPrefix(s, proto); ok {
+			return after == "" || after == "_PROTO" || after == "_PORT" || after == "_ADDR"
+		}
+	}
+	return false
+}
+
+// isServiceLinkURL matches ^(tcp|udp|sctp)://[^\s]+:[0-9]+$.
+func isServiceLinkURL(value string) bool {
+	scheme, rest, ok := strings.Cut(value, "://")
+	if !ok || scheme != "tcp" && scheme != "udp" && scheme != "sctp" {
+		return false
+	}
+	if strings.ContainsAny(rest, "\t\n\f\r ") {
+		return false
+	}
+	// The port's digits hold no colon: the last one ends the host.
+	i := strings.LastIndexByte(rest, ':')
+	if i < 1 || i == len(rest)-1 {
+		return false
+	}
+	for _, c := range []byte(rest[i+1:]) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // closestEnv returns the known variable nearest to name by edit distance.
 func closestEnv(name string) string {
 	best, bestD := "", -1
-	for _, o := range Options() {
+	for _, o := range options() {
 		if d := editDistance(name, o.Env); bestD < 0 || d < bestD {
 			best, bestD = o.Env, d
 		}

@@ -11,8 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-
-	"github.com/miekg/dns"
 )
 
 // Config is what shunt needs from a workload's resolv.conf: the
@@ -57,10 +55,10 @@ func Parse(b []byte) (Config, error) {
 			// The last search or domain line wins, as in glibc.
 			rc.Search = rc.Search[:0]
 			for _, d := range f[1:] {
-				if _, ok := dns.IsDomainName(d); !ok {
+				if !isDomainName(d) {
 					return Config{}, fmt.Errorf("resolv.conf line %d: search domain %q is not a domain name", line, d)
 				}
-				rc.Search = append(rc.Search, strings.ToLower(dns.Fqdn(d)))
+				rc.Search = append(rc.Search, strings.ToLower(fqdn(d)))
 			}
 		case "options":
 			for _, o := range f[1:] {
@@ -105,4 +103,63 @@ func (c Config) Addrs() []netip.Addr {
 		}
 	}
 	return out
+}
+
+// isDomainName reports whether s is a domain name in presentation form, as
+// the DNS interceptor's library (miekg/dns) accepts them: labels of at most
+// 63 octets, none empty but the root, \X and \DDD escapes each one octet,
+// at most 256 octets of labels with their length bytes. It is here, not
+// taken from that library, so that the capture commands, which parse
+// resolv.conf, do not link and initialise a DNS library they have no other
+// use for (the test checks both agree).
+func isDomainName(s string) bool {
+	if s == "" {
+		return false
+	}
+	if s == "." {
+		return true
+	}
+	name := fqdn(s)
+	wire, label := 0, 0
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; c {
+		case '\\':
+			switch {
+			case i+3 < len(name) && isDigit(name[i+1]) && isDigit(name[i+2]) && isDigit(name[i+3]):
+				i += 3
+			case i+1 < len(name):
+				i++
+			default:
+				return false
+			}
+			label++
+		case '.':
+			// A leading dot, or two in a row.
+			if label == 0 || label > 63 {
+				return false
+			}
+			wire += 1 + label
+			if wire > 256 {
+				return false
+			}
+			label = 0
+		default:
+			label++
+		}
+	}
+	// The name ends with a dot; it must not have been escaped.
+	return label == 0
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// fqdn adds the final dot unless s ends with one that is not escaped.
+func fqdn(s string) string {
+	if body, ok := strings.CutSuffix(s, "."); ok {
+		// An even number of backslashes before the dot escape each other.
+		if (len(body)-len(strings.TrimRight(body, `\`)))%2 == 0 {
+			return s
+		}
+	}
+	return s + "."
 }

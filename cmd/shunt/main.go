@@ -21,7 +21,7 @@ func main() {
 		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRootCommand().ExecuteContext(ctx)
+	err := newRootCommandFor(os.Args[1:]).ExecuteContext(ctx)
 	stop()
 	if err != nil {
 		var ec exitCoder

@@ -8,7 +8,79 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// subcommand is one of shunt's commands, built only when it is needed.
+type subcommand struct {
+	name string // the first word of its Use
+	new  func() *cobra.Command
+}
+
+// subcommands are every command of this build, in help order.
+func subcommands() []subcommand {
+	return append([]subcommand{
+		{"install", newInstallCommand},
+		{"uninstall", newUninstallCommand},
+		{"status", newStatusCommand},
+		{"explain", newExplainCommand},
+		{"version", newVersionCommand},
+		{"cni", newCNICommand},
+	}, agentCommands()...)
+}
+
+// newRootCommand is the whole command tree (help, completion, docs).
 func newRootCommand() *cobra.Command {
+	root := newBareRoot()
+	for _, s := range subcommands() {
+		root.AddCommand(s.new())
+	}
+	return root
+}
+
+// newRootCommandFor is the command tree that runs args: when they name one
+// of shunt's commands, the tree holds that one alone, without the others'
+// flags, help texts and configuration tables, and without cobra's
+// completion command. Building all of them (about 150 flags) was a
+// measurable share of the start-up of every `shunt install` and
+// `shunt-cni`, which start once per pod. Anything else (help, completion,
+// an unknown command and its suggestions, no command) gets the whole tree.
+func newRootCommandFor(args []string) *cobra.Command {
+	subs := subcommands()
+	name := commandName(args, subs)
+	for _, s := range subs {
+		if s.name == name {
+			root := newBareRoot()
+			root.AddCommand(s.new())
+			root.CompletionOptions.DisableDefaultCmd = true
+			return root
+		}
+	}
+	root := newBareRoot()
+	for _, s := range subs {
+		root.AddCommand(s.new())
+	}
+	return root
+}
+
+// commandName is the name of the command of subs that cobra finds in args
+// ("" when none): the lookup is cobra's own, on a tree of placeholders that
+// carry the root's flags, so flags before the command name are skipped
+// exactly as when the real tree runs.
+func commandName(args []string, subs []subcommand) string {
+	root := newBareRoot()
+	root.InitDefaultHelpFlag()
+	for _, s := range subs {
+		root.AddCommand(&cobra.Command{Use: s.name, Run: func(*cobra.Command, []string) {}})
+	}
+	c, _, err := root.Find(args)
+	if err != nil || c == root {
+		return ""
+	}
+	for c.Parent() != root {
+		c = c.Parent()
+	}
+	return c.Name()
+}
+
+func newBareRoot() *cobra.Command {
 	var logLevel string
 	root := &cobra.Command{
 		Use:           "shunt",
@@ -25,14 +97,5 @@ func newRootCommand() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(
-		newInstallCommand(),
-		newUninstallCommand(),
-		newStatusCommand(),
-		newExplainCommand(),
-		newVersionCommand(),
-		newCNICommand(),
-	)
-	root.AddCommand(agentCommands()...)
 	return root
 }
