@@ -1,6 +1,6 @@
 // Package kubeapi reads the two objects the CNI plugin needs from the
-// Kubernetes API -- a pod and its namespace -- with nothing but net/http and
-// a kubeconfig file.
+// Kubernetes API -- a pod and its namespace -- with nothing but crypto/tls,
+// a small HTTP/1.1 client (http.go) and a kubeconfig file.
 //
 // The plugin runs once per pod start, as a new process: linking client-go
 // would cost every pod start its package initialisation (tens of
@@ -16,13 +16,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -71,9 +68,10 @@ type kubeconfig struct {
 // Client is a Kubernetes API endpoint with the credentials to read it.
 type Client struct {
 	server *url.URL
-	http   *http.Client
-	// auth sets the credentials on a request (bearer token or basic).
-	auth func(*http.Request)
+	tls    *tls.Config
+	// authorization is the Authorization header's value (bearer token or
+	// basic), "" for none.
+	authorization string
 }
 
 // Load builds a client from the current context of a kubeconfig file.
@@ -138,7 +136,7 @@ func parse(b []byte, dir string) (*Client, error) {
 	}
 
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	c := &Client{auth: func(*http.Request) {}}
+	c := &Client{tls: tlsCfg}
 	found = false
 	for _, cl := range kc.Clusters {
 		if cl.Name != clusterName {
@@ -206,15 +204,14 @@ func parse(b []byte, dir string) (*Client, error) {
 		}
 		switch {
 		case token != "":
-			c.auth = func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+token) }
+			// A line break would end the header and start another.
+			if strings.ContainsFunc(token, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+				return nil, fmt.Errorf("user %s: token: contains a control character", userName)
+			}
+			c.authorization = "Bearer " + token
 		case u.Username != "":
-			name, pass := u.Username, u.Password
-			c.auth = func(r *http.Request) { r.SetBasicAuth(name, pass) }
+			c.authorization = "Basic " + base64.StdEncoding.EncodeToString([]byte(u.Username+":"+u.Password))
 		}
-	}
-	c.http = &http.Client{
-		Timeout:   10 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: nil, ForceAttemptHTTP2: false},
 	}
 	return c, nil
 }
@@ -236,31 +233,20 @@ type status struct {
 	Reason  string `json:"reason"`
 }
 
-func (c *Client) get(ctx context.Context, path string) (*object, error) {
-	u := *c.server
+func (s *session) object(ctx context.Context, path string) (*object, error) {
+	u := *s.c.server
 	u.Path = strings.TrimSuffix(u.Path, "/") + path
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	resp, err := s.get(ctx, u.RequestURI())
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "shunt-cni")
-	c.auth(req)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	if err != nil {
-		return nil, fmt.Errorf("read response: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
+	body := resp.body
+	if resp.code != 200 {
 		var st status
 		if json.Unmarshal(body, &st) == nil && st.Message != "" {
-			return nil, fmt.Errorf("%s: %s", resp.Status, st.Message)
+			return nil, fmt.Errorf("%s: %s", resp.status, st.Message)
 		}
-		return nil, fmt.Errorf("%s", resp.Status)
+		return nil, fmt.Errorf("%s", resp.status)
 	}
 	var o object
 	if err := json.Unmarshal(body, &o); err != nil {
@@ -271,11 +257,13 @@ func (c *Client) get(ctx context.Context, path string) (*object, error) {
 
 // PodSettings reads the shunt settings of one pod and of its namespace.
 func (c *Client) PodSettings(ctx context.Context, namespace, name string) (*cni.PodSettings, error) {
-	pod, err := c.get(ctx, "/api/v1/namespaces/"+url.PathEscape(namespace)+"/pods/"+url.PathEscape(name))
+	s := &session{c: c}
+	defer s.close()
+	pod, err := s.object(ctx, "/api/v1/namespaces/"+url.PathEscape(namespace)+"/pods/"+url.PathEscape(name))
 	if err != nil {
 		return nil, fmt.Errorf("get pod %s/%s: %w", namespace, name, err)
 	}
-	ns, err := c.get(ctx, "/api/v1/namespaces/"+url.PathEscape(namespace))
+	ns, err := s.object(ctx, "/api/v1/namespaces/"+url.PathEscape(namespace))
 	if err != nil {
 		return nil, fmt.Errorf("get namespace %s: %w", namespace, err)
 	}

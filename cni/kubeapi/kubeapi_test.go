@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,7 +18,13 @@ import (
 // objects, metav1.Status on errors) and only with the right bearer token.
 func fakeAPI(t *testing.T) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return fakeAPIWith(t, nil)
+}
+
+// fakeAPIWith is fakeAPI with a hook on its connections' states.
+func fakeAPIWith(t *testing.T, connState func(net.Conn, http.ConnState)) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		if r.Header.Get("Authorization") != "Bearer tok-1" {
 			w.WriteHeader(http.StatusUnauthorized)
@@ -34,6 +41,8 @@ func fakeAPI(t *testing.T) *httptest.Server {
 			fmt.Fprintf(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"pods \"%s\" not found","reason":"NotFound","code":404}`, filepath.Base(r.URL.Path))
 		}
 	}))
+	srv.Config.ConnState = connState
+	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	return srv
 }
