@@ -36,7 +36,7 @@ func (f family) v6() bool { return f == ipv6 }
 type Commands struct {
 	Save    string
 	Restore string
-	// Iptables is the single-rule command, used through go-iptables for
+	// Iptables is the single-rule command, used with -v -S for
 	// inspection.
 	Iptables string
 }

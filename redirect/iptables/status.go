@@ -5,8 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-
-	goipt "github.com/coreos/go-iptables/iptables"
+	"time"
 
 	"github.com/shunt-dev/shunt/redirect"
 )
@@ -123,7 +122,7 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 				return err
 			}
 			s.Drift = append(s.Drift, diffLines(string(f), st.Applied[fs], d.Shunt.String())...)
-			s.Sections = append(s.Sections, e.counters(f, cmds, d.Shunt)...)
+			s.Sections = append(s.Sections, e.counters(ctx, f, cmds, d.Shunt)...)
 		}
 		if in := st.Intent; in != nil {
 			// Show what the interrupted install left where the record
@@ -141,7 +140,7 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 					return err
 				}
 				if !d.Shunt.Empty() {
-					s.Sections = append(s.Sections, e.counters(family(fs), cmds, d.Shunt)...)
+					s.Sections = append(s.Sections, e.counters(ctx, family(fs), cmds, d.Shunt)...)
 				}
 			}
 		}
@@ -162,23 +161,22 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 }
 
 // counters lists each shunt chain with its rules and packet counters, read
-// through go-iptables.
-func (e *Engine) counters(f family, cmds Commands, rs *Ruleset) []redirect.Section {
-	ipt, err := goipt.New(goipt.IPFamily(protocolOf(f)), goipt.Path(cmds.Iptables), goipt.Timeout(int(e.opts.LockWait.Seconds())))
-	if err != nil {
-		return []redirect.Section{{Name: string(f), Lines: []string{"counters unavailable: " + err.Error()}}}
-	}
+// with `iptables -v -S` (not through go-iptables, which runs `iptables
+// --version` first and compiles regular expressions at every process start,
+// status or not).
+func (e *Engine) counters(ctx context.Context, f family, cmds Commands, rs *Ruleset) []redirect.Section {
+	secs := max(int(e.opts.LockWait/time.Second), 1)
 	var out []redirect.Section
 	for _, table := range sortedTables(rs.Tables) {
 		t := rs.Tables[table]
 		for _, chain := range sortedKeys(t.Chains) {
-			lines, err := ipt.ListWithCounters(table, chain)
-			if err != nil {
-				lines = []string{"error: " + err.Error()}
-			}
 			var rules []string
-			for _, l := range lines {
-				if strings.HasPrefix(l, "-A ") {
+			listing, err := e.run.run(ctx, "", cmds.Iptables, "-t", table, "-v", "-S", chain, "--wait", fmt.Sprint(secs))
+			if err != nil {
+				rules = []string{"error: " + err.Error()}
+			}
+			for _, l := range strings.Split(listing, "\n") {
+				if l = counterPrefixLast(l); strings.HasPrefix(l, "-A ") {
 					rules = append(rules, withCounters(l))
 				}
 			}
@@ -186,6 +184,30 @@ func (e *Engine) counters(f family, cmds Commands, rs *Ruleset) []redirect.Secti
 		}
 	}
 	return out
+}
+
+// counterPrefixLast turns iptables-nft's "[PKTS:BYTES] -A ..." (the -save
+// form it prints with -v -S) into legacy iptables' "-A ... -c PKTS BYTES".
+func counterPrefixLast(l string) string {
+	rest, ok := strings.CutPrefix(l, "[")
+	if !ok {
+		return l
+	}
+	counts, rule, ok := strings.Cut(rest, "] ")
+	pkts, bytes, ok2 := strings.Cut(counts, ":")
+	if !ok || !ok2 || !allDigits(pkts) || !allDigits(bytes) {
+		return l
+	}
+	return rule + " -c " + pkts + " " + bytes
+}
+
+func allDigits(s string) bool {
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // diffLines reports rules missing from, or added to, the live set compared
@@ -242,13 +264,6 @@ func (e *Engine) RenderUninstall(ctx context.Context) (map[string]string, error)
 		}
 	}
 	return out, nil
-}
-
-func protocolOf(f family) goipt.Protocol {
-	if f == ipv6 {
-		return goipt.ProtocolIPv6
-	}
-	return goipt.ProtocolIPv4
 }
 
 // withCounters moves the "-c PKTS BYTES" that iptables -v -S prints inside a
