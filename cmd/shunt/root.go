@@ -38,10 +38,10 @@ func newRootCommand() *cobra.Command {
 // newRootCommandFor is the command tree that runs args: when they name one
 // of shunt's commands, the tree holds that one alone, without the others'
 // flags, help texts and configuration tables, and without cobra's
-// completion command. Building all of them (about 150 flags) was a
-// measurable share of the start-up of every `shunt install` and
-// `shunt-cni`, which start once per pod. Anything else (help, completion,
-// an unknown command and its suggestions, no command) gets the whole tree.
+// completion command. Building all of them (103 flags, 229 in the full
+// build) was a measurable share of the start-up of every `shunt install`,
+// which runs once per pod. Anything else (help, completion, an unknown
+// command and its suggestions, no command) gets the whole tree.
 func newRootCommandFor(args []string) *cobra.Command {
 	subs := subcommands()
 	name := commandName(args, subs)
