@@ -63,8 +63,17 @@ func newRootCommandFor(args []string) *cobra.Command {
 // commandName is the name of the command of subs that cobra finds in args
 // ("" when none): the lookup is cobra's own, on a tree of placeholders that
 // carry the root's flags, so flags before the command name are skipped
-// exactly as when the real tree runs.
+// exactly as when the real tree runs. A help flag anywhere gets "": cobra
+// may answer it with the root's help, which lists every command.
 func commandName(args []string, subs []subcommand) string {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "--help" || strings.HasPrefix(a, "--help=") || len(a) > 1 && a[0] == '-' && a[1] != '-' && strings.ContainsRune(a, 'h') {
+			return ""
+		}
+	}
 	root := newBareRoot()
 	root.InitDefaultHelpFlag()
 	for _, s := range subs {

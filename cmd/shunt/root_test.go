@@ -1,7 +1,11 @@
 package main
 
 import (
+	"fmt"
+	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 )
 
 // Each command built alone is the command of the whole tree: same name,
@@ -38,7 +42,10 @@ func TestCommandNameIsWhatCobraFinds(t *testing.T) {
 		{[]string{"install", "--dry-run", "--netns", "/run/netns/x"}, "install"},
 		{[]string{"--log-level", "debug", "status"}, "status"},
 		{[]string{"--log-level=debug", "uninstall", "--netns", "x"}, "uninstall"},
-		{[]string{"-h", "install"}, "install"},
+		{[]string{"-h", "install"}, ""},
+		{[]string{"install", "--help"}, ""},
+		{[]string{"status", "-h"}, ""},
+		{[]string{"install", "--dry-run", "--", "-h"}, "install"},
 		{[]string{"help", "install"}, ""},
 		{[]string{"completion", "bash"}, ""},
 		{[]string{"__complete", "inst"}, ""},
@@ -49,6 +56,30 @@ func TestCommandNameIsWhatCobraFinds(t *testing.T) {
 	} {
 		if got := commandName(c.args, subs); got != c.want {
 			t.Errorf("commandName(%q) = %q, want %q", c.args, got, c.want)
+		}
+	}
+}
+
+// What a user sees is the same from the tree built for the command line
+// as from the whole tree.
+func TestTreeForArgsAnswersLikeTheWholeTree(t *testing.T) {
+	run := func(root *cobra.Command, args []string) string {
+		var out strings.Builder
+		root.SetArgs(args)
+		root.SetOut(&out)
+		root.SetErr(&out)
+		err := root.Execute()
+		return fmt.Sprintf("%s\nerr: %v", out.String(), err)
+	}
+	for _, args := range [][]string{
+		nil, {"help"}, {"--help"}, {"-h"}, {"completion", "bash"}, {"__complete", "ins"}, {"__complete", "install", "--n"},
+		{"install", "-h"}, {"-h", "install"}, {"--help", "status"}, {"--log-level", "debug", "-h", "version"},
+		{"--", "install"}, {"status", "--bogus"}, {"--bogus", "install"}, {"version", "--help"}, {"version", "x"},
+		{"instal"}, {"explain"}, {"help", "install"}, {"cni", "--help"}, {"install", "--log-level", "bogus"},
+		{"explain", "--dst", "nope"}, {"install", "-o", "yaml"}, {"uninstall", "--help"},
+	} {
+		if got, want := run(newRootCommandFor(args), args), run(newRootCommand(), args); got != want {
+			t.Errorf("%q: the tree for the command line answers\n%s\nthe whole tree\n%s", args, got, want)
 		}
 	}
 }
