@@ -15,7 +15,6 @@ import (
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
 )
 
 // batchSize is how many datagrams one recvmmsg/sendmmsg call moves: under
@@ -26,18 +25,14 @@ const batchSize = 32
 // answers are made and written by the reader without allocating;
 // everything else is handed to a goroutine, bounded by MaxInFlight, so
 // that a slow upstream never holds up table answers.
-func (s *Server) serveUDP(stop, work context.Context, pc net.PacketConn, handlers *sync.WaitGroup) (release func()) {
+func (s *Server) serveUDP(stop, work context.Context, pc net.PacketConn, handlers *sync.WaitGroup) {
 	r := s.newUDPReader(stop, work, pc, handlers)
 	if r == nil {
 		s.serveUDPSimple(stop, work, pc, handlers)
-		return func() {}
+		return
 	}
 	s.readers.Store(r.id, r)
 	defer s.readers.Delete(r.id)
-	if r.fd >= 0 {
-		r.serveBlocking()
-		return func() { unix.Close(r.fd) }
-	}
 	for {
 		err := r.rc.Read(func(fd uintptr) bool {
 			r.mu.Lock()
@@ -45,7 +40,7 @@ func (s *Server) serveUDP(stop, work context.Context, pc net.PacketConn, handler
 			return r.readBatch(fd)
 		})
 		if err != nil && (stop.Err() != nil || errors.Is(err, net.ErrClosed)) {
-			return func() {}
+			return
 		}
 	}
 }
@@ -61,14 +56,7 @@ type udpReader struct {
 	handlers *sync.WaitGroup
 	uc       *net.UDPConn
 	rc       syscall.RawConn
-	// fd is the socket taken out of the netpoller for a blocking reader
-	// (serveBlocking), -1 when the reader waits in the netpoller.
-	fd    int
-	write func([]byte, netip.AddrPort)
-	// own and ownBufs are the blocking reader's batch, read without mu:
-	// a slow-path goroutine can lend a hand with in and bufs meanwhile.
-	own     *mmsgBatch
-	ownBufs [][]byte
+	write    func([]byte, netip.AddrPort)
 
 	mu            sync.Mutex
 	in, out       *mmsgBatch
@@ -94,16 +82,7 @@ func (s *Server) newUDPReader(stop, work context.Context, pc net.PacketConn, han
 		r.bufs[i] = make([]byte, s.cfg.MaxMessageSize+1)
 		r.outBufs[i] = make([]byte, 0, 2048)
 	}
-	r.fd = takeBlocking(uc, rc)
-	if r.fd < 0 {
-		r.write = func(b []byte, to netip.AddrPort) { _, _ = uc.WriteToUDPAddrPort(b, to) }
-		return r
-	}
-	r.write = func(b []byte, to netip.AddrPort) { sendTo(r.fd, b, to) }
-	r.own, r.ownBufs = newMmsgBatch(batchSize), make([][]byte, batchSize)
-	for i := range r.ownBufs {
-		r.ownBufs[i] = make([]byte, s.cfg.MaxMessageSize+1)
-	}
+	r.write = func(b []byte, to netip.AddrPort) { _, _ = uc.WriteToUDPAddrPort(b, to) }
 	return r
 }
 
@@ -111,38 +90,30 @@ func (s *Server) newUDPReader(stop, work context.Context, pc net.PacketConn, han
 // what it can and hands the rest to the slow path. It reports false when
 // nothing was waiting. Called with r.mu held.
 func (r *udpReader) readBatch(fd uintptr) bool {
-	n, errno := r.in.recv(fd, r.bufs, unix.MSG_DONTWAIT)
+	s := r.s
+	n, errno := r.in.recv(fd, r.bufs)
 	if errno == syscall.EAGAIN {
 		return false
 	}
 	if errno != 0 {
 		return true // the next read tries again
 	}
-	r.answer(r.in, r.bufs, n)
-	return true
-}
-
-// answer answers the n datagrams read into in and bufs: the fast path's
-// answers in one batch, the rest handed to the slow path. Called with
-// r.mu held.
-func (r *udpReader) answer(in *mmsgBatch, bufs [][]byte, n int) {
-	s := r.s
-	r.adm.batch(time.Now(), n == len(bufs))
+	r.adm.batch(time.Now(), n == len(r.bufs))
 	nout := 0
 	for i := 0; i < n; i++ {
-		size := in.received(i)
+		size := r.in.received(i)
 		if size > s.cfg.MaxMessageSize || size < 12 {
 			s.metrics.query(0, OutcomeDropped)
 			continue
 		}
-		req := bufs[i][:size]
+		req := r.bufs[i][:size]
 		if resp, ok := s.fast(req, r.outBufs[i][:0], &r.nb, &r.q, true); ok {
 			r.out.set(nout, resp)
-			r.out.copyName(nout, in, i)
+			r.out.copyName(nout, r.in, i)
 			nout++
 			continue
 		}
-		from := in.addr(i)
+		from := r.in.addr(i)
 		if !from.IsValid() {
 			continue
 		}
@@ -152,13 +123,10 @@ func (r *udpReader) answer(in *mmsgBatch, bufs [][]byte, n int) {
 		}
 		s.slowUDP(r.work, req, from, r.write, r.handlers)
 	}
-	switch {
-	case nout == 0:
-	case r.fd >= 0:
-		r.out.sendBlocking(r.fd, nout)
-	default:
+	if nout > 0 {
 		_ = r.out.send(r.rc, nout) // a client whose answer is lost retries
 	}
+	return true
 }
 
 // helpRead has a slow-path goroutine read one batch from each UDP socket
@@ -175,11 +143,7 @@ func (s *Server) helpRead() {
 		if r.stop.Err() != nil || !r.mu.TryLock() {
 			return true
 		}
-		if r.fd >= 0 {
-			r.readBatch(uintptr(r.fd))
-		} else {
-			_ = r.rc.Control(func(fd uintptr) { r.readBatch(fd) })
-		}
+		_ = r.rc.Control(func(fd uintptr) { r.readBatch(fd) })
 		r.mu.Unlock()
 		return true
 	})

@@ -79,16 +79,15 @@ func ntohs(p uint16) uint16 {
 	return binary.BigEndian.Uint16(b[:])
 }
 
-// recv reads up to len(bufs) datagrams into bufs from the socket fd, with
-// recvmmsg's flags: MSG_DONTWAIT returns syscall.EAGAIN when none is
-// there; MSG_WAITFORONE on a blocking socket waits for the first.
-func (b *mmsgBatch) recv(fd uintptr, bufs [][]byte, flags int) (int, syscall.Errno) {
+// recv reads, without waiting, up to len(bufs) datagrams into bufs from
+// the socket fd; syscall.EAGAIN when none is there.
+func (b *mmsgBatch) recv(fd uintptr, bufs [][]byte) (int, syscall.Errno) {
 	for i := range bufs {
 		b.set(i, bufs[i])
 		b.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 	}
 	for {
-		r, _, e := syscall.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(bufs)), uintptr(flags), 0, 0)
+		r, _, e := syscall.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), uintptr(len(bufs)), unix.MSG_DONTWAIT, 0, 0)
 		if e != syscall.EINTR {
 			return int(r), e
 		}

@@ -393,18 +393,11 @@ func (s *Server) Serve(ctx context.Context, pcs []net.PacketConn, lns []net.List
 		s.addrs = append(s.addrs, ln.Addr())
 	}
 	s.addrsMu.Unlock()
-	// A reader's release closes its socket; it runs once the answers in
-	// flight are sent.
-	var releaseMu sync.Mutex
-	var releases []func()
 	for _, pc := range pcs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			release := s.serveUDP(ctx, work, pc, &handlers)
-			releaseMu.Lock()
-			releases = append(releases, release)
-			releaseMu.Unlock()
+			s.serveUDP(ctx, work, pc, &handlers)
 		}()
 	}
 	conns := newConnSet(s.cfg.MaxTCPConns, s.cfg.MaxTCPConnsPerPeer)
@@ -439,9 +432,6 @@ func (s *Server) Serve(ctx context.Context, pcs []net.PacketConn, lns []net.List
 	}
 	for _, pc := range pcs {
 		pc.Close()
-	}
-	for _, release := range releases {
-		release()
 	}
 	conns.closeAll()
 	for _, u := range *s.fwd.ups.Load() {
