@@ -53,6 +53,9 @@ type Engine struct {
 	// corrupt, set by tests, spoils a batch before it is sent, so that
 	// the kernel refuses it.
 	corrupt func(*Ruleset)
+	// afterCheck, set by tests, runs between the check that the table is
+	// absent and the batch that creates it.
+	afterCheck func()
 }
 
 // New returns an engine; nothing is touched until Install.
@@ -145,7 +148,17 @@ func (e *Engine) Render(_ context.Context, p *redirect.Plan) (map[string]string,
 	if err := Check(p); err != nil {
 		return nil, err
 	}
-	return map[string]string{"inet": Render(p).String()}, nil
+	rs := Render(p)
+	// The batch install would send: a namespace without the table gets it
+	// created, one with it gets it deleted and written again.
+	if c, closeConn, err := dial(e.opts.NetnsPath); err == nil {
+		absent, aerr := tableAbsent(c)
+		closeConn()
+		if aerr == nil && absent {
+			return map[string]string{"inet": rs.Body()}, nil
+		}
+	}
+	return map[string]string{"inet": rs.String()}, nil
 }
 
 // RenderUninstall implements redirect.UninstallRenderer.
@@ -155,10 +168,10 @@ func (e *Engine) RenderUninstall(ctx context.Context) (map[string]string, error)
 		return nil, err
 	}
 	defer done()
-	if _, err := readTable(c); errors.Is(err, errNoTable) {
-		return map[string]string{}, nil
-	} else if err != nil {
+	if absent, err := tableAbsent(c); err != nil {
 		return nil, err
+	} else if absent {
+		return map[string]string{}, nil
 	}
 	return map[string]string{"inet": fmt.Sprintf("delete table inet %s\n", TableName)}, nil
 }
@@ -289,19 +302,25 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	// generation when nothing at all was committed since shunt's last
 	// change, else by reading the table back.
 	intact, unchangedGen := false, false
+	// absent: the table is known not to exist, as of generation gen0.
+	absent := false
+	gen0, gen0err := gc.get()
 	var prevRS *Ruleset
 	if prev != nil && prev.Plan != nil {
-		if k != nil && k.gen != 0 {
-			if g, err := gc.get(); err == nil && g == k.gen {
-				intact, unchangedGen, prevRS = true, true, k.rs
-			}
+		if k != nil && k.gen != 0 && gen0err == nil && gen0 == k.gen {
+			intact, unchangedGen, prevRS = true, true, k.rs
 		}
 		if !intact {
-			live, err := readTable(c)
+			live, err := readTable(c, gc, nil)
 			if err != nil && !errors.Is(err, errNoTable) {
 				return fmt.Errorf("install: %w", err)
 			}
+			absent = errors.Is(err, errNoTable)
 			intact = live != nil && live.record(textsOf(prev)) == prev.Applied["inet"] && hooksAsRendered(live, rs)
+		}
+	} else if gen0err == nil {
+		if absent, err = tableAbsent(c); err != nil {
+			return fmt.Errorf("install: %w", err)
 		}
 	}
 	incremental := false
@@ -323,12 +342,46 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			return nil
 		}
 		how = fmt.Sprintf("%d set elements changed", n)
+	} else if absent && gen0err == nil {
+		// Nothing to replace: a batch that deletes nothing leaves the
+		// kernel no deferred clean-up, so closing the socket (the
+		// process's exit, for an init container) does not wait for an
+		// RCU grace period.
+		how = "table created"
+		if e.afterCheck != nil {
+			e.afterCheck()
+		}
+		if err := queueFreshTable(c, rs); err != nil {
+			return fmt.Errorf("install: %w", err)
+		}
 	} else if err := queueTable(c, rs); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
-	if err := c.Flush(); err != nil {
+	ferr := c.Flush()
+	if how == "table created" {
+		// The table was absent at gen0. Unless this batch was the only
+		// commit since (or, refused, none was), another tool may have
+		// made one in between, which the batch then added to or
+		// clashed with: write it whole.
+		want := gen0 + 1
+		if ferr != nil {
+			want = gen0
+		}
+		if g, err := gc.get(); err != nil || g != want {
+			how = "table written"
+			if err := queueTable(c, rs); err != nil {
+				return fmt.Errorf("install: %w", err)
+			}
+			created := ferr == nil
+			if ferr = c.Flush(); ferr != nil && created {
+				e.remember(nil)
+				return fmt.Errorf("install: table inet %s was created beside another tool's change, and rewriting it failed: %w", TableName, ferr)
+			}
+		}
+	}
+	if ferr != nil {
 		e.remember(nil)
-		return fmt.Errorf("install: apply table inet %s (nothing was changed): %w", TableName, err)
+		return fmt.Errorf("install: apply table inet %s (nothing was changed): %w", TableName, ferr)
 	}
 	flushed = true
 	if prev != nil && prev.Plan != nil && prev.Plan.InboundTProxy != nil {
@@ -346,7 +399,13 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		st.Applied = map[string]string{"inet": withSets(prev.Applied["inet"], sentSets(rs))}
 		next.gen = g
 	} else {
-		applied, err := e.readBack(c, rs)
+		// A whole table written as the only commit since gen0 holds
+		// the sets as sent: only its chains and rules need reading.
+		var sets []setSnap
+		if gen0err == nil && gerr == nil && g == gen0+1 {
+			sets = sentSets(rs)
+		}
+		applied, err := e.readBack(c, gc, rs, sets)
 		if err != nil {
 			return fmt.Errorf("install: table written but %w", err)
 		}
@@ -385,8 +444,8 @@ func withSets(record string, sets []setSnap) string {
 
 // readBack records the table as the kernel now holds it: the reference for
 // drift detection.
-func (e *Engine) readBack(c *nftables.Conn, rs *Ruleset) (string, error) {
-	snap, err := readTable(c)
+func (e *Engine) readBack(c *nftables.Conn, g *genConn, rs *Ruleset, sets []setSnap) (string, error) {
+	snap, err := readTable(c, g, sets)
 	if err != nil {
 		return "", err
 	}
@@ -511,11 +570,11 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 		return fmt.Errorf("uninstall: %w", err)
 	}
 	defer done()
-	_, err = readTable(c)
-	found := err == nil
-	if err != nil && !errors.Is(err, errNoTable) {
+	absent, err := tableAbsent(c)
+	if err != nil {
 		return fmt.Errorf("uninstall: %w", err)
 	}
+	found := !absent
 	if found {
 		c.DelTable(table())
 		if err := c.Flush(); err != nil {
@@ -555,7 +614,12 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	}
 	defer done()
 	s := &redirect.Status{Engine: Name}
-	live, err := readTable(c)
+	g, err := dialGen(e.opts.NetnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	defer g.Close()
+	live, err := readTable(c, g, nil)
 	if err != nil && !errors.Is(err, errNoTable) {
 		return nil, fmt.Errorf("status: %w", err)
 	}
