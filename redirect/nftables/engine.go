@@ -330,13 +330,26 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		}
 		incremental = prevRS.skeleton() == rs.skeleton()
 	}
-	how := "table written"
-	if incremental {
-		n, err := queueElementChanges(c, prevRS, rs)
-		if err != nil {
-			return fmt.Errorf("install: %w", err)
+	// apply sends what queue adds as one batch.
+	apply := func(queue func(*nftables.Conn) error) error {
+		if gc != nil {
+			return applyBatch(gc, queue)
 		}
-		if n == 0 && prev.Plan.Equal(p) {
+		if err := queue(c); err != nil {
+			return err
+		}
+		return c.Flush()
+	}
+	how := "table written"
+	var ferr error
+	if incremental {
+		n := 0
+		ferr = apply(func(q *nftables.Conn) error {
+			var err error
+			n, err = queueElementChanges(q, prevRS, rs)
+			return err
+		})
+		if ferr == nil && n == 0 && prev.Plan.Equal(p) {
 			ok = true
 			e.log.Debug("nftables capture already installed")
 			return nil
@@ -351,14 +364,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		if e.afterCheck != nil {
 			e.afterCheck()
 		}
-		if err := queueFreshTable(c, rs); err != nil {
-			return fmt.Errorf("install: %w", err)
-		}
-	} else if err := queueTable(c, rs); err != nil {
-		return fmt.Errorf("install: %w", err)
-	}
-	ferr := c.Flush()
-	if how == "table created" {
+		ferr = apply(func(q *nftables.Conn) error { return queueFreshTable(q, rs) })
 		// The table was absent at gen0. Unless this batch was the only
 		// commit since (or, refused, none was), another tool may have
 		// made one in between, which the batch then added to or
@@ -369,15 +375,14 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		}
 		if g, err := gc.get(); err != nil || g != want {
 			how = "table written"
-			if err := queueTable(c, rs); err != nil {
-				return fmt.Errorf("install: %w", err)
-			}
 			created := ferr == nil
-			if ferr = c.Flush(); ferr != nil && created {
+			if ferr = apply(func(q *nftables.Conn) error { return queueTable(q, rs) }); ferr != nil && created {
 				e.remember(nil)
 				return fmt.Errorf("install: table inet %s was created beside another tool's change, and rewriting it failed: %w", TableName, ferr)
 			}
 		}
+	} else {
+		ferr = apply(func(q *nftables.Conn) error { return queueTable(q, rs) })
 	}
 	if ferr != nil {
 		e.remember(nil)

@@ -359,10 +359,11 @@ func hookName(h nftables.ChainHook) string {
 	return fmt.Sprint(uint32(h))
 }
 
-// genConn asks the kernel for the namespace's nftables ruleset
-// generation, which every committed batch, of any table, increments: equal
-// to the one seen right after shunt's last change, it proves nothing
-// changed since.
+// genConn is a plain netlink socket to nf_tables, which sends shunt's
+// batches (applyBatch), lists its rules in one dump, and asks for the
+// namespace's nftables ruleset generation, which every committed batch, of
+// any table, increments: equal to the one seen right after shunt's last
+// change, it proves nothing changed since.
 type genConn struct{ conn *netlink.Conn }
 
 func dialGen(path string) (*genConn, error) {
@@ -379,6 +380,10 @@ func dialGen(path string) (*genConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read nftables generation: %w", err)
 	}
+	// Batches go over this socket too: an error about a refused
+	// message then carries no copy of it. (Extended acknowledgements
+	// as well make the netlink library misread capped errors.)
+	_ = conn.SetOption(netlink.CapAcknowledge, true)
 	return &genConn{conn: conn}, nil
 }
 
