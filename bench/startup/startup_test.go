@@ -53,11 +53,14 @@ func build(t *testing.T) bins {
 	t.Helper()
 	dir := t.TempDir()
 	b := bins{full: filepath.Join(dir, "shunt"), lean: filepath.Join(dir, "shunt-lean")}
-	if err := testenv.BuildShunt(b.full); err != nil {
-		t.Fatal(err)
-	}
-	if err := testenv.BuildShuntLean(b.lean); err != nil {
-		t.Fatal(err)
+	// Both builds as `make build` ships them: static (no cgo, so no
+	// dynamic loader or libc start-up), stripped, without file paths.
+	for _, x := range []struct{ out, tags string }{{b.full, ""}, {b.lean, "lean"}} {
+		cmd := exec.Command("go", "build", "-trimpath", "-tags", x.tags, "-ldflags", "-s -w", "-o", x.out, testenv.ShuntPackage)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", x.out, err, out)
+		}
 	}
 	// The plugin is the lean build under its installed name.
 	b.cni = filepath.Join(dir, "shunt-cni")
