@@ -53,11 +53,7 @@ func newRootCommandFor(args []string) *cobra.Command {
 			return root
 		}
 	}
-	root := newBareRoot()
-	for _, s := range subs {
-		root.AddCommand(s.new())
-	}
-	return root
+	return newRootCommand()
 }
 
 // commandName is the name of the command of subs that cobra finds in args
