@@ -42,7 +42,7 @@ type session struct {
 	c      *Client
 	conn   net.Conn
 	br     *bufio.Reader
-	reused bool // conn has served a request: the server may have closed it
+	reused bool // conn has served a request: the server may have closed it since
 }
 
 func (s *session) close() {
@@ -57,14 +57,15 @@ func (s *session) close() {
 func (s *session) get(ctx context.Context, requestURI string) (*response, error) {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	for {
+	for attempt := 0; ; attempt++ {
 		if s.conn == nil {
 			if err := s.dial(ctx); err != nil {
 				return nil, err
 			}
 		}
+		reused := s.reused
 		resp, started, err := s.roundTrip(ctx, requestURI)
-		if err != nil && s.reused && !started && ctx.Err() == nil {
+		if err != nil && reused && !started && attempt == 0 && ctx.Err() == nil {
 			s.close()
 			continue
 		}
@@ -114,12 +115,11 @@ func (s *session) dial(ctx context.Context) error {
 // roundTrip writes one request and reads its response; started says
 // whether any of the response arrived (after which it is not retried).
 func (s *session) roundTrip(ctx context.Context, requestURI string) (resp *response, started bool, err error) {
-	// A cancelled context interrupts blocked reads and writes.
-	stop := context.AfterFunc(ctx, func() { s.conn.SetDeadline(time.Unix(1, 0)) })
+	// The context's end (its deadline is the request's) interrupts blocked
+	// reads and writes; by then ctx.Err says why.
+	conn := s.conn
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if dl, ok := ctx.Deadline(); ok {
-		s.conn.SetDeadline(dl)
-	}
 	var req bytes.Buffer
 	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: shunt-cni\r\nAccept: application/json\r\n", requestURI, s.c.server.Host)
 	if s.c.authorization != "" {
@@ -129,7 +129,6 @@ func (s *session) roundTrip(ctx context.Context, requestURI string) (resp *respo
 	if _, err := s.conn.Write(req.Bytes()); err != nil {
 		return nil, false, fmt.Errorf("send request: %w", err)
 	}
-	s.reused = true
 	if _, err := s.br.Peek(1); err != nil {
 		return nil, false, fmt.Errorf("read response: %w", err)
 	}
@@ -137,6 +136,7 @@ func (s *session) roundTrip(ctx context.Context, requestURI string) (resp *respo
 	if err != nil {
 		return nil, true, fmt.Errorf("read response: %w", err)
 	}
+	s.reused = true
 	if !keep {
 		s.close()
 	}
