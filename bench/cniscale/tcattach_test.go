@@ -1,8 +1,11 @@
 package cniscale
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
@@ -14,6 +17,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/shunt-dev/shunt/redirect"
+	shuntebpf "github.com/shunt-dev/shunt/redirect/ebpf"
 	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
@@ -154,4 +159,61 @@ func clsBPFCost(nsPath, dev string, prog *ebpf.Program) (attach, detach time.Dur
 	}
 	detach = time.Since(start)
 	return attach, detach, nil
+}
+
+// TestEnrolCost times, in this process, what a CNI ADD and DEL of the
+// eBPF engine do in node mode: Enrol of a fresh pod (its own namespace
+// with a veth, its own cgroup) in node programs loaded once, then Leave.
+// Medians of SHUNT_BENCH_ROUNDS rounds.
+//
+//	SHUNT_BENCH=1 go test -run TestEnrolCost -v ./bench/cniscale/
+func TestEnrolCost(t *testing.T) {
+	if os.Getenv("SHUNT_BENCH") == "" {
+		t.Skip("benchmark: set SHUNT_BENCH=1")
+	}
+	testenv.RequireRoot(t)
+	bpffs := t.TempDir()
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, ""); err != nil {
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(bpffs, unix.MNT_DETACH) })
+	opts := shuntebpf.NodeOptions{PinDir: filepath.Join(bpffs, "node"), StateDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)}
+	node, err := shuntebpf.NewNode(opts)
+	if err != nil {
+		t.Skipf("the node's programs do not load here: %v", err)
+	}
+	t.Cleanup(func() {
+		node.Close()
+		_ = shuntebpf.UninstallNode(context.Background(), opts)
+	})
+	plan := &redirect.Plan{
+		ProxyUID: proxyUID, BypassMark: redirect.DefaultBypassMark,
+		InboundPort: redirect.DefaultInboundPort, CaptureInbound: true,
+		OutboundPort: 15001, DNSPort: redirect.DefaultDNSPort, DNSMode: redirect.DNSNone, IPFamily: redirect.FamilyDual,
+	}
+	ctx := context.Background()
+	s := series{}
+	for i := 0; i < rounds; i++ {
+		ns := testenv.NewNetns(t, "enrol")
+		dev := testenv.UniqueName("en")
+		ns.MustRun("ip", "link", "add", dev, "type", "veth", "peer", "name", dev+"p")
+		ns.MustRun("ip", "addr", "add", fmt.Sprintf("10.250.%d.2/24", i%250), "dev", dev)
+		ns.MustRun("ip", "link", "set", dev, "up")
+		cg := testenv.NewCgroup(t)
+		start := time.Now()
+		if err := node.Enrol(ctx, cg, ns.Path(), plan); err != nil {
+			t.Fatalf("enrol: %v", err)
+		}
+		s["Enrol"] = append(s["Enrol"], time.Since(start))
+		start = time.Now()
+		if err := node.Leave(ctx, cg); err != nil {
+			t.Fatalf("leave: %v", err)
+		}
+		s["Leave"] = append(s["Leave"], time.Since(start))
+	}
+	load, _ := os.ReadFile("/proc/loadavg")
+	t.Logf("%d pods, one after another; load average %s", rounds, load)
+	for _, k := range []string{"Enrol", "Leave"} {
+		t.Logf("  %-6s %6.2f ms (p10-p90 %6.2f-%6.2f)", k, ms(median(s[k])), ms(quantile(s[k], 0.1)), ms(quantile(s[k], 0.9)))
+	}
 }
