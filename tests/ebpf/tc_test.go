@@ -334,6 +334,33 @@ func TestTCQdiscShuntAdded(t *testing.T) {
 		if got := strings.Join(ingressFilters(t, h, l), ", "); got != "20/1 other" || !hasClsact(t, h, l) {
 			t.Fatalf("after uninstall: clsact %v, filters %s; want the other tool's filter on its qdisc", hasClsact(t, h, l), got)
 		}
+
+		// An ingress qdisc (the older one, ingress filters only) is used
+		// as it is, and kept.
+		if err := h.QdiscDel(&netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}); err != nil {
+			t.Fatal(err)
+		}
+		ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
+		if err := h.QdiscAdd(ingress); err != nil {
+			t.Fatal(err)
+		}
+		c.install()
+		if got := strings.Join(ingressFilters(t, h, l), ", "); got != "10/1 shunt_inbound_tc" {
+			t.Fatalf("tc ingress filters on an ingress qdisc: %s", got)
+		}
+		serveInbound(t, pod, c)()
+		c.remove()
+		qs, err := h.QdiscList(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept := false
+		for _, q := range qs {
+			kept = kept || q.Type() == "ingress"
+		}
+		if !kept || len(ingressFilters(t, h, l)) > 0 {
+			t.Fatalf("after uninstall: qdiscs %v, filters %v; want the ingress qdisc, empty", qs, ingressFilters(t, h, l))
+		}
 	})
 }
 
