@@ -590,7 +590,8 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	return st, nil
 }
 
-// pinnedNames lists what is pinned in dir (links, tc links, maps), sorted.
+// pinnedNames lists what is pinned in dir (links, maps, the TCX links of
+// earlier versions), sorted.
 func pinnedNames(dir string) []string {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
