@@ -926,8 +926,19 @@ func UninstallNode(ctx context.Context, opts NodeOptions) error {
 			}
 		}
 		closeMaps(maps)
-	} else if merr != nil {
-		errs = append(errs, merr)
+	} else {
+		if merr != nil {
+			errs = append(errs, merr)
+		}
+		closeMaps(maps)
+		// The pods' tc filters are not pinned: their records say where.
+		pods, _ := os.ReadDir(filepath.Join(n.pinDir, "pods"))
+		for _, p := range pods {
+			if rec, rerr := n.readRecord(p.Name()); rerr == nil {
+				_, tcErrs := removeTC(rec.Netns)
+				errs = append(errs, tcErrs...)
+			}
+		}
 	}
 	// Whatever is left (maps of another build, stray links) goes too.
 	_ = filepath.WalkDir(n.pinDir, func(path string, d os.DirEntry, err error) error {
