@@ -53,6 +53,9 @@ type Engine struct {
 	// corrupt, set by tests, spoils a batch before it is sent, so that
 	// the kernel refuses it.
 	corrupt func(*Ruleset)
+	// afterCheck, set by tests, runs between the check that the table is
+	// absent and the batch that creates it.
+	afterCheck func()
 }
 
 // New returns an engine; nothing is touched until Install.
@@ -145,7 +148,17 @@ func (e *Engine) Render(_ context.Context, p *redirect.Plan) (map[string]string,
 	if err := Check(p); err != nil {
 		return nil, err
 	}
-	return map[string]string{"inet": Render(p).String()}, nil
+	rs := Render(p)
+	// The batch install would send: a namespace without the table gets it
+	// created, one with it gets it deleted and written again.
+	if c, closeConn, err := dial(e.opts.NetnsPath); err == nil {
+		absent, aerr := tableAbsent(c)
+		closeConn()
+		if aerr == nil && absent {
+			return map[string]string{"inet": rs.Body()}, nil
+		}
+	}
+	return map[string]string{"inet": rs.String()}, nil
 }
 
 // RenderUninstall implements redirect.UninstallRenderer.
@@ -155,10 +168,10 @@ func (e *Engine) RenderUninstall(ctx context.Context) (map[string]string, error)
 		return nil, err
 	}
 	defer done()
-	if _, err := readTable(c); errors.Is(err, errNoTable) {
-		return map[string]string{}, nil
-	} else if err != nil {
+	if absent, err := tableAbsent(c); err != nil {
 		return nil, err
+	} else if absent {
+		return map[string]string{}, nil
 	}
 	return map[string]string{"inet": fmt.Sprintf("delete table inet %s\n", TableName)}, nil
 }
@@ -289,19 +302,25 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	// generation when nothing at all was committed since shunt's last
 	// change, else by reading the table back.
 	intact, unchangedGen := false, false
+	// absent: the table is known not to exist, as of generation gen0.
+	absent := false
+	gen0, gen0err := gc.get()
 	var prevRS *Ruleset
 	if prev != nil && prev.Plan != nil {
-		if k != nil && k.gen != 0 {
-			if g, err := gc.get(); err == nil && g == k.gen {
-				intact, unchangedGen, prevRS = true, true, k.rs
-			}
+		if k != nil && k.gen != 0 && gen0err == nil && gen0 == k.gen {
+			intact, unchangedGen, prevRS = true, true, k.rs
 		}
 		if !intact {
-			live, err := readTable(c)
+			live, err := readTable(c, gc, nil)
 			if err != nil && !errors.Is(err, errNoTable) {
 				return fmt.Errorf("install: %w", err)
 			}
+			absent = errors.Is(err, errNoTable)
 			intact = live != nil && live.record(textsOf(prev)) == prev.Applied["inet"] && hooksAsRendered(live, rs)
+		}
+	} else if gen0err == nil {
+		if absent, err = tableAbsent(c); err != nil {
+			return fmt.Errorf("install: %w", err)
 		}
 	}
 	incremental := false
@@ -311,24 +330,63 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		}
 		incremental = prevRS.skeleton() == rs.skeleton()
 	}
-	how := "table written"
-	if incremental {
-		n, err := queueElementChanges(c, prevRS, rs)
-		if err != nil {
-			return fmt.Errorf("install: %w", err)
+	// apply sends what queue adds as one batch.
+	apply := func(queue func(*nftables.Conn) error) error {
+		if gc != nil {
+			return applyBatch(gc, queue)
 		}
-		if n == 0 && prev.Plan.Equal(p) {
+		if err := queue(c); err != nil {
+			return err
+		}
+		return c.Flush()
+	}
+	how := "table written"
+	var ferr error
+	if incremental {
+		n := 0
+		ferr = apply(func(q *nftables.Conn) error {
+			var err error
+			n, err = queueElementChanges(q, prevRS, rs)
+			return err
+		})
+		if ferr == nil && n == 0 && prev.Plan.Equal(p) {
 			ok = true
 			e.log.Debug("nftables capture already installed")
 			return nil
 		}
 		how = fmt.Sprintf("%d set elements changed", n)
-	} else if err := queueTable(c, rs); err != nil {
-		return fmt.Errorf("install: %w", err)
+	} else if absent && gen0err == nil {
+		// Nothing to replace: a batch that deletes nothing leaves the
+		// kernel no deferred clean-up, so closing the socket (the
+		// process's exit, for an init container) does not wait for an
+		// RCU grace period.
+		how = "table created"
+		if e.afterCheck != nil {
+			e.afterCheck()
+		}
+		ferr = apply(func(q *nftables.Conn) error { return queueFreshTable(q, rs) })
+		// The table was absent at gen0. Unless this batch was the only
+		// commit since (or, refused, none was), another tool may have
+		// made one in between, which the batch then added to or
+		// clashed with: write it whole.
+		want := gen0 + 1
+		if ferr != nil {
+			want = gen0
+		}
+		if g, err := gc.get(); err != nil || g != want {
+			how = "table written"
+			created := ferr == nil
+			if ferr = apply(func(q *nftables.Conn) error { return queueTable(q, rs) }); ferr != nil && created {
+				e.remember(nil)
+				return fmt.Errorf("install: table inet %s was created beside another tool's change, and rewriting it failed: %w", TableName, ferr)
+			}
+		}
+	} else {
+		ferr = apply(func(q *nftables.Conn) error { return queueTable(q, rs) })
 	}
-	if err := c.Flush(); err != nil {
+	if ferr != nil {
 		e.remember(nil)
-		return fmt.Errorf("install: apply table inet %s (nothing was changed): %w", TableName, err)
+		return fmt.Errorf("install: apply table inet %s (nothing was changed): %w", TableName, ferr)
 	}
 	flushed = true
 	if prev != nil && prev.Plan != nil && prev.Plan.InboundTProxy != nil {
@@ -346,7 +404,13 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		st.Applied = map[string]string{"inet": withSets(prev.Applied["inet"], sentSets(rs))}
 		next.gen = g
 	} else {
-		applied, err := e.readBack(c, rs)
+		// A whole table written as the only commit since gen0 holds
+		// the sets as sent: only its chains and rules need reading.
+		var sets []setSnap
+		if gen0err == nil && gerr == nil && g == gen0+1 {
+			sets = sentSets(rs)
+		}
+		applied, err := e.readBack(c, gc, rs, sets)
 		if err != nil {
 			return fmt.Errorf("install: table written but %w", err)
 		}
@@ -385,8 +449,8 @@ func withSets(record string, sets []setSnap) string {
 
 // readBack records the table as the kernel now holds it: the reference for
 // drift detection.
-func (e *Engine) readBack(c *nftables.Conn, rs *Ruleset) (string, error) {
-	snap, err := readTable(c)
+func (e *Engine) readBack(c *nftables.Conn, g *genConn, rs *Ruleset, sets []setSnap) (string, error) {
+	snap, err := readTable(c, g, sets)
 	if err != nil {
 		return "", err
 	}
@@ -511,11 +575,11 @@ func (e *Engine) Uninstall(ctx context.Context) error {
 		return fmt.Errorf("uninstall: %w", err)
 	}
 	defer done()
-	_, err = readTable(c)
-	found := err == nil
-	if err != nil && !errors.Is(err, errNoTable) {
+	absent, err := tableAbsent(c)
+	if err != nil {
 		return fmt.Errorf("uninstall: %w", err)
 	}
+	found := !absent
 	if found {
 		c.DelTable(table())
 		if err := c.Flush(); err != nil {
@@ -555,7 +619,12 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	}
 	defer done()
 	s := &redirect.Status{Engine: Name}
-	live, err := readTable(c)
+	g, err := dialGen(e.opts.NetnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	defer g.Close()
+	live, err := readTable(c, g, nil)
 	if err != nil && !errors.Is(err, errNoTable) {
 		return nil, fmt.Errorf("status: %w", err)
 	}

@@ -34,11 +34,15 @@ func TestInstallIsWhatNftMakesOfTheDryRun(t *testing.T) {
 			a, b := testenv.NewNetns(t, "nft"), testenv.NewNetns(t, "nftref")
 			ctx := context.Background()
 			eng := New(Options{NetnsPath: a.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
+			dry, err := eng.Render(ctx, p)
+			if err != nil {
+				t.Fatalf("dry run: %v", err)
+			}
 			if err := eng.Install(ctx, p); err != nil {
 				t.Fatalf("install: %v", err)
 			}
 			file := filepath.Join(t.TempDir(), "shunt.nft")
-			if err := os.WriteFile(file, []byte(Render(p).String()), 0o644); err != nil {
+			if err := os.WriteFile(file, []byte(dry["inet"]), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			if out, err := b.Run("nft", "-f", file); err != nil {
@@ -80,6 +84,80 @@ func TestInstallIsWhatNftMakesOfTheDryRun(t *testing.T) {
 			}
 			if err := eng.Uninstall(ctx); err != redirect.ErrNotInstalled {
 				t.Errorf("second uninstall: %v, want ErrNotInstalled", err)
+			}
+		})
+	}
+}
+
+// TestFreshInstallDeletesNothing: where the table is absent, install and
+// its dry run create it without the delete-and-rewrite of a replacement,
+// whose deferred clean-up an init container's exit would wait for; where
+// it exists, both replace it whole.
+func TestFreshInstallDeletesNothing(t *testing.T) {
+	testenv.RequireBinary(t, "nft")
+	ctx := context.Background()
+	p := scenarios(t)["default"]
+	a := testenv.NewNetns(t, "nftnew")
+	eng := New(Options{NetnsPath: a.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
+	dry, err := eng.Render(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(dry["inet"], "delete table") {
+		t.Errorf("dry run for a namespace without the table deletes it first:\n%s", dry["inet"])
+	}
+	if err := eng.Install(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	// Table handles count up per namespace: a table created, deleted and
+	// created again in the batch would be the second.
+	if l := nftList(t, a, "-a"); !strings.Contains(l, "table inet shunt { # handle 1\n") {
+		t.Errorf("fresh install did not create the table directly:\n%s", l)
+	}
+	if dry, err = eng.Render(ctx, p); err != nil || !strings.HasPrefix(dry["inet"], "table inet shunt\ndelete table inet shunt\n") {
+		t.Errorf("dry run over the installed table: %v\n%s", err, dry["inet"])
+	}
+}
+
+// TestInstallOverAForeignTable: a table named like shunt's, made by
+// another tool before the install, or between the install's check that
+// there is none and its batch, ends up exactly as rendered.
+func TestInstallOverAForeignTable(t *testing.T) {
+	testenv.RequireBinary(t, "nft")
+	ctx := context.Background()
+	p := scenarios(t)["default"]
+	ref := testenv.NewNetns(t, "nftref")
+	if err := New(Options{NetnsPath: ref.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()}).Install(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	want := nftList(t, ref)
+	foreign := "add table inet shunt\nadd chain inet shunt output4 { type nat hook output priority 0; }\nadd rule inet shunt output4 tcp dport 9 accept\n"
+	for _, when := range []string{"before", "between"} {
+		t.Run(when, func(t *testing.T) {
+			a := testenv.NewNetns(t, "nftfor")
+			eng := New(Options{NetnsPath: a.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
+			add := func() {
+				file := filepath.Join(t.TempDir(), "foreign.nft")
+				if err := os.WriteFile(file, []byte(foreign), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if out, err := a.Run("nft", "-f", file); err != nil {
+					t.Fatalf("nft -f: %v: %s", err, out)
+				}
+			}
+			if when == "before" {
+				add()
+			} else {
+				eng.afterCheck = add
+			}
+			if err := eng.Install(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			if got := nftList(t, a); got != want {
+				t.Errorf("install over a foreign table:\n%s\nwant:\n%s", got, want)
+			}
+			if st, err := eng.Status(ctx); err != nil || !st.Installed || len(st.Drift) > 0 {
+				t.Errorf("status: %+v %v", st, err)
 			}
 		})
 	}
@@ -175,5 +253,45 @@ func TestKeptSocketsFollowTheNamespacePath(t *testing.T) {
 	}
 	if out, err := a.Run("nft", "delete", "table", "inet", TableName); err != nil {
 		t.Fatalf("clean up the first namespace: %v: %s", err, out)
+	}
+}
+
+// TestOneDumpReadsWhatTheLibraryReads: the table's rules read in one dump
+// digest as the netlink library's chain-by-chain reads do, for every
+// scenario, so records and status agree whichever read made them.
+func TestOneDumpReadsWhatTheLibraryReads(t *testing.T) {
+	ctx := context.Background()
+	for name, p := range scenarios(t) {
+		t.Run(name, func(t *testing.T) {
+			n := testenv.NewNetns(t, "nftdump")
+			if err := New(Options{NetnsPath: n.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()}).Install(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			c, done, err := dial(n.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer done()
+			g, err := dialGen(n.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.Close()
+			bySteps, err := readTable(c, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			byDump, err := readTable(c, g, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			none := func(string, string) (string, bool) { return "", false }
+			if a, b := bySteps.record(none), byDump.record(none); a != b {
+				t.Errorf("one dump and chain-by-chain reads differ:\n%s\nchain by chain:\n%s", b, a)
+			}
+			if n := strings.Count(byDump.record(none), "\nrule "); n < 10 {
+				t.Errorf("only %d rules read", n)
+			}
+		})
 	}
 }

@@ -70,6 +70,26 @@ func queueTable(c *nftables.Conn, rs *Ruleset) error {
 	return queueContents(c, t, rs)
 }
 
+// queueFreshTable adds to c's batch the messages that create shunt's
+// table as rs, for a namespace known not to have it.
+func queueFreshTable(c *nftables.Conn, rs *Ruleset) error {
+	t := table()
+	c.AddTable(t)
+	return queueContents(c, t, rs)
+}
+
+// tableAbsent reports whether shunt's table is missing, with one request.
+func tableAbsent(c *nftables.Conn) (bool, error) {
+	_, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet)
+	if isNotExist(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read table inet %s: %w", TableName, err)
+	}
+	return false, nil
+}
+
 func queueContents(c *nftables.Conn, t *nftables.Table, rs *Ruleset) error {
 	for _, s := range rs.sets {
 		ns := &nftables.Set{Table: t, ID: s.id, Name: s.name, KeyType: s.kind.keyType(), Interval: s.interval,
@@ -191,8 +211,11 @@ func digest(v any) string {
 	return hex.EncodeToString(h[:8])
 }
 
-// readTable reads shunt's table; errNoTable when it is absent.
-func readTable(c *nftables.Conn) (*snapshot, error) {
+// readTable reads shunt's table; errNoTable when it is absent. g, when
+// not nil, lists the rules in one dump. sets, when not nil, are taken as
+// the table's sets instead of reading them: an install that proved only
+// its own batch was committed knows them.
+func readTable(c *nftables.Conn, g *genConn, sets []setSnap) (*snapshot, error) {
 	t := table()
 	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
 		if isNotExist(err) {
@@ -200,23 +223,36 @@ func readTable(c *nftables.Conn) (*snapshot, error) {
 		}
 		return nil, fmt.Errorf("read table inet %s: %w", TableName, err)
 	}
-	snap := &snapshot{}
-	sets, err := c.GetSets(t)
-	if err != nil {
-		return nil, fmt.Errorf("read sets of table inet %s: %w", TableName, err)
-	}
-	slices.SortFunc(sets, func(a, b *nftables.Set) int { return strings.Compare(a.Name, b.Name) })
-	for _, s := range sets {
-		kind := kindOf(s)
-		elems, err := c.GetSetElements(s)
+	snap := &snapshot{sets: sets}
+	if sets == nil {
+		live, err := c.GetSets(t)
 		if err != nil {
-			return nil, fmt.Errorf("read elements of set %s: %w", s.Name, err)
+			return nil, fmt.Errorf("read sets of table inet %s: %w", TableName, err)
 		}
-		snap.sets = append(snap.sets, setSnap{name: s.Name, decl: setDecl(s.Name, s.KeyType.Name, s.Interval), kind: kind, elems: elems})
+		slices.SortFunc(live, func(a, b *nftables.Set) int { return strings.Compare(a.Name, b.Name) })
+		for _, s := range live {
+			kind := kindOf(s)
+			elems, err := c.GetSetElements(s)
+			if err != nil {
+				return nil, fmt.Errorf("read elements of set %s: %w", s.Name, err)
+			}
+			snap.sets = append(snap.sets, setSnap{name: s.Name, decl: setDecl(s.Name, s.KeyType.Name, s.Interval), kind: kind, elems: elems})
+		}
 	}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("read chains of table inet %s: %w", TableName, err)
+	}
+	var byChain map[string][]ruleRef
+	if g != nil {
+		rules, err := g.rules()
+		if err != nil {
+			return nil, err
+		}
+		byChain = map[string][]ruleRef{}
+		for _, r := range rules {
+			byChain[r.chain] = append(byChain[r.chain], ruleRef{digest: digest(r.exprs), handle: r.handle})
+		}
 	}
 	for _, ch := range chains {
 		if ch.Table.Name != TableName {
@@ -235,12 +271,16 @@ func readTable(c *nftables.Conn) (*snapshot, error) {
 			line += fmt.Sprintf(" type %s hook %s priority %d policy %s", ch.Type, hookName(*ch.Hooknum), prio, pol)
 		}
 		cs := chainSnap{name: ch.Name, line: line}
-		rules, err := c.GetRules(t, ch)
-		if err != nil {
-			return nil, fmt.Errorf("read rules of chain %s: %w", ch.Name, err)
-		}
-		for _, r := range rules {
-			cs.rules = append(cs.rules, ruleRef{digest: digest(r.Exprs), handle: r.Handle})
+		if byChain != nil {
+			cs.rules = byChain[ch.Name]
+		} else {
+			rules, err := c.GetRules(t, ch)
+			if err != nil {
+				return nil, fmt.Errorf("read rules of chain %s: %w", ch.Name, err)
+			}
+			for _, r := range rules {
+				cs.rules = append(cs.rules, ruleRef{digest: digest(r.Exprs), handle: r.Handle})
+			}
 		}
 		snap.chains = append(snap.chains, cs)
 	}
@@ -319,10 +359,11 @@ func hookName(h nftables.ChainHook) string {
 	return fmt.Sprint(uint32(h))
 }
 
-// genConn asks the kernel for the namespace's nftables ruleset
-// generation, which every committed batch, of any table, increments: equal
-// to the one seen right after shunt's last change, it proves nothing
-// changed since.
+// genConn is a plain netlink socket to nf_tables, which sends shunt's
+// batches (applyBatch), lists its rules in one dump, and asks for the
+// namespace's nftables ruleset generation, which every committed batch, of
+// any table, increments: equal to the one seen right after shunt's last
+// change, it proves nothing changed since.
 type genConn struct{ conn *netlink.Conn }
 
 func dialGen(path string) (*genConn, error) {
@@ -339,6 +380,10 @@ func dialGen(path string) (*genConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read nftables generation: %w", err)
 	}
+	// Batches go over this socket too: an error about a refused
+	// message then carries no copy of it. (Extended acknowledgements
+	// as well make the netlink library misread capped errors.)
+	_ = conn.SetOption(netlink.CapAcknowledge, true)
 	return &genConn{conn: conn}, nil
 }
 

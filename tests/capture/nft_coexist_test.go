@@ -230,6 +230,9 @@ func TestNftablesCoexistsWithKubeProxy(t *testing.T) {
 // and filter, MASQUERADE of the bridge's traffic in nat POSTROUTING, and
 // DOCKER-USER and the DOCKER-ISOLATION stages in filter FORWARD, whose
 // policy is DROP.
+// dockerRules is Docker's iptables-nft ruleset before Docker 28 for the
+// default bridge with one container publishing port 80 as 8088, plus a
+// DOCKER-USER reject of port 8099.
 const dockerRules = `*nat
 :PREROUTING ACCEPT [0:0]
 :INPUT ACCEPT [0:0]
@@ -267,89 +270,220 @@ COMMIT
 COMMIT
 `
 
+// docker28Rules is the same host as Docker 28 lays it out with iptables:
+// FORWARD jumps to DOCKER-USER then DOCKER-FORWARD, which dispatches to
+// DOCKER-CT (established traffic to a bridge), DOCKER-INTERNAL, and
+// DOCKER-BRIDGE (to DOCKER, whose last rule drops what is routed to the
+// bridge unpublished, whatever FORWARD's policy); the raw table drops
+// traffic addressed to the container from outside its bridge.
+const docker28Rules = `*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8088 -j DNAT --to-destination 172.17.0.2:80
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-BRIDGE - [0:0]
+:DOCKER-CT - [0:0]
+:DOCKER-FORWARD - [0:0]
+:DOCKER-INTERNAL - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-FORWARD
+-A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT
+-A DOCKER ! -i docker0 -o docker0 -j DROP
+-A DOCKER-BRIDGE -o docker0 -j DOCKER
+-A DOCKER-CT -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A DOCKER-FORWARD -j DOCKER-CT
+-A DOCKER-FORWARD -j DOCKER-INTERNAL
+-A DOCKER-FORWARD -j DOCKER-BRIDGE
+-A DOCKER-FORWARD -i docker0 -j ACCEPT
+-A DOCKER-USER -p tcp -m tcp --dport 8099 -j REJECT --reject-with tcp-reset
+COMMIT
+`
+
+// dockerNftRules is the same host as Docker's nftables firewall backend
+// lays it out, in a table of its own: its nat chains hook at dstnat (-100)
+// and srcnat (100) like iptables-nft's, its forward chain dispatches through
+// verdict maps keyed by the bridge, and its raw chain drops direct access
+// to the container. That backend has no DOCKER-USER: a user's own rules
+// live in a table of their own, here a reject of port 8099 in forward.
+const dockerNftRules = `table ip docker-bridges {
+	map filter-forward-in-jumps {
+		type ifname : verdict
+		elements = { "docker0" : jump filter-forward-in__docker0 }
+	}
+	map filter-forward-out-jumps {
+		type ifname : verdict
+		elements = { "docker0" : jump filter-forward-out__docker0 }
+	}
+	map nat-postrouting-out-jumps {
+		type ifname : verdict
+		elements = { "docker0" : jump nat-postrouting-out__docker0 }
+	}
+	chain filter-FORWARD {
+		type filter hook forward priority 0; policy accept;
+		oifname vmap @filter-forward-in-jumps
+		iifname vmap @filter-forward-out-jumps
+	}
+	chain nat-OUTPUT {
+		type nat hook output priority -100; policy accept;
+		ip daddr != 127.0.0.0/8 fib daddr type local jump nat-prerouting-and-output
+	}
+	chain nat-POSTROUTING {
+		type nat hook postrouting priority 100; policy accept;
+		iifname vmap @nat-postrouting-out-jumps
+	}
+	chain nat-PREROUTING {
+		type nat hook prerouting priority -100; policy accept;
+		fib daddr type local jump nat-prerouting-and-output
+	}
+	chain nat-prerouting-and-output {
+		iifname != "docker0" tcp dport 8088 dnat to 172.17.0.2:80
+	}
+	chain raw-PREROUTING {
+		type filter hook prerouting priority -300; policy accept;
+		ip daddr 172.17.0.2 iifname != "docker0" drop
+	}
+	chain filter-forward-in__docker0 {
+		ct state established,related accept
+		iifname "docker0" accept
+		ip daddr 172.17.0.2 tcp dport 80 accept
+		drop
+	}
+	chain filter-forward-out__docker0 {
+		ct state established,related accept
+		accept
+	}
+	chain nat-postrouting-out__docker0 {
+		oifname != "docker0" ip saddr 172.17.0.0/16 masquerade
+	}
+}
+table inet user-forward {
+	chain forward {
+		type filter hook forward priority -1; policy accept;
+		tcp dport 8099 reject with tcp reset
+	}
+}
+`
+
 // TestNftablesCoexistsWithDocker installs shunt's nftables capture on a
 // Docker host: a namespace with a docker0 bridge, a container behind it and
-// Docker's iptables-nft rules. With the bridge excluded (its traffic is the
-// containers', not the workload's), forwarding keeps working: the
-// container reaches the remote masqueraded, the remote reaches the
-// published port through Docker's DNAT, DOCKER-USER still rejects, while
-// the host's application is captured. Docker's rules are the same after
-// install and after uninstall.
+// Docker's rules, as Docker before 28 and Docker 28 write them with
+// iptables-nft and as its nftables backend writes them. With the bridge
+// excluded (its traffic is the containers', not the workload's),
+// forwarding keeps working: the container reaches the remote
+// masqueraded, the remote reaches the published port through Docker's
+// DNAT, the user's reject still acts, while the host's application is
+// captured. Docker's rules are the same after install and after uninstall.
 func TestNftablesCoexistsWithDocker(t *testing.T) {
-	w := newWorld(t, nativeNftables)
+	nft := testenv.RequireBinary(t, "nft")
 	restore := testenv.RequireBinary(t, "iptables-nft-restore")
-	ctr := testenv.NewNetns(t, "ctr")
-	w.pod.MustRun("sysctl", "-qw", "net.ipv4.ip_forward=1")
-	w.pod.MustRun("ip", "link", "add", "docker0", "type", "bridge")
-	w.pod.MustRun("ip", "addr", "add", "172.17.0.1/16", "dev", "docker0")
-	w.pod.MustRun("ip", "link", "set", "docker0", "up")
-	host, peer := testenv.UniqueName("vd"), testenv.UniqueName("ve")
-	w.pod.MustRun("ip", "link", "add", host, "type", "veth", "peer", "name", peer, "netns", ctr.Name())
-	w.pod.MustRun("ip", "link", "set", host, "master", "docker0", "up")
-	ctr.MustRun("ip", "link", "set", peer, "name", "eth0")
-	ctr.MustRun("ip", "addr", "add", "172.17.0.2/16", "dev", "eth0")
-	ctr.MustRun("ip", "link", "set", "eth0", "up")
-	ctr.MustRun("ip", "route", "add", "default", "via", "172.17.0.1")
-	testenv.ServeHTTP(t, ctr, "0.0.0.0:80", "container:80")
-	// The remote says whom it saw: the container only as the host's
-	// address (it has no route to 172.17.0.0/16), that is masqueraded.
-	for _, port := range []string{"8090", "8099"} {
-		testenv.ServeTCP(t, w.remote, "0.0.0.0:"+port, func(c *net.TCPConn) {
-			h, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			testenv.ReplyHTTP(c, "remote, client "+h)
+	for _, layout := range []struct {
+		name, rules string
+		// nft: the rules are nft -f input, else iptables-nft-restore's.
+		nft bool
+	}{
+		{name: "iptables before 28", rules: dockerRules},
+		{name: "iptables 28", rules: docker28Rules},
+		{name: "nftables backend", rules: dockerNftRules, nft: true},
+	} {
+		t.Run(layout.name, func(t *testing.T) {
+			w := newWorld(t, nativeNftables)
+			ctr := testenv.NewNetns(t, "ctr")
+			w.pod.MustRun("sysctl", "-qw", "net.ipv4.ip_forward=1")
+			w.pod.MustRun("ip", "link", "add", "docker0", "type", "bridge")
+			w.pod.MustRun("ip", "addr", "add", "172.17.0.1/16", "dev", "docker0")
+			w.pod.MustRun("ip", "link", "set", "docker0", "up")
+			host, peer := testenv.UniqueName("vd"), testenv.UniqueName("ve")
+			w.pod.MustRun("ip", "link", "add", host, "type", "veth", "peer", "name", peer, "netns", ctr.Name())
+			w.pod.MustRun("ip", "link", "set", host, "master", "docker0", "up")
+			ctr.MustRun("ip", "link", "set", peer, "name", "eth0")
+			ctr.MustRun("ip", "addr", "add", "172.17.0.2/16", "dev", "eth0")
+			ctr.MustRun("ip", "link", "set", "eth0", "up")
+			ctr.MustRun("ip", "route", "add", "default", "via", "172.17.0.1")
+			testenv.ServeHTTP(t, ctr, "0.0.0.0:80", "container:80")
+			// The remote says whom it saw: the container only as the
+			// host's address (it has no route to 172.17.0.0/16), that
+			// is masqueraded.
+			for _, port := range []string{"8090", "8099"} {
+				testenv.ServeTCP(t, w.remote, "0.0.0.0:"+port, func(c *net.TCPConn) {
+					h, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+					testenv.ReplyHTTP(c, "remote, client "+h)
+				})
+			}
+			w.serveHTTP(8080)
+			rules := filepath.Join(t.TempDir(), "docker.rules")
+			if err := os.WriteFile(rules, []byte(layout.rules), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			dockerSave := func() string {
+				return normalizeSave(w.pod.MustRun("iptables-nft-save"))
+			}
+			if layout.nft {
+				w.pod.MustRun(nft, "-f", rules)
+				dockerSave = func() string {
+					return w.pod.MustRun(nft, "-j", "list", "table", "ip", "docker-bridges") + w.pod.MustRun(nft, "-j", "list", "table", "inet", "user-forward")
+				}
+			} else {
+				w.pod.MustRun(restore, rules)
+			}
+			fromContainer := func(url string) (string, error) {
+				return ctr.Run("curl", "-sS", "--max-time", "4", url)
+			}
+			fromRemote := func(url string) (string, error) {
+				return w.remote.Run("curl", "-sS", "--max-time", "4", url)
+			}
+			check := func(when string) {
+				t.Helper()
+				if got, err := fromContainer("http://10.1.0.2:8090/"); err != nil || got != "remote, client 10.1.0.1" {
+					t.Errorf("%s: container → remote through the bridge = %q, %v; want it masqueraded to 10.1.0.1", when, got, err)
+				}
+				if got, err := fromRemote("http://10.1.0.1:8088/"); err != nil || got != "container:80" {
+					t.Errorf("%s: remote → published port 8088 = %q, %v; want the container", when, got, err)
+				}
+				if got, err := fromContainer("http://10.1.0.2:8099/"); !refused(got, err) {
+					t.Errorf("%s: the user's reject of port 8099 no longer acts: %q, %v", when, got, err)
+				}
+			}
+			check("Docker's rules alone")
+			before := dockerSave()
+
+			w.startProxies()
+			w.install("--exclude-interfaces", "docker0")
+			if after := dockerSave(); after != before {
+				t.Errorf("install changed Docker's rules:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+			check("with shunt's capture")
+			if !w.fetch(appUID, "http://10.1.0.2:8080/", "remote:8080", "10.1.0.2:8080") {
+				t.Errorf("the host application's connection did not pass through the proxy beside Docker's rules")
+			}
+			if out, err := w.shunt("status"); exitCode(err) != 0 {
+				t.Errorf("status beside Docker's rules: exit %d\n%s", exitCode(err), out)
+			}
+			if out, err := w.shunt("uninstall"); err != nil {
+				t.Fatalf("uninstall: %v\n%s", err, out)
+			}
+			if after := dockerSave(); after != before {
+				t.Errorf("uninstall changed Docker's rules:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+			check("after uninstall")
 		})
 	}
-	w.serveHTTP(8080)
-	rules := filepath.Join(t.TempDir(), "docker.rules")
-	if err := os.WriteFile(rules, []byte(dockerRules), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	w.pod.MustRun(restore, rules)
-	dockerSave := func() string {
-		return normalizeSave(w.pod.MustRun("iptables-nft-save"))
-	}
-	fromContainer := func(url string) (string, error) {
-		out, err := ctr.Run("curl", "-sS", "--max-time", "4", url)
-		return out, err
-	}
-	fromRemote := func(url string) (string, error) {
-		out, err := w.remote.Run("curl", "-sS", "--max-time", "4", url)
-		return out, err
-	}
-	check := func(when string) {
-		t.Helper()
-		if got, err := fromContainer("http://10.1.0.2:8090/"); err != nil || got != "remote, client 10.1.0.1" {
-			t.Errorf("%s: container → remote through the bridge = %q, %v; want it masqueraded to 10.1.0.1", when, got, err)
-		}
-		if got, err := fromRemote("http://10.1.0.1:8088/"); err != nil || got != "container:80" {
-			t.Errorf("%s: remote → published port 8088 = %q, %v; want the container", when, got, err)
-		}
-		if got, err := fromContainer("http://10.1.0.2:8099/"); !refused(got, err) {
-			t.Errorf("%s: DOCKER-USER's reject of port 8099 no longer acts: %q, %v", when, got, err)
-		}
-	}
-	check("Docker's rules alone")
-	before := dockerSave()
-
-	w.startProxies()
-	w.install("--exclude-interfaces", "docker0")
-	if after := dockerSave(); after != before {
-		t.Errorf("install changed Docker's rules:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
-	check("with shunt's capture")
-	if !w.fetch(appUID, "http://10.1.0.2:8080/", "remote:8080", "10.1.0.2:8080") {
-		t.Errorf("the host application's connection did not pass through the proxy beside Docker's rules")
-	}
-	if out, err := w.shunt("status"); exitCode(err) != 0 {
-		t.Errorf("status beside Docker's rules: exit %d\n%s", exitCode(err), out)
-	}
-	if out, err := w.shunt("uninstall"); err != nil {
-		t.Fatalf("uninstall: %v\n%s", err, out)
-	}
-	if after := dockerSave(); after != before {
-		t.Errorf("uninstall changed Docker's rules:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
-	check("after uninstall")
 }
 
 // TestNftablesInstallMovesATableToTheCurrentPriorities: a table and record
@@ -359,11 +493,12 @@ func TestNftablesCoexistsWithDocker(t *testing.T) {
 // could run first.
 func TestNftablesInstallMovesATableToTheCurrentPriorities(t *testing.T) {
 	w := newWorld(t, nativeNftables)
+	w.install()
+	// Over the installed table the dry run replaces it whole.
 	dry, err := w.shunt("install", "--dry-run")
 	if err != nil {
 		t.Fatalf("install --dry-run: %v\n%s", err, dry)
 	}
-	w.install()
 	// The earlier build's table: the same, with nat at -100.
 	old := strings.NewReplacer("priority -101;", "priority -100;", "priority -99;", "priority -100;").Replace(dry)
 	if old == dry {

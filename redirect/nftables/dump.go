@@ -1,0 +1,201 @@
+package nftables
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// dumpedRule is one rule of shunt's table as the kernel lists it.
+type dumpedRule struct {
+	chain  string
+	handle uint64
+	exprs  []expr.Any
+}
+
+// rules lists every rule of shunt's table in one dump, chain by chain in
+// the kernel's order. The netlink library asks chain by chain, a round
+// trip each, which was most of reading a table back after an install.
+func (g *genConn) rules() ([]dumpedRule, error) {
+	if g == nil {
+		return nil, fmt.Errorf("no netlink socket")
+	}
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: []byte(TableName + "\x00")},
+	})
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := g.conn.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list rules of table inet %s: %w", TableName, err)
+	}
+	out := make([]dumpedRule, 0, len(msgs))
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		r, err := decodeRule(m.Data[4:])
+		if err != nil {
+			return nil, fmt.Errorf("list rules of table inet %s: %w", TableName, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func decodeRule(b []byte) (dumpedRule, error) {
+	var r dumpedRule
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return r, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_RULE_CHAIN:
+			r.chain = ad.String()
+		case unix.NFTA_RULE_HANDLE:
+			r.handle = ad.Uint64()
+		case unix.NFTA_RULE_EXPRESSIONS:
+			ad.Do(func(b []byte) error {
+				r.exprs, err = decodeExprs(b)
+				return err
+			})
+		}
+	}
+	return r, ad.Err()
+}
+
+// decodeExprs decodes a rule's expression list into the values the
+// netlink library's GetRules returns, so that a rule digests the same
+// whichever read it: records written from either compare equal.
+// Expressions the library does not decode are left out, as it does.
+func decodeExprs(b []byte) ([]expr.Any, error) {
+	var out []expr.Any
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return nil, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		ad.Do(func(b []byte) error {
+			ed, err := netlink.NewAttributeDecoder(b)
+			if err != nil {
+				return err
+			}
+			ed.ByteOrder = binary.BigEndian
+			var name string
+			for ed.Next() {
+				switch ed.Type() {
+				case unix.NFTA_EXPR_NAME:
+					name = ed.String()
+					if name == "notrack" {
+						out = append(out, &expr.Notrack{})
+					}
+				case unix.NFTA_EXPR_DATA:
+					e := exprNamed(name)
+					if e == nil {
+						continue
+					}
+					data := ed.Bytes()
+					if err := expr.Unmarshal(unix.NFPROTO_INET, data, e); err != nil {
+						return fmt.Errorf("expression %s: %w", name, err)
+					}
+					// As the library does: an immediate that writes
+					// nothing but the verdict register is a verdict.
+					if imm, ok := e.(*expr.Immediate); ok && imm.Register == unix.NFT_REG_VERDICT && len(imm.Data) == 0 {
+						e = &expr.Verdict{}
+						if err := expr.Unmarshal(unix.NFPROTO_INET, data, e); err != nil {
+							return fmt.Errorf("expression %s: %w", name, err)
+						}
+					}
+					out = append(out, e)
+				}
+			}
+			return ed.Err()
+		})
+	}
+	return out, ad.Err()
+}
+
+// exprNamed mirrors the netlink library's table of the expressions it
+// decodes (expr.exprFromName in github.com/google/nftables v0.3.0).
+func exprNamed(name string) expr.Any {
+	switch name {
+	case "ct":
+		return &expr.Ct{}
+	case "range":
+		return &expr.Range{}
+	case "meta":
+		return &expr.Meta{}
+	case "cmp":
+		return &expr.Cmp{}
+	case "counter":
+		return &expr.Counter{}
+	case "objref":
+		return &expr.Objref{}
+	case "payload":
+		return &expr.Payload{}
+	case "lookup":
+		return &expr.Lookup{}
+	case "immediate":
+		return &expr.Immediate{}
+	case "bitwise":
+		return &expr.Bitwise{}
+	case "redir":
+		return &expr.Redir{}
+	case "nat":
+		return &expr.NAT{}
+	case "limit":
+		return &expr.Limit{}
+	case "quota":
+		return &expr.Quota{}
+	case "dynset":
+		return &expr.Dynset{}
+	case "log":
+		return &expr.Log{}
+	case "exthdr":
+		return &expr.Exthdr{}
+	case "match":
+		return &expr.Match{}
+	case "target":
+		return &expr.Target{}
+	case "connlimit":
+		return &expr.Connlimit{}
+	case "queue":
+		return &expr.Queue{}
+	case "flow_offload":
+		return &expr.FlowOffload{}
+	case "reject":
+		return &expr.Reject{}
+	case "masq":
+		return &expr.Masq{}
+	case "hash":
+		return &expr.Hash{}
+	case "cthelper":
+		return &expr.CtHelper{}
+	case "synproxy":
+		return &expr.SynProxy{}
+	case "ctexpect":
+		return &expr.CtExpect{}
+	case "secmark":
+		return &expr.SecMark{}
+	case "cttimeout":
+		return &expr.CtTimeout{}
+	case "fib":
+		return &expr.Fib{}
+	case "numgen":
+		return &expr.Numgen{}
+	}
+	return nil
+}
