@@ -872,6 +872,7 @@ static __always_inline int inbound_captured(struct pod *p, const struct addr *lo
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
+#define TC_ACT_UNSPEC (-1)
 #define TC_ACT_OK 0
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
@@ -883,7 +884,14 @@ static __always_inline int inbound_captured(struct pod *p, const struct addr *lo
  * MPTCP one (Go's default) is found through its TCP subflow listener, which
  * a SOCKMAP refuses. The accepted connection keeps the original
  * destination as its local address, as with sk_lookup. Where no listener is
- * found the packet goes on, and sk_lookup refuses it. */
+ * found the packet goes on, and sk_lookup refuses it.
+ *
+ * It runs as a cls_bpf filter in direct-action mode (or a TCX program: the
+ * codes mean the same there). A packet it does not steer gets TC_ACT_UNSPEC
+ * (TCX_NEXT): the next filter, another tool's, decides, as if shunt's were
+ * not there. A steered SYN gets TC_ACT_OK (TCX_PASS): it is delivered to
+ * the listener, and no later filter may redirect it away from the socket
+ * it was assigned. */
 SEC("tc")
 int inbound_tc(struct __sk_buff *skb)
 {
@@ -898,12 +906,12 @@ int inbound_tc(struct __sk_buff *skb)
 		__u16 frag;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, &vihl, 1) || bpf_skb_load_bytes(skb, ETH_HLEN + 9, &proto, 1) ||
 		    bpf_skb_load_bytes(skb, ETH_HLEN + 6, &frag, 2))
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		if (proto != IPPROTO_TCP || (frag & bpf_htons(0x1fff)))
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 12, &t.ipv4.saddr, 4) ||
 		    bpf_skb_load_bytes(skb, ETH_HLEN + 16, &t.ipv4.daddr, 4))
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		l4off = ETH_HLEN + (vihl & 0x0f) * 4;
 		addr_pick(local.ip, AF_INET, t.ipv4.daddr, 0, 0, 0, 0);
 		addr_pick(remote.ip, AF_INET, t.ipv4.saddr, 0, 0, 0, 0);
@@ -912,26 +920,26 @@ int inbound_tc(struct __sk_buff *skb)
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		__u8 next;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &next, 1) || next != IPPROTO_TCP)
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 8, t.ipv6.saddr, 16) ||
 		    bpf_skb_load_bytes(skb, ETH_HLEN + 24, t.ipv6.daddr, 16))
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		l4off = ETH_HLEN + 40;
 		__builtin_memcpy(local.ip, t.ipv6.daddr, 16);
 		__builtin_memcpy(remote.ip, t.ipv6.saddr, 16);
 		tsize = sizeof(t.ipv6);
 		v6 = 1;
 	} else {
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	__u16 ports[2];
 	__u8 flags;
 	if (bpf_skb_load_bytes(skb, l4off, ports, 4) || bpf_skb_load_bytes(skb, l4off + 13, &flags, 1))
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (!(flags & TCP_FLAG_SYN) || (flags & TCP_FLAG_ACK))
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (!inbound_captured(&p, &local, &remote, bpf_ntohs(ports[1]), v6))
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (v6) {
 		t.ipv6.sport = ports[0];
 		t.ipv6.dport = bpf_htons(p.cfg->inbound_port);
@@ -941,11 +949,14 @@ int inbound_tc(struct __sk_buff *skb)
 	}
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, tsize, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
-		return TC_ACT_OK;
-	if (sk->state == BPF_TCP_LISTEN && !bpf_sk_assign(skb, sk, 0))
+		return TC_ACT_UNSPEC;
+	int ret = TC_ACT_UNSPEC;
+	if (sk->state == BPF_TCP_LISTEN && !bpf_sk_assign(skb, sk, 0)) {
 		count(&p, STAT_INBOUND_STEER);
+		ret = TC_ACT_OK;
+	}
 	bpf_sk_release(sk);
-	return TC_ACT_OK;
+	return ret;
 }
 
 SEC("sk_lookup")

@@ -215,7 +215,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 	// After an interrupted install, neither the links' programs nor the
 	// maps' contents are known: load afresh and read every map back.
 	maps := pinned
-	current := prev != nil && prev.Intent == nil && prev.Objects == objectsDigest() && len(pinned) == len(spec.Maps) && e.linksAttached(cgFD, nsFD) && tcAttached(e.netns, e.pinDir)
+	current := prev != nil && prev.Intent == nil && prev.Objects == objectsDigest() && len(pinned) == len(spec.Maps) && e.linksAttached(cgFD, nsFD) && tcAttached(e.netns, e.tcCheck())
 	var coll *ebpf.Collection
 	if !current {
 		coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
@@ -277,15 +277,20 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) (err error) {
 		if err := e.attach(coll, cgFD, nsFD, pinned, &undo, &closers); err != nil {
 			return err
 		}
-		if terr := attachTC(e.log, e.netns, e.pinDir, coll.Programs["inbound_tc"], &undo); terr != nil {
-			// sk_lookup still steers to a plain TCP listener (TCX
-			// needs kernel 6.6).
+		if terr := attachTC(e.log, e.netns, coll.Programs["inbound_tc"], &undo); terr != nil {
+			// sk_lookup still steers to a plain TCP listener.
 			e.log.Warn("inbound steering at tc unavailable: an MPTCP inbound listener will not be reached", "err", terr)
 		}
 	}
 
 	if err := e.writeState(p); err != nil {
 		return err
+	}
+	// The TCX links an earlier version pinned, now that filters hold
+	// inbound_tc (their program ran first until here, so no SYN went
+	// unsteered).
+	if _, lerrs := removeTCLinks(e.log, e.pinDir); len(lerrs) > 0 {
+		e.log.Warn("remove the TCX links of an earlier version", "err", errors.Join(lerrs...))
 	}
 
 	if p.CaptureInbound {
@@ -373,6 +378,10 @@ func (e *Engine) attach(coll *ebpf.Collection, cgFD, nsFD int, pinned map[string
 	return nil
 }
 
+// tcCheck accepts the inbound_tc of this installation: the program that
+// uses its pinned maps.
+func (e *Engine) tcCheck() tcCheck { return checkProgMaps(e.mapPin("config_map")) }
+
 // linksAttached reports whether every program's pinned link is attached
 // where it belongs.
 func (e *Engine) linksAttached(cgFD, nsFD int) bool {
@@ -433,6 +442,8 @@ func (e *Engine) readState() (*record, error) {
 func (e *Engine) Uninstall(ctx context.Context) error {
 	found, errs := removeLinks(e.log, e.pinDir)
 	tcFound, tcErrs := removeTCLinks(e.log, e.pinDir)
+	found, errs = found || tcFound, append(errs, tcErrs...)
+	tcFound, tcErrs = removeTC(e.netns)
 	found, errs = found || tcFound, append(errs, tcErrs...)
 	entries, err := os.ReadDir(e.pinDir)
 	if err == nil {
@@ -524,6 +535,12 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	defer closeTargets()
 
 	progs, drift := linkStatus("programs", e.pinDir, cgFD, nsFD, nil)
+	if st.Installed {
+		lines, tcDrift, notes := tcStatus(e.netns, e.pinDir, e.tcCheck())
+		progs.Lines = append(progs.Lines, lines...)
+		drift = append(drift, tcDrift...)
+		st.Notes = append(st.Notes, notes...)
+	}
 	if !st.Installed {
 		// Only what the interrupted install left: no plan to check
 		// the links and maps against.
@@ -573,7 +590,8 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	return st, nil
 }
 
-// pinnedNames lists what is pinned in dir (links, tc links, maps), sorted.
+// pinnedNames lists what is pinned in dir (links, maps, the TCX links of
+// earlier versions), sorted.
 func pinnedNames(dir string) []string {
 	ents, err := os.ReadDir(dir)
 	if err != nil {

@@ -253,7 +253,7 @@ func (n *Node) updateLinks() error {
 		return fmt.Errorf("list enrolled pods: %w", err)
 	}
 	for _, pod := range pods {
-		if err := updateTCLinks(n.podPinDir(pod.Name()), n.progs["inbound_tc"]); err != nil {
+		if err := n.updatePodTC(pod.Name()); err != nil {
 			return fmt.Errorf("pod %s: %w", pod.Name(), err)
 		}
 		for _, a := range attachments {
@@ -269,6 +269,31 @@ func (n *Node) updateLinks() error {
 		}
 	}
 	return nil
+}
+
+// updatePodTC points the pod's inbound_tc filters at the node's program,
+// found in the namespace its record names. TCX links an earlier version
+// pinned for the pod are moved to filters there (or, without a record to
+// say where, updated in place).
+func (n *Node) updatePodTC(pod string) error {
+	dir := n.podPinDir(pod)
+	rec, err := n.readRecord(pod)
+	if err != nil {
+		return updateTCLinks(dir, n.progs["inbound_tc"])
+	}
+	if !hasTCLinks(dir) {
+		return updateTC(rec.Netns, n.progs["inbound_tc"])
+	}
+	var undo []func()
+	if err := attachTC(n.log, rec.Netns, n.progs["inbound_tc"], &undo); err != nil && !errors.Is(err, errNetnsGone) {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		n.log.Warn("cannot move the pod's inbound_tc links to tc filters; updating them in place", "pod", pod, "err", err)
+		return updateTCLinks(dir, n.progs["inbound_tc"])
+	}
+	_, errs := removeTCLinks(n.log, dir)
+	return errors.Join(errs...)
 }
 
 // podRecord is what a node keeps per enrolled pod: the cgroup's id outlives
@@ -528,21 +553,6 @@ func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redir
 			}
 		}
 	}()
-	// The tc attach waits in the kernel for an RCU grace period (5-12 ms,
-	// longer under load), the largest part of an enrolment: it runs beside
-	// the map writes and the cgroup attaches instead of after them. Until
-	// the pod's entries exist the program finds no pod for the packets and
-	// lets them pass, as before the enrolment.
-	// A plan without inbound capture gives the program nothing to do.
-	tcDone := make(chan struct{})
-	go func() {
-		defer close(tcDone)
-		if p.CaptureInbound {
-			n.attachPodTC(pod, netnsPath)
-		}
-	}()
-	defer func() { <-tcDone }() // before the undo above
-
 	// Addresses first: another pod claiming one would have sk_lookup steer
 	// its connections here.
 	owners := newContents("addr_pods", false)
@@ -610,6 +620,10 @@ func (n *Node) Enrol(ctx context.Context, cgroupPath, netnsPath string, p *redir
 
 	if err := n.attachPod(pod, cg, netnsPath); err != nil {
 		return err
+	}
+	// A plan without inbound capture gives inbound_tc nothing to do.
+	if p.CaptureInbound {
+		n.attachPodTC(pod, netnsPath)
 	}
 	if err := n.writeRecord(pod, &podRecord{Cgroup: cg, CgroupID: id, Netns: netnsPath, Plan: p, Local: local, Keyed: true}); err != nil {
 		return err
@@ -722,21 +736,22 @@ func (n *Node) attachPod(pod, cg, netnsPath string) error {
 	return nil
 }
 
-// attachPodTC attaches inbound_tc to the pod's interfaces where it is not
-// yet; a failure is logged, not fatal: sk_lookup still steers to a plain
-// TCP listener (TCX needs kernel 6.6).
+// attachPodTC attaches inbound_tc at tc ingress of the pod's interfaces
+// where it is not yet, and moves the TCX links an earlier version pinned
+// to filters. A failure is logged, not fatal: sk_lookup still steers to a
+// plain TCP listener.
 func (n *Node) attachPodTC(pod, netnsPath string) {
+	prog := n.progs["inbound_tc"]
 	dir := n.podPinDir(pod)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		n.log.Warn("inbound steering at tc unavailable", "netns", netnsPath, "err", err)
-		return
+	if !tcAttached(netnsPath, checkProgID(progID(prog))) {
+		var undo []func()
+		if err := attachTC(n.log, netnsPath, prog, &undo); err != nil {
+			n.log.Warn("inbound steering at tc unavailable: an MPTCP inbound listener will not be reached", "netns", netnsPath, "err", err)
+			return
+		}
 	}
-	if tcAttached(netnsPath, dir) {
-		return
-	}
-	var undo []func()
-	if err := attachTC(n.log, netnsPath, dir, n.progs["inbound_tc"], &undo); err != nil {
-		n.log.Warn("inbound steering at tc unavailable: an MPTCP inbound listener will not be reached", "netns", netnsPath, "err", err)
+	if _, errs := removeTCLinks(n.log, dir); len(errs) > 0 {
+		n.log.Warn("remove the pod's TCX links of an earlier version", "pod", pod, "err", errors.Join(errs...))
 	}
 }
 
@@ -797,6 +812,13 @@ func (n *Node) leave(pod string, id uint64, rec *podRecord) error {
 	_, errs := removeLinks(n.log, dir)
 	_, tcErrs := removeTCLinks(n.log, dir)
 	errs = append(errs, tcErrs...)
+	if rec != nil {
+		// Without a record the namespace is not known: the filters go
+		// with it, and meanwhile find no entry of the pod's and pass
+		// every packet on.
+		_, tcErrs = removeTC(rec.Netns)
+		errs = append(errs, tcErrs...)
+	}
 	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove pod pin directory: %w", err))
 	}
@@ -904,8 +926,19 @@ func UninstallNode(ctx context.Context, opts NodeOptions) error {
 			}
 		}
 		closeMaps(maps)
-	} else if merr != nil {
-		errs = append(errs, merr)
+	} else {
+		if merr != nil {
+			errs = append(errs, merr)
+		}
+		closeMaps(maps)
+		// The pods' tc filters are not pinned: their records say where.
+		pods, _ := os.ReadDir(filepath.Join(n.pinDir, "pods"))
+		for _, p := range pods {
+			if rec, rerr := n.readRecord(p.Name()); rerr == nil {
+				_, tcErrs := removeTC(rec.Netns)
+				errs = append(errs, tcErrs...)
+			}
+		}
 	}
 	// Whatever is left (maps of another build, stray links) goes too.
 	_ = filepath.WalkDir(n.pinDir, func(path string, d os.DirEntry, err error) error {
@@ -980,6 +1013,12 @@ func (n *Node) Status(ctx context.Context, cgroupPath string) (*redirect.Status,
 		ids = map[string]ebpf.ProgramID{}
 	}
 	progs, drift := linkStatus("programs (shared by the node, pinned in "+n.pinDir+")", n.podPinDir(pod), cgFD, nsFD, ids)
+	if st.Installed && rec.Plan.CaptureInbound {
+		lines, tcDrift, notes := tcStatus(rec.Netns, n.podPinDir(pod), checkProgID(ids["inbound_tc"]))
+		progs.Lines = append(progs.Lines, lines...)
+		drift = append(drift, tcDrift...)
+		st.Notes = append(st.Notes, notes...)
+	}
 	st.Sections = append(st.Sections, progs)
 	if !st.Installed {
 		return st, nil

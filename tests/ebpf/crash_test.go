@@ -15,13 +15,14 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/shunt-dev/shunt/tests/ebpf/ebpftest"
 )
 
 // The attach points of the per-cgroup engine's programs, for the checks
-// below (sk_lookup on the namespace and tcx on the pod's interface aside).
+// below (sk_lookup on the namespace and tc on the pod's interface aside).
 var cgroupAttachTypes = []ebpf.AttachType{
 	ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect,
 	ebpf.AttachCGroupUDP4Sendmsg, ebpf.AttachCGroupUDP6Sendmsg,
@@ -33,7 +34,7 @@ var cgroupAttachTypes = []ebpf.AttachType{
 
 // attachedToPod lists every BPF program attached where the engine attaches:
 // the pod's cgroup (each hook), its namespace's sk_lookup and tc ingress
-// of its interface.
+// of its interface (filters, and TCX links as earlier versions made).
 func attachedToPod(t *testing.T, pod *ebpftest.Pod) []string {
 	t.Helper()
 	var out []string
@@ -78,6 +79,16 @@ func attachedToPod(t *testing.T, pod *ebpftest.Pod) []string {
 		return nil
 	}); err != nil {
 		t.Fatalf("query tcx: %v", err)
+	}
+	h, l := rtnlIn(t, pod)
+	fs, err := h.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		t.Fatalf("list tc ingress filters: %v", err)
+	}
+	for _, f := range fs {
+		if bf, ok := f.(*netlink.BpfFilter); ok {
+			out = append(out, fmt.Sprintf("tc ingress %s filter %q prog %d", pod.Host.Dev, bf.Name, bf.Id))
+		}
 	}
 	return out
 }
