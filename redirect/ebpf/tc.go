@@ -99,6 +99,21 @@ func tcInterfaces(h *netlink.Handle) ([]netlink.Link, error) {
 	return out, nil
 }
 
+// openTC opens an rtnetlink handle in the namespace and lists its Ethernet
+// interfaces; the caller closes the handle.
+func openTC(netnsPath string) (*netlink.Handle, []netlink.Link, error) {
+	h, err := rtnl(netnsPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	ifs, err := tcInterfaces(h)
+	if err != nil {
+		h.Close()
+		return nil, nil, err
+	}
+	return h, ifs, nil
+}
+
 func isShuntFilter(f *netlink.BpfFilter) bool {
 	return f.Name == tcFilterName || f.Name == tcFilterNameOwnQdisc
 }
@@ -173,15 +188,11 @@ func progID(p *ebpf.Program) ebpf.ProgramID {
 // undone if the install fails goes on undo. Another tool's filter at
 // shunt's place is an error: it is never replaced.
 func attachTC(log *slog.Logger, netnsPath string, prog *ebpf.Program, undo *[]func()) error {
-	h, err := rtnl(netnsPath)
+	h, ifs, err := openTC(netnsPath)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	ifs, err := tcInterfaces(h)
-	if err != nil {
-		return err
-	}
 	want := progID(prog)
 	for _, l := range ifs {
 		name, idx := l.Attrs().Name, l.Attrs().Index
@@ -374,15 +385,11 @@ func checkProgMaps(mapPin string) tcCheck {
 // all of them, running a program check accepts. A TCX link an earlier
 // version pinned in dir is reported, not drift: install moves it.
 func tcStatus(netnsPath, dir string, check tcCheck) (lines, drift, notes []string) {
-	h, err := rtnl(netnsPath)
+	h, ifs, err := openTC(netnsPath)
 	if err != nil {
 		return nil, []string{"inbound_tc: " + err.Error()}, nil
 	}
 	defer h.Close()
-	ifs, err := tcInterfaces(h)
-	if err != nil {
-		return nil, []string{"inbound_tc: " + err.Error()}, nil
-	}
 	for _, l := range ifs {
 		name := l.Attrs().Name
 		where := fmt.Sprintf("tc ingress of %s (priority %d, handle %d)", name, tcPriority, tcHandle)
@@ -423,15 +430,11 @@ func tcStatus(netnsPath, dir string, check tcCheck) (lines, drift, notes []strin
 // tcAttached reports whether every Ethernet interface of the namespace has
 // shunt's filter, running a program check accepts.
 func tcAttached(netnsPath string, check tcCheck) bool {
-	h, err := rtnl(netnsPath)
+	h, ifs, err := openTC(netnsPath)
 	if err != nil {
 		return false
 	}
 	defer h.Close()
-	ifs, err := tcInterfaces(h)
-	if err != nil {
-		return false
-	}
 	for _, l := range ifs {
 		mine, _, err := tcSlot(h, l)
 		if err != nil || mine == nil || !mine.DirectAction || check(ebpf.ProgramID(mine.Id)) != "" {
@@ -444,7 +447,7 @@ func tcAttached(netnsPath string, check tcCheck) bool {
 // updateTC points shunt's filters in the namespace at prog (the node's
 // programs were loaded again), where they are.
 func updateTC(netnsPath string, prog *ebpf.Program) error {
-	h, err := rtnl(netnsPath)
+	h, ifs, err := openTC(netnsPath)
 	if errors.Is(err, errNetnsGone) {
 		return nil
 	}
@@ -452,10 +455,6 @@ func updateTC(netnsPath string, prog *ebpf.Program) error {
 		return err
 	}
 	defer h.Close()
-	ifs, err := tcInterfaces(h)
-	if err != nil {
-		return err
-	}
 	want := progID(prog)
 	for _, l := range ifs {
 		mine, _, err := tcSlot(h, l)
