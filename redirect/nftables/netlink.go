@@ -397,10 +397,7 @@ func (g *genConn) get() (uint32, error) {
 	if g == nil {
 		return 0, errors.New("no generation socket")
 	}
-	msgs, err := g.conn.Execute(netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
-		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
-	})
+	msgs, err := g.conn.Execute(genRequest())
 	if err != nil {
 		return 0, fmt.Errorf("read nftables generation: %w", err)
 	}
