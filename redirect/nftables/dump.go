@@ -1,7 +1,9 @@
 package nftables
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 
 	"github.com/google/nftables/expr"
@@ -13,8 +15,31 @@ import (
 type dumpedRule struct {
 	chain  string
 	handle uint64
-	exprs  []expr.Any
+	// exprs is the rule's expression list as the kernel encoded it.
+	exprs []byte
 }
+
+// digest names the rule's expressions in a record: a hash of the
+// kernel's own encoding of them, so that any change to a rule, in an
+// attribute the netlink library decodes or not, changes it. legacy gives
+// the digest records of earlier builds hold instead (the library's
+// decoding of the expressions, as JSON), so that a record written by one
+// still compares equal to the rules it describes.
+func (r dumpedRule) digest(legacy bool) (string, error) {
+	if !legacy {
+		h := sha256.Sum256(r.exprs)
+		return hex.EncodeToString(h[:digestBytes]), nil
+	}
+	exprs, err := decodeExprs(r.exprs)
+	if err != nil {
+		return "", fmt.Errorf("rule %d of chain %s: %w", r.handle, r.chain, err)
+	}
+	return legacyDigest(exprs), nil
+}
+
+// digestBytes is how much of a rule's hash its digest keeps: more than the
+// 8 bytes of a legacy digest, which is how a record's scheme is told.
+const digestBytes = 12
 
 // rules lists every rule of shunt's table in one dump, chain by chain in
 // the kernel's order. The netlink library asks chain by chain, a round
@@ -67,18 +92,14 @@ func decodeRule(b []byte) (dumpedRule, error) {
 		case unix.NFTA_RULE_HANDLE:
 			r.handle = ad.Uint64()
 		case unix.NFTA_RULE_EXPRESSIONS:
-			ad.Do(func(b []byte) error {
-				r.exprs, err = decodeExprs(b)
-				return err
-			})
+			r.exprs = ad.Bytes()
 		}
 	}
 	return r, ad.Err()
 }
 
 // decodeExprs decodes a rule's expression list into the values the
-// netlink library's GetRules returns, so that a rule digests the same
-// whichever read it: records written from either compare equal.
+// netlink library's GetRules returns, as the legacy digest was taken.
 // Expressions the library does not decode are left out, as it does.
 func decodeExprs(b []byte) ([]expr.Any, error) {
 	var out []expr.Any

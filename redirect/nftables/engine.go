@@ -311,7 +311,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			intact, unchangedGen, prevRS = true, true, k.rs
 		}
 		if !intact {
-			live, err := readTable(c, gc, nil)
+			live, err := readTable(c, gc, readHow{legacy: legacyRecord(prev)})
 			if err != nil && !errors.Is(err, errNoTable) {
 				return fmt.Errorf("install: %w", err)
 			}
@@ -404,13 +404,14 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		st.Applied = map[string]string{"inet": withSets(prev.Applied["inet"], sentSets(rs))}
 		next.gen = g
 	} else {
-		// A whole table written as the only commit since gen0 holds
-		// the sets as sent: only its chains and rules need reading.
-		var sets []setSnap
+		// A whole table written as the only commit since gen0 is
+		// as sent but for the kernel's encoding of its rules: only
+		// the rules need reading.
+		read := readHow{}
 		if gen0err == nil && gerr == nil && g == gen0+1 {
-			sets = sentSets(rs)
+			read = readHow{sets: sentSets(rs), asSent: rs}
 		}
-		applied, err := e.readBack(c, gc, rs, sets)
+		applied, err := e.readBack(c, gc, rs, read)
 		if err != nil {
 			return fmt.Errorf("install: table written but %w", err)
 		}
@@ -449,8 +450,8 @@ func withSets(record string, sets []setSnap) string {
 
 // readBack records the table as the kernel now holds it: the reference for
 // drift detection.
-func (e *Engine) readBack(c *nftables.Conn, g *genConn, rs *Ruleset, sets []setSnap) (string, error) {
-	snap, err := readTable(c, g, sets)
+func (e *Engine) readBack(c *nftables.Conn, g *genConn, rs *Ruleset, how readHow) (string, error) {
+	snap, err := readTable(c, g, how)
 	if err != nil {
 		return "", err
 	}
@@ -624,7 +625,7 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 		return nil, fmt.Errorf("status: %w", err)
 	}
 	defer g.Close()
-	live, err := readTable(c, g, nil)
+	live, err := readTable(c, g, readHow{legacy: legacyRecord(st)})
 	if err != nil && !errors.Is(err, errNoTable) {
 		return nil, fmt.Errorf("status: %w", err)
 	}

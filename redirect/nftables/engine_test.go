@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
+
 	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/tests/testenv"
 )
@@ -256,15 +258,19 @@ func TestKeptSocketsFollowTheNamespacePath(t *testing.T) {
 	}
 }
 
-// TestOneDumpReadsWhatTheLibraryReads: the table's rules read in one dump
-// digest as the netlink library's chain-by-chain reads do, for every
-// scenario, so records and status agree whichever read made them.
-func TestOneDumpReadsWhatTheLibraryReads(t *testing.T) {
+// TestRecordReads holds the three ways a table is read to one answer, for
+// every scenario: a table read whole, and one taken as sent (its chains
+// and sets from the rendering) with only its rules dumped, as an install
+// records a table it proved it alone wrote, give the same record; and the
+// legacy digests of the one dump are the netlink library's own decoding,
+// read chain by chain, as records of earlier builds were written.
+func TestRecordReads(t *testing.T) {
 	ctx := context.Background()
 	for name, p := range scenarios(t) {
 		t.Run(name, func(t *testing.T) {
 			n := testenv.NewNetns(t, "nftdump")
-			if err := New(Options{NetnsPath: n.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()}).Install(ctx, p); err != nil {
+			eng := New(Options{NetnsPath: n.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()})
+			if err := eng.Install(ctx, p); err != nil {
 				t.Fatal(err)
 			}
 			c, done, err := dial(n.Path())
@@ -277,21 +283,116 @@ func TestOneDumpReadsWhatTheLibraryReads(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer g.Close()
-			bySteps, err := readTable(c, nil, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			byDump, err := readTable(c, g, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
 			none := func(string, string) (string, bool) { return "", false }
-			if a, b := bySteps.record(none), byDump.record(none); a != b {
-				t.Errorf("one dump and chain-by-chain reads differ:\n%s\nchain by chain:\n%s", b, a)
+			whole, err := readTable(c, g, readHow{})
+			if err != nil {
+				t.Fatal(err)
 			}
-			if n := strings.Count(byDump.record(none), "\nrule "); n < 10 {
+			rs := Render(p)
+			asSent, err := readTable(c, g, readHow{sets: sentSets(rs), asSent: rs})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a, b := whole.record(none), asSent.record(none); a != b {
+				t.Errorf("the table read whole and taken as sent differ:\n%s\nas sent:\n%s", a, b)
+			}
+			if n := strings.Count(whole.record(none), "\nrule "); n < 10 {
 				t.Errorf("only %d rules read", n)
 			}
+			st, err := redirect.LoadState(eng.opts.StateDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := st.Applied["inet"], whole.record(textsOf(st)); got != want {
+				t.Errorf("the install recorded\n%s\nthe table reads\n%s", got, want)
+			}
+			if legacyRecord(st) {
+				t.Error("a new record is taken for a legacy one")
+			}
+			legacy, err := readTable(c, g, readHow{legacy: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a, b := libraryRecord(t, c, legacy.sets), legacy.record(none); a != b {
+				t.Errorf("legacy digests of the dump and the library's reads differ:\n%s\nlibrary:\n%s", b, a)
+			}
 		})
+	}
+}
+
+// libraryRecord is the record an earlier build wrote of a table holding
+// sets: its chains listed and its rules read chain by chain by the
+// netlink library, each digested as JSON of the library's decoding.
+func libraryRecord(t *testing.T, c *nftables.Conn, sets []setSnap) string {
+	t.Helper()
+	chains, err := readChains(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := &snapshot{sets: sets}
+	for _, ch := range chains {
+		rules, err := c.GetRules(table(), &nftables.Chain{Name: ch.name, Table: table()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rules {
+			ch.rules = append(ch.rules, ruleRef{digest: legacyDigest(r.Exprs), handle: r.Handle})
+		}
+		live.chains = append(live.chains, ch)
+	}
+	return live.record(func(string, string) (string, bool) { return "", false })
+}
+
+// TestLegacyRecordStillMatches: a table recorded by an earlier build,
+// whose record digests rules as JSON of the library's decoding, is not
+// taken for drift by this one: status finds it as recorded, and the same
+// install again commits nothing.
+func TestLegacyRecordStillMatches(t *testing.T) {
+	ctx := context.Background()
+	p := scenarios(t)["lockdown"]
+	n := testenv.NewNetns(t, "nftlegacy")
+	opts := Options{NetnsPath: n.Path(), StateDir: t.TempDir(), LockDir: t.TempDir()}
+	if err := New(opts).Install(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	c, done, err := dial(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	g, err := dialGen(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	old, err := readTable(c, g, readHow{legacy: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	texts := old.texts(Render(p))
+	st, err := redirect.LoadState(opts.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Applied["inet"] = old.record(func(chain, d string) (string, bool) { s, ok := texts[chain+" "+d]; return s, ok })
+	if !legacyRecord(st) {
+		t.Fatalf("a record with legacy digests is not recognised:\n%s", st.Applied["inet"])
+	}
+	if err := redirect.SaveState(opts.StateDir, st); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(opts).Status(ctx)
+	if err != nil || !s.Installed || len(s.Drift) > 0 {
+		t.Fatalf("status of a legacy record: %+v %v", s, err)
+	}
+	gen0, err := g.get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := New(opts).Install(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if gen, err := g.get(); err != nil || gen != gen0 {
+		t.Errorf("the same install over a legacy record committed: generation %d, was %d (%v)", gen, gen0, err)
 	}
 }

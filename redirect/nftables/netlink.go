@@ -15,6 +15,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/shunt-dev/shunt/redirect"
 )
 
 func table() *nftables.Table {
@@ -202,7 +204,9 @@ type ruleRef struct {
 	handle uint64
 }
 
-func digest(v any) string {
+// legacyDigest is the digest earlier builds recorded for a rule: its
+// expressions as the netlink library decodes them, as JSON.
+func legacyDigest(v any) string {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return "unmarshalable: " + err.Error()
@@ -211,20 +215,36 @@ func digest(v any) string {
 	return hex.EncodeToString(h[:8])
 }
 
-// readTable reads shunt's table; errNoTable when it is absent. g, when
-// not nil, lists the rules in one dump. sets, when not nil, are taken as
-// the table's sets instead of reading them: an install that proved only
-// its own batch was committed knows them.
-func readTable(c *nftables.Conn, g *genConn, sets []setSnap) (*snapshot, error) {
-	t := table()
-	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
-		if isNotExist(err) {
-			return nil, errNoTable
-		}
-		return nil, fmt.Errorf("read table inet %s: %w", TableName, err)
+// readHow says what readTable may take as known rather than read.
+type readHow struct {
+	// sets, when not nil, are the table's sets.
+	sets []setSnap
+	// asSent, when not nil, is the table just written by the only
+	// batch committed since it was found absent, or since the whole
+	// table was replaced: it exists and its chains are asSent's, so
+	// only its rules are read. sets must then be given too.
+	asSent *Ruleset
+	// legacy digests the rules as records of earlier builds did.
+	legacy bool
+}
+
+// readTable reads shunt's table; errNoTable when it is absent. The rules
+// come in one dump over g.
+func readTable(c *nftables.Conn, g *genConn, how readHow) (*snapshot, error) {
+	if g == nil {
+		return nil, errors.New("read table inet " + TableName + ": no netlink socket to list its rules")
 	}
-	snap := &snapshot{sets: sets}
-	if sets == nil {
+	snap := &snapshot{sets: how.sets}
+	if rs := how.asSent; rs != nil {
+		snap.chains = rs.chainSnaps()
+	} else {
+		var err error
+		if snap.chains, err = readChains(c); err != nil {
+			return nil, err
+		}
+	}
+	if snap.sets == nil {
+		t := table()
 		live, err := c.GetSets(t)
 		if err != nil {
 			return nil, fmt.Errorf("read sets of table inet %s: %w", TableName, err)
@@ -239,52 +259,103 @@ func readTable(c *nftables.Conn, g *genConn, sets []setSnap) (*snapshot, error) 
 			snap.sets = append(snap.sets, setSnap{name: s.Name, decl: setDecl(s.Name, s.KeyType.Name, s.Interval), kind: kind, elems: elems})
 		}
 	}
+	rules, err := g.rules()
+	if err != nil {
+		return nil, err
+	}
+	byChain := map[string][]ruleRef{}
+	for _, r := range rules {
+		d, err := r.digest(how.legacy)
+		if err != nil {
+			return nil, fmt.Errorf("read table inet %s: %w", TableName, err)
+		}
+		byChain[r.chain] = append(byChain[r.chain], ruleRef{digest: d, handle: r.handle})
+	}
+	for i := range snap.chains {
+		snap.chains[i].rules = byChain[snap.chains[i].name]
+	}
+	return snap, nil
+}
+
+// readChains lists the table's chains with their hooks, in the kernel's
+// order; errNoTable when the table is absent.
+func readChains(c *nftables.Conn) ([]chainSnap, error) {
+	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
+		if isNotExist(err) {
+			return nil, errNoTable
+		}
+		return nil, fmt.Errorf("read table inet %s: %w", TableName, err)
+	}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("read chains of table inet %s: %w", TableName, err)
 	}
-	var byChain map[string][]ruleRef
-	if g != nil {
-		rules, err := g.rules()
-		if err != nil {
-			return nil, err
-		}
-		byChain = map[string][]ruleRef{}
-		for _, r := range rules {
-			byChain[r.chain] = append(byChain[r.chain], ruleRef{digest: digest(r.exprs), handle: r.handle})
-		}
-	}
+	var out []chainSnap
 	for _, ch := range chains {
 		if ch.Table.Name != TableName {
 			continue
 		}
-		line := "chain " + ch.Name
+		var h *chainHook
 		if ch.Hooknum != nil {
-			pol := "accept"
+			h = &chainHook{typ: ch.Type, hook: hookName(*ch.Hooknum), policy: "accept"}
 			if ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop {
-				pol = "drop"
+				h.policy = "drop"
 			}
-			prio := 0
 			if ch.Priority != nil {
-				prio = int(*ch.Priority)
-			}
-			line += fmt.Sprintf(" type %s hook %s priority %d policy %s", ch.Type, hookName(*ch.Hooknum), prio, pol)
-		}
-		cs := chainSnap{name: ch.Name, line: line}
-		if byChain != nil {
-			cs.rules = byChain[ch.Name]
-		} else {
-			rules, err := c.GetRules(t, ch)
-			if err != nil {
-				return nil, fmt.Errorf("read rules of chain %s: %w", ch.Name, err)
-			}
-			for _, r := range rules {
-				cs.rules = append(cs.rules, ruleRef{digest: digest(r.Exprs), handle: r.Handle})
+				h.priority = int(*ch.Priority)
 			}
 		}
-		snap.chains = append(snap.chains, cs)
+		out = append(out, chainSnap{name: ch.Name, line: chainLine(ch.Name, h)})
 	}
-	return snap, nil
+	return out, nil
+}
+
+// chainHook is a base chain's hook as a record shows it.
+type chainHook struct {
+	typ      nftables.ChainType
+	hook     string
+	priority int
+	policy   string
+}
+
+func chainLine(name string, h *chainHook) string {
+	line := "chain " + name
+	if h != nil {
+		line += fmt.Sprintf(" type %s hook %s priority %d policy %s", h.typ, h.hook, h.priority, h.policy)
+	}
+	return line
+}
+
+// chainSnaps are rs's chains as the kernel lists them once rs is
+// written: in the order sent, each base chain with the accept policy
+// queueContents gives it.
+func (rs *Ruleset) chainSnaps() []chainSnap {
+	out := make([]chainSnap, 0, len(rs.chains))
+	for _, c := range rs.chains {
+		var h *chainHook
+		if b := c.base; b != nil {
+			h = &chainHook{typ: b.typ, hook: b.hook, priority: int(b.priority), policy: "accept"}
+		}
+		out = append(out, chainSnap{name: c.name, line: chainLine(c.name, h)})
+	}
+	return out
+}
+
+// legacyRecord reports whether a record's rules carry the digests of
+// earlier builds, which the live rules must then be digested as to
+// compare.
+func legacyRecord(st *redirect.State) bool {
+	if st == nil {
+		return false
+	}
+	for _, l := range strings.Split(st.Applied["inet"], "\n") {
+		if !strings.HasPrefix(l, "rule ") {
+			continue
+		}
+		i := strings.LastIndex(l, " #")
+		return i >= 0 && len(l)-i-2 == 16
+	}
+	return false
 }
 
 // record prints the snapshot one line per set element, chain and rule. A
