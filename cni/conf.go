@@ -32,8 +32,9 @@ type NetConf struct {
 	types.PluginConf
 	// StateDir is where each container's record is kept.
 	StateDir string `json:"stateDir,omitempty"`
-	// LockDir holds the per-namespace locks shared with other shunt
-	// processes (default redirect.DefaultLockDir).
+	// LockDir is where earlier builds kept their per-namespace lock
+	// files, still honoured where they exist (default
+	// redirect.DefaultLockDir); the lock itself is the namespace's file.
 	LockDir string `json:"lockDir,omitempty"`
 	// Kubeconfig, when set, lets the plugin read the pod's and its
 	// namespace's annotations.

@@ -24,7 +24,8 @@ const (
 	// proxy's UID.
 	DefaultBypassMark = wire.BypassMark
 	DefaultStateDir   = "/run/shunt"
-	// DefaultLockDir holds one lock per network namespace, shared by every
+	// DefaultLockDir is where earlier builds kept one lock file per network
+	// namespace (LockNetns still takes one found there), shared by every
 	// shunt process on the machine whatever its state directory.
 	DefaultLockDir    = "/run/shunt/locks"
 	DefaultResolvConf = "/etc/resolv.conf"

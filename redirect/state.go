@@ -315,49 +315,89 @@ func RemoveState(dir string) error {
 // /proc/self/ns/net or /run/netns/NAME names), so that shunt processes with
 // different state directories still change its rules one after another:
 // reading the rules and writing the new batch must not interleave.
+//
+// The lock is an flock of the namespace's own nsfs file, which every path
+// to the namespace opens, from any mount namespace: an init container, the
+// CNI plugin on the host and the agent in the pod serialise on it without a
+// shared directory, and no lock file is created (a file's creation is the
+// dearest step of the lock on a busy ext4 directory). Earlier builds locked
+// lockDir/netns-DEV-INO.lock instead; where that file exists it is taken
+// too, after the namespace, so that a process of an earlier build still
+// waits for this one and this one for it.
 func LockNetns(ctx context.Context, lockDir, netnsPath string) (func(), error) {
 	if netnsPath == "" {
 		netnsPath = "/proc/self/ns/net"
 	}
+	unlockNS, err := flockPath(ctx, netnsPath, unix.O_RDONLY, "netns "+netnsPath)
+	if err != nil {
+		return nil, err
+	}
 	var st unix.Stat_t
 	if err := unix.Stat(netnsPath, &st); err != nil {
+		unlockNS()
 		return nil, fmt.Errorf("netns %s: %w", netnsPath, err)
 	}
-	return lockFile(ctx, lockDir, fmt.Sprintf("netns-%d-%d.lock", st.Dev, st.Ino))
+	unlockLegacy, err := flockIfExists(ctx, filepath.Join(lockDir, fmt.Sprintf("netns-%d-%d.lock", st.Dev, st.Ino)))
+	if err != nil {
+		unlockNS()
+		return nil, err
+	}
+	return func() { unlockLegacy(); unlockNS() }, nil
 }
 
 // LockState takes an exclusive lock on the state directory, so that two
 // shunt processes changing one namespace's capture run one after the other.
-// The returned function releases it.
+// The returned function releases it. The lock is an flock of the directory
+// itself (created if need be); an earlier build's dir/.lock, where it
+// exists, is taken too.
 func LockState(ctx context.Context, dir string) (func(), error) {
-	return lockFile(ctx, dir, ".lock")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	unlockDir, err := flockPath(ctx, dir, unix.O_RDONLY|unix.O_DIRECTORY, "state dir "+dir)
+	if err != nil {
+		return nil, err
+	}
+	unlockLegacy, err := flockIfExists(ctx, filepath.Join(dir, ".lock"))
+	if err != nil {
+		unlockDir()
+		return nil, err
+	}
+	return func() { unlockLegacy(); unlockDir() }, nil
 }
 
-// lockFile takes an exclusive flock on dir/name, waiting for it until ctx
-// ends: another shunt may hold it for the length of an install.
-func lockFile(ctx context.Context, dir, name string) (func(), error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create lock dir: %w", err)
+// flockIfExists locks the file at path when there is one.
+func flockIfExists(ctx context.Context, path string) (func(), error) {
+	unlock, err := flockPath(ctx, path, unix.O_RDWR, path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return func() {}, nil
 	}
-	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_RDWR, 0o600)
+	return unlock, err
+}
+
+// flockPath takes an exclusive flock on the file at path, opened with
+// flags, waiting for it until ctx ends: another shunt may hold it for the
+// length of an install.
+func flockPath(ctx context.Context, path string, flags int, what string) (func(), error) {
+	fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open state lock: %w", err)
+		return nil, fmt.Errorf("lock %s: %w", what, err)
 	}
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
 		if err == nil {
 			break
 		}
 		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", filepath.Join(dir, name), err)
+			unix.Close(fd)
+			return nil, fmt.Errorf("lock %s: %w", what, err)
 		}
 		select {
 		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", filepath.Join(dir, name), ctx.Err())
+			unix.Close(fd)
+			return nil, fmt.Errorf("lock %s: %w", what, ctx.Err())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+	return func() { _ = unix.Flock(fd, unix.LOCK_UN); unix.Close(fd) }, nil
 }

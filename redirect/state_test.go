@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestStateRoundTripAndLock(t *testing.T) {
@@ -57,6 +60,92 @@ func TestStateRoundTripAndLock(t *testing.T) {
 		t.Fatalf("LockState after release: %v", err)
 	}
 	unlock2()
+}
+
+// TestLocksNeedNoFiles: the namespace lock is the namespace's own file,
+// whatever path names it and whatever lock directory a process was given;
+// the state lock is the directory; neither creates a file; and the lock
+// files of earlier builds are still honoured where they exist.
+func TestLocksNeedNoFiles(t *testing.T) {
+	held := func(lock func(context.Context) (func(), error)) bool {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+		defer cancel()
+		unlock, err := lock(ctx)
+		if err == nil {
+			unlock()
+			return false
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("lock: %v", err)
+		}
+		return true
+	}
+	lockDirA, lockDirB := t.TempDir(), t.TempDir()
+	unlock, err := LockNetns(context.Background(), lockDirA, "/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := fmt.Sprintf("/proc/%d/ns/net", os.Getpid())
+	if !held(func(ctx context.Context) (func(), error) { return LockNetns(ctx, lockDirB, other) }) {
+		t.Error("the namespace was locked again through another path and lock directory while held")
+	}
+	unlock()
+	if held(func(ctx context.Context) (func(), error) { return LockNetns(ctx, lockDirB, other) }) {
+		t.Error("the namespace stayed locked after release")
+	}
+
+	// An earlier build holding its lock file keeps this one waiting.
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	legacy := filepath.Join(lockDirA, fmt.Sprintf("netns-%d-%d.lock", st.Dev, st.Ino))
+	release := holdFlock(t, legacy)
+	if !held(func(ctx context.Context) (func(), error) { return LockNetns(ctx, lockDirA, "") }) {
+		t.Error("an earlier build's namespace lock file, held, was not waited for")
+	}
+	release()
+
+	dir := t.TempDir()
+	unlock, err = LockState(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !held(func(ctx context.Context) (func(), error) { return LockState(ctx, dir) }) {
+		t.Error("the state directory was locked twice")
+	}
+	unlock()
+	release = holdFlock(t, filepath.Join(dir, ".lock"))
+	if !held(func(ctx context.Context) (func(), error) { return LockState(ctx, dir) }) {
+		t.Error("an earlier build's state lock file, held, was not waited for")
+	}
+	release()
+
+	for _, d := range []string{lockDirB, filepath.Join(t.TempDir(), "fresh")} {
+		unlock, err := LockState(context.Background(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unlock()
+		if ents, _ := os.ReadDir(d); len(ents) != 0 {
+			t.Errorf("locking created files in %s: %v", d, ents)
+		}
+	}
+}
+
+// holdFlock creates path and holds an flock on it, as an earlier build's
+// lock did.
+func holdFlock(t *testing.T, path string) func() {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	return func() { f.Close() }
 }
 
 func TestIntentIsRecordedAndCleared(t *testing.T) {

@@ -24,7 +24,8 @@ type Options struct {
 	NetnsPath string
 	// StateDir is where the installation is recorded.
 	StateDir string
-	// LockDir holds the per-namespace locks (default /run/shunt/locks).
+	// LockDir holds earlier builds' per-namespace lock files (default
+	// /run/shunt/locks), honoured where they exist.
 	LockDir string
 	// Backend is "auto", "legacy" or "nft".
 	Backend string
