@@ -146,16 +146,71 @@ func LoadState(dir string) (*State, error) {
 // (`shunt status` and `jq` read it either way; records written indented by
 // earlier versions load the same).
 func SaveState(dir string, s *State) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create state dir: %w", err)
+	return PrepareState(dir, nil).Save(s)
+}
+
+// PendingState is a record written ahead of the change it records: its
+// temporary file is created, and the plan it will hold encoded, while the
+// caller changes the rules. On a busy filesystem creating a file costs
+// about as much as the kernel's commit of a whole table, and encoding a
+// plan for the first time in a process builds encoding/json's encoders for
+// it: both are off an install's critical path this way. Save finishes the
+// record; Abort drops it.
+type PendingState struct {
+	dir  string
+	plan *Plan
+	// created is closed once tmp and err are set, done once
+	// encodedPlan is too.
+	created, done chan struct{}
+	tmp           *os.File
+	err           error
+	encodedPlan   []byte
+}
+
+// PrepareState starts writing a record to dir that will hold plan p (nil:
+// not known yet). p must not change until Save.
+func PrepareState(dir string, p *Plan) *PendingState {
+	ps := &PendingState{dir: dir, plan: p, created: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(ps.done)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			ps.err = fmt.Errorf("create state dir: %w", err)
+			close(ps.created)
+			return
+		}
+		if ps.tmp, ps.err = os.CreateTemp(dir, ".capture-*.json"); ps.err != nil {
+			ps.err = fmt.Errorf("write state: %w", ps.err)
+		}
+		close(ps.created)
+		if ps.err == nil && p != nil {
+			// A plan this writer cannot encode is encoded again,
+			// and its error reported, by Save.
+			ps.encodedPlan, _ = encodePlan(p)
+		}
+	}()
+	return ps
+}
+
+// Save writes s as the record, atomically (write then rename).
+func (ps *PendingState) Save(s *State) error {
+	<-ps.done
+	if ps.err != nil {
+		return ps.err
 	}
-	b, err := encodeState(s)
+	tmp := ps.tmp
+	if tmp == nil {
+		return errors.New("write state: the record was already saved or dropped")
+	}
+	ps.tmp = nil
+	var plan []byte
+	if s.Plan != nil && s.Plan == ps.plan {
+		plan = ps.encodedPlan
+	}
+	b, err := encodeStateWith(s, plan)
 	if err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
 		return fmt.Errorf("encode state: %w", err)
-	}
-	tmp, err := os.CreateTemp(dir, ".capture-*.json")
-	if err != nil {
-		return fmt.Errorf("write state: %w", err)
 	}
 	if _, err := tmp.Write(append(b, '\n')); err != nil {
 		tmp.Close()
@@ -166,11 +221,22 @@ func SaveState(dir string, s *State) error {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("write state: %w", err)
 	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, stateFile)); err != nil {
+	if err := os.Rename(tmp.Name(), filepath.Join(ps.dir, stateFile)); err != nil {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("write state: %w", err)
 	}
 	return nil
+}
+
+// Abort drops a record not saved; after Save it does nothing. It does
+// not wait for the plan's encoding, which nothing then needs.
+func (ps *PendingState) Abort() {
+	<-ps.created
+	if ps.tmp != nil {
+		ps.tmp.Close()
+		os.Remove(ps.tmp.Name())
+		ps.tmp = nil
+	}
 }
 
 // stateRecord is a State without its plan, which encodeState writes
@@ -186,7 +252,10 @@ type stateRecord struct {
 // of 10,000 CIDRs after each change to one of them. The lists are written
 // directly; everything else is encoding/json's. A prefix's text never
 // needs escaping in JSON.
-func encodeState(s *State) ([]byte, error) {
+func encodeState(s *State) ([]byte, error) { return encodeStateWith(s, nil) }
+
+// encodeStateWith is encodeState given, when not nil, encodePlan(s.Plan).
+func encodeStateWith(s *State, plan []byte) ([]byte, error) {
 	rest, err := json.Marshal(stateRecord{State: s})
 	if err != nil {
 		return nil, err
@@ -194,9 +263,10 @@ func encodeState(s *State) ([]byte, error) {
 	if s.Plan == nil || len(rest) < 2 || rest[0] != '{' {
 		return json.Marshal(s)
 	}
-	plan, err := encodePlan(s.Plan)
-	if err != nil {
-		return nil, err
+	if plan == nil {
+		if plan, err = encodePlan(s.Plan); err != nil {
+			return nil, err
+		}
 	}
 	out := make([]byte, 0, len(rest)+len(plan)+16)
 	out = append(out, `{"plan":`...)
@@ -272,24 +342,82 @@ const ResolvConfFile = "resolv.conf"
 
 // SaveResolvConf keeps a copy of the resolv.conf a plan read.
 func SaveResolvConf(dir string, content []byte) error {
+	tmp, err := writeResolvConfTemp(dir, content)
+	if err != nil {
+		return err
+	}
+	return renameResolvConf(dir, tmp)
+}
+
+func writeResolvConfTemp(dir string, content []byte) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create state dir: %w", err)
+		return "", fmt.Errorf("create state dir: %w", err)
 	}
 	tmp, err := os.CreateTemp(dir, ".resolv-*.conf")
 	if err != nil {
-		return fmt.Errorf("save resolv.conf: %w", err)
+		return "", fmt.Errorf("save resolv.conf: %w", err)
 	}
 	_, werr := tmp.Write(content)
 	cerr := tmp.Close()
 	if err := errors.Join(werr, cerr, os.Chmod(tmp.Name(), 0o644)); err != nil {
 		os.Remove(tmp.Name())
-		return fmt.Errorf("save resolv.conf: %w", err)
+		return "", fmt.Errorf("save resolv.conf: %w", err)
 	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, ResolvConfFile)); err != nil {
-		os.Remove(tmp.Name())
+	return tmp.Name(), nil
+}
+
+func renameResolvConf(dir, tmp string) error {
+	if err := os.Rename(tmp, filepath.Join(dir, ResolvConfFile)); err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("save resolv.conf: %w", err)
 	}
 	return nil
+}
+
+// PendingResolvConf is the copy of a resolv.conf written while the install
+// that keeps it runs (see PendingState): Commit puts it in place, Abort
+// drops it.
+type PendingResolvConf struct {
+	dir  string
+	done chan struct{}
+	tmp  string
+	err  error
+}
+
+// PrepareResolvConf starts copying the resolv.conf at path into dir. A file
+// that cannot be read leaves nothing to keep, as for SaveResolvConf's
+// callers.
+func PrepareResolvConf(dir, path string) *PendingResolvConf {
+	pr := &PendingResolvConf{dir: dir, done: make(chan struct{})}
+	go func() {
+		defer close(pr.done)
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return
+		}
+		pr.tmp, pr.err = writeResolvConfTemp(dir, data)
+	}()
+	return pr
+}
+
+// Commit puts the copy in place.
+func (pr *PendingResolvConf) Commit() error {
+	<-pr.done
+	if pr.err != nil || pr.tmp == "" {
+		return pr.err
+	}
+	tmp := pr.tmp
+	pr.tmp = ""
+	return renameResolvConf(pr.dir, tmp)
+}
+
+// Abort drops a copy not committed.
+func (pr *PendingResolvConf) Abort() {
+	<-pr.done
+	if pr.tmp != "" {
+		os.Remove(pr.tmp)
+		pr.tmp = ""
+	}
 }
 
 // RemoveState forgets the installation, and the temporary files of a

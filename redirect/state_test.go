@@ -235,7 +235,81 @@ func TestStateEncodingMatchesEncodingJSON(t *testing.T) {
 			if (st.Plan == nil) != (back.Plan == nil) || (st.Plan != nil && !back.Plan.Equal(st.Plan)) {
 				t.Fatalf("plan after a round trip = %+v, want %+v", back.Plan, st.Plan)
 			}
+			// A record prepared with its plan ahead of time is the
+			// same file.
+			pdir := t.TempDir()
+			if err := PrepareState(pdir, st.Plan).Save(st); err != nil {
+				t.Fatal(err)
+			}
+			a, _ := os.ReadFile(filepath.Join(dir, stateFile))
+			b, _ := os.ReadFile(filepath.Join(pdir, stateFile))
+			if string(a) != string(b) || len(a) == 0 {
+				t.Fatalf("prepared record differs:\n%s\nwant\n%s", b, a)
+			}
 		})
+	}
+}
+
+// TestPendingRecordsLeaveNoTemporaryFiles: a prepared record or resolv.conf
+// copy that is dropped leaves nothing behind and the previous files as
+// they were; one saved or committed replaces them.
+func TestPendingRecordsLeaveNoTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	p, err := NewConfig().Plan(testHost())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := SaveState(dir, &State{Engine: "nftables", Plan: p}); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(src, []byte("nameserver 10.0.0.2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := SaveResolvConf(dir, []byte("nameserver 10.0.0.1\n")); err != nil {
+		t.Fatal(err)
+	}
+	files := func() []string {
+		ents, _ := os.ReadDir(dir)
+		var out []string
+		for _, e := range ents {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	before := files()
+	PrepareState(dir, p).Abort()
+	PrepareResolvConf(dir, src).Abort()
+	PrepareResolvConf(dir, filepath.Join(dir, "absent")).Abort()
+	if got := files(); !reflect.DeepEqual(got, before) {
+		t.Errorf("dropped records left %v, want %v", got, before)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, ResolvConfFile)); string(b) != "nameserver 10.0.0.1\n" {
+		t.Errorf("a dropped copy changed resolv.conf to %q", b)
+	}
+	ps := PrepareState(dir, p)
+	if err := ps.Save(&State{Engine: "iptables", Plan: p}); err != nil {
+		t.Fatal(err)
+	}
+	ps.Abort() // after Save: nothing
+	if err := ps.Save(&State{Engine: "iptables", Plan: p}); err == nil {
+		t.Error("a record saved twice")
+	}
+	if err := PrepareResolvConf(dir, src).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := PrepareResolvConf(dir, filepath.Join(dir, "absent")).Commit(); err != nil {
+		t.Errorf("a resolv.conf that cannot be read: %v, want nothing kept and no error", err)
+	}
+	if got := files(); !reflect.DeepEqual(got, before) {
+		t.Errorf("saved records left %v, want %v", got, before)
+	}
+	st, err := LoadState(dir)
+	if err != nil || st.Engine != "iptables" {
+		t.Errorf("record after Save = %+v, %v", st, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, ResolvConfFile)); string(b) != "nameserver 10.0.0.2\n" {
+		t.Errorf("resolv.conf after Commit = %q", b)
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sort"
 	"strings"
 
@@ -58,15 +57,16 @@ atomically. On failure the rules are left as they were.`,
 			if dryRun {
 				return printDryRun(cmd.Context(), cmd.OutOrStdout(), eng, plan, output)
 			}
+			// The interceptor's upstreams are the original nameservers,
+			// whatever later rewrites /etc/resolv.conf. The copy is
+			// written while the engine installs and kept if it succeeds.
+			resolv := redirect.PrepareResolvConf(cfg.Get("stateDir"), cfg.ResolvConfPath(redirect.OSHost{}))
 			if err := eng.Install(cmd.Context(), plan); err != nil {
+				resolv.Abort()
 				return err
 			}
-			// The interceptor's upstreams are the original nameservers,
-			// whatever later rewrites /etc/resolv.conf.
-			if data, err := os.ReadFile(cfg.ResolvConfPath(redirect.OSHost{})); err == nil {
-				if err := redirect.SaveResolvConf(cfg.Get("stateDir"), data); err != nil {
-					return err
-				}
+			if err := resolv.Commit(); err != nil {
+				return err
 			}
 			slog.Info("capture installed", "engine", eng.Name(), "netns", cfg.Get("netns"), "stateDir", cfg.Get("stateDir"))
 			if validateCapture {

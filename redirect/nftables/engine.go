@@ -341,6 +341,14 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		}
 		return c.Flush()
 	}
+	// The record's file and plan are prepared while the kernel works,
+	// unless the install may turn out to change nothing.
+	plan := p.Clone()
+	var pending *redirect.PendingState
+	if !incremental || !prev.Plan.Equal(p) {
+		pending = redirect.PrepareState(e.opts.StateDir, plan)
+		defer pending.Abort()
+	}
 	how := "table written"
 	var ferr error
 	if incremental {
@@ -396,7 +404,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			e.log.Warn("could not remove the previous TPROXY routes", "err", err)
 		}
 	}
-	st := &redirect.State{Engine: Name, Netns: e.opts.NetnsPath, Plan: p.Clone(), InstalledAt: time.Now().UTC(), Families: familyLabels(p)}
+	st := &redirect.State{Engine: Name, Netns: e.opts.NetnsPath, Plan: plan, InstalledAt: time.Now().UTC(), Families: familyLabels(p)}
 	next := &known{st: st, rs: rs}
 	g, gerr := gc.get()
 	if incremental && unchangedGen && gerr == nil && g == k.gen+1 {
@@ -425,7 +433,11 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	if st.Chosen == "" && prev != nil {
 		st.Chosen = prev.Chosen
 	}
-	if err := redirect.SaveState(e.opts.StateDir, st); err != nil {
+	if pending == nil {
+		pending = redirect.PrepareState(e.opts.StateDir, plan)
+		defer pending.Abort()
+	}
+	if err := pending.Save(st); err != nil {
 		e.remember(nil)
 		return fmt.Errorf("install: table written but %w", err)
 	}
