@@ -21,8 +21,10 @@ import (
 // either flag, and then the generation is asked for: every reply before
 // the generation's is the batch's, and no error among them means it was
 // committed. The library still encodes the messages: it builds them on
-// a connection that hands the batch over instead of sending it.
-func applyBatch(g *genConn, queue func(*nftables.Conn) error) error {
+// a connection that hands the batch over instead of sending it. gen is
+// the generation the kernel answered with, after the batch (0 when no
+// batch was sent or the answer was not read).
+func applyBatch(g *genConn, queue func(*nftables.Conn) error) (gen uint32, err error) {
 	var batch []netlink.Message
 	builder, err := nftables.New(nftables.WithTestDial(func(req []netlink.Message) ([]netlink.Message, error) {
 		if req == nil {
@@ -33,32 +35,35 @@ func applyBatch(g *genConn, queue func(*nftables.Conn) error) error {
 		return nil, nil
 	}))
 	if err != nil {
-		return fmt.Errorf("encode batch: %w", err)
+		return 0, fmt.Errorf("encode batch: %w", err)
 	}
 	if err := queue(builder); err != nil {
-		return err
+		return 0, err
 	}
 	if err := builder.Flush(); err != nil {
-		return fmt.Errorf("encode batch: %w", err)
+		return 0, fmt.Errorf("encode batch: %w", err)
 	}
 	if len(batch) == 0 {
-		return nil
+		return 0, nil
 	}
 	for i := range batch {
 		batch[i].Header.Flags &^= netlink.Acknowledge | netlink.Echo
 		batch[i].Header.Sequence, batch[i].Header.PID = 0, 0
 	}
+	if g == nil {
+		return 0, errors.New("send batch: no netlink socket")
+	}
 	if err := g.conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
-		return fmt.Errorf("send batch: %w", err)
+		return 0, fmt.Errorf("send batch: %w", err)
 	}
 	defer g.conn.SetReadDeadline(time.Time{})
 	if _, err := g.conn.SendMessages(batch); err != nil {
-		return fmt.Errorf("send batch: %w", err)
+		return 0, fmt.Errorf("send batch: %w", err)
 	}
 	// Its own sendmsg: the kernel reads nothing after a batch's end
 	// in the same one.
 	if _, err := g.conn.Send(genRequest()); err != nil {
-		return fmt.Errorf("send batch: %w", err)
+		return 0, fmt.Errorf("send batch: %w", err)
 	}
 	var errs error
 	for {
@@ -72,11 +77,12 @@ func applyBatch(g *genConn, queue func(*nftables.Conn) error) error {
 			errs = errors.Join(errs, err)
 			continue
 		default:
-			return errors.Join(errs, fmt.Errorf("read the kernel's answer to the batch: %w", err))
+			return 0, errors.Join(errs, fmt.Errorf("read the kernel's answer to the batch: %w", err))
 		}
 		for _, m := range msgs {
 			if m.Header.Type == netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN) {
-				return errs
+				gen, _ := genOf([]netlink.Message{m})
+				return gen, errs
 			}
 		}
 	}

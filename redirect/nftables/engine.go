@@ -270,7 +270,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	if prev != nil && prev.Engine != Name {
 		return fmt.Errorf("install: the capture here is held by the %s engine; use it, or uninstall it first", prev.Engine)
 	}
-	c, gc, keep, err := e.socks.get(e.opts.NetnsPath, e.log)
+	c, gc, keep, err := e.socks.get(e.opts.NetnsPath)
 	if err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
@@ -332,14 +332,21 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		incremental = prevRS.skeleton() == rs.skeleton()
 	}
 	// apply sends what queue adds as one batch.
+	// apply sends what queue adds as one batch; gen is the ruleset
+	// generation the kernel reported right after it (0: not known).
+	var gen uint32
 	apply := func(queue func(*nftables.Conn) error) error {
-		if gc != nil {
-			return applyBatch(gc, queue)
+		var err error
+		gen, err = applyBatch(gc, queue)
+		return err
+	}
+	// genNow is the generation as of now: the batch's answer, when the
+	// batch was the last request.
+	genNow := func() (uint32, error) {
+		if gen != 0 {
+			return gen, nil
 		}
-		if err := queue(c); err != nil {
-			return err
-		}
-		return c.Flush()
+		return gc.get()
 	}
 	// The record's file and plan are prepared while the kernel works,
 	// unless the install may turn out to change nothing.
@@ -382,7 +389,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		if ferr != nil {
 			want = gen0
 		}
-		if g, err := gc.get(); err != nil || g != want {
+		if g, err := genNow(); err != nil || g != want {
 			how = "table written"
 			created := ferr == nil
 			if ferr = apply(func(q *nftables.Conn) error { return queueTable(q, rs) }); ferr != nil && created {
@@ -406,7 +413,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	}
 	st := &redirect.State{Engine: Name, Netns: e.opts.NetnsPath, Plan: plan, InstalledAt: time.Now().UTC(), Families: familyLabels(p)}
 	next := &known{st: st, rs: rs}
-	g, gerr := gc.get()
+	g, gerr := genNow()
 	if incremental && unchangedGen && gerr == nil && g == k.gen+1 {
 		// Only this batch was committed since the table was last read:
 		// the rules are as recorded and the sets as sent.

@@ -472,6 +472,11 @@ func (g *genConn) get() (uint32, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read nftables generation: %w", err)
 	}
+	return genOf(msgs)
+}
+
+// genOf finds the generation in the kernel's answer to a GETGEN request.
+func genOf(msgs []netlink.Message) (uint32, error) {
 	for _, m := range msgs {
 		if len(m.Data) < 4 {
 			continue

@@ -2,7 +2,6 @@ package nftables
 
 import (
 	"fmt"
-	"log/slog"
 	"sync"
 
 	"github.com/google/nftables"
@@ -27,8 +26,8 @@ type socks struct {
 // get returns the sockets for the namespace at path, opening them when
 // none are kept or the path now names another namespace, and locks them
 // until keep is called: keep(true) keeps them for the next change,
-// keep(false) closes them. g is nil when the generation cannot be read.
-func (s *socks) get(path string, log *slog.Logger) (c *nftables.Conn, g *genConn, keep func(bool), err error) {
+// keep(false) closes them.
+func (s *socks) get(path string) (c *nftables.Conn, g *genConn, keep func(bool), err error) {
 	dev, ino, err := netnsID(path)
 	if err != nil {
 		return nil, nil, nil, err
@@ -45,7 +44,9 @@ func (s *socks) get(path string, log *slog.Logger) (c *nftables.Conn, g *genConn
 		}
 		g, err := dialGen(path)
 		if err != nil {
-			log.Debug("nftables generation unavailable", "err", err)
+			_ = c.CloseLasting()
+			s.mu.Unlock()
+			return nil, nil, nil, err
 		}
 		s.c, s.g, s.dev, s.ino = c, g, dev, ino
 	}
