@@ -4,7 +4,11 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"slices"
+	"syscall"
+	"time"
 
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
@@ -54,7 +58,7 @@ func (g *genConn) rules() ([]dumpedRule, error) {
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := g.conn.Execute(netlink.Message{
+	msgs, err := g.dump(netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
 			Flags: netlink.Request | netlink.Dump,
@@ -219,4 +223,88 @@ func exprNamed(name string) expr.Any {
 		return &expr.Numgen{}
 	}
 	return nil
+}
+
+// dumpBuffer is the receive buffer of a dump. The kernel sizes each part
+// of a dump to the largest buffer the socket has received into (up to
+// 32 KiB), so a buffer this large gets a table's rules in one or two
+// parts; the netlink library first peeks at each part's size with an
+// empty buffer, which holds the parts to a page each: for the default
+// table, 14 system calls instead of 2.
+const dumpBuffer = 64 << 10
+
+// errDumpInterrupted: the ruleset changed while it was being dumped.
+var errDumpInterrupted = errors.New("the ruleset changed during the dump")
+
+// dump sends req, a dump request, and returns the messages of its answer.
+// A dump the kernel marks interrupted (a commit came in between its
+// parts) is asked for again, a few times.
+func (g *genConn) dump(req netlink.Message) ([]netlink.Message, error) {
+	var err error
+	for range 3 {
+		var msgs []netlink.Message
+		if msgs, err = g.dumpOnce(req); !errors.Is(err, errDumpInterrupted) {
+			return msgs, err
+		}
+	}
+	return nil, err
+}
+
+func (g *genConn) dumpOnce(req netlink.Message) ([]netlink.Message, error) {
+	rc, err := g.conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	if err := g.conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		return nil, err
+	}
+	defer g.conn.SetReadDeadline(time.Time{})
+	sent, err := g.conn.Send(req)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, dumpBuffer)
+	var out []netlink.Message
+	interrupted := false
+	for {
+		var n int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+			return rerr != unix.EAGAIN && rerr != unix.EINTR
+		}); err != nil {
+			return nil, err
+		}
+		if rerr != nil {
+			return nil, rerr
+		}
+		parts, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range parts {
+			if m.Header.Seq != sent.Header.Sequence {
+				continue // an answer to an earlier request
+			}
+			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
+				interrupted = true
+			}
+			switch m.Header.Type {
+			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if code := int32(binary.NativeEndian.Uint32(m.Data)); code < 0 {
+						return nil, syscall.Errno(-code)
+					}
+				}
+				if interrupted {
+					return nil, errDumpInterrupted
+				}
+				return out, nil
+			}
+			out = append(out, netlink.Message{
+				Header: netlink.Header{Length: m.Header.Len, Type: netlink.HeaderType(m.Header.Type), Flags: netlink.HeaderFlags(m.Header.Flags), Sequence: m.Header.Seq, PID: m.Header.Pid},
+				Data:   slices.Clone(m.Data),
+			})
+		}
+	}
 }
