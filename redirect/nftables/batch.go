@@ -1,8 +1,10 @@
 package nftables
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/google/nftables"
@@ -18,13 +20,18 @@ import (
 // whole table, about 80 replies that cost more than the kernel's commit.
 // The kernel processes a batch within the sendmsg call and reports every
 // message it refuses whether asked to or not, so the batch goes without
-// either flag, and then the generation is asked for: every reply before
-// the generation's is the batch's, and no error among them means it was
-// committed. The library still encodes the messages: it builds them on
-// a connection that hands the batch over instead of sending it. gen is
-// the generation the kernel answered with, after the batch (0 when no
-// batch was sent or the answer was not read).
-func applyBatch(g *genConn, queue func(*nftables.Conn) error) (gen uint32, err error) {
+// acknowledgements, and then the generation is asked for: every reply
+// before the generation's is the batch's, and no error among them means it
+// was committed. The library still encodes the messages: it builds them on
+// a connection that hands the batch over instead of sending it. gen is the
+// generation the kernel answered with, after the batch (0 when no batch
+// was sent or the answer was not read).
+//
+// With echo, the rules keep their echo flag and come back as the kernel
+// lists them (the commit gathers its notifications into a few messages, a
+// page each, read here into one large buffer): the table's rules, read
+// back without a dump after it.
+func applyBatch(g *genConn, queue func(*nftables.Conn) error, echo bool) (gen uint32, echoed []dumpedRule, err error) {
 	var batch []netlink.Message
 	builder, err := nftables.New(nftables.WithTestDial(func(req []netlink.Message) ([]netlink.Message, error) {
 		if req == nil {
@@ -35,54 +42,92 @@ func applyBatch(g *genConn, queue func(*nftables.Conn) error) (gen uint32, err e
 		return nil, nil
 	}))
 	if err != nil {
-		return 0, fmt.Errorf("encode batch: %w", err)
+		return 0, nil, fmt.Errorf("encode batch: %w", err)
 	}
 	if err := queue(builder); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if err := builder.Flush(); err != nil {
-		return 0, fmt.Errorf("encode batch: %w", err)
+		return 0, nil, fmt.Errorf("encode batch: %w", err)
 	}
 	if len(batch) == 0 {
-		return 0, nil
+		return 0, nil, nil
 	}
+	newRule := netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWRULE)
 	for i := range batch {
-		batch[i].Header.Flags &^= netlink.Acknowledge | netlink.Echo
+		batch[i].Header.Flags &^= netlink.Acknowledge
+		if !echo || batch[i].Header.Type != newRule {
+			batch[i].Header.Flags &^= netlink.Echo
+		} else {
+			batch[i].Header.Flags |= netlink.Echo
+		}
 		batch[i].Header.Sequence, batch[i].Header.PID = 0, 0
 	}
 	if g == nil {
-		return 0, errors.New("send batch: no netlink socket")
+		return 0, nil, errors.New("send batch: no netlink socket")
+	}
+	rc, err := g.conn.SyscallConn()
+	if err != nil {
+		return 0, nil, fmt.Errorf("send batch: %w", err)
 	}
 	if err := g.conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
-		return 0, fmt.Errorf("send batch: %w", err)
+		return 0, nil, fmt.Errorf("send batch: %w", err)
 	}
 	defer g.conn.SetReadDeadline(time.Time{})
 	if _, err := g.conn.SendMessages(batch); err != nil {
-		return 0, fmt.Errorf("send batch: %w", err)
+		return 0, nil, fmt.Errorf("send batch: %w", err)
 	}
 	// Its own sendmsg: the kernel reads nothing after a batch's end
 	// in the same one.
-	if _, err := g.conn.Send(genRequest()); err != nil {
-		return 0, fmt.Errorf("send batch: %w", err)
+	req, err := g.conn.Send(genRequest())
+	if err != nil {
+		return 0, nil, fmt.Errorf("send batch: %w", err)
 	}
+	buf := make([]byte, dumpBuffer)
 	var errs error
 	for {
-		msgs, err := g.conn.Receive()
-		var errno unix.Errno
-		switch {
-		case err == nil:
-		case errors.As(err, &errno) && errno != unix.ENOBUFS && errno != unix.EAGAIN && errno != unix.ETIMEDOUT && errno != unix.EINTR:
-			// A message the kernel refused; the rest of its
-			// answers still come, up to the generation's.
-			errs = errors.Join(errs, err)
-			continue
-		default:
-			return 0, errors.Join(errs, fmt.Errorf("read the kernel's answer to the batch: %w", err))
+		var n int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+			return rerr != unix.EAGAIN && rerr != unix.EINTR
+		}); err != nil {
+			return 0, nil, errors.Join(errs, fmt.Errorf("read the kernel's answer to the batch: %w", err))
+		}
+		if rerr != nil {
+			// ENOBUFS: answers were lost, the echoes or an
+			// error among them; the batch's fate is unknown.
+			return 0, nil, errors.Join(errs, fmt.Errorf("read the kernel's answer to the batch: %w", rerr))
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return 0, nil, errors.Join(errs, fmt.Errorf("read the kernel's answer to the batch: %w", err))
 		}
 		for _, m := range msgs {
-			if m.Header.Type == netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN) {
-				gen, _ := genOf([]netlink.Message{m})
-				return gen, errs
+			switch {
+			case m.Header.Type == unix.NLMSG_ERROR && m.Header.Seq == req.Header.Sequence:
+				return 0, nil, errors.Join(errs, fmt.Errorf("read nftables generation: %w", errnoOf(m.Data)))
+			case m.Header.Type == unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if code := int32(binary.NativeEndian.Uint32(m.Data)); code < 0 {
+						// A message the kernel refused; the rest
+						// of its answers still come, up to the
+						// generation's.
+						errs = errors.Join(errs, fmt.Errorf("netlink receive: %w", syscall.Errno(-code)))
+					}
+				}
+			case netlink.HeaderType(m.Header.Type) == newRule && echo:
+				r, err := decodeRule(m.Data[min(4, len(m.Data)):])
+				if err != nil {
+					return 0, nil, errors.Join(errs, fmt.Errorf("read the kernel's echo of a rule: %w", err))
+				}
+				echoed = append(echoed, r)
+			case m.Header.Type == unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN && m.Header.Seq == req.Header.Sequence:
+				gen, _ := genOf([]netlink.Message{{Data: m.Data}})
+				if errs != nil {
+					echoed = nil
+				}
+				return gen, echoed, errs
 			}
 		}
 	}
@@ -93,4 +138,12 @@ func genRequest() netlink.Message {
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
 		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
 	}
+}
+
+// errnoOf is the error an NLMSG_ERROR message carries.
+func errnoOf(data []byte) error {
+	if len(data) < 4 {
+		return errors.New("truncated netlink error")
+	}
+	return syscall.Errno(-int32(binary.NativeEndian.Uint32(data)))
 }

@@ -335,9 +335,10 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	// apply sends what queue adds as one batch; gen is the ruleset
 	// generation the kernel reported right after it (0: not known).
 	var gen uint32
-	apply := func(queue func(*nftables.Conn) error) error {
+	var echoed []dumpedRule
+	apply := func(queue func(*nftables.Conn) error, echo bool) error {
 		var err error
-		gen, err = applyBatch(gc, queue)
+		gen, echoed, err = applyBatch(gc, queue, echo)
 		return err
 	}
 	// genNow is the generation as of now: the batch's answer, when the
@@ -364,7 +365,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			var err error
 			n, err = queueElementChanges(q, prevRS, rs)
 			return err
-		})
+		}, false)
 		if ferr == nil && n == 0 && prev.Plan.Equal(p) {
 			ok = true
 			e.log.Debug("nftables capture already installed")
@@ -380,7 +381,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		if e.afterCheck != nil {
 			e.afterCheck()
 		}
-		ferr = apply(func(q *nftables.Conn) error { return queueFreshTable(q, rs) })
+		ferr = apply(func(q *nftables.Conn) error { return queueFreshTable(q, rs) }, true)
 		// The table was absent at gen0. Unless this batch was the only
 		// commit since (or, refused, none was), another tool may have
 		// made one in between, which the batch then added to or
@@ -392,13 +393,13 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		if g, err := genNow(); err != nil || g != want {
 			how = "table written"
 			created := ferr == nil
-			if ferr = apply(func(q *nftables.Conn) error { return queueTable(q, rs) }); ferr != nil && created {
+			if ferr = apply(func(q *nftables.Conn) error { return queueTable(q, rs) }, true); ferr != nil && created {
 				e.remember(nil)
 				return fmt.Errorf("install: table inet %s was created beside another tool's change, and rewriting it failed: %w", TableName, ferr)
 			}
 		}
 	} else {
-		ferr = apply(func(q *nftables.Conn) error { return queueTable(q, rs) })
+		ferr = apply(func(q *nftables.Conn) error { return queueTable(q, rs) }, true)
 	}
 	if ferr != nil {
 		e.remember(nil)
@@ -426,6 +427,10 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		read := readHow{}
 		if gen0err == nil && gerr == nil && g == gen0+1 {
 			read = readHow{sets: sentSets(rs), asSent: rs}
+			if len(echoed) == rs.ruleCount() {
+				// The batch's echoes are the rules as listed.
+				read.rules = echoed
+			}
 		}
 		applied, err := e.readBack(c, gc, rs, read)
 		if err != nil {

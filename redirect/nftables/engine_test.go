@@ -263,7 +263,8 @@ func TestKeptSocketsFollowTheNamespacePath(t *testing.T) {
 // and sets from the rendering) with only its rules dumped, as an install
 // records a table it proved it alone wrote, give the same record; and the
 // legacy digests of the one dump are the netlink library's own decoding,
-// read chain by chain, as records of earlier builds were written.
+// read chain by chain, as records of earlier builds were written. The
+// rules a fresh table's batch echoes read as its dump does.
 func TestRecordReads(t *testing.T) {
 	ctx := context.Background()
 	for name, p := range scenarios(t) {
@@ -308,6 +309,27 @@ func TestRecordReads(t *testing.T) {
 			}
 			if legacyRecord(st) {
 				t.Error("a new record is taken for a legacy one")
+			}
+			// The rules a batch echoes are the rules the table lists.
+			m := testenv.NewNetns(t, "nftecho")
+			gm, err := dialGen(m.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer gm.Close()
+			_, echoed, err := applyBatch(gm, func(q *nftables.Conn) error { return queueFreshTable(q, rs) }, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(echoed) != rs.ruleCount() {
+				t.Fatalf("%d rules echoed, %d sent", len(echoed), rs.ruleCount())
+			}
+			fromEcho, err := readTable(c, g, readHow{sets: sentSets(rs), asSent: rs, rules: echoed})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a, b := whole.record(none), fromEcho.record(none); a != b {
+				t.Errorf("the table read whole and its batch's echoes differ:\n%s\nechoes:\n%s", a, b)
 			}
 			legacy, err := readTable(c, g, readHow{legacy: true})
 			if err != nil {

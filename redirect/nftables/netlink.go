@@ -226,6 +226,9 @@ type readHow struct {
 	asSent *Ruleset
 	// legacy digests the rules as records of earlier builds did.
 	legacy bool
+	// rules, when not nil, are the table's rules as the kernel
+	// listed them (echoed by the batch that wrote them).
+	rules []dumpedRule
 }
 
 // readTable reads shunt's table; errNoTable when it is absent. The rules
@@ -259,9 +262,12 @@ func readTable(c *nftables.Conn, g *genConn, how readHow) (*snapshot, error) {
 			snap.sets = append(snap.sets, setSnap{name: s.Name, decl: setDecl(s.Name, s.KeyType.Name, s.Interval), kind: kind, elems: elems})
 		}
 	}
-	rules, err := g.rules()
-	if err != nil {
-		return nil, err
+	rules := how.rules
+	if rules == nil {
+		var err error
+		if rules, err = g.rules(); err != nil {
+			return nil, err
+		}
 	}
 	byChain := map[string][]ruleRef{}
 	for _, r := range rules {
@@ -324,6 +330,15 @@ func chainLine(name string, h *chainHook) string {
 		line += fmt.Sprintf(" type %s hook %s priority %d policy %s", h.typ, h.hook, h.priority, h.policy)
 	}
 	return line
+}
+
+// ruleCount is how many rules rs holds.
+func (rs *Ruleset) ruleCount() int {
+	n := 0
+	for _, c := range rs.chains {
+		n += len(c.rules)
+	}
+	return n
 }
 
 // chainSnaps are rs's chains as the kernel lists them once rs is
