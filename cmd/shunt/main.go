@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"syscall"
 )
@@ -20,7 +19,7 @@ func main() {
 		runCNIPlugin()
 		return
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := notifyContext(context.Background(), nil, os.Interrupt, syscall.SIGTERM)
 	err := newRootCommandFor(os.Args[1:]).ExecuteContext(ctx)
 	stop()
 	if err != nil {
