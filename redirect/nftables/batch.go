@@ -31,37 +31,57 @@ import (
 // lists them (the commit gathers its notifications into a few messages, a
 // page each, read here into one large buffer): the table's rules, read
 // back without a dump after it.
-func applyBatch(g *genConn, queue func(*nftables.Conn) error, echo bool) (gen uint32, echoed []dumpedRule, err error) {
-	var batch []netlink.Message
+func applyBatch(g *genConn, queue func(*batch) error, echo bool) (gen uint32, echoed []dumpedRule, err error) {
+	msgs, err := encodeBatch(queue, false)
+	if err != nil || len(msgs) == 0 {
+		return 0, nil, err
+	}
+	return sendBatch(g, msgs, echo)
+}
+
+// encodeBatch returns the messages of the batch queue adds, framed by the
+// batch's begin and end (none when queue adds nothing).
+func encodeBatch(queue func(*batch) error, rulesViaLibrary bool) ([]netlink.Message, error) {
+	var msgs []netlink.Message
 	builder, err := nftables.New(nftables.WithTestDial(func(req []netlink.Message) ([]netlink.Message, error) {
 		if req == nil {
 			// The library waits for one acknowledgement per message.
 			return []netlink.Message{{Header: netlink.Header{Type: netlink.Error}, Data: make([]byte, 4)}}, nil
 		}
-		batch = append(batch, req...)
+		msgs = append(msgs, req...)
 		return nil, nil
 	}))
 	if err != nil {
-		return 0, nil, fmt.Errorf("encode batch: %w", err)
+		return nil, fmt.Errorf("encode batch: %w", err)
 	}
-	if err := queue(builder); err != nil {
-		return 0, nil, err
+	b := &batch{Conn: builder, viaLibrary: rulesViaLibrary}
+	if err := queue(b); err != nil {
+		return nil, err
 	}
 	if err := builder.Flush(); err != nil {
-		return 0, nil, fmt.Errorf("encode batch: %w", err)
+		return nil, fmt.Errorf("encode batch: %w", err)
 	}
-	if len(batch) == 0 {
-		return 0, nil, nil
-	}
-	newRule := netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWRULE)
-	for i := range batch {
-		batch[i].Header.Flags &^= netlink.Acknowledge
-		if !echo || batch[i].Header.Type != newRule {
-			batch[i].Header.Flags &^= netlink.Echo
-		} else {
-			batch[i].Header.Flags |= netlink.Echo
+	if len(b.rules) > 0 {
+		if len(msgs) < 2 {
+			return nil, errors.New("encode batch: rules without the batch's begin and end")
 		}
-		batch[i].Header.Sequence, batch[i].Header.PID = 0, 0
+		// After the library's messages, before the batch's end.
+		end := msgs[len(msgs)-1]
+		msgs = append(append(msgs[:len(msgs)-1], b.rules...), end)
+	}
+	return msgs, nil
+}
+
+// sendBatch sends an encoded batch over g (see applyBatch).
+func sendBatch(g *genConn, msgs []netlink.Message, echo bool) (gen uint32, echoed []dumpedRule, err error) {
+	for i := range msgs {
+		msgs[i].Header.Flags &^= netlink.Acknowledge
+		if !echo || msgs[i].Header.Type != newRuleType {
+			msgs[i].Header.Flags &^= netlink.Echo
+		} else {
+			msgs[i].Header.Flags |= netlink.Echo
+		}
+		msgs[i].Header.Sequence, msgs[i].Header.PID = 0, 0
 	}
 	if g == nil {
 		return 0, nil, errors.New("send batch: no netlink socket")
@@ -74,7 +94,7 @@ func applyBatch(g *genConn, queue func(*nftables.Conn) error, echo bool) (gen ui
 		return 0, nil, fmt.Errorf("send batch: %w", err)
 	}
 	defer g.conn.SetReadDeadline(time.Time{})
-	if _, err := g.conn.SendMessages(batch); err != nil {
+	if _, err := g.conn.SendMessages(msgs); err != nil {
 		return 0, nil, fmt.Errorf("send batch: %w", err)
 	}
 	// Its own sendmsg: the kernel reads nothing after a batch's end
@@ -99,11 +119,11 @@ func applyBatch(g *genConn, queue func(*nftables.Conn) error, echo bool) (gen ui
 			// error among them; the batch's fate is unknown.
 			return 0, nil, errors.Join(errs, fmt.Errorf("read the kernel's answer to the batch: %w", rerr))
 		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		parts, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
 			return 0, nil, errors.Join(errs, fmt.Errorf("read the kernel's answer to the batch: %w", err))
 		}
-		for _, m := range msgs {
+		for _, m := range parts {
 			switch {
 			case m.Header.Type == unix.NLMSG_ERROR && m.Header.Seq == req.Header.Sequence:
 				return 0, nil, errors.Join(errs, fmt.Errorf("read nftables generation: %w", errnoOf(m.Data)))
@@ -116,7 +136,7 @@ func applyBatch(g *genConn, queue func(*nftables.Conn) error, echo bool) (gen ui
 						errs = errors.Join(errs, fmt.Errorf("netlink receive: %w", syscall.Errno(-code)))
 					}
 				}
-			case netlink.HeaderType(m.Header.Type) == newRule && echo:
+			case netlink.HeaderType(m.Header.Type) == newRuleType && echo:
 				r, err := decodeRule(m.Data[min(4, len(m.Data)):])
 				if err != nil {
 					return 0, nil, errors.Join(errs, fmt.Errorf("read the kernel's echo of a rule: %w", err))

@@ -336,7 +336,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	// generation the kernel reported right after it (0: not known).
 	var gen uint32
 	var echoed []dumpedRule
-	apply := func(queue func(*nftables.Conn) error, echo bool) error {
+	apply := func(queue func(*batch) error, echo bool) error {
 		var err error
 		gen, echoed, err = applyBatch(gc, queue, echo)
 		return err
@@ -361,9 +361,9 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	var ferr error
 	if incremental {
 		n := 0
-		ferr = apply(func(q *nftables.Conn) error {
+		ferr = apply(func(q *batch) error {
 			var err error
-			n, err = queueElementChanges(q, prevRS, rs)
+			n, err = queueElementChanges(q.Conn, prevRS, rs)
 			return err
 		}, false)
 		if ferr == nil && n == 0 && prev.Plan.Equal(p) {
@@ -381,7 +381,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		if e.afterCheck != nil {
 			e.afterCheck()
 		}
-		ferr = apply(func(q *nftables.Conn) error { return queueFreshTable(q, rs) }, true)
+		ferr = apply(func(q *batch) error { return queueFreshTable(q, rs) }, true)
 		// The table was absent at gen0. Unless this batch was the only
 		// commit since (or, refused, none was), another tool may have
 		// made one in between, which the batch then added to or
@@ -393,13 +393,13 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		if g, err := genNow(); err != nil || g != want {
 			how = "table written"
 			created := ferr == nil
-			if ferr = apply(func(q *nftables.Conn) error { return queueTable(q, rs) }, true); ferr != nil && created {
+			if ferr = apply(func(q *batch) error { return queueTable(q, rs) }, true); ferr != nil && created {
 				e.remember(nil)
 				return fmt.Errorf("install: table inet %s was created beside another tool's change, and rewriting it failed: %w", TableName, ferr)
 			}
 		}
 	} else {
-		ferr = apply(func(q *nftables.Conn) error { return queueTable(q, rs) }, true)
+		ferr = apply(func(q *batch) error { return queueTable(q, rs) }, true)
 	}
 	if ferr != nil {
 		e.remember(nil)

@@ -317,7 +317,7 @@ func TestRecordReads(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer gm.Close()
-			_, echoed, err := applyBatch(gm, func(q *nftables.Conn) error { return queueFreshTable(q, rs) }, true)
+			_, echoed, err := applyBatch(gm, func(q *batch) error { return queueFreshTable(q, rs) }, true)
 			if err != nil {
 				t.Fatal(err)
 			}

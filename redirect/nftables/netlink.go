@@ -64,7 +64,7 @@ func ackOptions() nftables.ConnOption {
 // queueTable adds to c's batch the messages that make shunt's table equal
 // rs: the table is created if absent, deleted, and written anew, so the
 // kernel applies the whole change or none of it.
-func queueTable(c *nftables.Conn, rs *Ruleset) error {
+func queueTable(c *batch, rs *Ruleset) error {
 	t := table()
 	c.AddTable(t)
 	c.DelTable(t)
@@ -74,7 +74,7 @@ func queueTable(c *nftables.Conn, rs *Ruleset) error {
 
 // queueFreshTable adds to c's batch the messages that create shunt's
 // table as rs, for a namespace known not to have it.
-func queueFreshTable(c *nftables.Conn, rs *Ruleset) error {
+func queueFreshTable(c *batch, rs *Ruleset) error {
 	t := table()
 	c.AddTable(t)
 	return queueContents(c, t, rs)
@@ -92,7 +92,7 @@ func tableAbsent(c *nftables.Conn) (bool, error) {
 	return false, nil
 }
 
-func queueContents(c *nftables.Conn, t *nftables.Table, rs *Ruleset) error {
+func queueContents(c *batch, t *nftables.Table, rs *Ruleset) error {
 	for _, s := range rs.sets {
 		ns := &nftables.Set{Table: t, ID: s.id, Name: s.name, KeyType: s.kind.keyType(), Interval: s.interval,
 			Concatenation: s.kind == kindEndpoint4 || s.kind == kindEndpoint6}
@@ -100,7 +100,6 @@ func queueContents(c *nftables.Conn, t *nftables.Table, rs *Ruleset) error {
 			return fmt.Errorf("set %s: %w", s.name, err)
 		}
 	}
-	chains := map[string]*nftables.Chain{}
 	for _, ch := range rs.chains {
 		nc := &nftables.Chain{Name: ch.name, Table: t}
 		if h := ch.base; h != nil {
@@ -108,11 +107,14 @@ func queueContents(c *nftables.Conn, t *nftables.Table, rs *Ruleset) error {
 			prio := nftables.ChainPriority(h.priority)
 			nc.Type, nc.Hooknum, nc.Priority, nc.Policy = h.typ, h.num(), &prio, &accept
 		}
-		chains[ch.name] = c.AddChain(nc)
+		c.AddChain(nc)
 	}
+	c.viaLibrary = c.viaLibrary || !rs.encodable()
 	for _, ch := range rs.chains {
 		for _, r := range ch.rules {
-			c.AddRule(&nftables.Rule{Table: t, Chain: chains[ch.name], Exprs: r.exprs()})
+			if err := c.addRule(t, ch.name, r.exprs()); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
