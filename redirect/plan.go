@@ -308,13 +308,38 @@ func PrefixesOf(all []netip.Prefix, v6 bool) []netip.Prefix {
 	return out
 }
 
-// Equal reports whether two plans describe the same capture.
+// Equal reports whether two plans describe the same capture: whether they
+// marshal the same. The address lists, which may hold tens of thousands of
+// entries (an agent compares plans on every change), are compared
+// directly, and only the rest of the two plans is marshalled.
 func (p *Plan) Equal(q *Plan) bool {
 	if p == nil || q == nil {
 		return p == q
 	}
-	a, b := mustJSON(p), mustJSON(q)
-	return a == b
+	a, b := *p, *q
+	for _, l := range [][2]*[]netip.Prefix{
+		{&a.ExcludeInboundCIDRs, &b.ExcludeInboundCIDRs},
+		{&a.ExcludeOutboundCIDRs, &b.ExcludeOutboundCIDRs},
+		{&a.MeshCIDRs, &b.MeshCIDRs},
+		{&a.IncludeOutboundCIDRs, &b.IncludeOutboundCIDRs},
+	} {
+		if !slices.Equal(*l[0], *l[1]) {
+			return false
+		}
+		*l[0], *l[1] = nil, nil
+	}
+	if (a.Egress == nil) != (b.Egress == nil) {
+		return false
+	}
+	if a.Egress != nil {
+		if !slices.Equal(a.Egress.Allowed, b.Egress.Allowed) || !slices.Equal(a.Egress.Endpoints, b.Egress.Endpoints) {
+			return false
+		}
+		// "allowed" is marshalled even when empty: both sides keep the
+		// same (empty) lists.
+		a.Egress, b.Egress = &Egress{}, &Egress{}
+	}
+	return mustJSON(&a) == mustJSON(&b)
 }
 
 // Clone returns a deep copy.

@@ -352,8 +352,9 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 	// The record's file and plan are prepared while the kernel works,
 	// unless the install may turn out to change nothing.
 	plan := p.Clone()
+	samePlan := incremental && prev.Plan.Equal(p)
 	var pending *redirect.PendingState
-	if !incremental || !prev.Plan.Equal(p) {
+	if !samePlan {
 		pending = redirect.PrepareState(e.opts.StateDir, plan)
 		defer pending.Abort()
 	}
@@ -366,7 +367,7 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			n, err = queueElementChanges(q.Conn, prevRS, rs)
 			return err
 		}, false)
-		if ferr == nil && n == 0 && prev.Plan.Equal(p) {
+		if ferr == nil && n == 0 && samePlan {
 			ok = true
 			e.log.Debug("nftables capture already installed")
 			return nil
