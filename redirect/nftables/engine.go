@@ -486,9 +486,10 @@ func (e *Engine) readBack(c *nftables.Conn, g *genConn, rs *Ruleset, how readHow
 }
 
 // textsOf recovers from a record the text of each rule, by chain and
-// digest: rules of two chains may share a digest (the netlink library
-// decodes no tproxy expression, so the IPv4 and IPv6 TPROXY rules digest
-// alike) and still read differently.
+// digest: rules of two chains may share a digest and still read
+// differently (in a record of an earlier build, whose digests came from
+// the netlink library's decoding, which leaves out the tproxy expression,
+// the IPv4 and IPv6 TPROXY rules digest alike).
 func textsOf(st *redirect.State) func(chain, digest string) (string, bool) {
 	m := map[string]string{}
 	if st != nil {
