@@ -165,6 +165,21 @@ func shuntFilter(idx int, name string, prog *ebpf.Program) *netlink.BpfFilter {
 	}
 }
 
+// hasIngressQdisc reports whether l has a clsact or ingress qdisc (both
+// sit at the ingress parent).
+func hasIngressQdisc(h *netlink.Handle, l netlink.Link) (bool, error) {
+	qs, err := h.QdiscList(l)
+	if err != nil {
+		return false, fmt.Errorf("list qdiscs of %s: %w", l.Attrs().Name, err)
+	}
+	for _, q := range qs {
+		if q.Attrs().Parent == netlink.HANDLE_INGRESS {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 func clsact(idx int) *netlink.GenericQdisc {
 	return &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
@@ -226,27 +241,57 @@ func attachTC(log *slog.Logger, netnsPath string, prog *ebpf.Program, undo *[]fu
 			})
 			continue
 		}
-		fname := tcFilterName
-		switch err := h.QdiscAdd(clsact(idx)); {
-		case err == nil:
-			fname = tcFilterNameOwnQdisc
-		case errors.Is(err, unix.EEXIST):
-			// A clsact (or ingress) qdisc is there already: another
-			// tool's, kept as it is.
-		default:
-			return fmt.Errorf("add clsact qdisc to %s: %w", name, err)
-		}
-		if err := h.FilterAdd(shuntFilter(idx, fname, prog)); err != nil {
-			if fname == tcFilterNameOwnQdisc {
-				_ = h.QdiscDel(clsact(idx))
-			}
-			return fmt.Errorf("add inbound_tc filter to tc ingress of %s (priority %d): %w", name, tcPriority, err)
+		if err := addFilter(h, netnsPath, l, prog); err != nil {
+			return err
 		}
 		*undo = append(*undo, func() {
 			if rerr := withRtnl(netnsPath, func(h *netlink.Handle) error { return removeFilter(h, l) }); rerr != nil {
 				log.Error("remove inbound_tc filter", "interface", name, "err", rerr)
 			}
 		})
+	}
+	return nil
+}
+
+// addFilter puts shunt's filter running prog at tc ingress of l, which has
+// none: on the interface's clsact or ingress qdisc, another tool's, kept as
+// it is; or, where there is none, on a clsact qdisc created with the
+// filter in one write (see addQdiscAndFilter), the filter named so that the
+// last filter out removes the qdisc too.
+func addFilter(h *netlink.Handle, netnsPath string, l netlink.Link, prog *ebpf.Program) error {
+	name, idx := l.Attrs().Name, l.Attrs().Index
+	has, err := hasIngressQdisc(h, l)
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if has {
+		ferr = h.FilterAdd(shuntFilter(idx, tcFilterName, prog))
+	} else {
+		var qerr error
+		qerr, ferr, err = addQdiscAndFilter(netnsPath, idx, prog)
+		if err != nil {
+			return err
+		}
+		switch {
+		case qerr == nil && ferr != nil:
+			_ = h.QdiscDel(clsact(idx))
+		case errors.Is(qerr, unix.EEXIST) && ferr == nil:
+			// Another tool added a qdisc since the check: the filter
+			// must not claim it.
+			if err := h.FilterReplace(shuntFilter(idx, tcFilterName, prog)); err != nil {
+				_ = h.FilterDel(shuntFilter(idx, tcFilterNameOwnQdisc, nil))
+				return fmt.Errorf("rename inbound_tc filter on %s: %w", name, err)
+			}
+		case qerr != nil && !errors.Is(qerr, unix.EEXIST):
+			if ferr == nil {
+				_ = h.FilterDel(shuntFilter(idx, tcFilterNameOwnQdisc, nil))
+			}
+			return fmt.Errorf("add clsact qdisc to %s: %w", name, qerr)
+		}
+	}
+	if ferr != nil {
+		return fmt.Errorf("add inbound_tc filter to tc ingress of %s (priority %d): %w", name, tcPriority, ferr)
 	}
 	return nil
 }

@@ -100,7 +100,7 @@ func attachedToPod(t *testing.T, pod *ebpftest.Pod) []string {
 // never "not installed" while a pin, an attached program or a record is
 // left, never "installed and matching" unless every program is attached;
 // that install then completes; and that uninstall leaves no pin, no
-// attached program and no record.
+// attached program, no record and no clsact qdisc.
 func TestKilledInstallLeavesARecognisedState(t *testing.T) {
 	if testing.Short() {
 		t.Skip("many installs: not in -short")
@@ -242,6 +242,11 @@ func TestKilledInstallLeavesARecognisedState(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(pod.StateDir, "capture.json")); err == nil {
 			t.Fatalf("%s: uninstall left the record", what)
+		}
+		// The pod's interface had no ingress qdisc: a clsact qdisc left
+		// now is one shunt created and lost track of.
+		if h, l := rtnlIn(t, pod); hasClsact(t, h, l) {
+			t.Fatalf("%s: uninstall left a clsact qdisc on %s", what, pod.Host.Dev)
 		}
 	}
 	t.Logf("outcomes of %d killed installs: %v", runs, hit)
