@@ -15,10 +15,13 @@ deps:
 ## build: the shunt binary, static, in build/
 ## build/shunt-cni is the lean build (-tags lean): install, uninstall, status,
 ## explain, version and the CNI plugin, without the agent's dependencies, for
-## the init container and the CNI plugin, which start once per pod.
+## the CNI plugin, which starts once per pod; build/shunt-init is the init
+## container's build (-tags lean,initcontainer): the same without the CNI
+## plugin and the eBPF engine.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/shunt
 	CGO_ENABLED=0 $(GO) build -trimpath -tags lean -ldflags "-s -w -X main.version=$(VERSION)" -o build/shunt-cni ./cmd/shunt
+	CGO_ENABLED=0 $(GO) build -trimpath -tags lean,initcontainer -ldflags "-s -w -X main.version=$(VERSION)" -o build/shunt-init ./cmd/shunt
 
 ## test: the whole suite, as CI runs it (needs root)
 test:

@@ -20,12 +20,16 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 version=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
-(cd "$repo" && CGO_ENABLED=0 go build -trimpath -tags lean -ldflags "-s -w" -o "$work/shunt" ./cmd/shunt)
+# The entrypoint is the init container's build (no eBPF engine, no CNI
+# plugin: docs/deploy.md, "The lean build"); the lean build, with the eBPF
+# engine, goes beside it as shunt-ebpf.
+(cd "$repo" && CGO_ENABLED=0 go build -trimpath -tags lean,initcontainer -ldflags "-s -w" -o "$work/shunt" ./cmd/shunt)
+(cd "$repo" && CGO_ENABLED=0 go build -trimpath -tags lean -ldflags "-s -w" -o "$work/shunt-ebpf" ./cmd/shunt)
 
 umoci init --layout "$work/oci"
 umoci new --image "$work/oci:$tag"
 umoci unpack --image "$work/oci:$tag" "$work/bundle" >/dev/null
-"$here/rootfs.sh" "$work/shunt" "$work/bundle/rootfs"
+"$here/rootfs.sh" "$work/shunt" "$work/bundle/rootfs" "$work/shunt-ebpf"
 umoci repack --image "$work/oci:$tag" --history.created_by "shunt init-container/build.sh" "$work/bundle" >/dev/null
 umoci config --image "$work/oci:$tag" \
 	--config.entrypoint /usr/local/bin/shunt \

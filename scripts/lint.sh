@@ -15,4 +15,6 @@ go mod tidy -diff
 go vet ./...
 # The lean build (init container, CNI plugin) compiles from the same package.
 go vet -tags lean ./cmd/shunt
+go vet -tags lean,initcontainer ./cmd/shunt ./redirect/engines
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags lean,initcontainer ./cmd/shunt ./redirect/engines

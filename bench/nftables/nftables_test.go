@@ -3,7 +3,7 @@
 //
 //	go test -bench . -benchtime 20x ./bench/nftables
 //
-// BenchmarkWholeProcessInstall: `shunt install` (the lean build, as the
+// BenchmarkWholeProcessInstall: `shunt install` (the init container's build, as the
 // init container ships it) of the default plan (both families) as an init
 // container runs it, against `nft -f` of the same
 // ruleset and against shunt's iptables engine (targets ≤ 1.2× and ≤ 0.5×).
@@ -58,11 +58,11 @@ func BenchmarkWholeProcessInstall(b *testing.B) {
 	nft := testenv.RequireBinary(b, "nft")
 	testenv.RequireBinary(b, "iptables-nft-restore")
 	dir := b.TempDir()
-	// The init container ships the lean build (-tags lean), as
-	// bench/startup measures it: the full build's package initialisation
-	// alone costs more than the install.
-	shunt := filepath.Join(dir, "shunt-lean")
-	if err := testenv.BuildShuntLean(shunt); err != nil {
+	// The init container's entrypoint is its own build (-tags
+	// lean,initcontainer: no agent, no eBPF engine, no CNI plugin), as
+	// init-container/build.sh ships it.
+	shunt := filepath.Join(dir, "shunt-init")
+	if err := testenv.BuildShuntInit(shunt); err != nil {
 		b.Fatal(err)
 	}
 	resolv := filepath.Join(dir, "resolv.conf")

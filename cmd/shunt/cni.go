@@ -1,3 +1,5 @@
+//go:build !initcontainer
+
 package main
 
 import (
@@ -18,6 +20,10 @@ import (
 // cniBinaryName is the name the plugin is installed under in the CNI bin
 // directory; invoked by that name, shunt is the plugin and nothing else.
 const cniBinaryName = "shunt-cni"
+
+// pluginCommands are the CNI plugin's command, which the init container's
+// build leaves out (cni_initcontainer.go).
+func pluginCommands() []subcommand { return []subcommand{{"cni", newCNICommand}} }
 
 func newCNICommand() *cobra.Command {
 	return &cobra.Command{

@@ -22,8 +22,7 @@ func subcommands() []subcommand {
 		{"status", newStatusCommand},
 		{"explain", newExplainCommand},
 		{"version", newVersionCommand},
-		{"cni", newCNICommand},
-	}, agentCommands()...)
+	}, append(pluginCommands(), agentCommands()...)...)
 }
 
 // newRootCommand is the whole command tree (help, completion, docs).

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/shunt-dev/shunt/redirect"
-	"github.com/shunt-dev/shunt/redirect/ebpf"
 	"github.com/shunt-dev/shunt/redirect/iptables"
 	"github.com/shunt-dev/shunt/redirect/nftables"
 	"github.com/shunt-dev/shunt/redirect/tproxyroute"
@@ -61,7 +60,7 @@ func choose(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, Choice, er
 		if cfg.Get("cgroup") == "" {
 			return nil, Choice{}, errors.New("cgroup: required with engine ebpf: the cgroup-v2 directory of the workload")
 		}
-		if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
+		if err := ebpfProbe(cfg.Get("cgroup")); err != nil {
 			return nil, Choice{}, fmt.Errorf("engine ebpf: %w", err)
 		}
 		eng, err := newEBPF(cfg, log)
@@ -76,7 +75,7 @@ func choose(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, Choice, er
 		case ebpfRefuses(cfg) != nil:
 			why = ebpfRefuses(cfg).Error()
 		default:
-			if err := ebpf.Probe(cfg.Get("cgroup")); err != nil {
+			if err := ebpfProbe(cfg.Get("cgroup")); err != nil {
 				why = err.Error()
 			} else {
 				eng, err := newEBPF(cfg, log)
@@ -107,7 +106,7 @@ func ebpfRefuses(cfg *redirect.Config) error {
 	if err != nil {
 		return nil
 	}
-	return ebpf.Supported(p)
+	return ebpfSupported(p)
 }
 
 // iptablesPrograms reports whether an iptables-restore of either variant
@@ -141,38 +140,6 @@ func newIptables(cfg *redirect.Config, log *slog.Logger) redirect.Engine {
 
 func newNftables(cfg *redirect.Config, log *slog.Logger) redirect.Engine {
 	return nftables.New(nftables.Options{NetnsPath: cfg.Get("netns"), StateDir: cfg.Get("stateDir"), Logger: log})
-}
-
-func newEBPF(cfg *redirect.Config, log *slog.Logger) (redirect.Engine, error) {
-	eng, err := ebpf.New(ebpf.Options{NetnsPath: cfg.Get("netns"), CgroupPath: cfg.Get("cgroup"), StateDir: cfg.Get("stateDir"), PinDir: cfg.Get("bpfPinDir"), Logger: log})
-	if err != nil {
-		return nil, err
-	}
-	return &ebpfRecorded{Engine: eng, cfg: cfg}, nil
-}
-
-// enrolledInNode returns the engine of a pod enrolled in the node's shared
-// eBPF programs (DaemonSet use: shunt node loads them, the CNI plugin enrols
-// each pod), so that status, explain and uninstall work for such pods too;
-// nil when the cgroup is not enrolled.
-func enrolledInNode(cfg *redirect.Config, log *slog.Logger) redirect.Engine {
-	cg := cfg.Get("cgroup")
-	if cg == "" {
-		return nil
-	}
-	opts := ebpf.NodeOptions{PinDir: cfg.Get("bpfPinDir"), Logger: log}
-	if cfg.IsSet("stateDir") {
-		opts.StateDir = cfg.Get("stateDir")
-	}
-	node, err := ebpf.OpenNode(opts)
-	if err != nil {
-		return nil
-	}
-	if _, err := node.Status(context.Background(), cg); err != nil {
-		node.Close()
-		return nil
-	}
-	return node.Engine(cg, cfg.Get("netns"))
 }
 
 // Recorded returns the engine holding the capture recorded in the state
@@ -305,8 +272,8 @@ func (e *Engine) migrate(ctx context.Context, prev *redirect.State, p *redirect.
 	// The old engine acts on its record, moved aside (eBPF keeps its own
 	// record beside the common one, so it works from the real directory).
 	switch o := old.(type) {
-	case *ebpfRecorded:
-		err = o.Engine.Uninstall(ctx)
+	case ownRecordKeeper:
+		err = o.uninstallInner(ctx)
 	default:
 		oldCfg2 := clone(oldCfg)
 		_ = oldCfg2.Set("stateDir", aside, "migration")
@@ -382,71 +349,11 @@ func (e *Engine) Status(ctx context.Context) (*redirect.Status, error) {
 	return s, nil
 }
 
-// ebpfRecorded is the per-workload eBPF engine with the common record kept
-// beside its own, so that status, explain and uninstall find the engine,
-// cgroup and pins without being told again.
-type ebpfRecorded struct {
-	*ebpf.Engine
-	cfg *redirect.Config
-}
-
-// Install records the intent in the common record first, so that a
-// process killed at any point leaves a record naming the engine, the
-// cgroup and the pins (the engine's own record says what it got to).
-func (e *ebpfRecorded) Install(ctx context.Context, p *redirect.Plan) error {
-	dir := e.cfg.Get("stateDir")
-	prev, err := redirect.LoadState(dir)
-	if err != nil {
-		return err
-	}
-	base := prev
-	if base == nil || base.Engine != e.Name() {
-		base = &redirect.State{Engine: e.Name(), Netns: e.cfg.Get("netns"), Cgroup: e.cfg.Get("cgroup"), PinDir: e.PinDir()}
-	}
-	if err := redirect.RecordIntent(dir, base, redirect.Intent{Engine: e.Name(), Plan: p.Clone()}); err != nil {
-		return err
-	}
-	if err := e.Engine.Install(ctx, p); err != nil {
-		// The engine undid its changes: so is the record.
-		if cerr := redirect.ClearIntent(dir, prev); cerr != nil {
-			return fmt.Errorf("%w; %v", err, cerr)
-		}
-		return err
-	}
-	return redirect.SaveState(dir, &redirect.State{
-		Engine: e.Name(), Netns: e.cfg.Get("netns"), Cgroup: e.cfg.Get("cgroup"), PinDir: e.PinDir(),
-		Plan: p.Clone(), InstalledAt: time.Now().UTC(),
-	})
-}
-
-// Status reports an install whose common record holds an intent the
-// engine's own record does not (killed before the engine began, or after
-// it finished).
-func (e *ebpfRecorded) Status(ctx context.Context) (*redirect.Status, error) {
-	s, err := e.Engine.Status(ctx)
-	st, lerr := redirect.LoadState(e.cfg.Get("stateDir"))
-	if lerr != nil || st == nil || st.Intent == nil {
-		return s, err
-	}
-	switch {
-	case errors.Is(err, redirect.ErrNotInstalled):
-		return &redirect.Status{Engine: e.Name(), Plan: st.Intent.Plan,
-			Drift: []string{st.Intent.String(), "nothing of it is pinned in " + e.PinDir()}}, nil
-	case err == nil && len(s.Drift) == 0:
-		s.Notes = append(s.Notes, "the record in "+e.cfg.Get("stateDir")+" still holds an install that did not finish ("+st.Intent.String()+"), but everything it installs is in place")
-	}
-	return s, err
-}
-
-func (e *ebpfRecorded) Uninstall(ctx context.Context) error {
-	err := e.Engine.Uninstall(ctx)
-	if err != nil && !errors.Is(err, redirect.ErrNotInstalled) {
-		return err
-	}
-	if rerr := redirect.RemoveState(e.cfg.Get("stateDir")); rerr != nil {
-		return rerr
-	}
-	return err
+// ownRecordKeeper is an engine that keeps its own record beside the common
+// one (eBPF): a migration away from it removes its capture with the inner
+// engine, which works from its own record in the real directory.
+type ownRecordKeeper interface {
+	uninstallInner(ctx context.Context) error
 }
 
 // clone copies a configuration, so a second engine can be built from it.

@@ -142,6 +142,43 @@ func TestInitContainerImage(t *testing.T) {
 		if len(img.args) < 2 || img.args[0] != "/usr/local/bin/shunt" || img.args[1] != "install" {
 			t.Errorf("entrypoint = %q, want /usr/local/bin/shunt install", img.args)
 		}
+		if _, err := os.Stat(filepath.Join(img.rootfs, "usr/local/bin/shunt-ebpf")); err != nil {
+			t.Errorf("the image lacks the build with the eBPF engine: %v", err)
+		}
+	})
+
+	t.Run("nftables engine", func(t *testing.T) {
+		pod, _ := newPod(t)
+		out, err := img.entrypoint(pod, []string{"SHUNT_ENGINE=nftables"})
+		if err != nil {
+			t.Fatalf("entrypoint: %v\n%s", err, out)
+		}
+		if r := pod.MustRun("nft", "list", "table", "inet", "shunt"); !strings.Contains(r, "redirect to :15001") {
+			t.Errorf("table inet shunt after the entrypoint:\n%s", r)
+		}
+	})
+
+	// The entrypoint is the init container's build, without the eBPF
+	// engine: asked for it, it says where the build with it is, and that
+	// one (shunt-ebpf) is a whole lean build.
+	t.Run("eBPF engine is shunt-ebpf", func(t *testing.T) {
+		pod, _ := newPod(t)
+		out, err := img.entrypoint(pod, []string{"SHUNT_ENGINE=ebpf", "SHUNT_CGROUP=/sys/fs/cgroup"}, "--dry-run")
+		if err == nil || !strings.Contains(out, "/usr/local/bin/shunt-ebpf") {
+			t.Errorf("the entrypoint with engine ebpf: %v\n%s", err, out)
+		}
+		if r := shuntRules(t, pod); r != "" {
+			t.Errorf("rules installed despite the error:\n%s", r)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		// The chroot has no cgroup file system, so the engine's probe
+		// fails there: on the cgroup, not for want of the engine.
+		args := append(append([]string{"-i"}, img.env...), "SHUNT_ENGINE=ebpf", "SHUNT_CGROUP=/sys/fs/cgroup", "chroot", img.rootfs, "/usr/local/bin/shunt-ebpf", "install", "--dry-run")
+		out2, _ := pod.Command(ctx, "env", args...).CombinedOutput()
+		if strings.Contains(string(out2), "no eBPF engine") || !strings.Contains(string(out2), "cgroup") {
+			t.Errorf("shunt-ebpf install --engine ebpf --dry-run:\n%s", out2)
+		}
 	})
 
 	t.Run("install and validate", func(t *testing.T) {

@@ -30,6 +30,18 @@ func BuildShuntLean(path string) error {
 	return nil
 }
 
+// BuildShuntInit builds the init container's build of shunt (-tags
+// lean,initcontainer: the lean build without the eBPF engine and the CNI
+// plugin), static and stripped, as init-container/build.sh ships it.
+func BuildShuntInit(path string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-tags", "lean,initcontainer", "-ldflags", "-s -w", "-o", path, "github.com/shunt-dev/shunt/cmd/shunt")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build the init container's shunt: %v\n%s", err, out)
+	}
+	return nil
+}
+
 // BuildPackage builds a main package of this module to path.
 func BuildPackage(path, pkg string) error { return goBuild(path, pkg) }
 
