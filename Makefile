@@ -49,9 +49,12 @@ demo:
 generate:
 	$(GO) generate ./redirect/ebpf/...
 
-## image: the init-container OCI archive, build/shunt-init.oci.tar (no container engine needed)
+## image: the OCI archives of the init container and of the DaemonSet's node
+## agent, build/shunt-init.oci.tar and build/shunt-node.oci.tar (no container
+## engine needed)
 image:
-	bash init-container/build.sh build/shunt-init.oci.tar
+	SHUNT_IMAGE=init bash init-container/build.sh build/shunt-init.oci.tar
+	SHUNT_IMAGE=node bash init-container/build.sh build/shunt-node.oci.tar
 
 clean:
 	rm -rf build

@@ -129,6 +129,10 @@ func TestDaemonSetShape(t *testing.T) {
 		}
 	}
 	c := spec.Containers[0]
+	// The agent's image: the init container's has no `shunt node`.
+	if !strings.Contains(c.Image, "/shunt-node:") || len(c.Command) == 0 || c.Command[0] != "/usr/local/bin/shunt" || len(c.Args) == 0 || c.Args[0] != "node" {
+		t.Errorf("the agent runs %v %v from image %s, want /usr/local/bin/shunt node from the shunt-node image", c.Command, c.Args, c.Image)
+	}
 	if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || *c.SecurityContext.Privileged {
 		t.Errorf("the agent must not be privileged: it has the capabilities it needs")
 	}

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# rootfs.sh SHUNT_BINARY DEST [SHUNT_EBPF_BINARY]: lays out the init
-# container's file system in DEST from a Debian (bookworm) system: the static
-# shunt binary (the entrypoint), the build with the eBPF engine beside it as
-# shunt-ebpf when given, the iptables programs (nft and legacy) with exactly
-# the shared libraries and xtables modules they load, and nothing else: no
-# shell, no package manager.
+# rootfs.sh SHUNT_BINARY DEST [NAME=BINARY...]: lays out an image's file
+# system in DEST from a Debian (bookworm) system: the static shunt binary as
+# /usr/local/bin/shunt, each further binary as /usr/local/bin/NAME (the
+# init container's shunt-ebpf, the node agent's shunt-cni), the iptables
+# programs (nft and legacy) with exactly the shared libraries and xtables
+# modules they load, and nothing else: no shell, no package manager.
 set -euo pipefail
 
-bin=${1:?usage: rootfs.sh SHUNT_BINARY DEST [SHUNT_EBPF_BINARY]}
-dest=${2:?usage: rootfs.sh SHUNT_BINARY DEST [SHUNT_EBPF_BINARY]}
-ebpfbin=${3:-}
+usage="usage: rootfs.sh SHUNT_BINARY DEST [NAME=BINARY...]"
+bin=${1:?$usage}
+dest=${2:?$usage}
+shift 2
 multiarch=$(gcc -print-multiarch 2>/dev/null || dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
 xtdir=/usr/lib/$multiarch/xtables
 
@@ -24,7 +25,12 @@ for d in lib lib64 sbin bin; do ln -sfn usr/$d "$dest/$d"; done
 
 mkdir -p "$dest/usr/local/bin"
 install -m 0755 "$bin" "$dest/usr/local/bin/shunt"
-if [ -n "$ebpfbin" ]; then install -m 0755 "$ebpfbin" "$dest/usr/local/bin/shunt-ebpf"; fi
+for extra in "$@"; do
+	case $extra in
+	?*=?*) install -m 0755 "${extra#*=}" "$dest/usr/local/bin/${extra%%=*}" ;;
+	*) echo "rootfs.sh: $extra: want NAME=BINARY" >&2; exit 1 ;;
+	esac
+done
 
 install -m 0755 /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi "$dest/usr/sbin/"
 for fam in iptables ip6tables; do

@@ -24,17 +24,23 @@ type image struct {
 	env    []string
 }
 
-func buildImage(t *testing.T) *image {
+// buildImage builds the image kind ("init" or "node") with
+// init-container/build.sh and unpacks it.
+func buildImage(t *testing.T, kind string) *image {
 	t.Helper()
 	testenv.RequireRoot(t)
 	for _, tool := range []string{"umoci", "skopeo", "chroot", "iptables-nft-save"} {
 		testenv.RequireBinary(t, tool)
 	}
 	dir := t.TempDir()
-	archive := filepath.Join(dir, "shunt-init.oci.tar")
+	archive := filepath.Join(dir, "shunt-"+kind+".oci.tar")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	run(t, ctx, "bash", "../../init-container/build.sh", archive)
+	build := exec.CommandContext(ctx, "bash", "../../init-container/build.sh", archive)
+	build.Env = append(os.Environ(), "SHUNT_IMAGE="+kind)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build.sh (SHUNT_IMAGE=%s): %v\n%s", kind, err, out)
+	}
 	run(t, ctx, "skopeo", "copy", "--quiet", "oci-archive:"+archive, "oci:"+filepath.Join(dir, "oci")+":latest")
 	bundle := filepath.Join(dir, "bundle")
 	run(t, ctx, "umoci", "unpack", "--image", filepath.Join(dir, "oci")+":latest", bundle)
@@ -131,7 +137,7 @@ func newPod(t *testing.T) (*testenv.Netns, testenv.Host) {
 }
 
 func TestInitContainerImage(t *testing.T) {
-	img := buildImage(t)
+	img := buildImage(t, "init")
 
 	t.Run("minimal", func(t *testing.T) {
 		for _, p := range []string{"usr/bin/sh", "usr/bin/bash", "usr/bin/apt-get", "usr/bin/dpkg"} {
@@ -241,4 +247,34 @@ func TestInitContainerImage(t *testing.T) {
 			t.Errorf("validation error is not clear:\n%s", out)
 		}
 	})
+}
+
+// TestNodeImage: the DaemonSet's image runs `shunt node` (the full build)
+// and carries the lean build the agent installs as the CNI plugin.
+func TestNodeImage(t *testing.T) {
+	img := buildImage(t, "node")
+	if len(img.args) < 2 || img.args[0] != "/usr/local/bin/shunt" || img.args[1] != "node" {
+		t.Errorf("entrypoint = %q, want /usr/local/bin/shunt node", img.args)
+	}
+	for _, p := range []string{"usr/bin/sh", "usr/bin/bash", "usr/bin/apt-get"} {
+		if _, err := os.Lstat(filepath.Join(img.rootfs, p)); err == nil {
+			t.Errorf("the image contains /%s", p)
+		}
+	}
+	pod, _ := newPod(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	chrooted := func(env []string, argv ...string) (string, error) {
+		args := append(append(append([]string{"-i"}, img.env...), env...), append([]string{"chroot", img.rootfs}, argv...)...)
+		out, err := pod.Command(ctx, "env", args...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := chrooted(nil, "/usr/local/bin/shunt", "node", "--help"); err != nil || !strings.Contains(out, "--cni-bin-dir") {
+		t.Errorf("shunt node --help in the image: %v\n%s", err, out)
+	}
+	// Named shunt-cni, the lean build is the plugin.
+	out, err := chrooted([]string{"CNI_COMMAND=VERSION"}, "/usr/local/bin/shunt-cni")
+	if err != nil || !strings.Contains(out, "cniVersion") {
+		t.Errorf("shunt-cni VERSION in the image: %v\n%s", err, out)
+	}
 }
