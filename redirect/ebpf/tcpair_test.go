@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -27,14 +28,7 @@ func TestHelperTCWriter(t *testing.T) {
 		t.Skip("helper process of TestQdiscAndFilterSurviveTheirWriter")
 	}
 	idx, _ := strconv.Atoi(os.Getenv("SHUNT_TCWRITER_IFINDEX"))
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.SchedCLS,
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()},
-		License:      "GPL",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	prog := passProgram(t)
 	ns, err := netns.GetFromPath(nsPath)
 	if err != nil {
 		t.Fatal(err)
@@ -65,17 +59,7 @@ func TestQdiscAndFilterSurviveTheirWriter(t *testing.T) {
 	requireRoot(t)
 	for _, mode := range []string{"one write", "qdisc first"} {
 		t.Run(mode, func(t *testing.T) {
-			pod, peer := testenv.NewNetns(t, "tcw"), testenv.NewNetns(t, "tcp")
-			dev, _ := testenv.Link(t, pod, peer, 1)
-			h, err := rtnl(pod.Path())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer h.Close()
-			l, err := h.LinkByName(dev.Dev)
-			if err != nil {
-				t.Fatal(err)
-			}
+			pod, h, l := tcTestInterface(t)
 			cmd := exec.Command(os.Args[0], "-test.run", "^TestHelperTCWriter$")
 			cmd.Env = append(os.Environ(), "SHUNT_TCWRITER_NETNS="+pod.Path(), "SHUNT_TCWRITER_MODE="+mode,
 				"SHUNT_TCWRITER_IFINDEX="+strconv.Itoa(l.Attrs().Index))
@@ -127,28 +111,10 @@ func TestQdiscAndFilterSurviveTheirWriter(t *testing.T) {
 // and removing it keeps the qdisc.
 func TestAttachTCOwnsOnlyTheQdiscItCreates(t *testing.T) {
 	requireRoot(t)
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.SchedCLS,
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()},
-		License:      "GPL",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prog.Close()
+	prog := passProgram(t)
 	for _, theirs := range []bool{false, true} {
 		t.Run("another tool's qdisc "+strconv.FormatBool(theirs), func(t *testing.T) {
-			pod, peer := testenv.NewNetns(t, "tco"), testenv.NewNetns(t, "tcq")
-			dev, _ := testenv.Link(t, pod, peer, 1)
-			h, err := rtnl(pod.Path())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer h.Close()
-			l, err := h.LinkByName(dev.Dev)
-			if err != nil {
-				t.Fatal(err)
-			}
+			pod, h, l := tcTestInterface(t)
 			if theirs {
 				if err := h.QdiscAdd(clsact(l.Attrs().Index)); err != nil {
 					t.Fatal(err)
@@ -180,4 +146,37 @@ func TestAttachTCOwnsOnlyTheQdiscItCreates(t *testing.T) {
 			}
 		})
 	}
+}
+
+// passProgram is a tc program that hands every packet on (TC_ACT_UNSPEC).
+func passProgram(t *testing.T) *ebpf.Program {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SchedCLS,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()},
+		License:      "GPL",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// tcTestInterface is a pod namespace with one veth to a peer, an
+// rtnetlink handle in it and the pod's end of the veth.
+func tcTestInterface(t *testing.T) (*testenv.Netns, *netlink.Handle, netlink.Link) {
+	t.Helper()
+	pod, peer := testenv.NewNetns(t, "tcw"), testenv.NewNetns(t, "tcp")
+	dev, _ := testenv.Link(t, pod, peer, 1)
+	h, err := rtnl(pod.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	l, err := h.LinkByName(dev.Dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pod, h, l
 }

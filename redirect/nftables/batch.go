@@ -106,12 +106,8 @@ func sendBatch(g *genConn, msgs []netlink.Message, echo bool) (gen uint32, echoe
 	buf := make([]byte, dumpBuffer)
 	var errs error
 	for {
-		var n int
-		var rerr error
-		if err := rc.Read(func(fd uintptr) bool {
-			n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
-			return rerr != unix.EAGAIN && rerr != unix.EINTR
-		}); err != nil {
+		n, err, rerr := recvInto(rc, buf)
+		if err != nil {
 			return 0, nil, errors.Join(errs, fmt.Errorf("read the kernel's answer to the batch: %w", err))
 		}
 		if rerr != nil {

@@ -267,12 +267,8 @@ func (g *genConn) dumpOnce(req netlink.Message) ([]netlink.Message, error) {
 	var out []netlink.Message
 	interrupted := false
 	for {
-		var n int
-		var rerr error
-		if err := rc.Read(func(fd uintptr) bool {
-			n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
-			return rerr != unix.EAGAIN && rerr != unix.EINTR
-		}); err != nil {
+		n, err, rerr := recvInto(rc, buf)
+		if err != nil {
 			return nil, err
 		}
 		if rerr != nil {
@@ -307,4 +303,15 @@ func (g *genConn) dumpOnce(req netlink.Message) ([]netlink.Message, error) {
 			})
 		}
 	}
+}
+
+// recvInto reads one datagram of the netlink socket rc into buf, waiting
+// through the netpoller (and the connection's read deadline) while there is
+// none: err is the wait's failure, rerr the receive's.
+func recvInto(rc syscall.RawConn, buf []byte) (n int, err, rerr error) {
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+		return rerr != unix.EAGAIN && rerr != unix.EINTR
+	})
+	return n, err, rerr
 }

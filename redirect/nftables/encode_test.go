@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 )
 
 // TestRuleEncodingIsTheLibrarys: the batch with rules written by
@@ -18,17 +19,7 @@ func TestRuleEncodingIsTheLibrarys(t *testing.T) {
 			"whole": func(b *batch) error { return queueTable(b, rs) },
 		} {
 			t.Run(name+"/"+how, func(t *testing.T) {
-				ours, err := encodeBatch(queue, false)
-				if err != nil {
-					t.Fatal(err)
-				}
-				lib, err := encodeBatch(queue, true)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(ours) != len(lib) {
-					t.Fatalf("%d messages, the library's %d", len(ours), len(lib))
-				}
+				ours, lib := bothEncodings(t, queue)
 				rules := 0
 				for i := range lib {
 					o, l := ours[i], lib[i]
@@ -55,21 +46,50 @@ func TestRuleEncodingFallsBack(t *testing.T) {
 	if rs.encodable() {
 		t.Fatal("a ruleset with notrack taken for one the rule encoder writes")
 	}
-	queue := func(b *batch) error { return queueFreshTable(b, rs) }
+	ours, lib := bothEncodings(t, func(b *batch) error { return queueFreshTable(b, rs) })
+	for i := range lib {
+		if !bytes.Equal(ours[i].Data, lib[i].Data) {
+			t.Fatalf("message %d differs", i)
+		}
+	}
+}
+
+// bothEncodings encodes the batch queue adds with the rule encoder and
+// through the library, and checks they hold as many messages.
+func bothEncodings(t *testing.T, queue func(*batch) error) (ours, lib []netlink.Message) {
+	t.Helper()
 	ours, err := encodeBatch(queue, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lib, err := encodeBatch(queue, true)
+	lib, err = encodeBatch(queue, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(ours) != len(lib) {
 		t.Fatalf("%d messages, the library's %d", len(ours), len(lib))
 	}
-	for i := range lib {
-		if !bytes.Equal(ours[i].Data, lib[i].Data) {
-			t.Fatalf("message %d differs", i)
-		}
+	return ours, lib
+}
+
+// BenchmarkBatchEncoding encodes the default plan's fresh table, its rules
+// written by encodeRule and through the library:
+//
+//	go test -run X -bench BatchEncoding -benchmem ./redirect/nftables
+func BenchmarkBatchEncoding(b *testing.B) {
+	rs := Render(scenarios(b)["default"])
+	queue := func(q *batch) error { return queueFreshTable(q, rs) }
+	for _, c := range []struct {
+		name    string
+		library bool
+	}{{"rule encoder", false}, {"library", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := encodeBatch(queue, c.library); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
