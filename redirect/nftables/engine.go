@@ -331,7 +331,6 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 		}
 		incremental = prevRS.skeleton() == rs.skeleton()
 	}
-	// apply sends what queue adds as one batch.
 	// apply sends what queue adds as one batch; gen is the ruleset
 	// generation the kernel reported right after it (0: not known).
 	var gen uint32

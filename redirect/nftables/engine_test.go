@@ -274,16 +274,7 @@ func TestRecordReads(t *testing.T) {
 			if err := eng.Install(ctx, p); err != nil {
 				t.Fatal(err)
 			}
-			c, done, err := dial(n.Path())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer done()
-			g, err := dialGen(n.Path())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer g.Close()
+			c, g := dialBoth(t, n.Path())
 			none := func(string, string) (string, bool) { return "", false }
 			whole, err := readTable(c, g, readHow{})
 			if err != nil {
@@ -377,16 +368,7 @@ func TestLegacyRecordStillMatches(t *testing.T) {
 	if err := New(opts).Install(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	c, done, err := dial(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer done()
-	g, err := dialGen(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
+	c, g := dialBoth(t, n.Path())
 	old, err := readTable(c, g, readHow{legacy: true})
 	if err != nil {
 		t.Fatal(err)
@@ -417,4 +399,21 @@ func TestLegacyRecordStillMatches(t *testing.T) {
 	if gen, err := g.get(); err != nil || gen != gen0 {
 		t.Errorf("the same install over a legacy record committed: generation %d, was %d (%v)", gen, gen0, err)
 	}
+}
+
+// dialBoth opens the engine's two netlink sockets in the namespace at path,
+// closed when the test ends.
+func dialBoth(t *testing.T, path string) (*nftables.Conn, *genConn) {
+	t.Helper()
+	c, done, err := dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(done)
+	g, err := dialGen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	return c, g
 }

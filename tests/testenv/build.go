@@ -21,23 +21,20 @@ func BuildShunt(path string) error {
 // plugin ship it: static, stripped and -trimpath, as `make build` makes it
 // (a cgo build is dynamically linked, which costs each process start
 // about half a millisecond more, and the benchmarks time process starts).
-func BuildShuntLean(path string) error {
-	cmd := exec.Command("go", "build", "-trimpath", "-tags", "lean", "-ldflags", "-s -w", "-o", path, "github.com/shunt-dev/shunt/cmd/shunt")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build lean shunt: %v\n%s", err, out)
-	}
-	return nil
-}
+func BuildShuntLean(path string) error { return buildShipped(path, "lean") }
 
 // BuildShuntInit builds the init container's build of shunt (-tags
 // lean,initcontainer: the lean build without the eBPF engine and the CNI
 // plugin), static and stripped, as init-container/build.sh ships it.
-func BuildShuntInit(path string) error {
-	cmd := exec.Command("go", "build", "-trimpath", "-tags", "lean,initcontainer", "-ldflags", "-s -w", "-o", path, "github.com/shunt-dev/shunt/cmd/shunt")
+func BuildShuntInit(path string) error { return buildShipped(path, "lean,initcontainer") }
+
+// buildShipped builds shunt with tags as it ships: static, stripped and
+// -trimpath.
+func buildShipped(path, tags string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-tags", tags, "-ldflags", "-s -w", "-o", path, ShuntPackage)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build the init container's shunt: %v\n%s", err, out)
+		return fmt.Errorf("build shunt with -tags %s: %v\n%s", tags, err, out)
 	}
 	return nil
 }
