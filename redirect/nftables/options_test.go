@@ -40,6 +40,11 @@ func TestOptionDriftIsReportedAndRestored(t *testing.T) {
 		{"tproxy rule changed", "drop-invalid-nflog", func(n *testenv.Netns) []string {
 			return []string{"nft", "replace", "rule", "inet", "shunt", "tproxy_inbound4", "handle", handle(n, "tproxy ip to"), "meta", "l4proto", "tcp", "tproxy", "ip", "to", ":15007", "meta", "mark", "set", "0x539", "accept"}
 		}, `missing: rule tproxy_inbound4: meta l4proto tcp log prefix "shunt-in-tproxy" group 5 tproxy ip to :15006 meta mark set 0x00000539 accept`},
+		// Only the statement's family differs: the record's digest of
+		// the kernel's encoding of the expressions tells the two apart.
+		{"tproxy family changed", "drop-invalid-nflog", func(n *testenv.Netns) []string {
+			return []string{"nft", "replace", "rule", "inet", "shunt", "tproxy_inbound4", "handle", handle(n, "tproxy ip to"), "meta", "l4proto", "tcp", "log", "prefix", "shunt-in-tproxy", "group", "5", "tproxy", "ip6", "to", ":15006", "meta", "mark", "set", "0x539", "accept"}
+		}, `missing: rule tproxy_inbound4: meta l4proto tcp log prefix "shunt-in-tproxy" group 5 tproxy ip to :15006 meta mark set 0x00000539 accept`},
 		{"connmark chain flushed", "drop-invalid-nflog", func(*testenv.Netns) []string {
 			return []string{"nft", "flush", "chain", "inet", "shunt", "tproxy_output"}
 		}, "missing: rule tproxy_output: ct mark 0x00000539 meta mark set ct mark"},
