@@ -437,7 +437,12 @@ func (e *Engine) Install(ctx context.Context, p *redirect.Plan) error {
 			return fmt.Errorf("install: table written but %w", err)
 		}
 		st.Applied = map[string]string{"inet": applied}
-		if g2, err := gc.get(); gerr == nil && err == nil && g2 == g {
+		if read.rules != nil {
+			// Nothing was read from the kernel: the record is the
+			// table as of generation g, with no dump that a later
+			// commit could have reached.
+			next.gen = g
+		} else if g2, err := gc.get(); gerr == nil && err == nil && g2 == g {
 			next.gen = g
 		}
 	}
