@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"slices"
 	"strings"
@@ -158,6 +159,34 @@ func (t *Table) Lookup(name string) (v4, v6 []netip.Addr, ok bool) {
 
 // lookupWire finds the entry for a lower-case wire-format name: an exact
 // name first, then the closest wildcard. It does not allocate.
+// WireEntry is one exact (not wildcard) name of a table with the answer
+// records the interceptor sends for it, packed as they go on the wire:
+// what the kernel answerer (dnsproxy/kernelanswers) is given to send in
+// its place. The slices belong to the table and must not be changed.
+type WireEntry struct {
+	Name []byte // lower-case wire form
+	// A and AAAA are the packed records (owner a pointer to the
+	// question), ACount and AAAACount how many each holds.
+	A, AAAA           []byte
+	ACount, AAAACount int
+}
+
+// WireEntries yields every exact name of the table, in no set order.
+// Wildcards are left out: a name they cover is answered by looking up each
+// of its suffixes, which is the interceptor's job.
+func (t *Table) WireEntries() iter.Seq[WireEntry] {
+	return func(yield func(WireEntry) bool) {
+		if t == nil {
+			return
+		}
+		for k, e := range t.exact {
+			if !yield(WireEntry{Name: []byte(k), A: e.packedA, AAAA: e.packedAAAA, ACount: len(e.v4), AAAACount: len(e.v6)}) {
+				return
+			}
+		}
+	}
+}
+
 func (t *Table) lookupWire(name []byte) *entry {
 	if t == nil {
 		return nil

@@ -1,0 +1,180 @@
+// Package kernelanswers answers DNS queries for the interceptor's table
+// names in the kernel, from a tc program on the workload's loopback
+// (bpf/dns_answer.c), so that the interceptor is not woken for them: at a
+// steady query rate, what a query costs the interceptor is mostly its
+// wake-up, and an answer from the kernel has none.
+//
+// The program answers exactly what the interceptor's fast path answers from
+// its table, byte for byte, and leaves every other query to it untouched.
+// An Answerer loads the program and keeps its names map equal to a
+// dnsproxy.Table; Attach puts the program on a network namespace's lo.
+// docs/dns.md describes where it fits and what it leaves to the
+// interceptor.
+package kernelanswers
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/shunt-dev/shunt/dnsproxy"
+)
+
+// Limits of what the kernel answers; anything over them is the
+// interceptor's. They are the program's (bpf/dns_answer.h).
+const (
+	// MaxNameLen is the longest name answered, in wire form.
+	MaxNameLen = 128
+	// MaxRecordBytes is the most packed records of one type per name:
+	// 12 A or 6 AAAA records.
+	MaxRecordBytes = 192
+	// MaxNames is the most names the kernel holds; with more, the
+	// others are the interceptor's.
+	MaxNames = 65536
+)
+
+// Answerer is the loaded program and its maps.
+type Answerer struct {
+	objs answerObjects
+	// written is a digest of each entry the names map holds, so that a
+	// table change writes only the names it changed.
+	written map[answerNameKey]uint64
+}
+
+// Load loads the program, to answer queries to port (the interceptor's,
+// 15053 by default). Nothing is attached and no name answered until Sync
+// and Attach.
+func Load(port uint16) (*Answerer, error) {
+	if port == 0 {
+		return nil, errors.New("load kernel DNS answers: port 0: give the interceptor's port")
+	}
+	a := &Answerer{written: map[answerNameKey]uint64{}}
+	if err := loadAnswerObjects(&a.objs, nil); err != nil {
+		return nil, fmt.Errorf("load kernel DNS answers: %w", err)
+	}
+	if err := a.objs.Config.Put(uint32(0), answerAnswerConfig{Port: port}); err != nil {
+		a.objs.Close()
+		return nil, fmt.Errorf("load kernel DNS answers: configure port %d: %w", port, err)
+	}
+	return a, nil
+}
+
+// Program is the tc program, for Attach.
+func (a *Answerer) Program() *ebpf.Program { return a.objs.DnsAnswer }
+
+// Close releases the program and maps; an attached program stays until it
+// is detached.
+func (a *Answerer) Close() error { return a.objs.Close() }
+
+// SyncResult says what a Sync changed.
+type SyncResult struct {
+	// Names is how many of the table's names the kernel answers now.
+	Names int
+	// Written and Deleted are the map entries changed.
+	Written, Deleted int
+	// Left lists why names stayed with the interceptor, with a count
+	// each ("name longer than 128 bytes": 2).
+	Left map[string]int
+}
+
+// Sync makes the kernel answer t's names, and no others. Entries are
+// written one by one, each atomically: during a Sync a query sees a name's
+// old answer or its new one, never half of either. A name the kernel
+// cannot answer (see the limits) is left to the interceptor, which answers
+// it from the same table.
+func (a *Answerer) Sync(t *dnsproxy.Table) (SyncResult, error) {
+	res := SyncResult{Left: map[string]int{}}
+	want := map[answerNameKey]*answerNameAnswers{}
+	for e := range t.WireEntries() {
+		k, v, why := entryFor(e)
+		if why != "" {
+			res.Left[why]++
+			continue
+		}
+		if len(want) == MaxNames {
+			res.Left[fmt.Sprintf("more than %d names", MaxNames)]++
+			continue
+		}
+		want[k] = v
+	}
+	for k := range a.written {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if err := a.objs.Names.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return res, fmt.Errorf("kernel DNS answers: remove a name: %w", err)
+		}
+		delete(a.written, k)
+		res.Deleted++
+	}
+	for k, v := range want {
+		d := digest(v)
+		if old, ok := a.written[k]; ok && old == d {
+			continue
+		}
+		if err := a.objs.Names.Put(&k, v); err != nil {
+			return res, fmt.Errorf("kernel DNS answers: write name %q: %w", k.Name[:k.Len], err)
+		}
+		a.written[k] = d
+		res.Written++
+	}
+	res.Names = len(a.written)
+	return res, nil
+}
+
+// entryFor is the map entry of e, or why the kernel cannot answer it.
+func entryFor(e dnsproxy.WireEntry) (answerNameKey, *answerNameAnswers, string) {
+	var k answerNameKey
+	if len(e.Name) > MaxNameLen {
+		return k, nil, fmt.Sprintf("name longer than %d bytes", MaxNameLen)
+	}
+	if len(e.A) > MaxRecordBytes || len(e.AAAA) > MaxRecordBytes {
+		return k, nil, fmt.Sprintf("more than %d bytes of A or AAAA records", MaxRecordBytes)
+	}
+	k.Len = uint8(len(e.Name))
+	copy(k.Name[:], e.Name)
+	v := &answerNameAnswers{V4Count: uint16(e.ACount), V4Len: uint16(len(e.A)), V6Count: uint16(e.AAAACount), V6Len: uint16(len(e.AAAA))}
+	copy(v.V4[:], e.A)
+	copy(v.V6[:], e.AAAA)
+	return k, v, ""
+}
+
+func digest(v *answerNameAnswers) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte{byte(v.V4Count), byte(v.V4Count >> 8), byte(v.V6Count), byte(v.V6Count >> 8)})
+	h.Write(v.V4[:v.V4Len])
+	h.Write([]byte{0xff})
+	h.Write(v.V6[:v.V6Len])
+	return h.Sum64()
+}
+
+// Stats counts what the program saw, since it was loaded.
+type Stats struct {
+	// Answered in the kernel.
+	Answered uint64
+	// Missed: plain queries for names the kernel does not hold.
+	Missed uint64
+	// TooBig: answers longer than the client accepts, which the
+	// interceptor truncates.
+	TooBig uint64
+	// Passed: other datagrams to the port (not a plain A or AAAA
+	// query, or over a limit).
+	Passed uint64
+}
+
+// Stats sums the per-CPU counters.
+func (a *Answerer) Stats() (Stats, error) {
+	var st Stats
+	for i, dst := range []*uint64{&st.Answered, &st.Missed, &st.TooBig, &st.Passed} {
+		var perCPU []uint64
+		if err := a.objs.AnswerStats.Lookup(uint32(i), &perCPU); err != nil {
+			return st, fmt.Errorf("kernel DNS answers: read counters: %w", err)
+		}
+		for _, n := range perCPU {
+			*dst += n
+		}
+	}
+	return st, nil
+}
