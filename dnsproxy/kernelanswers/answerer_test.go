@@ -297,21 +297,7 @@ func TestSyncFollowsTheTable(t *testing.T) {
 		}
 		return tb
 	}
-	answer := func(name string) string {
-		got := exchange(t, n, "127.0.0.1:15053", []query{{name: name, msg: q(name, dns.TypeA)}})[0]
-		if got == nil {
-			return "none"
-		}
-		m := new(dns.Msg)
-		if err := m.Unpack(got); err != nil {
-			t.Fatal(err)
-		}
-		var s []string
-		for _, rr := range m.Answer {
-			s = append(s, rr.(*dns.A).A.String())
-		}
-		return strings.Join(s, ",")
-	}
+	answer := func(name string) string { return answerOf(t, n, name) }
 	steps := []struct {
 		table            map[string][]netip.Addr
 		written, deleted int

@@ -15,17 +15,24 @@ import (
 // lo's egress after the capture has sent them there (the eBPF engine's
 // sendmsg and connect hooks), so the answer, turned round in place, goes
 // back up lo's ingress to the asking socket like the interceptor's own.
+//
+// The filter's name says whether shunt added lo's clsact qdisc with it
+// (filterNameOwnQdisc): a process killed before it could detach leaves
+// the filter, and the next Attach or Detach still knows whose the qdisc
+// is.
 const (
-	filterName     = "shunt_dns_answer"
-	filterPriority = 1
-	filterHandle   = 0x53
+	filterName         = "shunt_dns_answer"
+	filterNameOwnQdisc = "shunt_dns_answer_q"
+	filterPriority     = 1
+	filterHandle       = 0x53
 )
 
 // Attach puts prog at tc egress of the loopback interface of the network
 // namespace at netnsPath ("" for the caller's own), on lo's clsact qdisc,
-// which it adds where there is none. The returned detach removes the
-// filter again, and the qdisc when Attach added it and no other filter is
-// on it.
+// which it adds where there is none. A filter of shunt's already there
+// (left by a process that was killed) is replaced; another tool's filter
+// at that place is an error. The returned detach removes the filter
+// again, and the qdisc when shunt added it and no other filter is on it.
 func Attach(netnsPath string, prog *ebpf.Program) (detach func() error, err error) {
 	h, err := rtnl(netnsPath)
 	if err != nil {
@@ -37,22 +44,39 @@ func Attach(netnsPath string, prog *ebpf.Program) (detach func() error, err erro
 		return nil, err
 	}
 	idx := lo.Attrs().Index
-	added := false
+	detach = func() error { return Detach(netnsPath) }
+	mine, other, err := slot(h, lo)
+	if err != nil {
+		return nil, err
+	}
+	if other != "" {
+		return nil, fmt.Errorf("kernel DNS answers: tc egress of lo, priority %d, holds %s: remove it or do not ask for kernel answers", filterPriority, other)
+	}
+	if mine != "" {
+		if err := h.FilterReplace(filter(idx, mine, prog)); err != nil {
+			return nil, fmt.Errorf("kernel DNS answers: replace filter %s on tc egress of lo: %w", mine, err)
+		}
+		return detach, nil
+	}
+	name := filterName
 	if err := h.QdiscAdd(clsact(idx)); err == nil {
-		added = true
+		name = filterNameOwnQdisc
 	} else if !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("kernel DNS answers: add clsact qdisc to lo: %w", err)
 	}
-	if err := h.FilterAdd(filter(idx, prog)); err != nil {
-		if added {
+	if err := h.FilterAdd(filter(idx, name, prog)); err != nil {
+		if name == filterNameOwnQdisc {
 			_ = h.QdiscDel(clsact(idx))
 		}
-		return nil, fmt.Errorf("kernel DNS answers: add filter %s to tc egress of lo (priority %d): %w", filterName, filterPriority, err)
+		return nil, fmt.Errorf("kernel DNS answers: add filter %s to tc egress of lo (priority %d): %w", name, filterPriority, err)
 	}
-	return func() error { return remove(netnsPath, added) }, nil
+	return detach, nil
 }
 
-func remove(netnsPath string, qdisc bool) error {
+// Detach removes shunt's filter from tc egress of lo in the namespace at
+// netnsPath, if it is there, and lo's clsact qdisc when shunt added it and
+// no other filter is on it.
+func Detach(netnsPath string) error {
 	h, err := rtnl(netnsPath)
 	if err != nil {
 		return err
@@ -62,11 +86,15 @@ func remove(netnsPath string, qdisc bool) error {
 	if err != nil {
 		return err
 	}
-	idx := lo.Attrs().Index
-	if err := h.FilterDel(filter(idx, nil)); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("kernel DNS answers: delete filter %s of lo: %w", filterName, err)
+	mine, _, err := slot(h, lo)
+	if err != nil || mine == "" {
+		return err
 	}
-	if !qdisc {
+	idx := lo.Attrs().Index
+	if err := h.FilterDel(filter(idx, mine, nil)); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("kernel DNS answers: delete filter %s of lo: %w", mine, err)
+	}
+	if mine != filterNameOwnQdisc {
 		return nil
 	}
 	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
@@ -82,6 +110,35 @@ func remove(netnsPath string, qdisc bool) error {
 		return fmt.Errorf("kernel DNS answers: delete the clsact qdisc of lo: %w", err)
 	}
 	return nil
+}
+
+// slot names the filter at shunt's place on tc egress of lo (its
+// priority): mine when it is shunt's, other (described) when another
+// tool's, both empty when the place, or lo's clsact qdisc, is free.
+func slot(h *netlink.Handle, lo netlink.Link) (mine, other string, err error) {
+	fs, err := h.FilterList(lo, netlink.HANDLE_MIN_EGRESS)
+	if err != nil {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return "", "", nil // no clsact qdisc
+		}
+		return "", "", fmt.Errorf("kernel DNS answers: list tc egress filters of lo: %w", err)
+	}
+	for _, f := range fs {
+		// Filters of one priority must be of one kind: any other
+		// filter at shunt's priority keeps shunt's out.
+		a := f.Attrs()
+		if a.Priority != filterPriority {
+			continue
+		}
+		if bf, ok := f.(*netlink.BpfFilter); ok && a.Handle == filterHandle && (bf.Name == filterName || bf.Name == filterNameOwnQdisc) {
+			return bf.Name, "", nil
+		}
+		if bf, ok := f.(*netlink.BpfFilter); ok {
+			return "", fmt.Sprintf("bpf filter %q", bf.Name), nil
+		}
+		return "", f.Type() + " filter", nil
+	}
+	return "", "", nil
 }
 
 func rtnl(path string) (*netlink.Handle, error) {
@@ -124,7 +181,7 @@ func clsact(idx int) *netlink.GenericQdisc {
 	}
 }
 
-func filter(idx int, prog *ebpf.Program) *netlink.BpfFilter {
+func filter(idx int, name string, prog *ebpf.Program) *netlink.BpfFilter {
 	fd := -1
 	if prog != nil {
 		fd = prog.FD()
@@ -138,7 +195,7 @@ func filter(idx int, prog *ebpf.Program) *netlink.BpfFilter {
 			Protocol:  unix.ETH_P_ALL,
 		},
 		Fd:           fd,
-		Name:         filterName,
+		Name:         name,
 		DirectAction: true,
 	}
 }
