@@ -32,6 +32,7 @@ type dnsFlags struct {
 	hedgeDelay       time.Duration
 	queryTimeout     time.Duration
 	reloadInterval   time.Duration
+	kernelAnswers    bool
 }
 
 func newDNSCommand() *cobra.Command {
@@ -61,6 +62,7 @@ forward every other name to the workload's resolvers (from --resolv-conf or
 	fl.DurationVar(&f.hedgeDelay, "hedge-delay", 150*time.Millisecond, "ask the next upstream too when one is silent this long")
 	fl.DurationVar(&f.queryTimeout, "query-timeout", 3*time.Second, "give up on a forwarded query after this long (SERVFAIL)")
 	fl.DurationVar(&f.reloadInterval, "table-poll", 500*time.Millisecond, "how often to check --table for changes")
+	fl.BoolVar(&f.kernelAnswers, "kernel-answers", false, "answer plain A/AAAA queries for table names from a tc program on this network namespace's lo, without waking the interceptor (needs CAP_BPF and CAP_NET_ADMIN; every --listen on loopback and one port; see docs/dns.md)")
 	return cmd
 }
 
@@ -154,8 +156,24 @@ func runDNS(ctx context.Context, f dnsFlags) error {
 	if err != nil {
 		return fmt.Errorf("start DNS interceptor: %w", err)
 	}
+	set := srv.SetTable
+	if f.kernelAnswers {
+		port, err := kernelAnswersPort(cfg.Listen)
+		if err != nil {
+			return err
+		}
+		ka, err := startKernelAnswers(port, cfg.Table, log)
+		if err != nil {
+			return err
+		}
+		defer ka.stop()
+		set = func(t *dnsproxy.Table) {
+			srv.SetTable(t)
+			ka.sync(t)
+		}
+	}
 	if tw != nil {
-		go tw.watch(ctx, f.reloadInterval, srv.SetTable)
+		go tw.watch(ctx, f.reloadInterval, set)
 	}
 	// A port another process holds is an error naming that process.
 	return sockowner.Explain(srv.Run(ctx))

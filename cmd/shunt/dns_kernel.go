@@ -1,0 +1,103 @@
+//go:build !lean
+
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/shunt-dev/shunt/dnsproxy"
+	"github.com/shunt-dev/shunt/dnsproxy/kernelanswers"
+)
+
+// kernelAnswersPort is the one port the kernel answerer watches: every
+// listen address must be on loopback (the program sits on lo) and share
+// it. No --listen means the interceptor's defaults, 127.0.0.1 and ::1 at
+// 15053.
+func kernelAnswersPort(listen []netip.AddrPort) (uint16, error) {
+	if len(listen) == 0 {
+		return 15053, nil
+	}
+	port := listen[0].Port()
+	for _, ap := range listen {
+		if !ap.Addr().IsLoopback() {
+			return 0, fmt.Errorf("--kernel-answers: --listen %s is not on loopback: the kernel answers only on lo", ap)
+		}
+		if ap.Port() != port {
+			return 0, fmt.Errorf("--kernel-answers: --listen %s and %s are on different ports: the kernel answers on one", listen[0], ap)
+		}
+	}
+	if port == 0 {
+		return 0, fmt.Errorf("--kernel-answers: --listen %s: give the port", listen[0])
+	}
+	return port, nil
+}
+
+// kernelAnswers is the answerer of a running `shunt dns`: attached to the
+// namespace's lo while the interceptor runs, its names kept to the
+// interceptor's table.
+type kernelAnswers struct {
+	log *slog.Logger
+	mu  sync.Mutex
+	a   *kernelanswers.Answerer
+	// off is set once the answerer has been detached after a failed
+	// update: the interceptor answers everything from then on.
+	off bool
+}
+
+func startKernelAnswers(port uint16, t *dnsproxy.Table, log *slog.Logger) (*kernelAnswers, error) {
+	a, err := kernelanswers.Load(port)
+	if err != nil {
+		return nil, fmt.Errorf("--kernel-answers: %w", err)
+	}
+	res, err := a.Sync(t)
+	if err != nil {
+		a.Close()
+		return nil, fmt.Errorf("--kernel-answers: %w", err)
+	}
+	if _, err := kernelanswers.Attach("", a.Program()); err != nil {
+		a.Close()
+		return nil, fmt.Errorf("--kernel-answers: %w", err)
+	}
+	log.Info("kernel DNS answers on lo", "port", port, "names", res.Names, "left to the interceptor", res.Left)
+	return &kernelAnswers{log: log, a: a}, nil
+}
+
+// sync gives the kernel the interceptor's new table. Should that fail,
+// the kernel would go on answering names of the old one: the answerer is
+// detached instead, and the interceptor answers everything.
+func (k *kernelAnswers) sync(t *dnsproxy.Table) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.off {
+		return
+	}
+	res, err := k.a.Sync(t)
+	if err == nil {
+		k.log.Debug("kernel DNS answers updated", "names", res.Names, "written", res.Written, "deleted", res.Deleted)
+		return
+	}
+	k.off = true
+	if derr := kernelanswers.Detach(""); derr != nil {
+		k.log.Error("kernel DNS answers could not follow the table, and removing them failed: the kernel may answer names of the old table", "err", err, "detach", derr)
+		return
+	}
+	k.log.Error("kernel DNS answers could not follow the table and were removed: the interceptor answers every name", "err", err)
+}
+
+// stop detaches the answerer and reports what it answered.
+func (k *kernelAnswers) stop() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if st, err := k.a.Stats(); err == nil {
+		k.log.Info("kernel DNS answers", "answered", st.Answered, "missed", st.Missed, "passed", st.Passed)
+	}
+	if !k.off {
+		if err := kernelanswers.Detach(""); err != nil {
+			k.log.Error("remove kernel DNS answers from lo", "err", err)
+		}
+	}
+	k.a.Close()
+}
