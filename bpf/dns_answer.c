@@ -18,13 +18,15 @@
  *
  * The query arrives at tc egress of lo with its Ethernet header: the
  * capture has already sent it to 127.0.0.1 or ::1 at the interceptor's
- * port, so only those are looked at.
+ * port, so only those are looked at, and only when conntrack has not seen
+ * it (see tracked).
  */
 #include "dns_answer.h"
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/pkt_cls.h>
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -89,6 +91,28 @@ static __always_inline int count(__u32 what)
 	if (n)
 		(*n)++;
 	return TC_ACT_OK;
+}
+
+/* The kernel's socket buffer, for the one field read from it (CO-RE: its
+ * offset is this kernel's). */
+struct sk_buff {
+	unsigned long _nfct;
+} __attribute__((preserve_access_index));
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/* tracked reports whether conntrack has seen the query. Then its entry
+ * goes on with the packet, in the query's direction, and an answer made
+ * of it would meet the query's NAT on the way in again: with the iptables
+ * and nftables engines the redirect to the interceptor would be applied
+ * to the answer too, and send it to the interceptor instead of the
+ * client. Such queries are the interceptor's. */
+static __always_inline int tracked(struct __sk_buff *skb)
+{
+	if (!bpf_core_field_exists(((struct sk_buff *)0)->_nfct))
+		return 0; /* a kernel without conntrack */
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	return BPF_CORE_READ(kskb, _nfct) != 0;
 }
 
 struct ip4 {
@@ -185,6 +209,9 @@ int dns_answer(struct __sk_buff *skb)
 		return count(STAT_PASSED);
 	if ((hdr[2] & 0xf8) || hdr[4] != 0 || hdr[5] != 1 || hdr[6] | hdr[7] | hdr[8] | hdr[9] || hdr[10] || hdr[11] > 1)
 		return count(STAT_PASSED);
+
+	if (tracked(skb))
+		return count(STAT_TRACKED);
 
 	struct scratch *s = bpf_map_lookup_elem(&answer_scratch, &zero);
 	if (!s)

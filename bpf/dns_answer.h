@@ -22,6 +22,7 @@ enum {
 	STAT_MISSED,   /* a plain query for a name not in the map */
 	STAT_TOO_BIG,  /* the answer would exceed the client's limit */
 	STAT_PASSED,   /* anything else to the port: not a plain query */
+	STAT_TRACKED,  /* a query conntrack has seen (NATed capture) */
 	STAT_MAX,
 };
 

@@ -26,7 +26,23 @@
 # BASELINE=main) in every latency run, next to the others, and prints its
 # ratios to Unbound too: a before/after measured on the same machine at
 # the same time.
+# KERNEL_ANSWERS=1 runs shunt with --kernel-answers: the whole run then
+# takes place in a network namespace of its own (the answerer is a tc
+# program on lo), created here and removed on exit.
+# Besides each server's own CPU per query, every latency run reports the
+# server's and dnsperf's together ("+client"): a query answered in the
+# kernel costs the server nothing and is paid in the client's system
+# calls instead, so only the sum compares like with like.
 set -euo pipefail
+
+if [ "${KERNEL_ANSWERS:-}" = 1 ] && [ -z "${SHUNT_BENCH_NETNS:-}" ]; then
+	ns=shunt-dnsbench-$$
+	ip netns add "$ns"
+	trap 'ip netns del "$ns"' EXIT
+	ip netns exec "$ns" ip link set lo up
+	SHUNT_BENCH_NETNS=$ns ip netns exec "$ns" "$0" "$@"
+	exit
+fi
 
 DUR=${DUR:-10}
 CLIENTS=${CLIENTS:-16}
@@ -62,6 +78,7 @@ echo "building shunt..."
 SHUNT_CMD=()
 if (cd "$ROOT" && go build -o "$WORK/shunt" ./cmd/shunt) >"$WORK/build.log" 2>&1; then
 	SHUNT_CMD=("$WORK/shunt" dns --resolv-conf "" --upstream-mark 0 --log-level warn)
+	if [ "${KERNEL_ANSWERS:-}" = 1 ]; then SHUNT_CMD+=(--kernel-answers); fi
 else
 	# A tree where another package is mid-change may not build the command;
 	# measure the same server through the small stand-in rather than not at all, and say so.
@@ -185,23 +202,26 @@ qps() {
 }
 
 # lat NAME PORT QUERYFILE RATE PID: prints "P99_MS P999_MS CPU_US_PER_QUERY
-# LOST%" at a fixed offered RATE: every answer's latency from dnsperf -v,
-# and the server's CPU time (utime + stime of every thread, from
-# /proc/PID/stat) over the run divided by the queries it answered.
+# LOST% CPU_US_PER_QUERY_WITH_CLIENT" at a fixed offered RATE: every
+# answer's latency from dnsperf -v, the server's CPU time (utime + stime of
+# every thread, from /proc/PID/stat) over the run divided by the queries it
+# answered, and the same with dnsperf's CPU time (bash's `times` for the
+# subshell that ran it) added.
 lat() {
-	local out="$WORK/lat-$1-$4.txt" t0 t1
+	local out="$WORK/lat-$1-$4.txt" t0 t1 client
 	t0=$(awk '{print $14 + $15}' "/proc/$5/stat")
-	"${CLI[@]}" dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l "$LATDUR" -c "$CLIENTS" -T "$THREADS" -Q "$4" -v >"$out" 2>&1 || true
+	client=$( { "${CLI[@]}" dnsperf -s 127.0.0.1 -p "$2" -d "$3" -l "$LATDUR" -c "$CLIENTS" -T "$THREADS" -Q "$4" -v >"$out" 2>&1 || true; times; } |
+		tail -1 | awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); s += p[1] * 60 + p[2] } print s }')
 	t1=$(awk '{print $14 + $15}' "/proc/$5/stat")
 	local done lost
 	done=$(awk '/Queries completed/ {print $3}' "$out")
 	lost=$(awk '/Queries lost/ {gsub(/[()%]/, "", $4); print $4}' "$out")
-	awk '/^> / {print $NF}' "$out" | sort -g | awk -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v done="${done:-0}" -v lost="${lost:-n/a}" '
+	awk '/^> / {print $NF}' "$out" | sort -g | awk -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v done="${done:-0}" -v lost="${lost:-n/a}" -v client="$client" '
 		{a[NR] = $1}
 		END {
-			if (!NR) { print "n/a n/a n/a " lost; exit }
-			printf "%.3f %.3f %.2f %s\n", a[int(NR * 0.99)] * 1000, a[int(NR * 0.999)] * 1000,
-				(done > 0 ? ticks / hz * 1e6 / done : 0), lost
+			if (!NR) { print "n/a n/a n/a " lost " n/a"; exit }
+			printf "%.3f %.3f %.2f %s %.2f\n", a[int(NR * 0.99)] * 1000, a[int(NR * 0.999)] * 1000,
+				(done > 0 ? ticks / hz * 1e6 / done : 0), lost, (done > 0 ? (ticks / hz + client) * 1e6 / done : 0)
 		}'
 }
 
@@ -233,20 +253,20 @@ echo "ratios (QPS): table shunt/unbound $(ratio "$s_q" "$u_q"), shunt/dnsmasq $(
 # Tails: every run measures shunt and Unbound back to back for each
 # scenario and rate, so both see the same machine; ratios are per run.
 echo
-printf "%-4s %-9s %6s  %-24s %-24s %-22s\n" run scenario "q/s" "p99 ms shunt/unbound" "p99.9 ms shunt/unbound" "CPU us/q shunt/unbound"
+printf "%-4s %-9s %6s  %-24s %-24s %-22s %-22s\n" run scenario "q/s" "p99 ms shunt/unbound" "p99.9 ms shunt/unbound" "CPU us/q shunt/unbound" "+client us/q"
 RES="$WORK/tails.txt"
 : >"$RES"
 for run in $(seq "$REPEAT"); do
 	for sc in table fwd; do
 		for rate in $RATES; do
-			read -r sp sp9 sc_cpu sl < <(lat "shunt-$sc" $SHUNT "$WORK/q-$sc.txt" "$rate" "${PID_OF[shunt]}")
-			read -r up up9 uc_cpu ul < <(lat "unbound-$sc" $UNBOUND "$WORK/q-$sc.txt" "$rate" "${PID_OF[unbound]}")
-			printf "%-4s %-9s %6s  %-24s %-24s %-22s\n" "$run" "$sc" "$rate" "$sp / $up" "$sp9 / $up9" "$sc_cpu / $uc_cpu"
-			echo "$sc $rate $(ratio "$sp" "$up") $(ratio "$sp9" "$up9") $(ratio "$sc_cpu" "$uc_cpu")" >>"$RES"
+			read -r sp sp9 sc_cpu sl sc_all < <(lat "shunt-$sc" $SHUNT "$WORK/q-$sc.txt" "$rate" "${PID_OF[shunt]}")
+			read -r up up9 uc_cpu ul uc_all < <(lat "unbound-$sc" $UNBOUND "$WORK/q-$sc.txt" "$rate" "${PID_OF[unbound]}")
+			printf "%-4s %-9s %6s  %-24s %-24s %-22s %-22s\n" "$run" "$sc" "$rate" "$sp / $up" "$sp9 / $up9" "$sc_cpu / $uc_cpu" "$sc_all / $uc_all"
+			echo "$sc $rate $(ratio "$sp" "$up") $(ratio "$sp9" "$up9") $(ratio "$sc_cpu" "$uc_cpu") $(ratio "$sc_all" "$uc_all")" >>"$RES"
 			if [ -n "$BASELINE" ]; then
-				read -r bp bp9 bc_cpu bl < <(lat "old-$sc" $OLD "$WORK/q-$sc.txt" "$rate" "${PID_OF[old]}")
-				printf "%-4s %-9s %6s  %-24s %-24s %-22s\n" "" "$BASELINE" "" "$bp" "$bp9" "$bc_cpu"
-				echo "$BASELINE-$sc $rate $(ratio "$bp" "$up") $(ratio "$bp9" "$up9") $(ratio "$bc_cpu" "$uc_cpu")" >>"$RES"
+				read -r bp bp9 bc_cpu bl bc_all < <(lat "old-$sc" $OLD "$WORK/q-$sc.txt" "$rate" "${PID_OF[old]}")
+				printf "%-4s %-9s %6s  %-24s %-24s %-22s %-22s\n" "" "$BASELINE" "" "$bp" "$bp9" "$bc_cpu" "$bc_all"
+				echo "$BASELINE-$sc $rate $(ratio "$bp" "$up") $(ratio "$bp9" "$up9") $(ratio "$bc_cpu" "$uc_cpu") $(ratio "$bc_all" "$uc_all")" >>"$RES"
 			fi
 		done
 	done
@@ -256,8 +276,8 @@ echo "shunt/unbound ratios over $REPEAT runs (lower is better; targets: p99 and 
 for sc in table fwd ${BASELINE:+$BASELINE-table $BASELINE-fwd}; do
 	for rate in $RATES; do
 		printf "%-14s %6s q/s:" "$sc" "$rate"
-		for col in 3 4 5; do
-			name=$( [ $col = 3 ] && echo p99 || { [ $col = 4 ] && echo p99.9 || echo CPU; })
+		for col in 3 4 5 6; do
+			name=$( [ $col = 3 ] && echo p99 || { [ $col = 4 ] && echo p99.9 || { [ $col = 5 ] && echo CPU || echo CPU+client; }; })
 			awk -v sc=$sc -v r=$rate -v c=$col '$1 == sc && $2 == r && $c != "n/a" {print $c}' "$RES" | sort -g |
 				awk -v n="$name" '{a[NR] = $1} END {if (NR) printf "  %s %.2f [%.2f-%.2f]", n, a[int((NR + 1) / 2)], a[1], a[NR]; else printf "  %s n/a", n}'
 		done

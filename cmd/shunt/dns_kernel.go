@@ -92,7 +92,7 @@ func (k *kernelAnswers) stop() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if st, err := k.a.Stats(); err == nil {
-		k.log.Info("kernel DNS answers", "answered", st.Answered, "missed", st.Missed, "passed", st.Passed)
+		k.log.Info("kernel DNS answers", "answered", st.Answered, "missed", st.Missed, "passed", st.Passed, "tracked", st.Tracked)
 	}
 	if !k.off {
 		if err := kernelanswers.Detach(""); err != nil {

@@ -162,12 +162,15 @@ type Stats struct {
 	// Passed: other datagrams to the port (not a plain A or AAAA
 	// query, or over a limit).
 	Passed uint64
+	// Tracked: queries conntrack had seen, which the interceptor
+	// answers (a capture that NATs DNS to it; see docs/dns.md).
+	Tracked uint64
 }
 
 // Stats sums the per-CPU counters.
 func (a *Answerer) Stats() (Stats, error) {
 	var st Stats
-	for i, dst := range []*uint64{&st.Answered, &st.Missed, &st.TooBig, &st.Passed} {
+	for i, dst := range []*uint64{&st.Answered, &st.Missed, &st.TooBig, &st.Passed, &st.Tracked} {
 		var perCPU []uint64
 		if err := a.objs.AnswerStats.Lookup(uint32(i), &perCPU); err != nil {
 			return st, fmt.Errorf("kernel DNS answers: read counters: %w", err)

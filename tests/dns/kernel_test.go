@@ -2,6 +2,7 @@ package dns_test
 
 import (
 	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -91,5 +92,38 @@ func TestKernelAnswersRefusesWhatItCannotServe(t *testing.T) {
 	}
 	if out := n.MustRun("tc", "qdisc", "show", "dev", "lo"); strings.Contains(out, "clsact") {
 		t.Errorf("a refused start changed lo: %s", out)
+	}
+}
+
+// TestKernelAnswersLeaveNATedQueries: where DNS reaches the interceptor
+// through NAT (as the iptables and nftables engines send it), conntrack
+// has seen the query, and an answer turned round in the kernel would be
+// redirected to the interceptor again on its way in: the kernel leaves
+// those queries to the interceptor, and they are answered.
+func TestKernelAnswersLeaveNATedQueries(t *testing.T) {
+	testenv.RequireBinary(t, "iptables")
+	p := startPod(t, "--kernel-answers")
+	p.ns.MustRun("ip", "addr", "add", "10.96.0.10/32", "dev", "lo")
+	p.ns.MustRun("iptables", "-t", "nat", "-A", "OUTPUT", "-d", "10.96.0.10", "-p", "udp", "--dport", "53", "-j", "REDIRECT", "--to-ports", "53")
+	dig := func(args ...string) string {
+		out, _ := p.ns.Run("dig", append([]string{"+short", "+time=1", "+tries=1"}, args...)...)
+		return strings.TrimSpace(out)
+	}
+	if got := dig("@10.96.0.10", "httpbin.mesh"); got != "240.0.0.1" {
+		t.Fatalf("dig @10.96.0.10 httpbin.mesh through NAT = %q, want 240.0.0.1", got)
+	}
+	if err := p.shunt.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	got := dig("@10.96.0.10", "httpbin.mesh")
+	p.shunt.Cmd.Process.Signal(syscall.SIGCONT)
+	if !strings.Contains(got, "timed out") {
+		t.Errorf("interceptor stopped: a NATed query got %q, want no answer (the kernel leaves it)", got)
+	}
+	p.shunt.Stop()
+	// The two NATed queries are counted as seen by conntrack (the
+	// startup check before the NAT rule was answered in the kernel).
+	if out := p.shunt.Output(); !regexp.MustCompile(`tracked=([2-9]|\d\d)`).MatchString(out) {
+		t.Errorf("want the NATed queries counted as tracked:\n%s", out)
 	}
 }
