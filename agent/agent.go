@@ -55,6 +55,10 @@ type Options struct {
 	DNS dnsproxy.Config
 	// DNSTTL is the TTL of answers from the snapshot's names.
 	DNSTTL time.Duration
+	// OnTable, when set, is called with each table the interceptor
+	// takes, right after it takes it and in the same order: the kernel
+	// answerer (--dns-kernel-answers) follows the interceptor with it.
+	OnTable func(*dnsproxy.Table)
 
 	// VIPRanges stay reachable under lockdown (connections to VIPs are
 	// captured anyway; allowing the ranges keeps a VIP the proxy has not
@@ -450,6 +454,9 @@ func (a *Agent) apply(ctx context.Context, s *mesh.AgentSnapshot) {
 			a.metrics.snapshotErrors.Inc()
 		} else {
 			a.dns.SetTable(t)
+			if a.opts.OnTable != nil {
+				a.opts.OnTable(t)
+			}
 		}
 	}
 	a.snap.Store(s)

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -268,6 +269,27 @@ func TestTableFollowsSnapshotWhenInstallFails(t *testing.T) {
 	}
 	if ok, why := a.Ready(); ok || !strings.Contains(why, "capture rules not in place: iptables-restore") {
 		t.Errorf("ready while the rules failed (%v, %q)", ok, why)
+	}
+}
+
+// TestOnTableFollowsTheInterceptor: every table the interceptor takes is
+// handed on, the same table, in the same order.
+func TestOnTableFollowsTheInterceptor(t *testing.T) {
+	src := newFakeSource(nil)
+	var mu sync.Mutex
+	var got []*dnsproxy.Table
+	a := startAgentWith(t, src, &fakeEngine{}, fakeResolver{}, func(o *Options) {
+		o.OnTable = func(tb *dnsproxy.Table) { mu.Lock(); got = append(got, tb); mu.Unlock() }
+	})
+	for i, names := range []map[string][]netip.Addr{{"a.mesh": {vip1}}, {"a.mesh": {vip1}, "b.mesh": {vip2}}} {
+		src.push(t, &mesh.AgentSnapshot{Version: strconv.Itoa(i + 1), Names: names, Passthrough: true})
+		eventually(t, "the table to be handed on", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == i+1 })
+		mu.Lock()
+		last := got[i]
+		mu.Unlock()
+		if last != a.DNS().Table() || last.Len() != len(names) {
+			t.Fatalf("snapshot %d: handed on a table of %d names, not the interceptor's", i+1, last.Len())
+		}
 	}
 }
 

@@ -50,6 +50,7 @@ type runFlags struct {
 	vip6CIDR      string
 	dnsTTL        time.Duration
 	cacheSize     int
+	kernelAnswers bool
 	reconcile     time.Duration
 	envoy         envoyFlags
 	node          nodeFlags
@@ -101,6 +102,7 @@ the config file and apply it. See docs/agent.md.`,
 	fl.StringVar(&f.vip6CIDR, "vip6-cidr", mesh.DefaultVIPv6CIDR, `IPv6 VIP range ("none": IPv4 VIPs only)`)
 	fl.DurationVar(&f.dnsTTL, "dns-ttl", dnsproxy.DefaultTTL, "TTL of DNS answers for mesh names")
 	fl.IntVar(&f.cacheSize, "dns-cache-size", 10000, "forwarded answers cached by the DNS interceptor (0 disables)")
+	fl.BoolVar(&f.kernelAnswers, "dns-kernel-answers", false, "answer plain A/AAAA queries for mesh names from a tc program on the namespace's lo, without waking the interceptor (the eBPF engine's capture; needs CAP_BPF and CAP_NET_ADMIN; see docs/dns.md)")
 	fl.DurationVar(&f.reconcile, "reconcile-interval", 2*time.Second, "how often the live rules are checked for drift")
 	addEnvoyFlags(cmd, &f.envoy)
 	addNodeFlags(fl, &f.node)
@@ -235,6 +237,14 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		opts.Engine, opts.Plan = eng, plan
 	} else {
 		opts.Plan = plan
+	}
+	if f.kernelAnswers {
+		ka, err := startKernelAnswers(plan.DNSPort, nil, log)
+		if err != nil {
+			return err
+		}
+		defer ka.stop()
+		opts.OnTable = ka.sync
 	}
 	a, err := agent.New(opts)
 	if err != nil {

@@ -1,0 +1,56 @@
+package agent_test
+
+import (
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// TestAgentKernelAnswers runs `shunt run --dns-kernel-answers` with the
+// eBPF engine: the pod's resolver gets mesh names' VIPs as before; with the
+// agent stopped (SIGSTOP) they are still answered, from the kernel, with
+// the same VIPs, while a name the mesh does not know is not; a new
+// ExternalService reaches the kernel too; and the agent's exit leaves the
+// pod's lo as it was.
+func TestAgentKernelAnswers(t *testing.T) {
+	w := newWorldWith(t, "ebpf")
+	w.writeResource("services.yaml", externalService("httpbin", "httpbin", "http", "httpbin.org:443", tlsBlock("httpbin.org", w.ca.cert, nil)))
+	w.startAgent("", "--dns-kernel-answers")
+	vip := w.dig("httpbin.mesh")
+	if vip == "" {
+		t.Fatalf("httpbin.mesh not answered\n%s", w.logs())
+	}
+	stopped := func(f func()) {
+		t.Helper()
+		if err := w.agent.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		defer w.agent.Cmd.Process.Signal(syscall.SIGCONT)
+		f()
+	}
+	stopped(func() {
+		if got := w.dig("httpbin.mesh"); got != vip {
+			t.Errorf("agent stopped: httpbin.mesh = %q, want %s from the kernel", got, vip)
+		}
+		if got := w.dig("unknown.example"); !strings.Contains(got, "timed out") {
+			t.Errorf("agent stopped: a name the mesh does not know got %q, want no answer", got)
+		}
+	})
+
+	w.writeResource("more.yaml", externalService("fresh", "fresh", "http", "fresh.example:443", ""))
+	waitFor(t, "fresh.mesh to resolve", func() bool { return w.dig("fresh.mesh") != "" }, w.logs)
+	fresh := w.dig("fresh.mesh")
+	stopped(func() {
+		if got := w.dig("fresh.mesh"); got != fresh {
+			t.Errorf("agent stopped: the new fresh.mesh = %q, want %s from the kernel", got, fresh)
+		}
+	})
+
+	w.stopAgent()
+	if out := w.pod.MustRun("tc", "filter", "show", "dev", "lo", "egress"); strings.Contains(out, "shunt") {
+		t.Errorf("the agent exited and left its filter:\n%s", out)
+	}
+	if !strings.Contains(w.agent.Output(), "kernel DNS answers") {
+		t.Errorf("no report of the kernel's answers:\n%s", w.agent.Output())
+	}
+}
