@@ -61,6 +61,14 @@ struct {
 } names SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct cache_key);
+	__type(value, struct cached_answer);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} cache SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
 	__type(key, __u32);
@@ -68,11 +76,16 @@ struct {
 } answer_stats SEC(".maps");
 
 /* Per-CPU room for what does not fit the 512-byte stack: the query's
- * name, the key, and the old and new bytes after the question, each with a
+ * name, the keys, and the old and new bytes after the question, each with a
  * leading byte so that both start on the datagram's 16-bit word boundary
- * for the checksum, and three trailing ones for the 4-byte rounding. */
+ * for the checksum, and three trailing ones for the 4-byte rounding. A
+ * cached answer's bytes are copied 8 at a time instead, to offset 0, and
+ * their sum turned to the datagram's parity afterwards (see sum_at). */
 struct scratch {
+	__u8 cache_tail[CACHE_TAIL_MAX + 8]; /* first: 8-byte aligned */
+	__u8 spelled[ANSWER_NAME_MAX];       /* the name as asked, zero after it */
 	__u8 q[ANSWER_NAME_MAX];
+	struct cache_key ckey;
 	struct name_key key;
 	__u8 old_tail[1 + 64 + 3];
 	__u8 new_tail[1 + ANSWER_RECORDS_MAX + 11 + 3];
@@ -152,6 +165,25 @@ struct udp {
 static __always_inline __u32 round4(__u32 n)
 {
 	return (n + 3) & ~3U;
+}
+
+/* csum_add adds two partial ones' complement sums. */
+static __always_inline __u32 csum_add(__u32 a, __u32 b)
+{
+	__u64 t = (__u64)a + b;
+	return (__u32)((t & 0xffffffff) + (t >> 32));
+}
+
+/* sum_at turns the partial sum of bytes summed from an even offset into
+ * their sum at an odd one: the same bytes one place along swap each 16-bit
+ * word's halves, and so the folded sum's. */
+static __always_inline __u32 sum_at(__u32 sum, int odd)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	if (odd)
+		sum = ((sum & 0xff) << 8) | (sum >> 8);
+	return sum;
 }
 
 SEC("tc")
@@ -244,10 +276,12 @@ int dns_answer(struct __sk_buff *skb)
 	/* Then every byte lower-cased: a length byte (below 64) is never
 	 * a capital letter, so the labels need not be told apart here. */
 	__builtin_memset(&s->key, 0, sizeof(s->key));
+	__builtin_memset(s->spelled, 0, sizeof(s->spelled));
 	for (__u32 i = 0; i < ANSWER_NAME_MAX; i++) {
 		if (i >= namelen)
 			break;
 		__u8 c = s->q[i];
+		s->spelled[i] = c;
 		if (c >= 'A' && c <= 'Z')
 			c += 'a' - 'A';
 		s->key.name[i] = c;
@@ -297,25 +331,11 @@ int dns_answer(struct __sk_buff *skb)
 	} else if (oldtail != 0) {
 		return count(STAT_PASSED);
 	}
-	if (qtype != DNS_TYPE_A && qtype != DNS_TYPE_AAAA)
-		return count(STAT_PASSED);
-
-	struct name_answers *v = bpf_map_lookup_elem(&names, &s->key);
-	if (!v)
-		return count(STAT_MISSED);
-	__u16 n = qtype == DNS_TYPE_A ? v->v4_count : v->v6_count;
-	__u32 alen = qtype == DNS_TYPE_A ? v->v4_len : v->v6_len;
-	if (alen > ANSWER_RECORDS_MAX)
-		return count(STAT_PASSED);
-	__u32 newtail = alen + (edns ? 11 : 0);
 	__u32 limit = edns && udpsize >= MIN_MSG_SIZE ? udpsize : MIN_MSG_SIZE;
-	if (qend + newtail > limit)
-		return count(STAT_TOO_BIG);
-
-	/* The bytes after the question, old and new, placed at the
-	 * parity they have in the datagram (the DNS message starts at its
-	 * byte 8). */
 	__u32 odd = qend & 1;
+
+	/* The old bytes after the question, at the parity they have in the
+	 * datagram (the DNS message starts at its byte 8). */
 	if (oldtail > 11 + OPTIONS_MAX)
 		return count(STAT_PASSED);
 	/* The mask keeps the bound in the register the helper gets, which
@@ -325,51 +345,153 @@ int dns_answer(struct __sk_buff *skb)
 	__builtin_memset(s->old_tail, 0, sizeof(s->old_tail));
 	if (oldtail && bpf_skb_load_bytes(skb, dns + qend, s->old_tail + odd, oldtail))
 		return count(STAT_PASSED);
-	s->new_tail[0] = 0;
-	if (qtype == DNS_TYPE_A)
-		__builtin_memcpy(s->new_tail + odd, v->v4, ANSWER_RECORDS_MAX);
-	else
-		__builtin_memcpy(s->new_tail + odd, v->v6, ANSWER_RECORDS_MAX);
-	__u32 end = odd + alen;
-	if (end > 1 + ANSWER_RECORDS_MAX)
-		return count(STAT_PASSED);
-	if (edns) {
-		__u8 *o = s->new_tail + end;
-		o[0] = 0;
-		o[1] = 0;
-		o[2] = DNS_TYPE_OPT;
-		o[3] = EDNS_BUF_SIZE >> 8;
-		o[4] = EDNS_BUF_SIZE & 0xff;
-		o[5] = 0;
-		o[6] = 0;
-		o[7] = dobit ? 0x80 : 0;
-		o[8] = 0;
-		o[9] = 0;
-		o[10] = 0;
-		end += 11;
-	}
-	s->new_tail[end] = 0;
-	s->new_tail[end + 1] = 0;
-	s->new_tail[end + 2] = 0;
-
-	__u8 newhdr[12] = {hdr[0], hdr[1], 0x84 | (hdr[2] & 0x01), 0x80 | (hdr[3] & 0x10), 0, 1, n >> 8, n & 0xff, 0, 0, 0, edns};
-
-	/* The checksum follows every byte changed: the DNS header, the
-	 * bytes after the question, and the UDP length (in the header and
-	 * the pseudo-header). Swapping addresses and ports changes no sum. A
-	 * helper knows whether the sum is still to be filled in
-	 * (CHECKSUM_PARTIAL, the usual case on lo) or complete. */
-	__s64 d = bpf_csum_diff((__be32 *)hdr, sizeof(hdr), (__be32 *)newhdr, sizeof(newhdr), 0);
-	if (d < 0)
-		return count(STAT_PASSED);
-	__u64 osz = round4(odd + oldtail), nsz = round4(end);
+	__u64 osz = round4(odd + oldtail);
 	bounded(osz);
-	bounded(nsz);
-	if (osz > sizeof(s->old_tail) || nsz > sizeof(s->new_tail))
+	if (osz > sizeof(s->old_tail))
 		return count(STAT_PASSED);
-	d = bpf_csum_diff((__be32 *)s->old_tail, osz, (__be32 *)s->new_tail, nsz, (__wsum)d);
-	if (d < 0)
-		return count(STAT_PASSED);
+
+	__u8 newhdr[12];
+	__u32 newtail;
+	int cached = 0;
+	__s64 d;
+	struct name_answers *v = bpf_map_lookup_elem(&names, &s->key);
+	if (v) {
+		/* A table name's other types are the interceptor's. */
+		if (qtype != DNS_TYPE_A && qtype != DNS_TYPE_AAAA)
+			return count(STAT_PASSED);
+		__u16 n = qtype == DNS_TYPE_A ? v->v4_count : v->v6_count;
+		__u32 alen = qtype == DNS_TYPE_A ? v->v4_len : v->v6_len;
+		if (alen > ANSWER_RECORDS_MAX)
+			return count(STAT_PASSED);
+		newtail = alen + (edns ? 11 : 0);
+		if (qend + newtail > limit)
+			return count(STAT_TOO_BIG);
+		s->new_tail[0] = 0;
+		if (qtype == DNS_TYPE_A)
+			__builtin_memcpy(s->new_tail + odd, v->v4, ANSWER_RECORDS_MAX);
+		else
+			__builtin_memcpy(s->new_tail + odd, v->v6, ANSWER_RECORDS_MAX);
+		__u32 end = odd + alen;
+		if (end > 1 + ANSWER_RECORDS_MAX)
+			return count(STAT_PASSED);
+		if (edns) {
+			__u8 *o = s->new_tail + end;
+			o[0] = 0;
+			o[1] = 0;
+			o[2] = DNS_TYPE_OPT;
+			o[3] = EDNS_BUF_SIZE >> 8;
+			o[4] = EDNS_BUF_SIZE & 0xff;
+			o[5] = 0;
+			o[6] = 0;
+			o[7] = dobit ? 0x80 : 0;
+			o[8] = 0;
+			o[9] = 0;
+			o[10] = 0;
+			end += 11;
+		}
+		s->new_tail[end] = 0;
+		s->new_tail[end + 1] = 0;
+		s->new_tail[end + 2] = 0;
+		newhdr[0] = hdr[0];
+		newhdr[1] = hdr[1];
+		newhdr[2] = 0x84 | (hdr[2] & 0x01);
+		newhdr[3] = 0x80 | (hdr[3] & 0x10);
+		newhdr[4] = 0;
+		newhdr[5] = 1;
+		newhdr[6] = n >> 8;
+		newhdr[7] = n & 0xff;
+		newhdr[8] = 0;
+		newhdr[9] = 0;
+		newhdr[10] = 0;
+		newhdr[11] = edns;
+
+		/* The checksum follows every byte changed: the DNS header,
+		 * the bytes after the question, and the UDP length (in the
+		 * header and the pseudo-header). Swapping addresses and ports
+		 * changes no sum. A helper knows whether the sum is still to
+		 * be filled in (CHECKSUM_PARTIAL, the usual case on lo) or
+		 * complete. */
+		d = bpf_csum_diff((__be32 *)hdr, sizeof(hdr), (__be32 *)newhdr, sizeof(newhdr), 0);
+		if (d < 0)
+			return count(STAT_PASSED);
+		__u64 nsz = round4(end);
+		bounded(nsz);
+		if (nsz > sizeof(s->new_tail))
+			return count(STAT_PASSED);
+		d = bpf_csum_diff((__be32 *)s->old_tail, osz, (__be32 *)s->new_tail, nsz, (__wsum)d);
+		if (d < 0)
+			return count(STAT_PASSED);
+	} else {
+		/* Not a table name: the cache, as the interceptor's fast
+		 * path reads it, for an answer still fresh and a name
+		 * spelled as when it was stored. */
+		struct cache_key *ck = &s->ckey;
+		__builtin_memcpy(&ck->name, &s->key, sizeof(s->key));
+		ck->qtype = qtype;
+		ck->flags = (dobit ? CACHE_DO : 0) | ((hdr[3] & 0x10) ? CACHE_CD : 0) | (edns ? CACHE_EDNS : 0);
+		ck->pad = 0;
+		struct cached_answer *c = bpf_map_lookup_elem(&cache, ck);
+		if (!c)
+			return count(STAT_MISSED);
+		__u64 now = bpf_ktime_get_ns();
+		if (now >= c->expires || now < c->stored)
+			return count(STAT_MISSED); /* expired: the interceptor's */
+		/* Both names are zero after their end: compared whole, 8
+		 * bytes at a time, without a branch per byte. */
+		__u64 diff = c->qname_len ^ namelen;
+		__u64 *a = (__u64 *)s->spelled, *b = (__u64 *)c->qname;
+		for (int i = 0; i < ANSWER_NAME_MAX / 8; i++)
+			diff |= a[i] ^ b[i];
+		if (diff)
+			return count(STAT_MISSED); /* spelled otherwise */
+		if (c->need > limit)
+			return count(STAT_TOO_BIG);
+		newtail = c->tail_len;
+		if (newtail > CACHE_TAIL_MAX)
+			return count(STAT_PASSED);
+		__builtin_memcpy(s->cache_tail, c->tail, CACHE_TAIL_MAX);
+		__u32 age = (now - c->stored) / 1000000000ULL;
+		for (__u32 j = 0; j < CACHE_TTLS_MAX; j++) {
+			if (j >= c->ttl_count)
+				break;
+			__u32 off = c->ttl_off[j];
+			if (off > CACHE_TAIL_MAX - 4)
+				return count(STAT_PASSED);
+			__u32 t = c->ttl[j];
+			t = t > age ? t - age : 0;
+			s->cache_tail[off] = t >> 24;
+			s->cache_tail[off + 1] = t >> 16;
+			s->cache_tail[off + 2] = t >> 8;
+			s->cache_tail[off + 3] = t;
+		}
+		__u64 nsz = round4(newtail);
+		bounded(nsz);
+		if (nsz > CACHE_TAIL_MAX)
+			return count(STAT_PASSED);
+		/* Zero the rounding bytes, which the copy filled from the
+		 * entry. */
+		for (__u32 z = 0; z < 3; z++) {
+			__u32 at = newtail + z;
+			if (at < CACHE_TAIL_MAX + 8)
+				s->cache_tail[at] = 0;
+		}
+		__builtin_memcpy(newhdr, c->hdr, sizeof(newhdr));
+		newhdr[0] = hdr[0];
+		newhdr[1] = hdr[1];
+		newhdr[2] = (c->hdr[2] & ~0x01) | (hdr[2] & 0x01);
+
+		d = bpf_csum_diff((__be32 *)hdr, sizeof(hdr), (__be32 *)newhdr, sizeof(newhdr), 0);
+		if (d < 0)
+			return count(STAT_PASSED);
+		d = bpf_csum_diff((__be32 *)s->old_tail, osz, NULL, 0, (__wsum)d);
+		if (d < 0)
+			return count(STAT_PASSED);
+		__s64 x = bpf_csum_diff(NULL, 0, (__be32 *)s->cache_tail, nsz, 0);
+		if (x < 0)
+			return count(STAT_PASSED);
+		d = csum_add((__u32)d, sum_at((__u32)x, odd));
+		cached = 1;
+	}
 
 	__u32 newulen = sizeof(udp) + qend + newtail;
 	if (bpf_skb_change_tail(skb, l4 + newulen, 0))
@@ -392,10 +514,17 @@ int dns_answer(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	__u64 ntl = newtail;
 	bounded(ntl);
-	if (ntl > sizeof(s->new_tail) - 4)
-		return TC_ACT_SHOT;
-	if (ntl && bpf_skb_store_bytes(skb, dns + qend, s->new_tail + odd, ntl, 0))
-		return TC_ACT_SHOT;
+	if (cached) {
+		if (ntl > CACHE_TAIL_MAX)
+			return TC_ACT_SHOT;
+		if (ntl && bpf_skb_store_bytes(skb, dns + qend, s->cache_tail, ntl, 0))
+			return TC_ACT_SHOT;
+	} else {
+		if (ntl > sizeof(s->new_tail) - 4)
+			return TC_ACT_SHOT;
+		if (ntl && bpf_skb_store_bytes(skb, dns + qend, s->new_tail + odd, ntl, 0))
+			return TC_ACT_SHOT;
+	}
 	if (v6) {
 		__u16 plen = bpf_htons(newulen);
 		__u32 addrs[8] = {ip6.daddr[0], ip6.daddr[1], ip6.daddr[2], ip6.daddr[3],
@@ -411,6 +540,6 @@ int dns_answer(struct __sk_buff *skb)
 		    bpf_skb_store_bytes(skb, ETH_HLEN + 12, addrs, sizeof(addrs), 0))
 			return TC_ACT_SHOT;
 	}
-	count(STAT_ANSWERED);
+	count(cached ? STAT_CACHED : STAT_ANSWERED);
 	return TC_ACT_OK;
 }

@@ -23,6 +23,7 @@ enum {
 	STAT_TOO_BIG,  /* the answer would exceed the client's limit */
 	STAT_PASSED,   /* anything else to the port: not a plain query */
 	STAT_TRACKED,  /* a query conntrack has seen (NATed capture) */
+	STAT_CACHED,   /* answered in the kernel from the cache */
 	STAT_MAX,
 };
 
@@ -51,6 +52,39 @@ struct name_answers {
 	__u16 v6_len;
 	__u8 v4[ANSWER_RECORDS_MAX];
 	__u8 v6[ANSWER_RECORDS_MAX];
+};
+
+/* A forwarded answer the interceptor's cache holds, packed as its fast
+ * path sends it (dnsproxy/wirecache.go): kept until it expires, for
+ * queries that spell the name as the one that fetched it. */
+#define CACHE_TAIL_MAX 384
+#define CACHE_TTLS_MAX 16
+
+/* cache_key.flags */
+#define CACHE_DO (1 << 0)   /* the query's DO bit */
+#define CACHE_CD (1 << 1)   /* the query's CD bit */
+#define CACHE_EDNS (1 << 2) /* the query had an OPT record */
+
+struct cache_key {
+	struct name_key name;
+	__u16 qtype;
+	__u8 flags;
+	__u8 pad;
+};
+
+struct cached_answer {
+	__u64 stored;  /* bpf_ktime_get_ns() when the upstream answered */
+	__u64 expires; /* and when the cache stops answering from it */
+	__u32 ttl[CACHE_TTLS_MAX];     /* the records' TTLs as stored */
+	__u16 ttl_off[CACHE_TTLS_MAX]; /* where each is, in tail */
+	__u16 need;     /* the smallest client limit the answer fits */
+	__u16 tail_len; /* bytes after the question */
+	__u8 hdr[12];   /* header: ID 0, RD clear */
+	__u8 qname_len;
+	__u8 ttl_count;
+	__u8 pad[6];
+	__u8 qname[ANSWER_NAME_MAX]; /* the name as spelled, zero after it */
+	__u8 tail[CACHE_TAIL_MAX];   /* answer, authority, additional */
 };
 
 #endif

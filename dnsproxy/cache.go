@@ -71,6 +71,10 @@ type cache struct {
 	opts   CacheOptions
 	seed   maphash.Seed
 	shards []cacheShard
+	// stored and dropped, when set, are told of each entry put and
+	// each entry removed, with its shard locked.
+	stored  func(cacheKey, *cacheEntry)
+	dropped func(cacheKey)
 }
 
 type cacheShard struct {
@@ -160,6 +164,9 @@ func (c *cache) get(k cacheKey, now time.Time, allowStale bool) (*dns.Msg, bool)
 		if !c.opts.ServeStale || now.Sub(e.expires) > c.opts.StaleFor {
 			s.unlink(e)
 			delete(s.m, k)
+			if c.dropped != nil {
+				c.dropped(k)
+			}
 		}
 		s.mu.Unlock()
 		return nil, false
@@ -210,13 +217,22 @@ func (c *cache) put(k cacheKey, m *dns.Msg, w wireAnswers, now time.Time) {
 	defer s.mu.Unlock()
 	if old, ok := s.m[k]; ok {
 		s.unlink(old)
+		if c.dropped != nil {
+			c.dropped(k)
+		}
 	}
 	s.m[k] = e
 	s.pushFront(e)
+	if c.stored != nil {
+		c.stored(k, e)
+	}
 	for len(s.m) > s.max {
 		last := s.head.prev
 		s.unlink(last)
 		delete(s.m, last.key)
+		if c.dropped != nil {
+			c.dropped(last.key)
+		}
 	}
 }
 

@@ -68,6 +68,9 @@ type Config struct {
 	UnknownNames UnknownPolicy
 
 	Cache CacheOptions // Size 0 disables the cache
+	// CacheObserver, when set, is told of the answers the cache holds
+	// in wire form (see CacheObserver).
+	CacheObserver CacheObserver
 
 	HedgeDelay   time.Duration // default 150ms
 	QueryTimeout time.Duration // per forwarded query, all upstreams; default 3s
@@ -225,6 +228,9 @@ func New(cfg Config) (*Server, error) {
 	if err := s.SetUpstreams(cfg.Upstreams...); err != nil {
 		return nil, err
 	}
+	if s.cache != nil && cfg.CacheObserver != nil {
+		s.cache.stored, s.cache.dropped = s.observeStored, s.observeDropped
+	}
 	if cfg.Table != nil {
 		s.table.Store(cfg.Table)
 	} else {
@@ -240,6 +246,9 @@ func (s *Server) SetTable(t *Table) {
 		t = &Table{exact: map[string]*entry{}, wild: map[string]*entry{}, ttl: uint32(DefaultTTL / time.Second)}
 	}
 	s.table.Store(t)
+	if o := s.cfg.CacheObserver; o != nil && s.cache != nil {
+		o.TableChanged(func(name []byte) bool { return s.kernelCacheable(name, t) })
+	}
 }
 
 // Table returns the table in force.

@@ -152,18 +152,27 @@ func runDNS(ctx context.Context, f dnsFlags) error {
 		}
 		cfg.Table = t
 	}
-	srv, err := dnsproxy.New(cfg)
-	if err != nil {
-		return fmt.Errorf("start DNS interceptor: %w", err)
-	}
-	set := srv.SetTable
+	var ka *kernelAnswers
 	if f.kernelAnswers {
 		port, err := kernelAnswersPort(cfg.Listen)
 		if err != nil {
 			return err
 		}
-		ka, err := startKernelAnswers(port, cfg.Table, log)
-		if err != nil {
+		if ka, err = loadKernelAnswers(port, log); err != nil {
+			return err
+		}
+		cfg.CacheObserver = ka.a.CacheObserver()
+	}
+	srv, err := dnsproxy.New(cfg)
+	if err != nil {
+		if ka != nil {
+			ka.a.Close()
+		}
+		return fmt.Errorf("start DNS interceptor: %w", err)
+	}
+	set := srv.SetTable
+	if ka != nil {
+		if err := ka.start(cfg.Table); err != nil {
 			return err
 		}
 		defer ka.stop()

@@ -39,30 +39,40 @@ func kernelAnswersPort(listen []netip.AddrPort) (uint16, error) {
 // namespace's lo while the interceptor runs, its names kept to the
 // interceptor's table.
 type kernelAnswers struct {
-	log *slog.Logger
-	mu  sync.Mutex
-	a   *kernelanswers.Answerer
+	log  *slog.Logger
+	port uint16
+	mu   sync.Mutex
+	a    *kernelanswers.Answerer
 	// off is set once the answerer has been detached after a failed
 	// update: the interceptor answers everything from then on.
 	off bool
 }
 
-func startKernelAnswers(port uint16, t *dnsproxy.Table, log *slog.Logger) (*kernelAnswers, error) {
+// loadKernelAnswers loads the answerer, before the interceptor is made:
+// the interceptor's cache tells it of each answer it holds
+// (dnsproxy.Config.CacheObserver).
+func loadKernelAnswers(port uint16, log *slog.Logger) (*kernelAnswers, error) {
 	a, err := kernelanswers.Load(port)
 	if err != nil {
 		return nil, fmt.Errorf("--kernel-answers: %w", err)
 	}
-	res, err := a.Sync(t)
+	return &kernelAnswers{log: log, a: a, port: port}, nil
+}
+
+// start gives the kernel the interceptor's first table and attaches the
+// program to this namespace's lo.
+func (k *kernelAnswers) start(t *dnsproxy.Table) error {
+	res, err := k.a.Sync(t)
 	if err != nil {
-		a.Close()
-		return nil, fmt.Errorf("--kernel-answers: %w", err)
+		k.a.Close()
+		return fmt.Errorf("--kernel-answers: %w", err)
 	}
-	if _, err := kernelanswers.Attach("", a.Program()); err != nil {
-		a.Close()
-		return nil, fmt.Errorf("--kernel-answers: %w", err)
+	if _, err := kernelanswers.Attach("", k.a.Program()); err != nil {
+		k.a.Close()
+		return fmt.Errorf("--kernel-answers: %w", err)
 	}
-	log.Info("kernel DNS answers on lo", "port", port, "names", res.Names, "left to the interceptor", res.Left)
-	return &kernelAnswers{log: log, a: a}, nil
+	k.log.Info("kernel DNS answers on lo", "port", k.port, "names", res.Names, "left to the interceptor", res.Left)
+	return nil
 }
 
 // sync gives the kernel the interceptor's new table. Should that fail,
@@ -92,7 +102,7 @@ func (k *kernelAnswers) stop() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if st, err := k.a.Stats(); err == nil {
-		k.log.Info("kernel DNS answers", "answered", st.Answered, "missed", st.Missed, "passed", st.Passed, "tracked", st.Tracked)
+		k.log.Info("kernel DNS answers", "answered", st.Answered, "cached", st.Cached, "missed", st.Missed, "passed", st.Passed, "tracked", st.Tracked)
 	}
 	if !k.off {
 		if err := kernelanswers.Detach(""); err != nil {

@@ -239,11 +239,15 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		opts.Plan = plan
 	}
 	if f.kernelAnswers {
-		ka, err := startKernelAnswers(plan.DNSPort, nil, log)
+		ka, err := loadKernelAnswers(plan.DNSPort, log)
 		if err != nil {
 			return err
 		}
+		if err := ka.start(nil); err != nil {
+			return err
+		}
 		defer ka.stop()
+		opts.DNS.CacheObserver = ka.a.CacheObserver()
 		opts.OnTable = ka.sync
 	}
 	a, err := agent.New(opts)

@@ -20,6 +20,30 @@ type answerAnswerConfig struct {
 	Pad2 uint32
 }
 
+type answerCacheKey struct {
+	_     structs.HostLayout
+	Name  answerNameKey
+	Qtype uint16
+	Flags uint8
+	Pad   uint8
+}
+
+type answerCachedAnswer struct {
+	_        structs.HostLayout
+	Stored   uint64
+	Expires  uint64
+	Ttl      [16]uint32
+	TtlOff   [16]uint16
+	Need     uint16
+	TailLen  uint16
+	Hdr      [12]uint8
+	QnameLen uint8
+	TtlCount uint8
+	Pad      [6]uint8
+	Qname    [128]uint8
+	Tail     [384]uint8
+}
+
 type answerNameAnswers struct {
 	_       structs.HostLayout
 	V4Count uint16
@@ -38,11 +62,15 @@ type answerNameKey struct {
 }
 
 type answerScratch struct {
-	_       structs.HostLayout
-	Q       [128]uint8
-	Key     answerNameKey
-	OldTail [68]uint8
-	NewTail [207]uint8
+	_         structs.HostLayout
+	CacheTail [392]uint8
+	Spelled   [128]uint8
+	Q         [128]uint8
+	Ckey      answerCacheKey
+	Key       answerNameKey
+	OldTail   [68]uint8
+	NewTail   [207]uint8
+	_         [1]byte
 }
 
 // Names of all BPF objects in the ELF.
@@ -51,6 +79,7 @@ type answerScratch struct {
 const (
 	answerMapAnswerScratch = "answer_scratch"
 	answerMapAnswerStats   = "answer_stats"
+	answerMapCache         = "cache"
 	answerMapConfig        = "config"
 	answerMapNames         = "names"
 	answerProgDnsAnswer    = "dns_answer"
@@ -107,6 +136,7 @@ type answerProgramSpecs struct {
 type answerMapSpecs struct {
 	AnswerScratch *ebpf.MapSpec `ebpf:"answer_scratch"`
 	AnswerStats   *ebpf.MapSpec `ebpf:"answer_stats"`
+	Cache         *ebpf.MapSpec `ebpf:"cache"`
 	Config        *ebpf.MapSpec `ebpf:"config"`
 	Names         *ebpf.MapSpec `ebpf:"names"`
 }
@@ -139,6 +169,7 @@ func (o *answerObjects) Close() error {
 type answerMaps struct {
 	AnswerScratch *ebpf.Map `ebpf:"answer_scratch"`
 	AnswerStats   *ebpf.Map `ebpf:"answer_stats"`
+	Cache         *ebpf.Map `ebpf:"cache"`
 	Config        *ebpf.Map `ebpf:"config"`
 	Names         *ebpf.Map `ebpf:"names"`
 }
@@ -147,6 +178,7 @@ func (m *answerMaps) Close() error {
 	return _AnswerClose(
 		m.AnswerScratch,
 		m.AnswerStats,
+		m.Cache,
 		m.Config,
 		m.Names,
 	)

@@ -41,6 +41,7 @@ type Answerer struct {
 	// written is a digest of each entry the names map holds, so that a
 	// table change writes only the names it changed.
 	written map[answerNameKey]uint64
+	cache   cacheState
 }
 
 // Load loads the program, to answer queries to port (the interceptor's,
@@ -50,7 +51,7 @@ func Load(port uint16) (*Answerer, error) {
 	if port == 0 {
 		return nil, errors.New("load kernel DNS answers: port 0: give the interceptor's port")
 	}
-	a := &Answerer{written: map[answerNameKey]uint64{}}
+	a := &Answerer{written: map[answerNameKey]uint64{}, cache: cacheState{held: map[answerCacheKey]struct{}{}}}
 	if err := loadAnswerObjects(&a.objs, nil); err != nil {
 		return nil, fmt.Errorf("load kernel DNS answers: %w", err)
 	}
@@ -152,9 +153,10 @@ func digest(v *answerNameAnswers) uint64 {
 
 // Stats counts what the program saw, since it was loaded.
 type Stats struct {
-	// Answered in the kernel.
+	// Answered in the kernel from the table.
 	Answered uint64
-	// Missed: plain queries for names the kernel does not hold.
+	// Missed: plain queries for names the kernel does not hold (or
+	// holds expired, or spelled otherwise).
 	Missed uint64
 	// TooBig: answers longer than the client accepts, which the
 	// interceptor truncates.
@@ -165,12 +167,14 @@ type Stats struct {
 	// Tracked: queries conntrack had seen, which the interceptor
 	// answers (a capture that NATs DNS to it; see docs/dns.md).
 	Tracked uint64
+	// Cached: answered in the kernel from the interceptor's cache.
+	Cached uint64
 }
 
 // Stats sums the per-CPU counters.
 func (a *Answerer) Stats() (Stats, error) {
 	var st Stats
-	for i, dst := range []*uint64{&st.Answered, &st.Missed, &st.TooBig, &st.Passed, &st.Tracked} {
+	for i, dst := range []*uint64{&st.Answered, &st.Missed, &st.TooBig, &st.Passed, &st.Tracked, &st.Cached} {
 		var perCPU []uint64
 		if err := a.objs.AnswerStats.Lookup(uint32(i), &perCPU); err != nil {
 			return st, fmt.Errorf("kernel DNS answers: read counters: %w", err)

@@ -12,8 +12,9 @@ import (
 
 // TestKernelAnswersInPod runs `shunt dns --kernel-answers` in a pod: glibc
 // resolves table names as before; with the interceptor stopped (SIGSTOP),
-// table names are still answered, from the kernel, and nothing else is; a
-// table change reaches the kernel; and when shunt exits, lo is as it was.
+// table names and a forwarded name it has cached are still answered, from
+// the kernel, and nothing else is; a table change reaches the kernel; and
+// when shunt exits, lo is as it was.
 func TestKernelAnswersInPod(t *testing.T) {
 	testenv.RequireBinary(t, "tc")
 	p := startPod(t, "--kernel-answers")
@@ -36,9 +37,19 @@ func TestKernelAnswersInPod(t *testing.T) {
 		defer p.shunt.Cmd.Process.Signal(syscall.SIGCONT)
 		f()
 	}
+	// A forwarded name, once cached, is answered from the kernel too.
+	if got := dig("www.example.test"); got != "192.0.2.10" {
+		t.Fatalf("dig www.example.test = %q, want bind9's 192.0.2.10", got)
+	}
 	stopped(func() {
 		if got := dig("httpbin.mesh"); got != "240.0.0.1" {
 			t.Errorf("interceptor stopped: dig httpbin.mesh = %q, want 240.0.0.1 from the kernel", got)
+		}
+		if got := dig("www.example.test"); got != "192.0.2.10" {
+			t.Errorf("interceptor stopped: dig www.example.test, cached, = %q, want 192.0.2.10 from the kernel", got)
+		}
+		if got := dig("mail.example.test"); !strings.Contains(got, "timed out") {
+			t.Errorf("interceptor stopped: mail.example.test, never asked, got %q, want no answer", got)
 		}
 		if got := dig("HTTPBIN.ORG", "+noedns"); got != "240.0.0.2" {
 			t.Errorf("interceptor stopped: dig HTTPBIN.ORG +noedns = %q, want 240.0.0.2", got)
