@@ -1,23 +1,30 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * shunt's kernel DNS answerer: a tc program on the workload's loopback that
- * turns a plain query to the DNS interceptor for a table name into the
- * interceptor's own answer and sends it back, so that the interceptor is
- * never woken for it. Whatever it does not answer goes on to the
- * interceptor untouched.
+ * turns a plain query to the DNS interceptor into the interceptor's own
+ * answer and sends it back, so that the interceptor is never woken for it.
+ * Whatever it does not answer goes on to the interceptor untouched.
  *
- * It answers exactly what the interceptor's fast path answers from its
- * table (dnsproxy/wire.go: parseQuery and appendTableAnswer), byte for
- * byte: one question of class IN, type A or AAAA, no compression, at most
- * an OPT record of version 0 whose options are NSID, cookie or padding;
- * the header's id, RD and CD as asked, QR, AA and RA set; the question as
- * asked (the client's letter case kept); the table's packed records; an
- * OPT record with the interceptor's buffer size and the DO bit as asked
- * when the query had one. A name the map lacks, a longer name, a bigger
- * answer than the client takes, or anything else is the interceptor's.
+ * It answers exactly what the interceptor's fast path answers, byte for
+ * byte (dnsproxy/wire.go, parseQuery), from two maps the interceptor keeps:
+ *
+ *   names  its table (appendTableAnswer): one question of class IN, type A
+ *          or AAAA, no compression, at most an OPT record of version 0
+ *          whose options are NSID, cookie or padding; the header's ID, RD
+ *          and CD as asked, QR, AA and RA set; the question as asked (the
+ *          client's letter case kept); the table's packed records; an OPT
+ *          record with the interceptor's buffer size and the DO bit as
+ *          asked when the query had one;
+ *   cache  the fresh answers of its cache, for names the table lacks
+ *          (dnsproxy/wirecache.go, appendCached): the packed answer stored,
+ *          with the client's ID and RD bit and the TTLs aged, for a query
+ *          spelling the name as the one that fetched it.
+ *
+ * A name neither holds, a longer name, a bigger answer than the client
+ * takes, an expired answer, or anything else is the interceptor's.
  *
  * The query arrives at tc egress of lo with its Ethernet header: the
- * capture has already sent it to 127.0.0.1 or ::1 at the interceptor's
+ * capture has already sent it to the interceptor's loopback address and
  * port, so only those are looked at, and only when conntrack has not seen
  * it (see tracked).
  */
@@ -205,14 +212,14 @@ int dns_answer(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		if (ip.proto != IPPROTO_UDP || ip.vihl != 0x45 || (ip.frag & bpf_htons(0x3fff)))
 			return TC_ACT_OK;
-		if ((bpf_ntohl(ip.daddr) >> 24) != 127)
+		if (!cfg->ipv4 || ip.daddr != cfg->ipv4)
 			return TC_ACT_OK;
 		l4 = ETH_HLEN + sizeof(ip);
 		v6 = 0;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
 			return TC_ACT_OK;
-		if (ip6.next != IPPROTO_UDP)
+		if (ip6.next != IPPROTO_UDP || !(cfg->flags & CONFIG_IPV6))
 			return TC_ACT_OK;
 		if (ip6.daddr[0] || ip6.daddr[1] || ip6.daddr[2] || ip6.daddr[3] != bpf_htonl(1))
 			return TC_ACT_OK;

@@ -27,10 +27,13 @@ enum {
 	STAT_MAX,
 };
 
+/* answer_config.flags */
+#define CONFIG_IPV6 (1 << 0) /* the interceptor listens on ::1 */
+
 struct answer_config {
-	__u16 port; /* the interceptor's port, host byte order; 0: answer nothing */
-	__u16 pad;
-	__u32 pad2;
+	__u16 port;  /* the interceptor's port, host byte order; 0: answer nothing */
+	__u16 flags;
+	__u32 ipv4;  /* its IPv4 loopback address, network order; 0: none */
 };
 
 /* A name as the interceptor's table keys it: lower-case wire form, the

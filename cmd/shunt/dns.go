@@ -154,11 +154,11 @@ func runDNS(ctx context.Context, f dnsFlags) error {
 	}
 	var ka *kernelAnswers
 	if f.kernelAnswers {
-		port, err := kernelAnswersPort(cfg.Listen)
+		listen, err := kernelAnswersListen(cfg.Listen)
 		if err != nil {
 			return err
 		}
-		if ka, err = loadKernelAnswers(port, log); err != nil {
+		if ka, err = loadKernelAnswers(listen, log); err != nil {
 			return err
 		}
 		cfg.CacheObserver = ka.a.CacheObserver()

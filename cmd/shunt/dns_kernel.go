@@ -12,37 +12,32 @@ import (
 	"github.com/shunt-dev/shunt/dnsproxy/kernelanswers"
 )
 
-// kernelAnswersPort is the one port the kernel answerer watches: every
-// listen address must be on loopback (the program sits on lo) and share
-// it. No --listen means the interceptor's defaults, 127.0.0.1 and ::1 at
-// 15053.
-func kernelAnswersPort(listen []netip.AddrPort) (uint16, error) {
+// kernelAnswersListen is where the kernel answerer answers: every listen
+// address must be on loopback (the program sits on lo) and share one port.
+// No --listen means the interceptor's defaults, 127.0.0.1 and ::1 at 15053.
+func kernelAnswersListen(listen []netip.AddrPort) ([]netip.AddrPort, error) {
 	if len(listen) == 0 {
-		return 15053, nil
+		return []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:15053"), netip.MustParseAddrPort("[::1]:15053")}, nil
 	}
-	port := listen[0].Port()
 	for _, ap := range listen {
 		if !ap.Addr().IsLoopback() {
-			return 0, fmt.Errorf("--kernel-answers: --listen %s is not on loopback: the kernel answers only on lo", ap)
+			return nil, fmt.Errorf("--kernel-answers: --listen %s is not on loopback: the kernel answers only on lo", ap)
 		}
-		if ap.Port() != port {
-			return 0, fmt.Errorf("--kernel-answers: --listen %s and %s are on different ports: the kernel answers on one", listen[0], ap)
+		if ap.Port() != listen[0].Port() {
+			return nil, fmt.Errorf("--kernel-answers: --listen %s and %s are on different ports: the kernel answers on one", listen[0], ap)
 		}
 	}
-	if port == 0 {
-		return 0, fmt.Errorf("--kernel-answers: --listen %s: give the port", listen[0])
-	}
-	return port, nil
+	return listen, nil
 }
 
 // kernelAnswers is the answerer of a running `shunt dns`: attached to the
 // namespace's lo while the interceptor runs, its names kept to the
 // interceptor's table.
 type kernelAnswers struct {
-	log  *slog.Logger
-	port uint16
-	mu   sync.Mutex
-	a    *kernelanswers.Answerer
+	log    *slog.Logger
+	listen []netip.AddrPort
+	mu     sync.Mutex
+	a      *kernelanswers.Answerer
 	// off is set once the answerer has been detached after a failed
 	// update: the interceptor answers everything from then on.
 	off bool
@@ -51,12 +46,12 @@ type kernelAnswers struct {
 // loadKernelAnswers loads the answerer, before the interceptor is made:
 // the interceptor's cache tells it of each answer it holds
 // (dnsproxy.Config.CacheObserver).
-func loadKernelAnswers(port uint16, log *slog.Logger) (*kernelAnswers, error) {
-	a, err := kernelanswers.Load(port)
+func loadKernelAnswers(listen []netip.AddrPort, log *slog.Logger) (*kernelAnswers, error) {
+	a, err := kernelanswers.Load(listen)
 	if err != nil {
 		return nil, fmt.Errorf("--kernel-answers: %w", err)
 	}
-	return &kernelAnswers{log: log, a: a, port: port}, nil
+	return &kernelAnswers{log: log, a: a, listen: listen}, nil
 }
 
 // start gives the kernel the interceptor's first table and attaches the
@@ -71,7 +66,7 @@ func (k *kernelAnswers) start(t *dnsproxy.Table) error {
 		k.a.Close()
 		return fmt.Errorf("--kernel-answers: %w", err)
 	}
-	k.log.Info("kernel DNS answers on lo", "port", k.port, "names", res.Names, "left to the interceptor", res.Left)
+	k.log.Info("kernel DNS answers on lo", "listen", k.listen, "names", res.Names, "left to the interceptor", res.Left)
 	return nil
 }
 

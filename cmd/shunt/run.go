@@ -239,7 +239,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 		opts.Plan = plan
 	}
 	if f.kernelAnswers {
-		ka, err := loadKernelAnswers(plan.DNSPort, log)
+		ka, err := loadKernelAnswers(opts.DNS.Listen, log)
 		if err != nil {
 			return err
 		}

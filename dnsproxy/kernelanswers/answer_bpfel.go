@@ -14,10 +14,10 @@ import (
 )
 
 type answerAnswerConfig struct {
-	_    structs.HostLayout
-	Port uint16
-	Pad  uint16
-	Pad2 uint32
+	_     structs.HostLayout
+	Port  uint16
+	Flags uint16
+	Ipv4  uint32
 }
 
 type answerCacheKey struct {

@@ -13,9 +13,11 @@
 package kernelanswers
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 
@@ -44,22 +46,53 @@ type Answerer struct {
 	cache   cacheState
 }
 
-// Load loads the program, to answer queries to port (the interceptor's,
-// 15053 by default). Nothing is attached and no name answered until Sync
-// and Attach.
-func Load(port uint16) (*Answerer, error) {
-	if port == 0 {
-		return nil, errors.New("load kernel DNS answers: port 0: give the interceptor's port")
+// Load loads the program, to answer queries to the interceptor's listen
+// addresses: all on loopback (the program sits on lo) and on one port, at
+// most one of them IPv4 (the IPv6 one is ::1). Nothing is answered until
+// Sync or the cache observer gives it names, nor anywhere until Attach.
+func Load(listen []netip.AddrPort) (*Answerer, error) {
+	cfg, err := configFor(listen)
+	if err != nil {
+		return nil, fmt.Errorf("load kernel DNS answers: %w", err)
 	}
 	a := &Answerer{written: map[answerNameKey]uint64{}, cache: cacheState{held: map[answerCacheKey]struct{}{}}}
 	if err := loadAnswerObjects(&a.objs, nil); err != nil {
 		return nil, fmt.Errorf("load kernel DNS answers: %w", err)
 	}
-	if err := a.objs.Config.Put(uint32(0), answerAnswerConfig{Port: port}); err != nil {
+	if err := a.objs.Config.Put(uint32(0), cfg); err != nil {
 		a.objs.Close()
-		return nil, fmt.Errorf("load kernel DNS answers: configure port %d: %w", port, err)
+		return nil, fmt.Errorf("load kernel DNS answers: configure %v: %w", listen, err)
 	}
 	return a, nil
+}
+
+const configIPv6 = 1 << 0
+
+func configFor(listen []netip.AddrPort) (answerAnswerConfig, error) {
+	var cfg answerAnswerConfig
+	if len(listen) == 0 {
+		return cfg, errors.New("no listen address")
+	}
+	for _, ap := range listen {
+		a := ap.Addr().Unmap()
+		switch {
+		case !a.IsLoopback():
+			return cfg, fmt.Errorf("listen address %s is not on loopback", ap)
+		case ap.Port() == 0 || ap.Port() != listen[0].Port():
+			return cfg, fmt.Errorf("listen addresses %v: want one port, not 0", listen)
+		case a.Is4():
+			b := a.As4()
+			v := binary.NativeEndian.Uint32(b[:]) // as the packet holds it
+			if cfg.Ipv4 != 0 && cfg.Ipv4 != v {
+				return cfg, fmt.Errorf("listen addresses %v: want at most one IPv4 address", listen)
+			}
+			cfg.Ipv4 = v
+		default:
+			cfg.Flags |= configIPv6
+		}
+	}
+	cfg.Port = listen[0].Port()
+	return cfg, nil
 }
 
 // Program is the tc program, for Attach.

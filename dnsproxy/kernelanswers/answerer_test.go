@@ -17,12 +17,13 @@ import (
 	"github.com/shunt-dev/shunt/tests/testenv"
 )
 
-const port = 15053
+// listen is where the tests' interceptor listens.
+var listen = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:15053"), netip.MustParseAddrPort("[::1]:15053")}
 
 // TestVerifierAcceptsTheProgram loads the program on the running kernel.
 func TestVerifierAcceptsTheProgram(t *testing.T) {
 	testenv.RequireRoot(t)
-	a, err := Load(port)
+	a, err := Load(listen)
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {
 		t.Fatalf("verifier: %+v", ve)
@@ -33,9 +34,24 @@ func TestVerifierAcceptsTheProgram(t *testing.T) {
 	a.Close()
 }
 
-func TestLoadRefusesPortZero(t *testing.T) {
-	if _, err := Load(0); err == nil || !strings.Contains(err.Error(), "port 0") {
-		t.Fatalf("Load(0): %v", err)
+func TestLoadRefusesWhatItCannotServe(t *testing.T) {
+	for _, c := range []struct {
+		listen []string
+		want   string
+	}{
+		{nil, "no listen address"},
+		{[]string{"10.0.0.1:53"}, "listen address 10.0.0.1:53 is not on loopback"},
+		{[]string{"127.0.0.1:53", "[::1]:5353"}, "want one port"},
+		{[]string{"127.0.0.1:0"}, "want one port, not 0"},
+		{[]string{"127.0.0.1:53", "127.0.0.2:53"}, "at most one IPv4 address"},
+	} {
+		var aps []netip.AddrPort
+		for _, l := range c.listen {
+			aps = append(aps, netip.MustParseAddrPort(l))
+		}
+		if _, err := Load(aps); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Load(%v): %v, want %q", c.listen, err, c.want)
+		}
 	}
 }
 
@@ -197,7 +213,7 @@ func TestKernelAnswersAreTheInterceptors(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1:15053", "[::1]:15053"} {
 		t.Run(addr, func(t *testing.T) {
 			n := testenv.NewNetns(t, "kans")
-			a, err := Load(port)
+			a, err := Load(listen)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -280,7 +296,7 @@ func total(m dnsproxy.MetricsSnapshot) uint64 {
 func TestSyncFollowsTheTable(t *testing.T) {
 	testenv.RequireRoot(t)
 	n := testenv.NewNetns(t, "kansync")
-	a, err := Load(port)
+	a, err := Load(listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,6 +338,37 @@ func TestSyncFollowsTheTable(t *testing.T) {
 			if got := answer(name); got != want {
 				t.Errorf("step %d: %s answered %s, want %s", i, name, got, want)
 			}
+		}
+	}
+}
+
+// TestOnlyTheListenAddressesAreAnswered: a query to another loopback
+// address at the same port, where no interceptor listens, gets no
+// answer from the kernel either; nor does IPv6 when the interceptor
+// listens on IPv4 only.
+func TestOnlyTheListenAddressesAreAnswered(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := testenv.NewNetns(t, "kansaddr")
+	a, err := Load([]netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:15053")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := a.Sync(table(t)); err != nil {
+		t.Fatal(err)
+	}
+	detach, err := Attach(n.Path(), a.Program())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer detach()
+	qs := []query{{name: "A", msg: q("httpbin.mesh.", dns.TypeA)}}
+	if got := exchange(t, n, "127.0.0.1:15053", qs)[0]; got == nil {
+		t.Fatal("the listen address was not answered")
+	}
+	for _, addr := range []string{"127.0.0.5:15053", "[::1]:15053"} {
+		if got := exchange(t, n, addr, qs)[0]; got != nil {
+			t.Errorf("%s answered in the kernel: %x", addr, got)
 		}
 	}
 }

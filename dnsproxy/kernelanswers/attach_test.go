@@ -30,7 +30,7 @@ func answerOf(t *testing.T, n *testenv.Netns, name string) string {
 
 func loaded(t *testing.T, addr string) *Answerer {
 	t.Helper()
-	a, err := Load(port)
+	a, err := Load(listen)
 	if err != nil {
 		t.Fatal(err)
 	}

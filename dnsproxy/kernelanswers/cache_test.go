@@ -75,7 +75,7 @@ func TestKernelAnswersFromTheCache(t *testing.T) {
 	testenv.RequireRoot(t)
 	n := testenv.NewNetns(t, "kanscache")
 	up, asked := upstream(t, 3)
-	a, err := Load(port)
+	a, err := Load(listen)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -89,7 +89,7 @@ func pseudo(l3 []byte, n int) uint32 {
 // and ports swapped, lengths right, and the DNS answer the table's.
 func TestAnswerChecksums(t *testing.T) {
 	testenv.RequireRoot(t)
-	a, err := Load(port)
+	a, err := Load(listen)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,7 @@ func TestKernelAnswersBehindTheEBPFEngine(t *testing.T) {
 	}
 	pod.Install(plan)
 
-	a, err := kernelanswers.Load(redirect.DefaultDNSPort)
+	a, err := kernelanswers.Load([]netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:15053"), netip.MustParseAddrPort("[::1]:15053")})
 	if err != nil {
 		t.Fatal(err)
 	}
