@@ -50,7 +50,7 @@ type runFlags struct {
 	vip6CIDR      string
 	dnsTTL        time.Duration
 	cacheSize     int
-	kernelAnswers bool
+	kernelAnswers string
 	reconcile     time.Duration
 	envoy         envoyFlags
 	node          nodeFlags
@@ -102,7 +102,7 @@ the config file and apply it. See docs/agent.md.`,
 	fl.StringVar(&f.vip6CIDR, "vip6-cidr", mesh.DefaultVIPv6CIDR, `IPv6 VIP range ("none": IPv4 VIPs only)`)
 	fl.DurationVar(&f.dnsTTL, "dns-ttl", dnsproxy.DefaultTTL, "TTL of DNS answers for mesh names")
 	fl.IntVar(&f.cacheSize, "dns-cache-size", 10000, "forwarded answers cached by the DNS interceptor (0 disables)")
-	fl.BoolVar(&f.kernelAnswers, "dns-kernel-answers", false, "answer plain A/AAAA queries for mesh names from a tc program on the namespace's lo, without waking the interceptor (the eBPF engine's capture; needs CAP_BPF and CAP_NET_ADMIN; see docs/dns.md)")
+	fl.StringVar(&f.kernelAnswers, "dns-kernel-answers", "auto", "answer plain queries for mesh names and fresh cached answers from a tc program on the namespace's lo, without waking the interceptor: on, off, or auto (on with the eBPF engine's capture, where the kernel allows; see docs/dns.md)")
 	fl.DurationVar(&f.reconcile, "reconcile-interval", 2*time.Second, "how often the live rules are checked for drift")
 	addEnvoyFlags(cmd, &f.envoy)
 	addNodeFlags(fl, &f.node)
@@ -121,6 +121,11 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	}
 	if f.reconcile <= 0 {
 		return usageErrorf("run: --reconcile-interval %v: must be positive", f.reconcile)
+	}
+	switch f.kernelAnswers {
+	case "on", "off", "auto":
+	default:
+		return usageErrorf("run: --dns-kernel-answers %q: want on, off or auto", f.kernelAnswers)
 	}
 	if err := checkRunEnvoyFlags(f); err != nil {
 		return err
@@ -238,17 +243,24 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	} else {
 		opts.Plan = plan
 	}
-	if f.kernelAnswers {
+	// Kernel answers pay off behind the eBPF engine; the NAT of the
+	// other engines leaves every query to the interceptor anyway.
+	useKernel := f.kernelAnswers == "on" || f.kernelAnswers == "auto" && opts.Engine != nil && opts.Engine.Name() == "ebpf"
+	if useKernel {
 		ka, err := loadKernelAnswers(opts.DNS.Listen, log)
-		if err != nil {
+		if err == nil {
+			err = ka.start(nil)
+		}
+		switch {
+		case err == nil:
+			defer ka.stop()
+			opts.DNS.CacheObserver = ka.a.CacheObserver()
+			opts.OnTable = ka.sync
+		case f.kernelAnswers == "auto":
+			log.Warn("kernel DNS answers not available here; the interceptor answers every query", "err", err)
+		default:
 			return err
 		}
-		if err := ka.start(nil); err != nil {
-			return err
-		}
-		defer ka.stop()
-		opts.DNS.CacheObserver = ka.a.CacheObserver()
-		opts.OnTable = ka.sync
 	}
 	a, err := agent.New(opts)
 	if err != nil {

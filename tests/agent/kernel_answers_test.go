@@ -6,8 +6,9 @@ import (
 	"testing"
 )
 
-// TestAgentKernelAnswers runs `shunt run --dns-kernel-answers` with the
-// eBPF engine: the pod's resolver gets mesh names' VIPs as before; with the
+// TestAgentKernelAnswers runs `shunt run` with the eBPF engine, where
+// --dns-kernel-answers (auto) turns kernel answers on: the pod's resolver
+// gets mesh names' VIPs as before; with the
 // agent stopped (SIGSTOP) they are still answered, from the kernel, with
 // the same VIPs, while a name the mesh does not know is not; a new
 // ExternalService reaches the kernel too; and the agent's exit leaves the
@@ -15,7 +16,10 @@ import (
 func TestAgentKernelAnswers(t *testing.T) {
 	w := newWorldWith(t, "ebpf")
 	w.writeResource("services.yaml", externalService("httpbin", "httpbin", "http", "httpbin.org:443", tlsBlock("httpbin.org", w.ca.cert, nil)))
-	w.startAgent("", "--dns-kernel-answers")
+	w.startAgent("")
+	if !strings.Contains(w.agent.Output(), "kernel DNS answers on lo") {
+		t.Fatalf("auto did not turn kernel answers on behind the eBPF engine:\n%s", w.agent.Output())
+	}
 	vip := w.dig("httpbin.mesh")
 	if vip == "" {
 		t.Fatalf("httpbin.mesh not answered\n%s", w.logs())
@@ -52,5 +56,27 @@ func TestAgentKernelAnswers(t *testing.T) {
 	}
 	if !strings.Contains(w.agent.Output(), "kernel DNS answers") {
 		t.Errorf("no report of the kernel's answers:\n%s", w.agent.Output())
+	}
+}
+
+// TestAgentKernelAnswersAutoBehindNAT: behind the iptables and nftables
+// engines, whose NAT leaves every query to the interceptor, auto leaves
+// the kernel answerer out.
+func TestAgentKernelAnswersAutoBehindNAT(t *testing.T) {
+	for _, engine := range []string{"iptables", "nftables"} {
+		t.Run(engine, func(t *testing.T) {
+			w := newWorldWith(t, engine)
+			w.writeResource("services.yaml", externalService("httpbin", "httpbin", "http", "httpbin.org:443", tlsBlock("httpbin.org", w.ca.cert, nil)))
+			w.startAgent("")
+			if w.dig("httpbin.mesh") == "" {
+				t.Fatalf("httpbin.mesh not answered\n%s", w.logs())
+			}
+			if out := w.pod.MustRun("tc", "filter", "show", "dev", "lo", "egress"); strings.Contains(out, "shunt") {
+				t.Errorf("kernel answerer on lo behind the %s engine:\n%s", engine, out)
+			}
+			if strings.Contains(w.agent.Output(), "kernel DNS answers on lo") {
+				t.Errorf("auto turned kernel answers on behind the %s engine", engine)
+			}
+		})
 	}
 }
