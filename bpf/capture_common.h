@@ -17,6 +17,7 @@
 #define SHUNT_CAPTURE_COMMON_H
 
 #include "capture.h"
+#include "packet.h"
 
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
@@ -562,18 +563,7 @@ static __always_inline int dns_packet(struct __sk_buff *skb, int egress, __u16 d
 	__u32 off;
 
 	if (skb->protocol == bpf_htons(0x0800)) {
-		struct {
-			__u8 vihl;
-			__u8 tos;
-			__u16 len;
-			__u16 ident;
-			__u16 frag;
-			__u8 ttl;
-			__u8 proto;
-			__u16 csum;
-			__u32 saddr;
-			__u32 daddr;
-		} ip;
+		struct ip4 ip;
 		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
 			return 0;
 		if (ip.proto != IPPROTO_UDP)
@@ -582,14 +572,7 @@ static __always_inline int dns_packet(struct __sk_buff *skb, int egress, __u16 d
 			return 0;
 		off = (ip.vihl & 0xf) * 4;
 	} else if (skb->protocol == bpf_htons(0x86dd)) {
-		struct {
-			__u32 vtcfl;
-			__u16 plen;
-			__u8 next;
-			__u8 hops;
-			__u32 saddr[4];
-			__u32 daddr[4];
-		} ip6;
+		struct ip6 ip6;
 		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
 			return 0;
 		if (ip6.next != IPPROTO_UDP)

@@ -29,6 +29,7 @@
  * it (see tracked).
  */
 #include "dns_answer.h"
+#include "packet.h"
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -134,35 +135,6 @@ static __always_inline int tracked(struct __sk_buff *skb)
 	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
 	return BPF_CORE_READ(kskb, _nfct) != 0;
 }
-
-struct ip4 {
-	__u8 vihl;
-	__u8 tos;
-	__u16 len;
-	__u16 ident;
-	__u16 frag;
-	__u8 ttl;
-	__u8 proto;
-	__u16 csum;
-	__u32 saddr;
-	__u32 daddr;
-};
-
-struct ip6 {
-	__u32 vtcfl;
-	__u16 plen;
-	__u8 next;
-	__u8 hops;
-	__u32 saddr[4];
-	__u32 daddr[4];
-};
-
-struct udp {
-	__u16 sport;
-	__u16 dport;
-	__u16 len;
-	__u16 csum;
-};
 
 /* bounded hides x from the compiler, so that a bounds check it would
  * prove redundant stays in for the verifier, which tracks less. */

@@ -175,7 +175,15 @@ func exchange(t *testing.T, n *testenv.Netns, addr string, qs []query) [][]byte 
 // serve runs the interceptor with tb on 127.0.0.1 and ::1 in n.
 func serve(t *testing.T, n *testenv.Netns, tb *dnsproxy.Table) *dnsproxy.Server {
 	t.Helper()
-	s, err := dnsproxy.New(dnsproxy.Config{Table: tb, UDPSockets: 1, Cache: dnsproxy.CacheOptions{}})
+	return serveWith(t, n, dnsproxy.Config{Table: tb, UDPSockets: 1})
+}
+
+// serveWith runs the interceptor configured by cfg with its UDP
+// listeners on 127.0.0.1 and ::1 in n; the rest of its sockets (upstream
+// ones) are made in this process's namespace.
+func serveWith(t *testing.T, n *testenv.Netns, cfg dnsproxy.Config) *dnsproxy.Server {
+	t.Helper()
+	s, err := dnsproxy.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,8 +7,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/shunt-dev/shunt/internal/tcbpf"
 )
 
 // The filter's place at tc egress of lo. Queries to the interceptor reach
@@ -142,21 +143,9 @@ func slot(h *netlink.Handle, lo netlink.Link) (mine, other string, err error) {
 }
 
 func rtnl(path string) (*netlink.Handle, error) {
-	if path == "" {
-		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-		if err != nil {
-			return nil, fmt.Errorf("kernel DNS answers: rtnetlink: %w", err)
-		}
-		return h, nil
-	}
-	ns, err := netns.GetFromPath(path)
+	h, err := tcbpf.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("kernel DNS answers: open network namespace %s: %w", path, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("kernel DNS answers: rtnetlink in %s: %w", path, err)
+		return nil, fmt.Errorf("kernel DNS answers: %w", err)
 	}
 	return h, nil
 }
@@ -174,28 +163,8 @@ func loopback(h *netlink.Handle) (netlink.Link, error) {
 	return nil, errors.New("kernel DNS answers: the namespace has no loopback interface")
 }
 
-func clsact(idx int) *netlink.GenericQdisc {
-	return &netlink.GenericQdisc{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
-		QdiscType:  "clsact",
-	}
-}
+func clsact(idx int) *netlink.GenericQdisc { return tcbpf.Clsact(idx) }
 
 func filter(idx int, name string, prog *ebpf.Program) *netlink.BpfFilter {
-	fd := -1
-	if prog != nil {
-		fd = prog.FD()
-	}
-	return &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: idx,
-			Parent:    netlink.HANDLE_MIN_EGRESS,
-			Priority:  filterPriority,
-			Handle:    filterHandle,
-			Protocol:  unix.ETH_P_ALL,
-		},
-		Fd:           fd,
-		Name:         name,
-		DirectAction: true,
-	}
+	return tcbpf.Filter(idx, netlink.HANDLE_MIN_EGRESS, filterPriority, filterHandle, name, prog)
 }

@@ -2,7 +2,6 @@ package kernelanswers
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"net"
 	"net/netip"
@@ -80,31 +79,10 @@ func TestKernelAnswersFromTheCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	s, err := dnsproxy.New(dnsproxy.Config{
+	s := serveWith(t, n, dnsproxy.Config{
 		UDPSockets: 1, Upstreams: []netip.AddrPort{up}, UpstreamMark: 0,
 		Cache: dnsproxy.CacheOptions{Size: 100}, CacheObserver: a.CacheObserver(),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pcs []net.PacketConn
-	if err := n.Do(func() error {
-		for _, addr := range []string{"127.0.0.1:15053", "[::1]:15053"} {
-			pc, err := net.ListenPacket("udp", addr)
-			if err != nil {
-				return err
-			}
-			pcs = append(pcs, pc)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, pcs, nil) }()
-	defer func() { cancel(); <-done }()
-	<-s.Ready()
 	if _, err := Attach(n.Path(), a.Program()); err != nil {
 		t.Fatal(err)
 	}

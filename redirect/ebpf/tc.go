@@ -13,8 +13,9 @@ import (
 	"github.com/cilium/ebpf/link"
 	cnins "github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/shunt-dev/shunt/internal/tcbpf"
 )
 
 // Inbound SYNs are also steered at tc ingress of each of the workload's
@@ -55,32 +56,11 @@ func inNetns(path string, f func() error) error {
 
 // errNetnsGone is returned by rtnl when the namespace no longer exists:
 // its devices, and their filters, went with it.
-var errNetnsGone = errors.New("network namespace is gone")
+var errNetnsGone = tcbpf.ErrNetnsGone
 
 // rtnl opens an rtnetlink handle in the namespace at path ("" is the
 // caller's own), without moving the calling thread.
-func rtnl(path string) (*netlink.Handle, error) {
-	if path == "" {
-		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-		if err != nil {
-			return nil, fmt.Errorf("rtnetlink: %w", err)
-		}
-		return h, nil
-	}
-	ns, err := netns.GetFromPath(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%s: %w", path, errNetnsGone)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open network namespace %s: %w", path, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("rtnetlink in %s: %w", path, err)
-	}
-	return h, nil
-}
+func rtnl(path string) (*netlink.Handle, error) { return tcbpf.Open(path) }
 
 // tcInterfaces lists the Ethernet interfaces of the namespace (the program
 // reads an Ethernet header), loopback aside.
@@ -147,22 +127,7 @@ func describeFilter(f netlink.Filter) string {
 }
 
 func shuntFilter(idx int, name string, prog *ebpf.Program) *netlink.BpfFilter {
-	fd := -1
-	if prog != nil {
-		fd = prog.FD()
-	}
-	return &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: idx,
-			Parent:    netlink.HANDLE_MIN_INGRESS,
-			Priority:  tcPriority,
-			Handle:    tcHandle,
-			Protocol:  unix.ETH_P_ALL,
-		},
-		Fd:           fd,
-		Name:         name,
-		DirectAction: true,
-	}
+	return tcbpf.Filter(idx, netlink.HANDLE_MIN_INGRESS, tcPriority, tcHandle, name, prog)
 }
 
 // hasIngressQdisc reports whether l has a clsact or ingress qdisc (both
@@ -180,12 +145,7 @@ func hasIngressQdisc(h *netlink.Handle, l netlink.Link) (bool, error) {
 	return false, nil
 }
 
-func clsact(idx int) *netlink.GenericQdisc {
-	return &netlink.GenericQdisc{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
-		QdiscType:  "clsact",
-	}
-}
+func clsact(idx int) *netlink.GenericQdisc { return tcbpf.Clsact(idx) }
 
 func progID(p *ebpf.Program) ebpf.ProgramID {
 	info, err := p.Info()

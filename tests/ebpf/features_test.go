@@ -19,9 +19,8 @@ func startInterceptor(t *testing.T, pod *ebpftest.Pod) {
 	ebpftest.WaitOutput(t, p, "listening [::1]:15053")
 }
 
-func TestDNS(t *testing.T) {
-	pod := ebpftest.NewPod(t)
-	startInterceptor(t, pod)
+// dnsPlan captures DNS to two resolvers of each family, and no inbound.
+func dnsPlan() *redirect.Plan {
 	plan := ebpftest.Plan()
 	plan.CaptureInbound = false
 	plan.DNSMode = redirect.DNSResolvers
@@ -30,7 +29,13 @@ func TestDNS(t *testing.T) {
 		netip.MustParseAddr("10.1.0.53"), netip.MustParseAddr("10.1.0.54"),
 		netip.MustParseAddr("fd00:1::53"), netip.MustParseAddr("fd00:1::54"),
 	}
-	pod.Install(plan)
+	return plan
+}
+
+func TestDNS(t *testing.T) {
+	pod := ebpftest.NewPod(t)
+	startInterceptor(t, pod)
+	pod.Install(dnsPlan())
 
 	for _, c := range []struct{ name, a, b string }{
 		{"ipv4", "10.1.0.53:53", "10.1.0.54:53"},

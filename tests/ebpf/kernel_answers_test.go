@@ -6,7 +6,6 @@ import (
 
 	"github.com/shunt-dev/shunt/dnsproxy"
 	"github.com/shunt-dev/shunt/dnsproxy/kernelanswers"
-	"github.com/shunt-dev/shunt/redirect"
 	"github.com/shunt-dev/shunt/tests/ebpf/ebpftest"
 )
 
@@ -20,15 +19,7 @@ import (
 func TestKernelAnswersBehindTheEBPFEngine(t *testing.T) {
 	pod := ebpftest.NewPod(t)
 	startInterceptor(t, pod)
-	plan := ebpftest.Plan()
-	plan.CaptureInbound = false
-	plan.DNSMode = redirect.DNSResolvers
-	plan.ResolvConf = "/etc/resolv.conf"
-	plan.DNSServers = []netip.Addr{
-		netip.MustParseAddr("10.1.0.53"), netip.MustParseAddr("10.1.0.54"),
-		netip.MustParseAddr("fd00:1::53"), netip.MustParseAddr("fd00:1::54"),
-	}
-	pod.Install(plan)
+	pod.Install(dnsPlan())
 
 	a, err := kernelanswers.Load([]netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:15053"), netip.MustParseAddrPort("[::1]:15053")})
 	if err != nil {
