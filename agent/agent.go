@@ -59,6 +59,9 @@ type Options struct {
 	// takes, right after it takes it and in the same order: the kernel
 	// answerer (--dns-kernel-answers) follows the interceptor with it.
 	OnTable func(*dnsproxy.Table)
+	// KernelDNS, when set, reads the kernel answerer's counters, for
+	// /metrics: the queries it answers never reach the interceptor's.
+	KernelDNS func() (KernelDNSStats, error)
 
 	// VIPRanges stay reachable under lockdown (connections to VIPs are
 	// captured anyway; allowing the ranges keeps a VIP the proxy has not
@@ -83,6 +86,13 @@ type Options struct {
 	Proxy ProxyStatus
 
 	Logger *slog.Logger
+}
+
+// KernelDNSStats counts what the kernel answerer (dnsproxy/kernelanswers)
+// saw on lo, by outcome: Table and Cache were answered in the kernel, the
+// others went on to the interceptor.
+type KernelDNSStats struct {
+	Table, Cache, Missed, TooBig, Passed, Tracked uint64
 }
 
 // ProxyStatus is what the agent reports of the proxy process it runs

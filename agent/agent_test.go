@@ -369,7 +369,9 @@ func TestPersistedSnapshotServedAtOnce(t *testing.T) {
 
 func TestAdminEndpoints(t *testing.T) {
 	src := newFakeSource(&mesh.AgentSnapshot{Version: "v7", Names: map[string][]netip.Addr{"httpbin.mesh": {vip1}}, Passthrough: true})
-	a := startAgent(t, src, &fakeEngine{}, fakeResolver{})
+	a := startAgentWith(t, src, &fakeEngine{}, fakeResolver{}, func(o *Options) {
+		o.KernelDNS = func() (KernelDNSStats, error) { return KernelDNSStats{Table: 7, Cache: 3, Missed: 2}, nil }
+	})
 	srv := httptest.NewServer(a.Handler())
 	defer srv.Close()
 	eventually(t, "ready", func() bool { ok, _ := a.Ready(); return ok })
@@ -408,6 +410,9 @@ func TestAdminEndpoints(t *testing.T) {
 		`shunt_agent_snapshot_info{version="v7"} 1`,
 		"shunt_agent_ready 1",
 		"shunt_capture_installed 1",
+		`shunt_dns_kernel_queries_total{outcome="table"} 7`,
+		`shunt_dns_kernel_queries_total{outcome="cache"} 3`,
+		`shunt_dns_kernel_queries_total{outcome="missed"} 2`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -58,6 +58,7 @@ var (
 	descUpQueries    = prometheus.NewDesc("shunt_dns_upstream_queries_total", "Queries sent to an upstream resolver.", []string{"upstream"}, nil)
 	descUpFailures   = prometheus.NewDesc("shunt_dns_upstream_failures_total", "Upstream attempts that failed (timeout, network error, SERVFAIL, REFUSED).", []string{"upstream"}, nil)
 	descUpLatency    = prometheus.NewDesc("shunt_dns_upstream_latency_seconds", "Latency of successful upstream attempts.", []string{"upstream"}, nil)
+	descKernelDNS    = prometheus.NewDesc("shunt_dns_kernel_queries_total", "Queries the kernel answerer on lo saw, by outcome: table and cache were answered in the kernel (and are not in shunt_dns_queries_total); missed, too_big, passed and tracked went on to the interceptor.", []string{"outcome"}, nil)
 	descTableNames   = prometheus.NewDesc("shunt_dns_table_names", "Names (wildcards included) the interceptor answers from the snapshot.", nil, nil)
 	descXDSConnected = prometheus.NewDesc("shunt_xds_connected", "1 while a stream to the control plane is open and answered.", nil, nil)
 	descXDSReconnect = prometheus.NewDesc("shunt_xds_reconnects_total", "Streams to the control plane opened after the first.", nil, nil)
@@ -74,7 +75,7 @@ var (
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueries, descTruncated, descCacheHits, descCacheMiss, descTCPConns, descPanics,
-		descUpQueries, descUpFailures, descUpLatency, descTableNames, descXDSConnected, descXDSReconnect, descXDSNACK,
+		descUpQueries, descUpFailures, descUpLatency, descKernelDNS, descTableNames, descXDSConnected, descXDSReconnect, descXDSNACK,
 		descSnapshot, descSnapshotAge, descPassthrough, descReady, descCaptureOK, descAllowed, descProxyUp, descProxyRestart} {
 		ch <- d
 	}
@@ -112,6 +113,16 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		cum += u.Buckets[len(bounds)]
 		ch <- prometheus.MustNewConstHistogram(descUpLatency, cum, u.Sum.Seconds(), buckets, up)
+	}
+	if f := a.opts.KernelDNS; f != nil {
+		if st, err := f(); err == nil {
+			for _, o := range []struct {
+				name string
+				n    uint64
+			}{{"table", st.Table}, {"cache", st.Cache}, {"missed", st.Missed}, {"too_big", st.TooBig}, {"passed", st.Passed}, {"tracked", st.Tracked}} {
+				count(descKernelDNS, float64(o.n), o.name)
+			}
+		}
 	}
 	if t := a.dns.Table(); t != nil {
 		gauge(descTableNames, float64(t.Len()))

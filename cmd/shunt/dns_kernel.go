@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/shunt-dev/shunt/agent"
 	"github.com/shunt-dev/shunt/dnsproxy"
 	"github.com/shunt-dev/shunt/dnsproxy/kernelanswers"
 )
@@ -105,4 +106,13 @@ func (k *kernelAnswers) stop() {
 		}
 	}
 	k.a.Close()
+}
+
+// stats is the answerer's counters, for the agent's /metrics.
+func (k *kernelAnswers) stats() (agent.KernelDNSStats, error) {
+	st, err := k.a.Stats()
+	if err != nil {
+		return agent.KernelDNSStats{}, err
+	}
+	return agent.KernelDNSStats{Table: st.Answered, Cache: st.Cached, Missed: st.Missed, TooBig: st.TooBig, Passed: st.Passed, Tracked: st.Tracked}, nil
 }

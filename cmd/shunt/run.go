@@ -256,6 +256,7 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 			defer ka.stop()
 			opts.DNS.CacheObserver = ka.a.CacheObserver()
 			opts.OnTable = ka.sync
+			opts.KernelDNS = ka.stats
 		case f.kernelAnswers == "auto":
 			log.Warn("kernel DNS answers not available here; the interceptor answers every query", "err", err)
 		default:

@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -41,6 +42,9 @@ func TestAgentKernelAnswers(t *testing.T) {
 		}
 	})
 
+	if _, body := w.admin("/metrics"); !regexp.MustCompile(`shunt_dns_kernel_queries_total\{outcome="table"\} [1-9]`).MatchString(body) {
+		t.Errorf("/metrics does not count the kernel's table answers:\n%s", grepLines(body, "kernel"))
+	}
 	w.writeResource("more.yaml", externalService("fresh", "fresh", "http", "fresh.example:443", ""))
 	waitFor(t, "fresh.mesh to resolve", func() bool { return w.dig("fresh.mesh") != "" }, w.logs)
 	fresh := w.dig("fresh.mesh")
