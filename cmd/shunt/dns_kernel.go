@@ -39,9 +39,10 @@ type kernelAnswers struct {
 	listen []netip.AddrPort
 	mu     sync.Mutex
 	a      *kernelanswers.Answerer
-	// off is set once the answerer has been detached after a failed
-	// update: the interceptor answers everything from then on.
-	off bool
+	// attached is set once the program is on lo; off once it has been
+	// given up after a failure: the interceptor answers everything from
+	// then on.
+	attached, off bool
 }
 
 // loadKernelAnswers loads the answerer, before the interceptor is made:
@@ -58,26 +59,46 @@ func loadKernelAnswers(listen []netip.AddrPort, log *slog.Logger) (*kernelAnswer
 // start gives the kernel the interceptor's first table and attaches the
 // program to this namespace's lo.
 func (k *kernelAnswers) start(t *dnsproxy.Table) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.attach(t); err != nil {
+		k.a.Close()
+		return fmt.Errorf("--kernel-answers: %w", err)
+	}
+	return nil
+}
+
+// attach writes t and puts the program on lo; the caller holds mu.
+func (k *kernelAnswers) attach(t *dnsproxy.Table) error {
 	res, err := k.a.Sync(t)
 	if err != nil {
-		k.a.Close()
-		return fmt.Errorf("--kernel-answers: %w", err)
+		return err
 	}
 	if _, err := kernelanswers.Attach("", k.a.Program()); err != nil {
-		k.a.Close()
-		return fmt.Errorf("--kernel-answers: %w", err)
+		return err
 	}
+	k.attached = true
 	k.log.Info("kernel DNS answers on lo", "listen", k.listen, "names", res.Names, "left to the interceptor", res.Left)
 	return nil
 }
 
-// sync gives the kernel the interceptor's new table. Should that fail,
-// the kernel would go on answering names of the old one: the answerer is
-// detached instead, and the interceptor answers everything.
+// sync gives the kernel the interceptor's new table; the first one
+// attaches the program (the agent's first table comes with its first
+// snapshot: until then a program left by a killed agent answers with the
+// table it had). Should an update fail, the kernel would go on answering
+// names of the old table: the answerer is detached instead, and the
+// interceptor answers everything.
 func (k *kernelAnswers) sync(t *dnsproxy.Table) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.off {
+		return
+	}
+	if !k.attached {
+		if err := k.attach(t); err != nil {
+			k.off = true
+			k.log.Error("kernel DNS answers could not be put on lo: the interceptor answers every name", "err", err)
+		}
 		return
 	}
 	res, err := k.a.Sync(t)
@@ -100,7 +121,7 @@ func (k *kernelAnswers) stop() {
 	if st, err := k.a.Stats(); err == nil {
 		k.log.Info("kernel DNS answers", "answered", st.Answered, "cached", st.Cached, "missed", st.Missed, "passed", st.Passed, "tracked", st.Tracked)
 	}
-	if !k.off {
+	if k.attached && !k.off {
 		if err := kernelanswers.Detach(""); err != nil {
 			k.log.Error("remove kernel DNS answers from lo", "err", err)
 		}

@@ -247,10 +247,8 @@ func runAgent(cmd *cobra.Command, f runFlags) error {
 	// other engines leaves every query to the interceptor anyway.
 	useKernel := f.kernelAnswers == "on" || f.kernelAnswers == "auto" && opts.Engine != nil && opts.Engine.Name() == "ebpf"
 	if useKernel {
+		// Attached with the first table (the agent's sync).
 		ka, err := loadKernelAnswers(opts.DNS.Listen, log)
-		if err == nil {
-			err = ka.start(nil)
-		}
 		switch {
 		case err == nil:
 			defer ka.stop()

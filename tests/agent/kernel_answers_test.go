@@ -12,8 +12,9 @@ import (
 // gets mesh names' VIPs as before; with the
 // agent stopped (SIGSTOP) they are still answered, from the kernel, with
 // the same VIPs, while a name the mesh does not know is not; a new
-// ExternalService reaches the kernel too; and the agent's exit leaves the
-// pod's lo as it was.
+// ExternalService reaches the kernel too; a killed agent's program goes on
+// answering until the next agent replaces it; and the agent's exit leaves
+// the pod's lo as it was.
 func TestAgentKernelAnswers(t *testing.T) {
 	w := newWorldWith(t, "ebpf")
 	w.writeResource("services.yaml", externalService("httpbin", "httpbin", "http", "httpbin.org:443", tlsBlock("httpbin.org", w.ca.cert, nil)))
@@ -54,6 +55,22 @@ func TestAgentKernelAnswers(t *testing.T) {
 		}
 	})
 
+	// Killed, the agent leaves the program answering its last table
+	// until the next agent replaces it.
+	if err := w.agent.Cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	w.agent.Stop()
+	if got := w.dig("fresh.mesh"); got != fresh {
+		t.Errorf("agent killed: fresh.mesh = %q, want %s from the program it left", got, fresh)
+	}
+	w.startAgent("")
+	if got := w.dig("fresh.mesh"); got != fresh {
+		t.Errorf("agent restarted: fresh.mesh = %q, want %s", got, fresh)
+	}
+	if out := w.pod.MustRun("tc", "filter", "show", "dev", "lo", "egress"); strings.Count(out, "shunt_dns_answer") != 1 {
+		t.Errorf("after the restart, want one kernel answerer on lo:\n%s", out)
+	}
 	w.stopAgent()
 	if out := w.pod.MustRun("tc", "filter", "show", "dev", "lo", "egress"); strings.Contains(out, "shunt") {
 		t.Errorf("the agent exited and left its filter:\n%s", out)
