@@ -142,6 +142,26 @@ func appendTableAnswer(out, req []byte, q *query, e *entry) ([]byte, int) {
 	return out, count
 }
 
+// TableAnswer is the answer the fast path sends to the UDP query req from
+// t, and whether it answers req from t at all: the reference the kernel
+// answerer (dnsproxy/kernelanswers) is tested against.
+func TableAnswer(t *Table, req []byte) ([]byte, bool) {
+	var nb [256]byte
+	var q query
+	if !parseQuery(req, &nb, &q) {
+		return nil, false
+	}
+	e := t.lookupWire(q.qname)
+	if e == nil || q.qtype != dns.TypeA && q.qtype != dns.TypeAAAA {
+		return nil, false
+	}
+	out, _ := appendTableAnswer(nil, req, &q, e)
+	if len(out) > clientLimit(q.edns, q.udpSize) {
+		return nil, false
+	}
+	return out, true
+}
+
 // clientLimit is the largest UDP response the client accepts.
 func clientLimit(edns bool, size uint16) int {
 	if !edns || size < dns.MinMsgSize {
