@@ -82,7 +82,7 @@ func TestAgentKernelAnswers(t *testing.T) {
 
 // TestAgentKernelAnswersAutoBehindNAT: behind the iptables and nftables
 // engines, whose NAT leaves every query to the interceptor, auto leaves
-// the kernel answerer out.
+// the kernel answerer out; forced on, it leaves the queries alone.
 func TestAgentKernelAnswersAutoBehindNAT(t *testing.T) {
 	for _, engine := range []string{"iptables", "nftables"} {
 		t.Run(engine, func(t *testing.T) {
@@ -97,6 +97,19 @@ func TestAgentKernelAnswersAutoBehindNAT(t *testing.T) {
 			}
 			if strings.Contains(w.agent.Output(), "kernel DNS answers on lo") {
 				t.Errorf("auto turned kernel answers on behind the %s engine", engine)
+			}
+
+			// Forced on, the program sees the NATed queries and
+			// leaves them to the interceptor: DNS works as before.
+			w.stopAgent()
+			w.startAgent("", "--dns-kernel-answers=on")
+			if got := w.dig("httpbin.mesh"); got == "" {
+				t.Fatalf("with kernel answers on behind the %s engine, httpbin.mesh is not answered\n%s", engine, w.logs())
+			}
+			_, body := w.admin("/metrics")
+			if !regexp.MustCompile(`shunt_dns_kernel_queries_total\{outcome="tracked"\} [1-9]`).MatchString(body) ||
+				!strings.Contains(body, `shunt_dns_kernel_queries_total{outcome="table"} 0`) {
+				t.Errorf("want the NATed queries counted as tracked and none answered in the kernel:\n%s", grepLines(body, "kernel"))
 			}
 		})
 	}
