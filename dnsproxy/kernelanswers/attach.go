@@ -59,17 +59,30 @@ func Attach(netnsPath string, prog *ebpf.Program) (detach func() error, err erro
 		}
 		return detach, nil
 	}
-	name := filterName
-	if err := h.QdiscAdd(clsact(idx)); err == nil {
-		name = filterNameOwnQdisc
-	} else if !errors.Is(err, unix.EEXIST) {
-		return nil, fmt.Errorf("kernel DNS answers: add clsact qdisc to lo: %w", err)
+	// The qdisc, where lo has none, and the filter go in one write, so
+	// that a kill leaves neither or both (internal/tcbpf).
+	qerr, ferr, err := tcbpf.AddQdiscAndFilter(netnsPath, filter(idx, filterNameOwnQdisc, prog))
+	if err != nil {
+		return nil, fmt.Errorf("kernel DNS answers: %w", err)
 	}
-	if err := h.FilterAdd(filter(idx, name, prog)); err != nil {
-		if name == filterNameOwnQdisc {
-			_ = h.QdiscDel(clsact(idx))
+	switch {
+	case qerr == nil && ferr != nil:
+		_ = h.QdiscDel(clsact(idx))
+	case errors.Is(qerr, unix.EEXIST) && ferr == nil:
+		// lo had a clsact qdisc already: not shunt's, so the filter
+		// must not claim it.
+		if err := h.FilterReplace(filter(idx, filterName, prog)); err != nil {
+			_ = h.FilterDel(filter(idx, filterNameOwnQdisc, nil))
+			return nil, fmt.Errorf("kernel DNS answers: rename filter on tc egress of lo: %w", err)
 		}
-		return nil, fmt.Errorf("kernel DNS answers: add filter %s to tc egress of lo (priority %d): %w", name, filterPriority, err)
+	case qerr != nil && !errors.Is(qerr, unix.EEXIST):
+		if ferr == nil {
+			_ = h.FilterDel(filter(idx, filterNameOwnQdisc, nil))
+		}
+		return nil, fmt.Errorf("kernel DNS answers: add clsact qdisc to lo: %w", qerr)
+	}
+	if ferr != nil {
+		return nil, fmt.Errorf("kernel DNS answers: add filter to tc egress of lo (priority %d): %w", filterPriority, ferr)
 	}
 	return detach, nil
 }

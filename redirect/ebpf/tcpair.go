@@ -1,101 +1,21 @@
 package ebpf
 
 import (
-	"errors"
-	"fmt"
-	"os"
-	"syscall"
-
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
+
+	"github.com/shunt-dev/shunt/internal/tcbpf"
 )
 
-// Creating an interface's clsact qdisc and putting shunt's filter on it
-// are two rtnetlink requests. Sent one after the other, a process killed
-// between them (an init container's deadline, an OOM kill) leaves a
-// qdisc with no filter: nothing records that shunt created it, so no
-// uninstall removes it, and the next install takes it for another
-// tool's. Both go in one write instead: the kernel handles every message
-// of a write before the writer can be killed, so the qdisc never exists
-// without the filter whose name says whose it is.
-
-// qdiscAndFilter are the two requests: the interface's clsact qdisc, and
-// shunt's filter at its place at tc ingress, running prog and named as the
-// filter of a qdisc shunt created. Encoded with the netlink library's own
-// request types, as its QdiscAdd and FilterAdd encode them.
+// qdiscAndFilter are the requests for the interface's clsact qdisc and
+// shunt's inbound_tc filter on it, named as the filter of a qdisc shunt
+// created (see internal/tcbpf: the two go to the kernel in one write).
 func qdiscAndFilter(idx int, prog *ebpf.Program) (qdisc, filter *nl.NetlinkRequest) {
-	qdisc = nl.NewNetlinkRequest(unix.RTM_NEWQDISC, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
-	q := clsact(idx)
-	qdisc.AddData(&nl.TcMsg{Family: nl.FAMILY_ALL, Ifindex: int32(idx), Handle: q.Handle, Parent: q.Parent})
-	qdisc.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated(q.QdiscType)))
-
-	f := shuntFilter(idx, tcFilterNameOwnQdisc, prog)
-	filter = nl.NewNetlinkRequest(unix.RTM_NEWTFILTER, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
-	filter.AddData(&nl.TcMsg{
-		Family:  nl.FAMILY_ALL,
-		Ifindex: int32(idx),
-		Handle:  f.Handle,
-		Parent:  f.Parent,
-		Info:    netlink.MakeHandle(f.Priority, nl.Swap16(f.Protocol)),
-	})
-	filter.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated(f.Type())))
-	options := nl.NewRtAttr(nl.TCA_OPTIONS, nil)
-	options.AddRtAttr(nl.TCA_BPF_FD, nl.Uint32Attr(uint32(f.Fd)))
-	options.AddRtAttr(nl.TCA_BPF_NAME, nl.ZeroTerminated(f.Name))
-	options.AddRtAttr(nl.TCA_BPF_FLAGS, nl.Uint32Attr(nl.TCA_BPF_FLAG_ACT_DIRECT))
-	filter.AddData(options)
-	return qdisc, filter
+	return tcbpf.QdiscAndFilter(shuntFilter(idx, tcFilterNameOwnQdisc, prog))
 }
 
-// addQdiscAndFilter sends the two requests of qdiscAndFilter in one write
-// to the namespace at netnsPath ("" is the caller's own) and returns the
-// kernel's answer to each: it handles the filter whatever it answered to
-// the qdisc (an existing qdisc, EEXIST, still takes the filter). err is a
-// failure to ask or to read the answers.
+// addQdiscAndFilter writes them in one write to the namespace at netnsPath
+// and returns the kernel's answer to each.
 func addQdiscAndFilter(netnsPath string, idx int, prog *ebpf.Program) (qdiscErr, filterErr, err error) {
-	ns := netns.None()
-	if netnsPath != "" {
-		ns, err = netns.GetFromPath(netnsPath)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil, fmt.Errorf("%s: %w", netnsPath, errNetnsGone)
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("open network namespace %s: %w", netnsPath, err)
-		}
-		defer ns.Close()
-	}
-	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, nil, fmt.Errorf("rtnetlink in %q: %w", netnsPath, err)
-	}
-	defer s.Close()
-	q, f := qdiscAndFilter(idx, prog)
-	msg := append(q.Serialize(), f.Serialize()...)
-	if err := unix.Sendto(s.GetFd(), msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, nil, fmt.Errorf("send clsact qdisc and inbound_tc filter: %w", err)
-	}
-	answers := map[uint32]error{}
-	for len(answers) < 2 {
-		msgs, _, err := s.Receive()
-		if err != nil {
-			return nil, nil, fmt.Errorf("read the answers to the clsact qdisc and inbound_tc filter: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Header.Type != unix.NLMSG_ERROR || (m.Header.Seq != q.Seq && m.Header.Seq != f.Seq) {
-				continue
-			}
-			if len(m.Data) < 4 {
-				return nil, nil, errors.New("read the answers to the clsact qdisc and inbound_tc filter: short error message")
-			}
-			var e error
-			if code := int32(nl.NativeEndian().Uint32(m.Data[:4])); code != 0 {
-				e = syscall.Errno(-code)
-			}
-			answers[m.Header.Seq] = e
-		}
-	}
-	return answers[q.Seq], answers[f.Seq], nil
+	return tcbpf.AddQdiscAndFilter(netnsPath, shuntFilter(idx, tcFilterNameOwnQdisc, prog))
 }
