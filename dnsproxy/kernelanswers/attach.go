@@ -61,24 +61,8 @@ func Attach(netnsPath string, prog *ebpf.Program) (detach func() error, err erro
 	}
 	// The qdisc, where lo has none, and the filter go in one write, so
 	// that a kill leaves neither or both (internal/tcbpf).
-	qerr, ferr, err := tcbpf.AddQdiscAndFilter(netnsPath, filter(idx, filterNameOwnQdisc, prog))
-	if err != nil {
-		return nil, fmt.Errorf("kernel DNS answers: %w", err)
-	}
-	switch {
-	case qerr == nil && ferr != nil:
-		_ = h.QdiscDel(clsact(idx))
-	case errors.Is(qerr, unix.EEXIST) && ferr == nil:
-		// lo had a clsact qdisc already: not shunt's, so the filter
-		// must not claim it.
-		if err := h.FilterReplace(filter(idx, filterName, prog)); err != nil {
-			_ = h.FilterDel(filter(idx, filterNameOwnQdisc, nil))
-			return nil, fmt.Errorf("kernel DNS answers: rename filter on tc egress of lo: %w", err)
-		}
-	case qerr != nil && !errors.Is(qerr, unix.EEXIST):
-		if ferr == nil {
-			_ = h.FilterDel(filter(idx, filterNameOwnQdisc, nil))
-		}
+	qerr, ferr := tcbpf.AddWithQdisc(h, netnsPath, filter(idx, filterNameOwnQdisc, prog), filterName)
+	if qerr != nil {
 		return nil, fmt.Errorf("kernel DNS answers: add clsact qdisc to lo: %w", qerr)
 	}
 	if ferr != nil {

@@ -97,3 +97,36 @@ func AddQdiscAndFilter(netnsPath string, f *netlink.BpfFilter) (qdiscErr, filter
 	}
 	return answers[q.Seq], answers[fr.Seq], nil
 }
+
+// AddWithQdisc puts f, named as the filter of a qdisc shunt created, on
+// its interface together with the clsact qdisc (AddQdiscAndFilter), using
+// h (a handle in the namespace at netnsPath) to settle what the kernel
+// answered. Where the interface turned out to have a clsact qdisc
+// already, another tool's, the filter is renamed to plainName and claims
+// nothing; where the filter was refused, the qdisc added with it goes
+// again. qdisc reports a failure to add the qdisc, filter one to add the
+// filter.
+func AddWithQdisc(h *netlink.Handle, netnsPath string, f *netlink.BpfFilter, plainName string) (qdisc, filter error) {
+	qerr, ferr, err := AddQdiscAndFilter(netnsPath, f)
+	if err != nil {
+		return nil, err
+	}
+	idx := f.LinkIndex
+	switch {
+	case qerr == nil && ferr != nil:
+		_ = h.QdiscDel(Clsact(idx))
+	case errors.Is(qerr, unix.EEXIST) && ferr == nil:
+		plain := *f
+		plain.Name = plainName
+		if err := h.FilterReplace(&plain); err != nil {
+			_ = h.FilterDel(f)
+			return nil, fmt.Errorf("rename filter %s to %s: %w", f.Name, plainName, err)
+		}
+	case qerr != nil && !errors.Is(qerr, unix.EEXIST):
+		if ferr == nil {
+			_ = h.FilterDel(f)
+		}
+		return qerr, nil
+	}
+	return nil, ferr
+}

@@ -216,7 +216,7 @@ func attachTC(log *slog.Logger, netnsPath string, prog *ebpf.Program, undo *[]fu
 // addFilter puts shunt's filter running prog at tc ingress of l, which has
 // none: on the interface's clsact or ingress qdisc, another tool's, kept as
 // it is; or, where there is none, on a clsact qdisc created with the
-// filter in one write (see addQdiscAndFilter), the filter named so that the
+// filter in one write (see internal/tcbpf), the filter named so that the
 // last filter out removes the qdisc too.
 func addFilter(h *netlink.Handle, netnsPath string, l netlink.Link, prog *ebpf.Program) error {
 	name, idx := l.Attrs().Name, l.Attrs().Index
@@ -228,25 +228,11 @@ func addFilter(h *netlink.Handle, netnsPath string, l netlink.Link, prog *ebpf.P
 	if has {
 		ferr = h.FilterAdd(shuntFilter(idx, tcFilterName, prog))
 	} else {
+		// Another tool may add a qdisc after the check: then the
+		// filter is renamed and claims it not.
 		var qerr error
-		qerr, ferr, err = addQdiscAndFilter(netnsPath, idx, prog)
-		if err != nil {
-			return err
-		}
-		switch {
-		case qerr == nil && ferr != nil:
-			_ = h.QdiscDel(clsact(idx))
-		case errors.Is(qerr, unix.EEXIST) && ferr == nil:
-			// Another tool added a qdisc since the check: the filter
-			// must not claim it.
-			if err := h.FilterReplace(shuntFilter(idx, tcFilterName, prog)); err != nil {
-				_ = h.FilterDel(shuntFilter(idx, tcFilterNameOwnQdisc, nil))
-				return fmt.Errorf("rename inbound_tc filter on %s: %w", name, err)
-			}
-		case qerr != nil && !errors.Is(qerr, unix.EEXIST):
-			if ferr == nil {
-				_ = h.FilterDel(shuntFilter(idx, tcFilterNameOwnQdisc, nil))
-			}
+		qerr, ferr = tcbpf.AddWithQdisc(h, netnsPath, shuntFilter(idx, tcFilterNameOwnQdisc, prog), tcFilterName)
+		if qerr != nil {
 			return fmt.Errorf("add clsact qdisc to %s: %w", name, qerr)
 		}
 	}

@@ -13,9 +13,3 @@ import (
 func qdiscAndFilter(idx int, prog *ebpf.Program) (qdisc, filter *nl.NetlinkRequest) {
 	return tcbpf.QdiscAndFilter(shuntFilter(idx, tcFilterNameOwnQdisc, prog))
 }
-
-// addQdiscAndFilter writes them in one write to the namespace at netnsPath
-// and returns the kernel's answer to each.
-func addQdiscAndFilter(netnsPath string, idx int, prog *ebpf.Program) (qdiscErr, filterErr, err error) {
-	return tcbpf.AddQdiscAndFilter(netnsPath, shuntFilter(idx, tcFilterNameOwnQdisc, prog))
-}
