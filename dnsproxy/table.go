@@ -164,7 +164,7 @@ func (t *Table) Lookup(name string) (v4, v6 []netip.Addr, ok bool) {
 // what the kernel answerer (dnsproxy/kernelanswers) is given to send in
 // its place. The slices belong to the table and must not be changed.
 type WireEntry struct {
-	Name []byte // lower-case wire form
+	Name string // lower-case wire form
 	// A and AAAA are the packed records (owner a pointer to the
 	// question), ACount and AAAACount how many each holds.
 	A, AAAA           []byte
@@ -180,7 +180,7 @@ func (t *Table) WireEntries() iter.Seq[WireEntry] {
 			return
 		}
 		for k, e := range t.exact {
-			if !yield(WireEntry{Name: []byte(k), A: e.packedA, AAAA: e.packedAAAA, ACount: len(e.v4), AAAACount: len(e.v6)}) {
+			if !yield(WireEntry{Name: k, A: e.packedA, AAAA: e.packedAAAA, ACount: len(e.v4), AAAACount: len(e.v6)}) {
 				return
 			}
 		}

@@ -16,7 +16,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net/netip"
 
 	"github.com/cilium/ebpf"
@@ -40,9 +39,11 @@ const (
 // Answerer is the loaded program and its maps.
 type Answerer struct {
 	objs answerObjects
-	// written is a digest of each entry the names map holds, so that a
-	// table change writes only the names it changed.
-	written map[answerNameKey]uint64
+	// written holds, by name (lower-case wire form), a digest of each
+	// entry the names map holds, so that a table change writes only the
+	// names it changed, and the Sync that last saw it.
+	written map[string]*heldName
+	syncs   uint64
 	cache   cacheState
 }
 
@@ -55,7 +56,7 @@ func Load(listen []netip.AddrPort) (*Answerer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load kernel DNS answers: %w", err)
 	}
-	a := &Answerer{written: map[answerNameKey]uint64{}, cache: cacheState{held: map[answerCacheKey]struct{}{}}}
+	a := &Answerer{written: map[string]*heldName{}, cache: cacheState{held: map[answerCacheKey]struct{}{}}}
 	if err := loadAnswerObjects(&a.objs, nil); err != nil {
 		return nil, fmt.Errorf("load kernel DNS answers: %w", err)
 	}
@@ -113,75 +114,117 @@ type SyncResult struct {
 	Left map[string]int
 }
 
+type heldName struct {
+	digest uint64
+	sync   uint64
+}
+
 // Sync makes the kernel answer t's names, and no others. Entries are
 // written one by one, each atomically: during a Sync a query sees a name's
 // old answer or its new one, never half of either. A name the kernel
 // cannot answer (see the limits) is left to the interceptor, which answers
-// it from the same table.
+// it from the same table. With more than MaxNames names, the names the
+// kernel already holds stay, so that a large table does not churn.
+//
+// It runs on every snapshot of the agent: a name that did not change
+// costs a digest of its records and a map lookup, and nothing is copied.
 func (a *Answerer) Sync(t *dnsproxy.Table) (SyncResult, error) {
 	res := SyncResult{Left: map[string]int{}}
-	want := map[answerNameKey]*answerNameAnswers{}
+	a.syncs++
+	var fresh []dnsproxy.WireEntry
+	kept := 0
 	for e := range t.WireEntries() {
-		k, v, why := entryFor(e)
-		if why != "" {
+		if why := limit(e); why != "" {
 			res.Left[why]++
 			continue
 		}
-		if len(want) == MaxNames {
+		h := a.written[e.Name]
+		if h == nil {
+			fresh = append(fresh, e)
+			continue
+		}
+		if d := digestOf(e); d != h.digest {
+			if err := a.put(e); err != nil {
+				return res, err
+			}
+			h.digest = d
+			res.Written++
+		}
+		h.sync = a.syncs
+		kept++
+	}
+	for name, h := range a.written {
+		if h.sync == a.syncs {
+			continue
+		}
+		k := nameKey(name)
+		if err := a.objs.Names.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return res, fmt.Errorf("kernel DNS answers: remove name %q: %w", name, err)
+		}
+		delete(a.written, name)
+		res.Deleted++
+	}
+	for _, e := range fresh {
+		if kept == MaxNames {
 			res.Left[fmt.Sprintf("more than %d names", MaxNames)]++
 			continue
 		}
-		want[k] = v
-	}
-	for k := range a.written {
-		if _, ok := want[k]; ok {
-			continue
+		if err := a.put(e); err != nil {
+			return res, err
 		}
-		if err := a.objs.Names.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return res, fmt.Errorf("kernel DNS answers: remove a name: %w", err)
-		}
-		delete(a.written, k)
-		res.Deleted++
-	}
-	for k, v := range want {
-		d := digest(v)
-		if old, ok := a.written[k]; ok && old == d {
-			continue
-		}
-		if err := a.objs.Names.Put(&k, v); err != nil {
-			return res, fmt.Errorf("kernel DNS answers: write name %q: %w", k.Name[:k.Len], err)
-		}
-		a.written[k] = d
+		a.written[e.Name] = &heldName{digest: digestOf(e), sync: a.syncs}
 		res.Written++
+		kept++
 	}
 	res.Names = len(a.written)
 	return res, nil
 }
 
-// entryFor is the map entry of e, or why the kernel cannot answer it.
-func entryFor(e dnsproxy.WireEntry) (answerNameKey, *answerNameAnswers, string) {
-	var k answerNameKey
+// limit says why the kernel cannot answer e, or "".
+func limit(e dnsproxy.WireEntry) string {
 	if len(e.Name) > MaxNameLen {
-		return k, nil, fmt.Sprintf("name longer than %d bytes", MaxNameLen)
+		return fmt.Sprintf("name longer than %d bytes", MaxNameLen)
 	}
 	if len(e.A) > MaxRecordBytes || len(e.AAAA) > MaxRecordBytes {
-		return k, nil, fmt.Sprintf("more than %d bytes of A or AAAA records", MaxRecordBytes)
+		return fmt.Sprintf("more than %d bytes of A or AAAA records", MaxRecordBytes)
 	}
-	k.Len = uint8(len(e.Name))
-	copy(k.Name[:], e.Name)
-	v := &answerNameAnswers{V4Count: uint16(e.ACount), V4Len: uint16(len(e.A)), V6Count: uint16(e.AAAACount), V6Len: uint16(len(e.AAAA))}
-	copy(v.V4[:], e.A)
-	copy(v.V6[:], e.AAAA)
-	return k, v, ""
+	return ""
 }
 
-func digest(v *answerNameAnswers) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte{byte(v.V4Count), byte(v.V4Count >> 8), byte(v.V6Count), byte(v.V6Count >> 8)})
-	h.Write(v.V4[:v.V4Len])
-	h.Write([]byte{0xff})
-	h.Write(v.V6[:v.V6Len])
-	return h.Sum64()
+func nameKey(name string) answerNameKey {
+	var k answerNameKey
+	k.Len = uint8(len(name))
+	copy(k.Name[:], name)
+	return k
+}
+
+// put writes e's entry.
+func (a *Answerer) put(e dnsproxy.WireEntry) error {
+	k := nameKey(e.Name)
+	v := answerNameAnswers{V4Count: uint16(e.ACount), V4Len: uint16(len(e.A)), V6Count: uint16(e.AAAACount), V6Len: uint16(len(e.AAAA))}
+	copy(v.V4[:], e.A)
+	copy(v.V6[:], e.AAAA)
+	if err := a.objs.Names.Put(&k, &v); err != nil {
+		return fmt.Errorf("kernel DNS answers: write name %q: %w", e.Name, err)
+	}
+	return nil
+}
+
+// digestOf is a digest (FNV-1a) of what e's entry holds: the records,
+// the counts and where one type ends.
+func digestOf(e dnsproxy.WireEntry) uint64 {
+	h := uint64(14695981039346656037)
+	add := func(b byte) { h = (h ^ uint64(b)) * 1099511628211 }
+	for _, b := range e.A {
+		add(b)
+	}
+	add(byte(e.ACount))
+	add(0xff)
+	for _, b := range e.AAAA {
+		add(b)
+	}
+	add(byte(e.AAAACount))
+	return h
 }
 
 // Stats counts what the program saw, since it was loaded.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -379,4 +380,59 @@ func TestOnlyTheListenAddressesAreAnswered(t *testing.T) {
 			t.Errorf("%s answered in the kernel: %x", addr, got)
 		}
 	}
+}
+
+// BenchmarkSync is what the agent adds to a snapshot of many names with
+// kernel answers on: the first Sync of a table of 65,536 names (the most
+// the kernel holds), and a Sync after one name changed.
+func BenchmarkSync(b *testing.B) {
+	testenv.RequireRoot(b)
+	names := func(changed string) *dnsproxy.Table {
+		m := make(map[string][]netip.Addr, MaxNames)
+		for i := range MaxNames {
+			m[fmt.Sprintf("svc-%d.bench.mesh", i)] = []netip.Addr{netip.AddrFrom4([4]byte{240, 1, byte(i >> 8), byte(i)})}
+		}
+		m["svc-0.bench.mesh"] = []netip.Addr{netip.MustParseAddr(changed)}
+		tb, err := dnsproxy.NewTable(m, dnsproxy.TableOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return tb
+	}
+	t1, t2 := names("240.0.0.1"), names("240.0.0.2")
+	b.Run("first", func(b *testing.B) {
+		for b.Loop() {
+			b.StopTimer()
+			a, err := Load(listen)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			if _, err := a.Sync(t1); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			a.Close()
+			b.StartTimer()
+		}
+	})
+	b.Run("one changed", func(b *testing.B) {
+		a, err := Load(listen)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer a.Close()
+		if _, err := a.Sync(t1); err != nil {
+			b.Fatal(err)
+		}
+		tables := []*dnsproxy.Table{t2, t1}
+		i := 0
+		for b.Loop() {
+			res, err := a.Sync(tables[i%2])
+			if err != nil || res.Written != 1 {
+				b.Fatalf("%+v %v", res, err)
+			}
+			i++
+		}
+	})
 }
