@@ -44,6 +44,10 @@ type Answerer struct {
 	// names it changed, and the Sync that last saw it.
 	written map[string]*heldName
 	syncs   uint64
+	// key and value are put's, reused: an entry passed to the map by
+	// pointer is copied from in place, and a first Sync writes many.
+	key   answerNameKey
+	value answerNameAnswers
 	cache   cacheState
 }
 
@@ -131,8 +135,7 @@ type heldName struct {
 func (a *Answerer) Sync(t *dnsproxy.Table) (SyncResult, error) {
 	res := SyncResult{Left: map[string]int{}}
 	a.syncs++
-	var fresh []dnsproxy.WireEntry
-	kept := 0
+	kept, fresh := 0, 0
 	for e := range t.WireEntries() {
 		if why := limit(e); why != "" {
 			res.Left[why]++
@@ -140,7 +143,7 @@ func (a *Answerer) Sync(t *dnsproxy.Table) (SyncResult, error) {
 		}
 		h := a.written[e.Name]
 		if h == nil {
-			fresh = append(fresh, e)
+			fresh++
 			continue
 		}
 		if d := digestOf(e); d != h.digest {
@@ -164,7 +167,16 @@ func (a *Answerer) Sync(t *dnsproxy.Table) (SyncResult, error) {
 		delete(a.written, name)
 		res.Deleted++
 	}
-	for _, e := range fresh {
+	// The names not held yet, in a second pass rather than collected in
+	// the first: a first Sync of a large table would collect them all.
+	for e := range t.WireEntries() {
+		if fresh == 0 {
+			break
+		}
+		if limit(e) != "" || a.written[e.Name] != nil {
+			continue
+		}
+		fresh--
 		if kept == MaxNames {
 			res.Left[fmt.Sprintf("more than %d names", MaxNames)]++
 			continue
@@ -200,11 +212,11 @@ func nameKey(name string) answerNameKey {
 
 // put writes e's entry.
 func (a *Answerer) put(e dnsproxy.WireEntry) error {
-	k := nameKey(e.Name)
-	v := answerNameAnswers{V4Count: uint16(e.ACount), V4Len: uint16(len(e.A)), V6Count: uint16(e.AAAACount), V6Len: uint16(len(e.AAAA))}
-	copy(v.V4[:], e.A)
-	copy(v.V6[:], e.AAAA)
-	if err := a.objs.Names.Put(&k, &v); err != nil {
+	a.key = nameKey(e.Name)
+	a.value = answerNameAnswers{V4Count: uint16(e.ACount), V4Len: uint16(len(e.A)), V6Count: uint16(e.AAAACount), V6Len: uint16(len(e.AAAA))}
+	copy(a.value.V4[:], e.A)
+	copy(a.value.V6[:], e.AAAA)
+	if err := a.objs.Names.Put(&a.key, &a.value); err != nil {
 		return fmt.Errorf("kernel DNS answers: write name %q: %w", e.Name, err)
 	}
 	return nil
