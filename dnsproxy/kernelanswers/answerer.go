@@ -48,7 +48,7 @@ type Answerer struct {
 	// pointer is copied from in place, and a first Sync writes many.
 	key   answerNameKey
 	value answerNameAnswers
-	cache   cacheState
+	cache cacheState
 }
 
 // Load loads the program, to answer queries to the interceptor's listen
