@@ -100,9 +100,15 @@ type Config struct {
 	Logger *slog.Logger // default slog.Default()
 }
 
+// DefaultListen is where the interceptor listens when Config.Listen is
+// empty: 127.0.0.1 and ::1 at port 15053.
+func DefaultListen() []netip.AddrPort {
+	return []netip.AddrPort{netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), wire.DNSPort), netip.AddrPortFrom(netip.IPv6Loopback(), wire.DNSPort)}
+}
+
 func (c *Config) setDefaults() {
 	if len(c.Listen) == 0 {
-		c.Listen = []netip.AddrPort{netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), wire.DNSPort), netip.AddrPortFrom(netip.IPv6Loopback(), wire.DNSPort)}
+		c.Listen = DefaultListen()
 	}
 	if c.UDPSockets <= 0 {
 		c.UDPSockets = runtime.NumCPU()

@@ -154,11 +154,8 @@ func runDNS(ctx context.Context, f dnsFlags) error {
 	}
 	var ka *kernelAnswers
 	if f.kernelAnswers {
-		listen, err := kernelAnswersListen(cfg.Listen)
-		if err != nil {
-			return err
-		}
-		if ka, err = loadKernelAnswers(listen, log); err != nil {
+		var err error
+		if ka, err = loadKernelAnswers(cfg.Listen, log); err != nil {
 			return err
 		}
 		cfg.CacheObserver = ka.a.CacheObserver()

@@ -13,24 +13,6 @@ import (
 	"github.com/shunt-dev/shunt/dnsproxy/kernelanswers"
 )
 
-// kernelAnswersListen is where the kernel answerer answers: every listen
-// address must be on loopback (the program sits on lo) and share one port.
-// No --listen means the interceptor's defaults, 127.0.0.1 and ::1 at 15053.
-func kernelAnswersListen(listen []netip.AddrPort) ([]netip.AddrPort, error) {
-	if len(listen) == 0 {
-		return []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:15053"), netip.MustParseAddrPort("[::1]:15053")}, nil
-	}
-	for _, ap := range listen {
-		if !ap.Addr().IsLoopback() {
-			return nil, fmt.Errorf("--kernel-answers: --listen %s is not on loopback: the kernel answers only on lo", ap)
-		}
-		if ap.Port() != listen[0].Port() {
-			return nil, fmt.Errorf("--kernel-answers: --listen %s and %s are on different ports: the kernel answers on one", listen[0], ap)
-		}
-	}
-	return listen, nil
-}
-
 // kernelAnswers is the answerer of a running `shunt dns`: attached to the
 // namespace's lo while the interceptor runs, its names kept to the
 // interceptor's table.
@@ -47,8 +29,12 @@ type kernelAnswers struct {
 
 // loadKernelAnswers loads the answerer, before the interceptor is made:
 // the interceptor's cache tells it of each answer it holds
-// (dnsproxy.Config.CacheObserver).
+// (dnsproxy.Config.CacheObserver). listen is the interceptor's (empty:
+// its defaults); Load refuses, by address, what the program cannot serve.
 func loadKernelAnswers(listen []netip.AddrPort, log *slog.Logger) (*kernelAnswers, error) {
+	if len(listen) == 0 {
+		listen = dnsproxy.DefaultListen()
+	}
 	a, err := kernelanswers.Load(listen)
 	if err != nil {
 		return nil, fmt.Errorf("--kernel-answers: %w", err)

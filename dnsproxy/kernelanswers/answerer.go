@@ -82,9 +82,11 @@ func configFor(listen []netip.AddrPort) (answerAnswerConfig, error) {
 		a := ap.Addr().Unmap()
 		switch {
 		case !a.IsLoopback():
-			return cfg, fmt.Errorf("listen address %s is not on loopback", ap)
-		case ap.Port() == 0 || ap.Port() != listen[0].Port():
-			return cfg, fmt.Errorf("listen addresses %v: want one port, not 0", listen)
+			return cfg, fmt.Errorf("listen address %s is not on loopback: the program answers on lo only", ap)
+		case ap.Port() == 0:
+			return cfg, fmt.Errorf("listen address %s: give the port", ap)
+		case ap.Port() != listen[0].Port():
+			return cfg, fmt.Errorf("listen addresses %s and %s are on different ports: the program answers on one", listen[0], ap)
 		case a.Is4():
 			b := a.As4()
 			v := binary.NativeEndian.Uint32(b[:]) // as the packet holds it

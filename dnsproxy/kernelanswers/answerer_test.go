@@ -42,8 +42,8 @@ func TestLoadRefusesWhatItCannotServe(t *testing.T) {
 	}{
 		{nil, "no listen address"},
 		{[]string{"10.0.0.1:53"}, "listen address 10.0.0.1:53 is not on loopback"},
-		{[]string{"127.0.0.1:53", "[::1]:5353"}, "want one port"},
-		{[]string{"127.0.0.1:0"}, "want one port, not 0"},
+		{[]string{"127.0.0.1:53", "[::1]:5353"}, "listen addresses 127.0.0.1:53 and [::1]:5353 are on different ports"},
+		{[]string{"127.0.0.1:0"}, "listen address 127.0.0.1:0: give the port"},
 		{[]string{"127.0.0.1:53", "127.0.0.2:53"}, "at most one IPv4 address"},
 	} {
 		var aps []netip.AddrPort

@@ -1,11 +1,9 @@
 package kernelanswers
 
 import (
-	"errors"
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/shunt-dev/shunt/dnsproxy"
@@ -31,9 +29,6 @@ const (
 type cacheState struct {
 	mu   sync.Mutex
 	held map[answerCacheKey]struct{}
-	// errs counts updates of the map that failed (the entry is then
-	// left to the interceptor: a failed Put deletes what was there).
-	errs uint64
 }
 
 // CacheObserver is the Answerer as the interceptor's cache observer
@@ -99,7 +94,8 @@ func (o *cacheObserver) CacheStored(e dnsproxy.WireCacheEntry) {
 	v.Stored = uint64(stored)
 	v.Expires = uint64(stored + e.Expires.Sub(e.Stored))
 	if err := a.objs.Cache.Put(&k, v); err != nil {
-		c.errs++
+		// Left to the interceptor: whatever the map held for the
+		// key is stale now.
 		o.drop(k)
 		return
 	}
@@ -130,9 +126,9 @@ func cachedValue(e dnsproxy.WireCacheEntry, qend int) (*answerCachedAnswer, bool
 // drop removes k from the map; the caller holds the lock.
 func (o *cacheObserver) drop(k answerCacheKey) {
 	a := (*Answerer)(o)
-	if err := a.objs.Cache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		a.cache.errs++
-	}
+	// Deleting fails only for a key the map does not hold (an answer
+	// too big for it, or one the program never got).
+	_ = a.objs.Cache.Delete(&k)
 	delete(a.cache.held, k)
 }
 

@@ -93,8 +93,8 @@ func TestKernelAnswersRefusesWhatItCannotServe(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--listen", "10.0.0.1:53", "--allow-non-loopback"}, "--listen 10.0.0.1:53 is not on loopback"},
-		{[]string{"--listen", "127.0.0.1:53", "--listen", "[::1]:5353"}, "--listen 127.0.0.1:53 and [::1]:5353 are on different ports"},
+		{[]string{"--listen", "10.0.0.1:53", "--allow-non-loopback"}, "--kernel-answers: load kernel DNS answers: listen address 10.0.0.1:53 is not on loopback"},
+		{[]string{"--listen", "127.0.0.1:53", "--listen", "[::1]:5353"}, "--kernel-answers: load kernel DNS answers: listen addresses 127.0.0.1:53 and [::1]:5353 are on different ports"},
 	} {
 		out, err := n.Run(bin, append([]string{"dns", "--kernel-answers", "--resolv-conf", "", "--upstream-mark", "0"}, c.args...)...)
 		if err == nil || !strings.Contains(out, c.want) {
