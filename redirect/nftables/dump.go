@@ -1,7 +1,6 @@
 package nftables
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -13,6 +12,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/shunt-dev/shunt/internal/digest"
 )
 
 // dumpedRule is one rule of shunt's table as the kernel lists it.
@@ -31,7 +32,7 @@ type dumpedRule struct {
 // still compares equal to the rules it describes.
 func (r dumpedRule) digest(legacy bool) (string, error) {
 	if !legacy {
-		h := sha256.Sum256(r.exprs)
+		h := digest.SHA256(r.exprs)
 		return hex.EncodeToString(h[:digestBytes]), nil
 	}
 	exprs, err := decodeExprs(r.exprs)

@@ -1,7 +1,6 @@
 package nftables
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -16,6 +15,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/shunt-dev/shunt/internal/digest"
 	"github.com/shunt-dev/shunt/redirect"
 )
 
@@ -213,7 +213,7 @@ func legacyDigest(v any) string {
 	if err != nil {
 		return "unmarshalable: " + err.Error()
 	}
-	h := sha256.Sum256(b)
+	h := digest.SHA256(b)
 	return hex.EncodeToString(h[:8])
 }
 
