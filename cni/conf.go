@@ -7,8 +7,8 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
-	"gopkg.in/yaml.v3"
 
+	"github.com/shunt-dev/shunt/internal/confnode"
 	"github.com/shunt-dev/shunt/redirect"
 )
 
@@ -83,14 +83,13 @@ var knownTopLevel = []string{
 // top level or in the capture object are errors, so a misspelt option is
 // not silently ignored.
 func ParseConf(data []byte) (*NetConf, error) {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	root, err := confnode.Parse(data)
+	if err != nil {
 		return nil, fmt.Errorf("parse network configuration: %w", err)
 	}
-	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+	if root == nil || root.Kind != confnode.Mapping {
 		return nil, fmt.Errorf("parse network configuration: want a JSON object")
 	}
-	root := doc.Content[0]
 	cfg := redirect.NewConfig()
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, v := root.Content[i], root.Content[i+1]

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/shunt-dev/shunt/internal/confnode"
 )
 
 // Defaults of the optional capture features.
@@ -207,21 +207,21 @@ func parseBool(s string) (bool, error) {
 // LoadFile merges a YAML (or JSON) document of keys into the configuration.
 // A list may be written as a YAML sequence or as one comma-separated string.
 func (c *Config) LoadFile(name string, data []byte) error {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	doc, err := confnode.Parse(data)
+	if err != nil {
 		return fmt.Errorf("parse config %s: %w", name, err)
 	}
-	if len(doc.Content) == 0 {
+	if doc == nil {
 		return nil // an empty file sets nothing
 	}
-	return c.LoadNode(name, doc.Content[0])
+	return c.LoadNode(name, doc)
 }
 
 // LoadNode merges a mapping node; other surfaces (the CNI plugin's JSON)
 // embed the same keys in a larger document and pass the node here.
-func (c *Config) LoadNode(source string, m *yaml.Node) error {
-	if m.Kind != yaml.MappingNode {
-		return fmt.Errorf("%s: want a mapping of keys to values, got %s", source, nodeKind(m))
+func (c *Config) LoadNode(source string, m *confnode.Node) error {
+	if m.Kind != confnode.Mapping {
+		return fmt.Errorf("%s: want a mapping of keys to values, got %s", source, m.KindName())
 	}
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		k, v := m.Content[i], m.Content[i+1]
@@ -236,33 +236,21 @@ func (c *Config) LoadNode(source string, m *yaml.Node) error {
 	return nil
 }
 
-func scalarText(n *yaml.Node) (string, error) {
+func scalarText(n *confnode.Node) (string, error) {
 	switch n.Kind {
-	case yaml.ScalarNode:
+	case confnode.Scalar:
 		return n.Value, nil
-	case yaml.SequenceNode:
+	case confnode.Sequence:
 		parts := make([]string, 0, len(n.Content))
 		for _, e := range n.Content {
-			if e.Kind != yaml.ScalarNode {
-				return "", fmt.Errorf("list items must be plain values, got %s", nodeKind(e))
+			if e.Kind != confnode.Scalar {
+				return "", fmt.Errorf("list items must be plain values, got %s", e.KindName())
 			}
 			parts = append(parts, e.Value)
 		}
 		return strings.Join(parts, ","), nil
 	}
-	return "", fmt.Errorf("want a value or a list, got %s", nodeKind(n))
-}
-
-func nodeKind(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	}
-	return "a value"
+	return "", fmt.Errorf("want a value or a list, got %s", n.KindName())
 }
 
 // LoadEnv merges SHUNT_* variables from environ (as os.Environ returns it).

@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
-	"gopkg.in/yaml.v3"
 
+	"github.com/shunt-dev/shunt/internal/confnode"
 	"github.com/shunt-dev/shunt/redirect"
 )
 
@@ -113,15 +113,14 @@ func containsString(l []string, s string) bool {
 // loadConfigFile merges a config file into cfg, leaving out the keys that
 // `shunt run` reads itself (runOnlyConfigKeys).
 func loadConfigFile(cfg *redirect.Config, file string, data []byte) error {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	m, err := confnode.Parse(data)
+	if err != nil {
 		return fmt.Errorf("parse config %s: %w", file, err)
 	}
-	if len(doc.Content) == 0 {
+	if m == nil {
 		return nil
 	}
-	m := doc.Content[0]
-	if m.Kind == yaml.MappingNode {
+	if m.Kind == confnode.Mapping {
 		kept := m.Content[:0:0]
 		for i := 0; i+1 < len(m.Content); i += 2 {
 			if !containsString(runOnlyConfigKeys, m.Content[i].Value) {
