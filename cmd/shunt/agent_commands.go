@@ -8,10 +8,10 @@ package main
 // plugin's binary) does not pay on every pod start.
 func agentCommands() []subcommand {
 	return []subcommand{
-		{"dns", newDNSCommand},
-		{"controlplane", newControlPlaneCommand},
-		{"run", newRunCommand},
-		{"node", newNodeCommand},
-		{"envoy-bootstrap", newEnvoyBootstrapCommand},
+		{name: "dns", server: true, new: newDNSCommand},
+		{name: "controlplane", server: true, new: newControlPlaneCommand},
+		{name: "run", server: true, new: newRunCommand},
+		{name: "node", server: true, new: newNodeCommand},
+		{name: "envoy-bootstrap", new: newEnvoyBootstrapCommand},
 	}
 }

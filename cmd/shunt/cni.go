@@ -23,7 +23,7 @@ const cniBinaryName = "shunt-cni"
 
 // pluginCommands are the CNI plugin's command, which the init container's
 // build leaves out (cni_initcontainer.go).
-func pluginCommands() []subcommand { return []subcommand{{"cni", newCNICommand}} }
+func pluginCommands() []subcommand { return []subcommand{{name: "cni", new: newCNICommand}} }
 
 func newCNICommand() *cobra.Command {
 	return &cobra.Command{

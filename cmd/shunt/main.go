@@ -19,8 +19,13 @@ func main() {
 		runCNIPlugin()
 		return
 	}
-	ctx, stop := notifyContext(context.Background(), nil, os.Interrupt, syscall.SIGTERM)
-	err := newRootCommandFor(os.Args[1:]).ExecuteContext(ctx)
+	root, sub := newRootCommandFor(os.Args[1:])
+	delay := oneShotSignalDelay
+	if sub.server {
+		delay = 0
+	}
+	ctx, stop := notifyContext(context.Background(), nil, delay, os.Interrupt, syscall.SIGTERM)
+	err := root.ExecuteContext(ctx)
 	stop()
 	if err != nil {
 		var ec exitCoder

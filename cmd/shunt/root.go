@@ -12,16 +12,19 @@ import (
 type subcommand struct {
 	name string // the first word of its Use
 	new  func() *cobra.Command
+	// server: the command runs until it is stopped, and has its signal
+	// handlers from the start (the others are one-shot: notifyContext).
+	server bool
 }
 
 // subcommands are every command of this build, in help order.
 func subcommands() []subcommand {
 	return append([]subcommand{
-		{"install", newInstallCommand},
-		{"uninstall", newUninstallCommand},
-		{"status", newStatusCommand},
-		{"explain", newExplainCommand},
-		{"version", newVersionCommand},
+		{name: "install", new: newInstallCommand},
+		{name: "uninstall", new: newUninstallCommand},
+		{name: "status", new: newStatusCommand},
+		{name: "explain", new: newExplainCommand},
+		{name: "version", new: newVersionCommand},
 	}, append(pluginCommands(), agentCommands()...)...)
 }
 
@@ -34,14 +37,15 @@ func newRootCommand() *cobra.Command {
 	return root
 }
 
-// newRootCommandFor is the command tree that runs args: when they name one
-// of shunt's commands, the tree holds that one alone, without the others'
+// newRootCommandFor is the command tree that runs args, and the command
+// args name (the zero subcommand when none): when they name one of
+// shunt's commands, the tree holds that one alone, without the others'
 // flags, help texts and configuration tables, and without cobra's
 // completion command. Building all of them (103 flags, 229 in the full
 // build) was a measurable share of the start-up of every `shunt install`,
 // which runs once per pod. Anything else (help, completion, an unknown
 // command and its suggestions, no command) gets the whole tree.
-func newRootCommandFor(args []string) *cobra.Command {
+func newRootCommandFor(args []string) (*cobra.Command, subcommand) {
 	subs := subcommands()
 	name := commandName(args, subs)
 	for _, s := range subs {
@@ -49,10 +53,10 @@ func newRootCommandFor(args []string) *cobra.Command {
 			root := newBareRoot()
 			root.AddCommand(s.new())
 			root.CompletionOptions.DisableDefaultCmd = true
-			return root
+			return root, s
 		}
 	}
-	return newRootCommand()
+	return newRootCommand(), subcommand{}
 }
 
 // commandName is the name of the command of subs that cobra finds in args

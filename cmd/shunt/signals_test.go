@@ -21,7 +21,7 @@ func TestHelperShunt(t *testing.T) {
 	case "main":
 	case "stubborn":
 		// A command that ignores its context's end.
-		ctx, _ := notifyContext(context.Background(), func() { os.Stdout.WriteString("registered\n") }, syscall.SIGTERM)
+		ctx, _ := notifyContext(context.Background(), func() { os.Stdout.WriteString("registered\n") }, oneShotSignalDelay, syscall.SIGTERM)
 		<-ctx.Done()
 		os.Stdout.WriteString("cancelled\n")
 		time.Sleep(time.Minute)
@@ -137,5 +137,44 @@ func TestSecondSignalEndsAStubbornCommand(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		cmd.Process.Kill()
 		t.Fatal("the second SIGTERM did not end the command")
+	}
+}
+
+// A one-shot command registers its handlers only after the delay, and
+// not at all when it ends first.
+func TestOneShotCommandsRegisterLate(t *testing.T) {
+	registered := make(chan struct{}, 1)
+	ctx, stop := notifyContext(context.Background(), func() { registered <- struct{}{} }, 300*time.Millisecond, syscall.SIGUSR2)
+	defer stop()
+	select {
+	case <-registered:
+		t.Fatal("registered before the delay")
+	case <-time.After(50 * time.Millisecond):
+	}
+	select {
+	case <-registered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("not registered after the delay")
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("context ended: %v", ctx.Err())
+	}
+
+	_, stop2 := notifyContext(context.Background(), func() { registered <- struct{}{} }, 100*time.Millisecond, syscall.SIGUSR2)
+	stop2()
+	select {
+	case <-registered:
+		t.Fatal("a command that ended before the delay registered")
+	case <-time.After(400 * time.Millisecond):
+	}
+}
+
+// The servers have their handlers from the start; the rest are one-shot.
+func TestOnlyServersRegisterAtOnce(t *testing.T) {
+	servers := map[string]bool{"dns": true, "controlplane": true, "run": true, "node": true}
+	for _, s := range subcommands() {
+		if s.server != servers[s.name] {
+			t.Errorf("%s: server %v, want %v", s.name, s.server, servers[s.name])
+		}
 	}
 }
