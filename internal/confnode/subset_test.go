@@ -99,6 +99,8 @@ var acceptedDocs = []string{
 	"\"quoted key\": 1\n'single': 2\n",
 	"k: [ 'a' , \"b\" ]\n",
 	"list:\n  - a\n  -   b # comment\n",
+	// docs/capture.md's example.
+	"# /etc/shunt/capture.yaml\nproxyUID: envoy            # a user name or a number\nexcludeOutboundPorts: [22, 8000-8010]\nexcludeOutboundCidrs: 169.254.169.254/32, 10.0.0.0/8\nexcludeOutboundPortsForUids: \"tcp:5432:1000-1002;udp:*:1003\"\nredirectAllDNS: true\n",
 }
 
 func TestConfigFilesAreReadAsYAMLReadsThem(t *testing.T) {
