@@ -196,7 +196,13 @@ func newAddrSet(name string, f fam, prefixes []netip.Prefix) *set {
 	if f.v6 {
 		s.kind, n = kindAddr6, 16
 	}
-	ranges := make([]addrRange, 0, len(prefixes))
+	count := 0
+	for _, p := range prefixes {
+		if p.Addr().Unmap().Is6() == f.v6 {
+			count++
+		}
+	}
+	ranges := make([]addrRange, 0, count)
 	for _, p := range prefixes {
 		if r, ok := rangeOf(p, f.v6); ok {
 			ranges = append(ranges, r)
