@@ -1,7 +1,6 @@
 package confnode
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -480,8 +479,6 @@ type flow struct {
 	parent  int
 }
 
-var errFlowEnd = errors.New("flow collection not closed")
-
 // space moves to the next character that is not white space or a comment.
 func (f *flow) space() error {
 	for {
@@ -499,7 +496,7 @@ func (f *flow) space() error {
 		f.col = 0
 		if f.li >= len(f.p.lines) {
 			f.li--
-			return f.p.errorf(f.li, "%v", errFlowEnd)
+			return f.p.errorf(f.li, "a flow collection not closed")
 		}
 		nl := f.p.lines[f.li]
 		if t := strings.TrimLeft(nl, " "); t != "" && t[0] != '#' {
@@ -507,7 +504,7 @@ func (f *flow) space() error {
 				return f.p.errorf(f.li, "a continued line must be indented more than its key")
 			}
 			if marker(nl, "---") || marker(nl, "...") || nl[0] == '%' {
-				return f.p.errorf(f.li, "%v", errFlowEnd)
+				return f.p.errorf(f.li, "a flow collection not closed")
 			}
 		}
 	}
