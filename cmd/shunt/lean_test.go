@@ -71,7 +71,6 @@ func TestInitContainerBuildReadsTheConfigFile(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-tags", "lean,initcontainer", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	resolv := filepath.Join(dir, "resolv.conf")
 	write := func(name, text string) string {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
@@ -79,7 +78,7 @@ func TestInitContainerBuildReadsTheConfigFile(t *testing.T) {
 		}
 		return p
 	}
-	write("resolv.conf", "nameserver 10.96.0.10\n")
+	resolv := write("resolv.conf", "nameserver 10.96.0.10\n")
 	run := func(config string) (string, error) {
 		cmd := exec.Command("unshare", "-n", bin, "install", "--dry-run", "--config", config, "--resolv-conf", resolv)
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}

@@ -198,14 +198,14 @@ func newAddrSet(name string, f fam, prefixes []netip.Prefix) *set {
 	}
 	count := 0
 	for _, p := range prefixes {
-		if p.Addr().Unmap().Is6() == f.v6 {
+		if inFamily(p, f.v6) {
 			count++
 		}
 	}
 	ranges := make([]addrRange, 0, count)
 	for _, p := range prefixes {
-		if r, ok := rangeOf(p, f.v6); ok {
-			ranges = append(ranges, r)
+		if inFamily(p, f.v6) {
+			ranges = append(ranges, rangeOf(p, f.v6))
 		}
 	}
 	ranges = mergeRanges(ranges)
@@ -253,15 +253,14 @@ func (a addrKey) put(b []byte) []byte {
 // addrRange is an inclusive range of addresses.
 type addrRange struct{ lo, hi addrKey }
 
-// rangeOf is the range of a prefix of the family (v6 or not); false for a
-// prefix of the other family. An IPv4-mapped IPv6 prefix is the IPv4
-// prefix it maps.
-func rangeOf(p netip.Prefix, v6 bool) (addrRange, bool) {
+// inFamily: p belongs in the IPv6 set (v6) or the IPv4 one. An
+// IPv4-mapped IPv6 prefix is the IPv4 prefix it maps.
+func inFamily(p netip.Prefix, v6 bool) bool { return p.Addr().Unmap().Is6() == v6 }
+
+// rangeOf is the range of a prefix of the family (v6 or not: inFamily).
+func rangeOf(p netip.Prefix, v6 bool) addrRange {
 	p = p.Masked()
 	a := p.Addr()
-	if a.Unmap().Is6() != v6 {
-		return addrRange{}, false
-	}
 	bits := p.Bits()
 	if !v6 {
 		if a.Is4In6() {
@@ -270,7 +269,7 @@ func rangeOf(p netip.Prefix, v6 bool) (addrRange, bool) {
 		b := a.Unmap().As4()
 		lo := uint64(binary.BigEndian.Uint32(b[:]))
 		host := uint64(1)<<(32-bits) - 1
-		return addrRange{lo: addrKey{lo: lo}, hi: addrKey{lo: lo | host}}, true
+		return addrRange{lo: addrKey{lo: lo}, hi: addrKey{lo: lo | host}}
 	}
 	b := a.As16()
 	lo := addrKey{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:])}
@@ -282,7 +281,7 @@ func rangeOf(p netip.Prefix, v6 bool) (addrRange, bool) {
 	} else {
 		hi.lo |= ^uint64(0) >> (bits - 64)
 	}
-	return addrRange{lo: lo, hi: hi}, true
+	return addrRange{lo: lo, hi: hi}
 }
 
 // mergeRanges sorts ranges and joins those that overlap or touch, as
